@@ -1,0 +1,254 @@
+"""One cell of the matrix: config -> dataset -> queries -> strategy -> timings + answers -> parity -> MLflow.
+
+`run(cfg)` is what the Hydra entry point calls and what tests call directly. A cell always ends in
+a recorded state: FINISHED (ok, or "does not fit" with its estimate), FAILED with the reason, or
+KILLED on Ctrl-C / SIGTERM. Failures are remembered in `FAILED_CELLS` so the command's exit status
+can say whether any cell failed, while the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from . import datasets, memory, parity, strategies
+from .config import ConfigError, RunConfig, flatten, parse
+from .pir.jax_engine import EngineSpec, make_answer_fn, registered_engines, scan, tile_size
+from .queries import make_queries
+from .strategies.base import BuildContext
+from .timing import measure
+from .tracking import PARENT_TAG, ROLE_TAG, Tracker, code_version
+
+log = logging.getLogger(__name__)
+KNOWN_ENGINES = ("xla", "pallas")
+
+
+@dataclass
+class CellOutcome:
+    status: str                      # ok | failed | does_not_fit | resumed
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+FAILED_CELLS: list[str] = []         # "strategy q=N: reason" for every failed cell of this process
+
+
+@dataclass
+class SweepState:
+    """Set by the sweep callback in this process; jobs attach their runs to `parent_id`."""
+
+    tracker: Tracker | None = None
+    parent_id: str | None = None
+    sweep_dir: str | None = None
+
+
+SWEEP = SweepState()
+
+
+def _device_tags() -> dict[str, str]:
+    dev = jax.local_devices()[0]
+    import jaxlib
+
+    return {
+        "device_kind": dev.device_kind,
+        "backend": jax.default_backend(),
+        "device_count": str(jax.local_device_count()),
+        "jax_version": jax.__version__,
+        "jaxlib_version": getattr(jaxlib, "__version__", "?"),
+    }
+
+
+def enable_compilation_cache(path: str | None) -> None:
+    if path:
+        jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+@functools.lru_cache(maxsize=4)
+def build_context(dataset: datasets.Dataset, spec: EngineSpec) -> BuildContext:
+    """One context per (database, engine): the compiled single-query function is shared by all cells."""
+    single = functools.partial(scan, num_pages=dataset.num_pages, spec=spec)
+    return BuildContext(
+        pages=dataset.words,
+        num_pages=dataset.num_pages,
+        spec=spec,
+        single=single,
+        single_jit=make_answer_fn(dataset.num_pages, spec),
+    )
+
+
+def _index(keys: Any, i: int) -> Any:
+    return jax.tree.map(lambda a: a[i], keys)
+
+
+def measure_cell(rc: RunConfig, tracker: Tracker, run_id: str) -> dict[str, float]:
+    """Time the single-query loop and the strategy's batch path, check parity, log everything."""
+    spec = EngineSpec(rc.engine.name, rc.engine.tile_pages, rc.engine.unroll)
+    num_pages = datasets.plan_pages(rc.dataset)
+    domain_bits = datasets.domain_bits_for(num_pages)
+    tile = tile_size(num_pages, domain_bits, spec)
+    what = f"{rc.strategy.name} q={rc.q} on {rc.dataset.name}"
+    builder = strategies.registered()[rc.strategy.name]
+
+    # The database must fit before it is built (a 64 GiB one on a smaller card is "does not fit").
+    memory.check_fits(what, memory.dataset_bytes(num_pages) + memory.working_set_bytes(1, tile), rc.bench.memory_cap_gib)
+    ds = datasets.load(rc.dataset, rc.seed)
+    ctx = build_context(ds, spec)
+    path = builder(rc.strategy.knobs, rc.q, ctx)
+    need = memory.dataset_bytes(num_pages) + memory.working_set_bytes(path.live_queries, tile)
+    tracker.log(run_id, metrics={"memory_estimate_gib": need / memory.GIB})
+    memory.check_fits(what, need, rc.bench.memory_cap_gib)
+
+    qs = make_queries(ds.domain_bits, ds.num_pages, rc.seed, rc.q)
+    kb0, kb1 = (jax.device_put(b) for b in qs.batches)
+    singles0 = [_index(kb0, i) for i in range(rc.q)]
+
+    def single_loop() -> jax.Array:
+        # The serving baseline: one query at a time, each answered (synced) before the next.
+        return jnp.stack([jax.block_until_ready(ctx.single_jit(ds.words, kb)) for kb in singles0])
+
+    w, it = rc.bench.warmup, rc.bench.iterations
+    single_t, single_out = measure(single_loop, warmup=w, iterations=it)
+    batch_t, batch_out = measure(lambda: path.run(kb0), warmup=w, iterations=it)
+
+    party1 = None
+    if rc.parity.xor_check:
+        party1 = np.stack([np.asarray(ctx.single_jit(ds.words, _index(kb1, i))) for i in range(rc.q)])
+    rep = parity.check(rc.parity, ds, qs, np.asarray(single_out), np.asarray(batch_out), party1)
+
+    single_ms, batch_ms = single_t.p50_ms, batch_t.p50_ms
+    db_gb = ds.nbytes / 1e9
+    metrics = {
+        "q": rc.q,
+        "single_ms_per_batch": single_ms,
+        "batch_ms_per_batch": batch_ms,
+        "batch_vs_single_speedup": single_ms / batch_ms,
+        "single_qps": rc.q / (single_ms / 1e3),
+        "batch_qps": rc.q / (batch_ms / 1e3),
+        # database bytes behind each answered query, per second: how close batching gets to reading once
+        "batch_effective_gbps": rc.q * db_gb / (batch_ms / 1e3),
+        "single_effective_gbps": rc.q * db_gb / (single_ms / 1e3),
+        "compile_s": batch_t.first_call_s,
+        "tile_pages": tile,
+        "live_queries": path.live_queries,
+        **single_t.as_metrics("single"),
+        **batch_t.as_metrics("batch"),
+        **rep.as_metrics(),
+    }
+    tags = {
+        "checksum_single": rep.checksum_single,
+        "checksum_batch": rep.checksum_batch,
+        "answers_sha256": rep.sha256_batch,
+        "parity_numpy_note": rep.numpy_note or "checked",
+        **{f"strategy_info.{k}": v for k, v in path.info.items()},
+        **{f"dataset.{k}": v for k, v in ds.describe().items()},
+    }
+    tracker.log(run_id, metrics=metrics, tags=tags)
+    tracker.log_series(run_id, "single_ms_iter", list(single_t.times_ms))
+    tracker.log_series(run_id, "batch_ms_iter", list(batch_t.times_ms))
+    tracker.log_text(run_id, json.dumps({"single_ms": single_t.times_ms, "batch_ms": batch_t.times_ms,
+                                         "single_first_call_s": single_t.first_call_s,
+                                         "batch_first_call_s": batch_t.first_call_s}, indent=1), "timings.json")
+    if not rep.ok:
+        raise parity.ParityError("; ".join(rep.failures))
+    return metrics
+
+
+def _resume(rc: RunConfig, tracker: Tracker, version: str, parent_id: str | None, name: str) -> CellOutcome | None:
+    prev = tracker.finished_cell(rc.cell_key, version)
+    if prev is None:
+        return None
+    tags = {k: v for k, v in prev.data.tags.items() if not k.startswith("mlflow.")}
+    tags.update(resumed_from=prev.info.run_id, **({PARENT_TAG: SWEEP.sweep_dir} if SWEEP.sweep_dir else {}))
+    run_id = tracker.start_run(name, tags, parent_id)
+    tracker.log(run_id, params=prev.data.params, metrics=prev.data.metrics)
+    tracker.end(run_id, "FINISHED")
+    log.info("resume: %s already FINISHED as run %s; skipped", name, prev.info.run_id)
+    return CellOutcome("resumed", run_id, dict(prev.data.metrics))
+
+
+def run(cfg: DictConfig) -> CellOutcome:
+    """Run one cell. Raises ConfigError (before anything is recorded) for settings to fix."""
+    rc = parse(cfg, known_strategies=tuple(sorted(strategies.registered())), known_engines=KNOWN_ENGINES)
+    if rc.engine.name not in registered_engines():
+        from .pir.jax_engine import get_ops
+
+        try:
+            get_ops(rc.engine.name)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    datasets.plan_pages(rc.dataset)  # a bad dataset.path fails here, before any tracking or compiling
+    tracker = SWEEP.tracker if SWEEP.tracker and SWEEP.tracker.cfg == rc.mlflow else Tracker(rc.mlflow)
+    enable_compilation_cache(rc.bench.compilation_cache_dir)
+    version = code_version()
+    name = f"{rc.strategy.name}-q{rc.q}"
+    parent_id = SWEEP.parent_id
+
+    if rc.resume:
+        done = _resume(rc, tracker, version, parent_id, name)
+        if done:
+            return done
+
+    tags = {
+        ROLE_TAG: "cell",
+        "strategy": rc.strategy.name,
+        "original_strategy": rc.strategy.original,
+        "q": rc.q,
+        "dataset": rc.dataset.name,
+        "engine": rc.engine.name,
+        "cell_key": rc.cell_key,
+        "code_version": version,
+        "git_commit": version.split("+")[0],
+        **_device_tags(),
+        **({PARENT_TAG: SWEEP.sweep_dir} if SWEEP.sweep_dir else {}),
+    }
+    run_id = tracker.start_run(name, tags, parent_id)
+    tracker.log(run_id, params=flatten(rc.resolved))
+    tracker.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    t0 = time.perf_counter()
+    try:
+        metrics = measure_cell(rc, tracker, run_id)
+    except memory.DoesNotFit as err:
+        tracker.log(run_id, tags={"cell_status": "does_not_fit", "error_message": str(err)},
+                    metrics={"memory_estimate_gib": err.need / memory.GIB})
+        tracker.end(run_id, "FINISHED")
+        log.warning("%s: does not fit: %s", name, err)
+        return CellOutcome("does_not_fit", run_id, error=str(err))
+    except KeyboardInterrupt:
+        tracker.log(run_id, tags={"cell_status": "killed"})
+        tracker.end(run_id, "KILLED")
+        raise
+    except Exception as err:
+        msg = (str(err).strip().splitlines() or [""])[0][:500]
+        tracker.log(run_id, tags={"cell_status": "failed", "error_class": type(err).__name__, "error_message": msg})
+        tracker.log_text(run_id, traceback.format_exc(), "error.txt")
+        tracker.end(run_id, "FAILED")
+        FAILED_CELLS.append(f"{name}: {type(err).__name__}: {msg}")
+        log.error("%s FAILED: %s: %s", name, type(err).__name__, msg)
+        return CellOutcome("failed", run_id, error=f"{type(err).__name__}: {msg}")
+    tracker.log(run_id, tags={"cell_status": "ok"}, metrics={"wall_s": time.perf_counter() - t0})
+    tracker.end(run_id, "FINISHED")
+    log.info("%s: single %.2f ms, batch %.2f ms (x%.2f), parity ok", name,
+             metrics["single_ms_per_batch"], metrics["batch_ms_per_batch"], metrics["batch_vs_single_speedup"])
+    return CellOutcome("ok", run_id, metrics)
+
+
+def end_sweep_killed() -> None:
+    """Ctrl-C / SIGTERM mid-sweep: the sweep's parent run ends KILLED (cells end themselves)."""
+    if SWEEP.tracker and SWEEP.parent_id:
+        try:
+            SWEEP.tracker.end(SWEEP.parent_id, "KILLED")
+        except Exception as err:  # never mask the interrupt
+            log.warning("could not mark sweep run KILLED: %s", err)

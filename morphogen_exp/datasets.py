@@ -1,0 +1,156 @@
+"""Page matrices on the device: deterministic synthetic pages built on the device from a seed, or a
+raw matrix file (like the original's mainnet_compact.bin) memory-mapped and streamed in chunks.
+
+The device copy is `(N, 1024) uint32` (a 4096-byte page as little-endian words). The host side can
+always produce any page independently of the device (`host_pages`), which is what parity checks
+compare against: the synthetic generator has a numpy twin, a file is read back from disk.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import ConfigError, DatasetConfig
+
+PAGE_BYTES = 4096
+PAGE_WORDS = PAGE_BYTES // 4
+_STREAM_PAGES = 1 << 14  # 64 MiB host->device chunks for files
+
+
+def domain_bits_for(num_pages: int) -> int:
+    """The smallest power-of-two domain that holds N pages (at least 1 bit)."""
+    return max(1, (num_pages - 1).bit_length())
+
+
+# --- the synthetic generator: murmur3's finalizer over (seed, page, word), in numpy and in jnp ---
+
+def _fmix32_np(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def _fmix32_jnp(h: jax.Array) -> jax.Array:
+    h = h ^ (h >> jnp.uint32(16))
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> jnp.uint32(13))
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> jnp.uint32(16))
+
+
+def synthetic_words_numpy(seed: int, pages: np.ndarray) -> np.ndarray:
+    """Words of the given synthetic pages, (len(pages), 1024) u32, computed on the host."""
+    i = np.asarray(pages, dtype=np.uint32)[:, None]
+    w = np.arange(PAGE_WORDS, dtype=np.uint32)[None, :]
+    with np.errstate(over="ignore"):
+        return _fmix32_np(_fmix32_np(i ^ np.uint32(seed & 0xFFFFFFFF)) ^ (w * np.uint32(0x9E3779B1)))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _synthetic_words_device(num_pages: int, seed: int) -> jax.Array:
+    # iota + elementwise hash fuse into one kernel writing the output only: no temporaries, no host.
+    i = jax.lax.broadcasted_iota(jnp.uint32, (num_pages, PAGE_WORDS), 0)
+    w = jax.lax.broadcasted_iota(jnp.uint32, (num_pages, PAGE_WORDS), 1)
+    return _fmix32_jnp(_fmix32_jnp(i ^ jnp.uint32(seed & 0xFFFFFFFF)) ^ (w * jnp.uint32(0x9E3779B1)))
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A page matrix resident on the device, and how to read any page back on the host."""
+
+    name: str
+    num_pages: int
+    words: jax.Array      # (N, 1024) u32 on the device
+    seed: int
+    path: Path | None = None
+
+    @property
+    def domain_bits(self) -> int:
+        return domain_bits_for(self.num_pages)
+
+    @property
+    def nbytes(self) -> int:
+        return self.num_pages * PAGE_BYTES
+
+    def host_pages(self, indices: np.ndarray) -> np.ndarray:
+        """Pages as (len, 4096) uint8, computed independently of the device copy (zeros beyond N)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        out = np.zeros((len(idx), PAGE_BYTES), dtype=np.uint8)
+        inside = idx < self.num_pages
+        if self.path is None:
+            out[inside] = synthetic_words_numpy(self.seed, idx[inside]).view(np.uint8)
+        else:
+            raw = np.memmap(self.path, dtype=np.uint8, mode="r")
+            for row, i in zip(np.nonzero(inside)[0], idx[inside]):
+                chunk = raw[i * PAGE_BYTES : (i + 1) * PAGE_BYTES]
+                out[row, : len(chunk)] = chunk
+        return out
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "num_pages": self.num_pages,
+            "domain_bits": self.domain_bits,
+            "gib": round(self.nbytes / 2**30, 3),
+            "source": str(self.path) if self.path else f"synthetic(seed={self.seed})",
+        }
+
+
+def _file_pages(path: Path) -> int:
+    if not path.exists():
+        raise ConfigError(f"dataset.path {str(path)!r} does not exist: point it at a raw page-matrix file")
+    if not path.is_file():
+        raise ConfigError(f"dataset.path {str(path)!r} is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"dataset.path {str(path)!r} is not readable: check its permissions")
+    size = path.stat().st_size
+    if size == 0:
+        raise ConfigError(f"dataset.path {str(path)!r} is empty: a page matrix holds at least one 4096-byte page")
+    return -(-size // PAGE_BYTES)
+
+
+def plan_pages(cfg: DatasetConfig) -> int:
+    """How many pages the dataset will have, checking the file without loading it."""
+    return _file_pages(Path(cfg.path)) if cfg.path else cfg.num_pages
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _write_rows(buf: jax.Array, chunk: jax.Array, start: jax.Array) -> jax.Array:
+    return jax.lax.dynamic_update_slice(buf, chunk, (start, jnp.int32(0)))
+
+
+def _load_file(path: Path, device: jax.Device) -> jax.Array:
+    """Stream a raw matrix to the device in 64 MiB chunks (zero-padding the last page)."""
+    n = _file_pages(path)
+    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    buf = jax.device_put(jnp.zeros((n, PAGE_WORDS), jnp.uint32), device)
+    for start in range(0, n, _STREAM_PAGES):
+        stop = min(n, start + _STREAM_PAGES)
+        chunk = np.zeros((stop - start) * PAGE_BYTES, dtype=np.uint8)
+        part = raw[start * PAGE_BYTES : stop * PAGE_BYTES]
+        chunk[: len(part)] = part
+        words = jax.device_put(chunk.view("<u4").reshape(-1, PAGE_WORDS), device)
+        buf = _write_rows(buf, words, jnp.int32(start))  # in place (donated); a ragged last chunk compiles once more
+    return buf
+
+
+@functools.lru_cache(maxsize=1)  # one database resident at a time: a 64 GiB one leaves no room for two
+def load(cfg: DatasetConfig, seed: int) -> Dataset:
+    """Build (or load) the dataset once per process: every job of a sweep reuses it."""
+    device = jax.local_devices()[0]
+    if cfg.path:
+        path = Path(cfg.path).expanduser().resolve()
+        words = _load_file(path, device)
+        return Dataset(cfg.name, int(words.shape[0]), words, seed, path)
+    with jax.default_device(device):
+        words = jax.block_until_ready(_synthetic_words_device(cfg.num_pages, seed))
+    return Dataset(cfg.name, cfg.num_pages, words, seed)

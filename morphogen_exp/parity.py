@@ -1,0 +1,110 @@
+"""Parity: every cell's answers checked bit for bit, against each other and against independent truth.
+
+1. batch path == single-query loop (the strategy changed nothing);
+2. single == the numpy reference (pir.reference, no JAX) on the first queries, when the host can afford it;
+3. server0 XOR server1 == the true target pages, read from the dataset's host twin (not the device);
+plus the original's checksum columns (sum of answer bytes) beside these stronger checks."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import ParityConfig
+from .datasets import Dataset
+from .pir.reference import answer_numpy
+from .queries import QuerySet
+
+
+class ParityError(AssertionError):
+    """Answers that are not bit-identical where they must be: the cell fails, loudly."""
+
+
+@dataclass
+class ParityReport:
+    checksum_single: int
+    checksum_batch: int
+    sha256_batch: str
+    batch_eq_single: bool
+    numpy_checked: int          # queries compared to the numpy oracle (0: skipped, see numpy_note)
+    numpy_eq: bool
+    xor_checked: int
+    xor_eq: bool
+    numpy_note: str = ""
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def as_metrics(self) -> dict[str, float]:
+        return {
+            "parity_ok": float(self.ok),
+            "checksum_match": float(self.checksum_single == self.checksum_batch),
+            "parity_batch_eq_single": float(self.batch_eq_single),
+            "parity_numpy_eq": float(self.numpy_eq),
+            "parity_numpy_checked": float(self.numpy_checked),
+            "parity_xor_eq": float(self.xor_eq),
+            "parity_xor_checked": float(self.xor_checked),
+        }
+
+
+def words_to_bytes(words: np.ndarray) -> np.ndarray:
+    """(..., 1024) u32 -> (..., 4096) u8, little-endian like the protocol."""
+    w = np.ascontiguousarray(np.asarray(words, dtype=np.uint32)).astype("<u4", copy=False)
+    return w.view(np.uint8).reshape(*w.shape[:-1], w.shape[-1] * 4)
+
+
+@functools.lru_cache(maxsize=8)
+def _numpy_answer(dataset: Dataset, queries_key: tuple, keys: tuple) -> np.ndarray:
+    """The oracle's answer for one query, cached: every cell of a sweep re-checks query 0."""
+    pages = dataset.host_pages(np.arange(dataset.num_pages))
+    return answer_numpy(pages, list(keys))
+
+
+def check(
+    cfg: ParityConfig,
+    dataset: Dataset,
+    queries: QuerySet,
+    single: np.ndarray,      # (Q, 3, 1024) u32, party 0
+    batch: np.ndarray,       # (Q, 3, 1024) u32, party 0
+    single_party1: np.ndarray | None,  # (Q, 3, 1024) u32, or None when the XOR check is off
+) -> ParityReport:
+    single_b, batch_b = words_to_bytes(single), words_to_bytes(batch)
+    rep = ParityReport(
+        checksum_single=int(single_b.sum(dtype=np.uint64)),
+        checksum_batch=int(batch_b.sum(dtype=np.uint64)),
+        sha256_batch=hashlib.sha256(batch_b.tobytes()).hexdigest(),
+        batch_eq_single=bool(np.array_equal(single_b, batch_b)),
+        numpy_checked=0,
+        numpy_eq=True,
+        xor_checked=0,
+        xor_eq=True,
+    )
+    if not rep.batch_eq_single:
+        bad = np.nonzero(np.any(single_b != batch_b, axis=(1, 2)))[0]
+        rep.failures.append(f"batch != single-query loop on queries {bad.tolist()}")
+
+    n_ref = min(cfg.numpy_reference_queries, queries.q)
+    if n_ref and dataset.num_pages > cfg.numpy_reference_max_pages:
+        rep.numpy_note = f"skipped: {dataset.num_pages} pages > parity.numpy_reference_max_pages"
+    else:
+        for i in range(n_ref):
+            ref = _numpy_answer(dataset, (dataset.seed, i), queries.keys[0][i])
+            rep.numpy_checked += 1
+            if not np.array_equal(ref, single_b[i]):
+                rep.numpy_eq = False
+                rep.failures.append(f"query {i}: JAX answer != numpy reference")
+
+    if single_party1 is not None:
+        truth = dataset.host_pages(queries.targets.reshape(-1)).reshape(queries.q, 3, -1)
+        got = single_b ^ words_to_bytes(single_party1)
+        rep.xor_checked = queries.q
+        if not np.array_equal(got, truth):
+            rep.xor_eq = False
+            bad = np.nonzero(np.any(got != truth, axis=(1, 2)))[0]
+            rep.failures.append(f"server0 XOR server1 != target pages on queries {bad.tolist()}")
+    return rep

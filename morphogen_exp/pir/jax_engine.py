@@ -1,0 +1,387 @@
+"""The JAX PIR engine: key batches on the device, GGM expansion, masked XOR, the tiled one-pass scan.
+
+Contracts are in docs/engine-interface.md. In short, for K DPF keys over a database of N pages
+(``pages_words``: (P >= N, 1024) uint32, little-endian words of 4096-byte pages), the server answer is
+``acc[k] = XOR_{i<N} page_i & mask_k(i)`` where mask_k(i) is key k's 16-byte DPF output at i,
+repeated over the page (page word w is ANDed with mask word w % 4).
+
+``scan`` reads the database once for all K keys and never materializes masks for more than one
+tile of T pages: every key is expanded once to depth n - log2(T), then each tile j expands the K
+subtrees under node j by log2(T) levels (the tile's masks, (K, T, 4)) and XORs ``masked_xor`` of
+the tile into the (K, 1024) carry. The ragged last tile is handled with a static size, so the page
+matrix is never padded or copied.
+
+The two inner ops are pluggable (``register_ops`` / ``get_ops``): "xla" is registered here; a Pallas
+engine registers its own kernels with the same signatures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import inspect
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from morphogen_exp.pir.chacha_jax import default_unroll, prg_expand
+
+if TYPE_CHECKING:  # keys.py is numpy-only; imported lazily to keep this module importable alone
+    from morphogen_exp.pir.keys import Key
+
+__all__ = [
+    "PAGE_BYTES",
+    "PAGE_WORDS",
+    "KeyBatch",
+    "EngineSpec",
+    "EngineOps",
+    "register_ops",
+    "get_ops",
+    "registered_engines",
+    "expand_levels_xla",
+    "masked_xor_xla",
+    "scan",
+    "full_eval_jax",
+    "make_answer_fn",
+    "pages_to_words",
+    "words_to_bytes",
+    "answer_jax",
+]
+
+PAGE_BYTES = 4096
+PAGE_WORDS = PAGE_BYTES // 4
+
+
+# --------------------------------------------------------------------------------------------
+# Keys on the device
+# --------------------------------------------------------------------------------------------
+
+
+def _seed_words(b: bytes) -> np.ndarray:
+    return np.frombuffer(bytes(b), dtype="<u4").astype(np.uint32)
+
+
+class KeyBatch(NamedTuple):
+    """K DPF keys as uint32 arrays (a NamedTuple, hence a JAX pytree). Leading axes are free:
+    (K, ...) is one batch of keys, (Q, 3, ...) is Q queries of 3 keys (vmap / lax.map over Q)."""
+
+    root_seed: np.ndarray | jax.Array  # (..., K, 4)
+    root_t: np.ndarray | jax.Array  # (..., K)
+    seed_cw: np.ndarray | jax.Array  # (..., K, n, 4)
+    t_cw: np.ndarray | jax.Array  # (..., K, n, 2): [t_cw_left, t_cw_right]
+    final_cw: np.ndarray | jax.Array  # (..., K, 4)
+
+    @property
+    def domain_bits(self) -> int:
+        return int(self.seed_cw.shape[-2])
+
+    @property
+    def num_keys(self) -> int:
+        """K, the size of the last batch axis."""
+        return int(self.root_t.shape[-1])
+
+    @classmethod
+    def from_keys(cls, keys: Sequence[Key]) -> KeyBatch:
+        """Host (numpy) arrays for a non-empty sequence of keys of one domain size."""
+        keys = list(keys)
+        if not keys:
+            raise ValueError("keys is empty: pass at least one DPF key")
+        n = keys[0].domain_bits
+        bad = sorted({k.domain_bits for k in keys} - {n})
+        if bad:
+            raise ValueError(
+                f"all keys must share one domain_bits; got {n} and {bad}: batch keys per domain"
+            )
+        kb = cls(
+            root_seed=np.stack([_seed_words(k.root_seed) for k in keys]),
+            root_t=np.array([k.root_t for k in keys], dtype=np.uint32),
+            seed_cw=np.array(
+                [[_seed_words(c) for c in k.seed_cw] for k in keys], dtype=np.uint32
+            ).reshape(len(keys), n, 4),
+            t_cw=np.array(
+                [[(l, r) for l, r in zip(k.t_cw_left, k.t_cw_right)] for k in keys], dtype=np.uint32
+            ).reshape(len(keys), n, 2),
+            final_cw=np.stack([_seed_words(k.final_cw) for k in keys]),
+        )
+        # The GGM code applies corrections with branch-free masks (0 - t), which needs t in {0,1}.
+        if np.any(kb.root_t > 1) or np.any(kb.t_cw > 1):
+            raise ValueError("root_t and t_cw bits must be 0 or 1: the keys are malformed")
+        return kb
+
+    @classmethod
+    def stack(cls, batches: Sequence[KeyBatch]) -> KeyBatch:
+        """Stack Q batches of equal shape into one with a new leading query axis (numpy)."""
+        if not batches:
+            raise ValueError("batches is empty: pass at least one KeyBatch")
+        return cls(*(np.stack([np.asarray(f) for f in fs]) for fs in zip(*batches)))
+
+    def to_device(self, device: jax.Device | jax.sharding.Sharding | None = None) -> KeyBatch:
+        return jax.device_put(self, device)
+
+
+# --------------------------------------------------------------------------------------------
+# Engine spec and op registry
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSpec:
+    """Static engine configuration (hashable: used as a static argument to jit).
+
+    name: registered op set ("xla", or e.g. a Pallas engine once registered).
+    tile_pages: pages per scan step (power of two); bounds the live masks to (K, tile_pages, 4).
+    unroll: ChaCha8 rounds unrolled (GPU) or looped (fast CPU compile); None = default_unroll().
+    """
+
+    name: str = "xla"
+    tile_pages: int = 4096
+    unroll: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"{self.name=} must be a non-empty engine name")
+        tp = self.tile_pages
+        if isinstance(tp, bool) or not isinstance(tp, (int, np.integer)) or tp < 1 or tp & (tp - 1):
+            raise ValueError(f"{self.tile_pages=} must be a power of two (>= 1)")
+        if self.unroll is not None and not isinstance(self.unroll, bool):
+            raise ValueError(f"{self.unroll=} must be True, False or None")
+
+    @property
+    def resolved_unroll(self) -> bool:
+        return default_unroll() if self.unroll is None else self.unroll
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineOps:
+    expand_levels: Callable[..., jax.Array]
+    masked_xor: Callable[[jax.Array, jax.Array], jax.Array]
+    expand_accepts_unroll: bool  # whether expand_levels takes the keyword `unroll`
+
+
+_OPS: dict[str, EngineOps] = {}
+# Engines living in other modules, imported on first use so EngineSpec(name=...) just works.
+_LAZY_ENGINE_MODULES = {"pallas": "morphogen_exp.pir.pallas_ops"}
+
+
+def register_ops(
+    name: str,
+    expand_levels_fn: Callable[..., jax.Array],
+    masked_xor_fn: Callable[[jax.Array, jax.Array], jax.Array],
+) -> None:
+    """Register an op set under ``name`` (re-registering replaces it).
+
+    Signatures (docs/engine-interface.md): ``expand_levels_fn(seeds, ts, seed_cw, t_cw, final_cw)``,
+    optionally with a keyword ``unroll`` (then EngineSpec.unroll is passed), and
+    ``masked_xor_fn(pages, masks)``. Both must be traceable under jit and vmap.
+    """
+    params = inspect.signature(expand_levels_fn).parameters
+    accepts_unroll = "unroll" in params or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+    )
+    _OPS[name] = EngineOps(expand_levels_fn, masked_xor_fn, accepts_unroll)
+    make_answer_fn.cache_clear()  # a cached answer fn may have traced the old ops
+
+
+def registered_engines() -> list[str]:
+    return sorted(_OPS)
+
+
+def get_ops(name: str) -> EngineOps:
+    if name not in _OPS and name in _LAZY_ENGINE_MODULES:
+        try:
+            importlib.import_module(_LAZY_ENGINE_MODULES[name])
+        except ImportError as e:
+            raise ValueError(f"engine {name!r} could not be loaded ({e})") from e
+    if name not in _OPS:
+        raise ValueError(f"unknown engine {name!r}; registered engines: {registered_engines()}")
+    return _OPS[name]
+
+
+# --------------------------------------------------------------------------------------------
+# The XLA ops
+# --------------------------------------------------------------------------------------------
+
+
+def _on(t: jax.Array) -> jax.Array:
+    """All-ones where t == 1, zero where t == 0 (uint32): a branch-free select."""
+    return jnp.uint32(0) - t
+
+
+def expand_nodes_xla(
+    seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array, *, unroll: bool | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """GGM expansion without the final correction: nodes (K, R, 4), (K, R) at depth d and the
+    correction words of L levels (K, L, 4), (K, L, 2) -> nodes at depth d + L, (K, R*2^L, 4), (K, R*2^L)."""
+    for lvl in range(seed_cw.shape[-2]):  # static: one fused elementwise kernel per level on GPU
+        left, right, tl, tr = prg_expand(seeds, unroll)
+        on = _on(ts)  # (..., R): the parent's t selects whether this level's corrections apply
+        cw = seed_cw[..., lvl, None, :] & on[..., None]
+        left, right = left ^ cw, right ^ cw
+        tl = tl ^ (t_cw[..., lvl, 0, None] & on)
+        tr = tr ^ (t_cw[..., lvl, 1, None] & on)
+        # Interleave: child index = 2 * parent + bit (MSB-first path bits), left first.
+        seeds = jnp.stack([left, right], axis=-2).reshape(*left.shape[:-2], -1, 4)
+        ts = jnp.stack([tl, tr], axis=-1).reshape(*tl.shape[:-1], -1)
+    return seeds, ts
+
+
+def expand_levels_xla(
+    seeds: jax.Array,
+    ts: jax.Array,
+    seed_cw: jax.Array,
+    t_cw: jax.Array,
+    final_cw: jax.Array,
+    *,
+    unroll: bool | None = None,
+) -> jax.Array:
+    """seeds (K, R, 4), ts (K, R) at depth d; seed_cw (K, L, 4), t_cw (K, L, 2) of levels d..d+L-1;
+    final_cw (K, 4) -> leaves (K, R*2^L, 4) in index order with the final correction: DPF outputs."""
+    leaves, t = expand_nodes_xla(seeds, ts, seed_cw, t_cw, unroll=unroll)
+    return leaves ^ (final_cw[..., None, :] & _on(t)[..., None])
+
+
+def masked_xor_xla(pages: jax.Array, masks: jax.Array) -> jax.Array:
+    """pages (T, 1024) u32, masks (K, T, 4) u32 -> (K, 1024) u32:
+    out[k, w] = XOR over t of pages[t, w] & masks[k, t, w % 4]. XLA fuses the AND into the reduce,
+    so the (K, T, 256, 4) product is never stored."""
+    t = pages.shape[0]
+    prod = pages.reshape(t, PAGE_WORDS // 4, 4)[None] & masks[:, :, None, :]
+    return jnp.bitwise_xor.reduce(prod, axis=1).reshape(masks.shape[0], PAGE_WORDS)
+
+
+# --------------------------------------------------------------------------------------------
+# The scan
+# --------------------------------------------------------------------------------------------
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, x - 1).bit_length()
+
+
+def tile_size(num_pages: int, domain_bits: int, spec: EngineSpec) -> int:
+    """Pages per scan step: spec.tile_pages, capped by the domain and by the database size
+    (a tiny database must not expand a 4096-leaf subtree to use 5 of its leaves)."""
+    return min(spec.tile_pages, 1 << domain_bits, _next_pow2(num_pages))
+
+
+def _expand(ops: EngineOps, spec: EngineSpec, *args: jax.Array) -> jax.Array:
+    if ops.expand_accepts_unroll:
+        return ops.expand_levels(*args, unroll=spec.resolved_unroll)
+    return ops.expand_levels(*args)
+
+
+def scan(pages_words: jax.Array, keys: KeyBatch, *, num_pages: int, spec: EngineSpec) -> jax.Array:
+    """Server answers of K keys over pages [0, num_pages): (K, 1024) uint32.
+
+    Pure; call inside jit with num_pages and spec static (see make_answer_fn). Vmappable over a
+    leading query axis of ``keys`` (pages unbatched)."""
+    n = keys.domain_bits
+    if pages_words.ndim != 2 or pages_words.shape[1] != PAGE_WORDS or pages_words.dtype != jnp.uint32:
+        raise ValueError(
+            f"pages_words must be (P, {PAGE_WORDS}) uint32, got {pages_words.shape} {pages_words.dtype}"
+        )
+    if not 1 <= num_pages <= pages_words.shape[0]:
+        raise ValueError(f"{num_pages=} must be in [1, {pages_words.shape[0]}] (rows of pages_words)")
+    if num_pages > 1 << n:
+        raise ValueError(f"{num_pages=} exceeds the DPF domain 2^{n}: generate keys with more domain_bits")
+    ops = get_ops(spec.name)
+    unroll = spec.resolved_unroll
+    T = tile_size(num_pages, n, spec)
+    b = T.bit_length() - 1  # levels expanded per tile
+    d = n - b  # depth of the tile roots
+    num_full, rem = divmod(num_pages, T)
+    k = keys.root_t.shape[-1]
+
+    # Every key to depth d once (always XLA: 2^d nodes per key is small next to the tiles' 2^n).
+    top_seeds, top_ts = expand_nodes_xla(
+        keys.root_seed[:, None, :], keys.root_t[:, None], keys.seed_cw[:, :d], keys.t_cw[:, :d], unroll=unroll
+    )
+    sub_cw, sub_tcw = keys.seed_cw[:, d:], keys.t_cw[:, d:]
+
+    def tile_masks(j: jax.Array | int) -> jax.Array:
+        # The K subtrees under node j at depth d: their leaves are the DPF outputs of pages j*T + [0, T).
+        seeds = lax.dynamic_slice_in_dim(top_seeds, j, 1, axis=1)
+        ts = lax.dynamic_slice_in_dim(top_ts, j, 1, axis=1)
+        return _expand(ops, spec, seeds, ts, sub_cw, sub_tcw, keys.final_cw)  # (K, T, 4)
+
+    def body(j: jax.Array, acc: jax.Array) -> jax.Array:
+        tile = lax.dynamic_slice_in_dim(pages_words, j * T, T, axis=0)
+        return acc ^ ops.masked_xor(tile, tile_masks(j))
+
+    acc = jnp.zeros((k, PAGE_WORDS), jnp.uint32)
+    if num_full:
+        acc = lax.fori_loop(0, num_full, body, acc)
+    if rem:
+        # Static ragged tail: pages [num_full*T, num_pages) use the first rem leaves of subtree num_full.
+        masks = tile_masks(num_full)[:, :rem]
+        acc = acc ^ ops.masked_xor(pages_words[num_full * T : num_pages], masks)
+    return acc
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def full_eval_jax(keys: KeyBatch, spec: EngineSpec) -> jax.Array:
+    """All 2^n DPF outputs of K keys, (K, 2^n, 4) uint32, in index order (tests and benchmarks)."""
+    return _expand(
+        get_ops(spec.name), spec, keys.root_seed[:, None, :], keys.root_t[:, None], keys.seed_cw, keys.t_cw, keys.final_cw
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def make_answer_fn(num_pages: int, spec: EngineSpec) -> Callable[[jax.Array, KeyBatch], jax.Array]:
+    """Jitted ``fn(pages_words, keybatch) -> (K, 1024) u32``, shared by every caller with the same
+    (num_pages, spec) so compiled executables are reused (jit further caches per input shape)."""
+    return jax.jit(functools.partial(scan, num_pages=num_pages, spec=spec))
+
+
+# --------------------------------------------------------------------------------------------
+# Host conversions and the numpy-in / numpy-out entry point
+# --------------------------------------------------------------------------------------------
+
+
+def pages_to_words(pages_u8: np.ndarray) -> np.ndarray:
+    """(N, 4096) uint8 pages -> (N, 1024) uint32 little-endian words (a view when possible)."""
+    _check_pages(pages_u8)
+    return np.ascontiguousarray(pages_u8).view("<u4").reshape(pages_u8.shape[0], PAGE_WORDS)
+
+
+def words_to_bytes(words: np.ndarray | jax.Array) -> np.ndarray:
+    """(..., 1024) uint32 words -> (..., 4096) uint8, little-endian."""
+    w = np.asarray(words)
+    if w.dtype != np.uint32 or w.shape[-1:] != (PAGE_WORDS,):
+        raise ValueError(f"words must be (..., {PAGE_WORDS}) uint32, got {w.shape} {w.dtype}")
+    return np.ascontiguousarray(w.astype("<u4", copy=False)).view(np.uint8).reshape(*w.shape[:-1], PAGE_BYTES)
+
+
+def _check_pages(pages: np.ndarray) -> None:
+    if not isinstance(pages, np.ndarray) or pages.dtype != np.uint8:
+        raise ValueError(
+            f"pages must be a numpy uint8 array, got {type(pages).__name__} "
+            f"{getattr(pages, 'dtype', None)}: convert with np.asarray(pages, dtype=np.uint8)"
+        )
+    if pages.ndim != 2 or pages.shape[1] != PAGE_BYTES or pages.shape[0] < 1:
+        raise ValueError(f"pages must have shape (N >= 1, {PAGE_BYTES}), got {pages.shape}")
+
+
+def answer_jax(pages: np.ndarray, keys: Sequence[Key], spec: EngineSpec | None = None) -> np.ndarray:
+    """Server answers (K, 4096) uint8 for ``keys`` over ``pages`` (N, 4096) uint8, on the default
+    JAX device; same contract and validation as the numpy reference ``answer_numpy``."""
+    _check_pages(pages)
+    kb = KeyBatch.from_keys(keys)
+    n_pages, n = pages.shape[0], kb.domain_bits
+    if n_pages > 1 << n:
+        raise ValueError(
+            f"{n_pages} pages exceed the DPF domain 2^{n} = {1 << n}: use keys with domain_bits >= "
+            f"{(n_pages - 1).bit_length()}"
+        )
+    spec = EngineSpec() if spec is None else spec
+    fn = make_answer_fn(n_pages, spec)
+    out = fn(jax.device_put(pages_to_words(pages)), kb.to_device())
+    return words_to_bytes(jax.device_get(out))
+
+
+register_ops("xla", expand_levels_xla, masked_xor_xla)

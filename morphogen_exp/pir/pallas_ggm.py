@@ -1,0 +1,294 @@
+"""Pallas (Triton) kernel for the ChaCha8 GGM tree expansion of DPF keys.
+
+``expand_levels_pallas(seeds (K,R,4), ts (K,R), seed_cw (K,L,4), t_cw (K,L,2), final_cw (K,4))
+-> (K, R * 2**L, 4) u32``: the leaves in index order (child = 2 * parent + bit, left first),
+with the final correction word applied where the final t == 1 (docs/engine-interface.md,
+shared/fixtures/README.md).
+
+Design: one node per lane.  A program takes ``NB`` nodes of one key, holds each of their four
+seed words as a (NB,) vector, and runs ``levels`` tree levels in registers: per level two
+ChaCha8 blocks per node (16 u32 word vectors each, 4 double rounds, unrolled on the GPU or a
+``fori_loop`` over double rounds for fast CPU / interpret compiles), the correction words of
+that level (scalars of the program's key), then the children interleaved into index order
+(``stack`` + ``reshape``: Triton's join).  The last call of an expansion applies ``final_cw``
+and writes no t.  ``levels`` > 1 saves the intermediate HBM round trips; L levels take
+ceil(L / levels) ``pallas_call``s in one jitted program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+
+from morphogen_exp.pir.pallas_scan import squeezed_dim, triton_compiler_params
+
+__all__ = ["GGMBlock", "expand_levels_pallas", "expand_levels_reference", "chacha8_block_words"]
+
+# "expand 32-byte k"
+_SIGMA = (0x61707865, 0x3320646E, 0x79622D32, 0x6B206574)
+_COLUMNS = ((0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15))
+_DIAGONALS = ((0, 5, 10, 15), (1, 6, 11, 12), (2, 7, 8, 13), (3, 4, 9, 14))
+_STORES = ("join", "strided")
+
+
+def _is_pow2(x: int) -> bool:
+    return x > 0 and (x & (x - 1)) == 0
+
+
+def _pow2_divisor(x: int) -> int:
+    """Largest power of two dividing x (x > 0)."""
+    return x & -x
+
+
+# --------------------------------------------------------------------------------------------
+# Block sizes
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class GGMBlock:
+    """Static parameters of the GGM expansion kernel.
+
+    nodes:  parent nodes per program at the widest (last) level of one call (power of two);
+            a call of ``levels`` levels starts from nodes / 2**(levels-1) nodes per program.
+    levels: tree levels per ``pallas_call`` (kept in registers in between).
+    num_warps, num_stages: Triton launch parameters.
+    unroll: unroll the 4 ChaCha double rounds (None: unrolled on the GPU, a loop in interpret
+            mode, whose compile is much faster on a CPU).
+    store:  "join" (assemble (n, 4) leaf words in registers, contiguous 16-byte stores) or
+            "strided" (one strided store per word).
+    """
+
+    nodes: int = 256
+    levels: int = 2
+    num_warps: int = 4
+    num_stages: int = 1
+    unroll: bool | None = None
+    store: str = "join"
+
+    def __post_init__(self) -> None:
+        if not _is_pow2(self.nodes):
+            raise ValueError(f"GGMBlock.nodes={self.nodes} must be a power of two")
+        if self.levels < 1:
+            raise ValueError(f"GGMBlock.levels={self.levels} must be >= 1")
+        if self.store not in _STORES:
+            raise ValueError(f"GGMBlock.store={self.store!r} must be one of {_STORES}")
+        if self.num_warps not in (1, 2, 4, 8, 16, 32):
+            raise ValueError(f"GGMBlock.num_warps={self.num_warps} must be a power of two <= 32")
+
+    @classmethod
+    def get_default(cls) -> "GGMBlock":
+        return cls()
+
+    def replace(self, **kw: Any) -> "GGMBlock":
+        return dataclasses.replace(self, **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# ChaCha8 on word vectors (shared by the kernel and the jnp reference)
+# --------------------------------------------------------------------------------------------
+def _rotl(x, n: int):
+    return (x << np.uint32(n)) | (x >> np.uint32(32 - n))
+
+
+def _quarter(x: list, a: int, b: int, c: int, d: int) -> None:
+    x[a] = x[a] + x[b]
+    x[d] = _rotl(x[d] ^ x[a], 16)
+    x[c] = x[c] + x[d]
+    x[b] = _rotl(x[b] ^ x[c], 12)
+    x[a] = x[a] + x[b]
+    x[d] = _rotl(x[d] ^ x[a], 8)
+    x[c] = x[c] + x[d]
+    x[b] = _rotl(x[b] ^ x[c], 7)
+
+
+def _double_round(x: list) -> list:
+    x = list(x)
+    for q in _COLUMNS:
+        _quarter(x, *q)
+    for q in _DIAGONALS:
+        _quarter(x, *q)
+    return x
+
+
+def chacha8_block_words(seed: list, counter: int, *, unroll: bool) -> list:
+    """ChaCha8 block ``counter`` of key seed||seed, zero nonce: 16 output word arrays.
+
+    seed: four u32 arrays of one shape (words 0..3 of the 16-byte seed).
+    """
+    shape = jnp.shape(seed[0])
+    u32 = jnp.uint32
+    const = [jnp.full(shape, c, u32) for c in _SIGMA]
+    init = const + list(seed) + list(seed) + [
+        jnp.full(shape, counter, u32), jnp.zeros(shape, u32), jnp.zeros(shape, u32),
+        jnp.zeros(shape, u32)]
+    if unroll:
+        x = list(init)
+        for _ in range(4):
+            x = _double_round(x)
+    else:
+        x = list(lax.fori_loop(0, 4, lambda i, s: tuple(_double_round(list(s))), tuple(init)))
+    return [x[i] + init[i] for i in range(16)]
+
+
+def _expand_node_words(seed: list, t, cw: list, t_cw_l, t_cw_r, *, unroll: bool):
+    """One GGM level for word vectors: returns (left seed words, right seed words, tl, tr)."""
+    b0 = chacha8_block_words(seed, 0, unroll=unroll)
+    b1 = chacha8_block_words(seed, 1, unroll=unroll)
+    t = t & np.uint32(1)
+    tmask = np.uint32(0) - t  # all ones where t == 1
+    left = [b0[w] ^ (cw[w] & tmask) for w in range(4)]
+    right = [b0[4 + w] ^ (cw[w] & tmask) for w in range(4)]
+    tl = (b1[0] & np.uint32(1)) ^ (t_cw_l & t)
+    tr = (b1[1] & np.uint32(1)) ^ (t_cw_r & t)
+    return left, right, tl, tr
+
+
+def _interleave(a, b):
+    """(..., n), (..., n) -> (..., 2n) with out[..., 2i] = a[i], out[..., 2i+1] = b[i]."""
+    st = jnp.stack([a, b], axis=-1)
+    return st.reshape(*a.shape[:-1], 2 * a.shape[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# Kernel
+# --------------------------------------------------------------------------------------------
+def _ggm_kernel(seeds_ref, t_ref, scw_ref, tcw_ref, fcw_ref, *out_refs, level0: int,
+                levels: int, final: bool, unroll: bool, store: str):
+    """seeds_ref (NB, 4), t_ref (NB,), scw_ref (L, 4), tcw_ref (L, 2), fcw_ref (4,) of one key;
+    out: seeds (NB * 2**levels, 4) [, t (NB * 2**levels,) unless final]."""
+    s = [seeds_ref[:, w] for w in range(4)]
+    t = t_ref[...]
+    for j in range(levels):
+        lvl = level0 + j
+        cw = [scw_ref[lvl, w] for w in range(4)]
+        left, right, tl, tr = _expand_node_words(s, t, cw, tcw_ref[lvl, 0], tcw_ref[lvl, 1],
+                                                 unroll=unroll)
+        s = [_interleave(left[w], right[w]) for w in range(4)]
+        t = _interleave(tl, tr)
+    if final:
+        tmask = np.uint32(0) - (t & np.uint32(1))
+        s = [s[w] ^ (fcw_ref[w] & tmask) for w in range(4)]
+    out_seeds = out_refs[0]
+    if store == "join":
+        n = s[0].shape[0]
+        a = jnp.stack([s[0], s[2]], axis=-1)
+        b = jnp.stack([s[1], s[3]], axis=-1)
+        out_seeds[...] = jnp.stack([a, b], axis=-1).reshape(n, 4)
+    else:
+        for w in range(4):
+            out_seeds[:, w] = s[w]
+    if not final:
+        out_refs[1][...] = t
+
+
+@functools.partial(jax.jit, static_argnames=("level0", "levels", "final", "block", "interpret"))
+def _ggm_call(seeds, ts, seed_cw, t_cw, final_cw, *, level0: int, levels: int, final: bool,
+              block: GGMBlock, interpret: bool):
+    k, r, _ = seeds.shape
+    big_l = seed_cw.shape[1]
+    nb = min(max(block.nodes >> (levels - 1), 1), _pow2_divisor(r))
+    nout = nb << levels
+    grid = (k, r // nb)
+    sq = squeezed_dim()
+    unroll = (not interpret) if block.unroll is None else block.unroll
+    kernel = functools.partial(_ggm_kernel, level0=level0, levels=levels, final=final,
+                               unroll=unroll, store=block.store)
+    out_shape = [jax.ShapeDtypeStruct((k, r << levels, 4), jnp.uint32)]
+    out_specs = [pl.BlockSpec(block_shape=(sq, nout, 4), index_map=lambda a, i: (a, i, 0))]
+    if not final:
+        out_shape.append(jax.ShapeDtypeStruct((k, r << levels), jnp.uint32))
+        out_specs.append(pl.BlockSpec(block_shape=(sq, nout), index_map=lambda a, i: (a, i)))
+    outs = pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=grid,
+        in_specs=[
+            pl.BlockSpec(block_shape=(sq, nb, 4), index_map=lambda a, i: (a, i, 0)),
+            pl.BlockSpec(block_shape=(sq, nb), index_map=lambda a, i: (a, i)),
+            pl.BlockSpec(block_shape=(sq, big_l, 4), index_map=lambda a, i: (a, 0, 0)),
+            pl.BlockSpec(block_shape=(sq, big_l, 2), index_map=lambda a, i: (a, 0, 0)),
+            pl.BlockSpec(block_shape=(sq, 4), index_map=lambda a, i: (a, 0)),
+        ],
+        out_specs=out_specs,
+        compiler_params=triton_compiler_params(block.num_warps, block.num_stages),
+        interpret=interpret,
+        name=f"ggm_l{levels}_n{nb}_w{block.num_warps}_{block.store}",
+    )(seeds, ts, seed_cw, t_cw, final_cw)
+    return outs[0], (None if final else outs[1])
+
+
+@functools.partial(jax.jit, static_argnames=("block", "interpret"))
+def _expand_levels_jit(seeds, ts, seed_cw, t_cw, final_cw, *, block: GGMBlock, interpret: bool):
+    big_l = seed_cw.shape[1]
+    if big_l == 0:
+        tmask = jnp.uint32(0) - (ts & jnp.uint32(1))
+        return seeds ^ (final_cw[:, None, :] & tmask[..., None])
+    level = 0
+    while level < big_l:
+        m = min(block.levels, big_l - level)
+        final = level + m == big_l
+        seeds, ts = _ggm_call(seeds, ts, seed_cw, t_cw, final_cw, level0=level, levels=m,
+                              final=final, block=block, interpret=interpret)
+        level += m
+    return seeds
+
+
+def expand_levels_pallas(
+    seeds: jax.Array,
+    ts: jax.Array,
+    seed_cw: jax.Array,
+    t_cw: jax.Array,
+    final_cw: jax.Array,
+    *,
+    block: GGMBlock | None = None,
+    interpret: bool = False,
+) -> jax.Array:
+    """seeds (K,R,4) u32, ts (K,R) u32 (0/1): nodes at depth d; seed_cw (K,L,4), t_cw (K,L,2)
+    [left, right]: correction words of levels d..d+L-1; final_cw (K,4)
+    -> leaves (K, R * 2**L, 4) u32 in index order, final correction applied."""
+    if seeds.ndim != 3 or seeds.shape[2] != 4:
+        raise ValueError(f"seeds must be (K, R, 4), got {seeds.shape=}")
+    k, r, _ = seeds.shape
+    if ts.shape != (k, r):
+        raise ValueError(f"ts must be {(k, r)=}, got {ts.shape=}")
+    if seed_cw.ndim != 3 or seed_cw.shape[0] != k or seed_cw.shape[2] != 4:
+        raise ValueError(f"seed_cw must be (K={k}, L, 4), got {seed_cw.shape=}")
+    big_l = seed_cw.shape[1]
+    if t_cw.shape != (k, big_l, 2):
+        raise ValueError(f"t_cw must be {(k, big_l, 2)=}, got {t_cw.shape=}")
+    if final_cw.shape != (k, 4):
+        raise ValueError(f"final_cw must be {(k, 4)=}, got {final_cw.shape=}")
+    for name, a in (("seeds", seeds), ("ts", ts), ("seed_cw", seed_cw), ("t_cw", t_cw),
+                    ("final_cw", final_cw)):
+        if a.dtype != jnp.uint32:
+            raise TypeError(f"{name} must be uint32, got {a.dtype=}")
+    if block is None:
+        block = GGMBlock.get_default()
+    if k == 0 or r == 0:
+        return jnp.zeros((k, r << big_l, 4), jnp.uint32)
+    return _expand_levels_jit(seeds, ts, seed_cw, t_cw, final_cw, block=block,
+                              interpret=interpret)
+
+
+# --------------------------------------------------------------------------------------------
+# Reference (plain jnp)
+# --------------------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("unroll",))
+def expand_levels_reference(seeds, ts, seed_cw, t_cw, final_cw, *, unroll: bool = False):
+    """Plain-jnp GGM expansion with the same contract as ``expand_levels_pallas``."""
+    s = [seeds[..., w] for w in range(4)]  # (K, R) each
+    t = ts
+    for lvl in range(seed_cw.shape[1]):
+        cw = [seed_cw[:, lvl, w][:, None] for w in range(4)]
+        left, right, tl, tr = _expand_node_words(s, t, cw, t_cw[:, lvl, 0][:, None],
+                                                 t_cw[:, lvl, 1][:, None], unroll=unroll)
+        s = [_interleave(left[w], right[w]) for w in range(4)]
+        t = _interleave(tl, tr)
+    tmask = jnp.uint32(0) - (t & jnp.uint32(1))
+    return jnp.stack([s[w] ^ (final_cw[:, w][:, None] & tmask) for w in range(4)], axis=-1)

@@ -1,0 +1,62 @@
+"""Registers the Pallas (Triton) kernels as the engine ops named "pallas".
+
+Intended call (the XLA engine's registry, morphogen_exp/pir/jax_engine.py):
+    jax_engine.register_ops("pallas", expand_levels_fn, masked_xor_fn)
+
+Importing this module never compiles anything (Triton lowering happens at call time), so it
+is safe on a CPU-only machine.  If the registry is not importable, ``REGISTERED`` is False and
+``REGISTRATION_ERROR`` says why; ``register()`` can be called again later.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from morphogen_exp.pir.pallas_ggm import GGMBlock, expand_levels_pallas
+from morphogen_exp.pir.pallas_scan import ScanBlock, masked_xor_pallas
+
+__all__ = ["expand_levels_fn", "masked_xor_fn", "register", "REGISTERED", "REGISTRATION_ERROR"]
+
+ENGINE_NAME = "pallas"
+
+
+def _interpret() -> bool:
+    """Interpret mode where no GPU is present (CPU tests of the engine wiring)."""
+    return jax.default_backend() != "gpu"
+
+
+def masked_xor_fn(pages: jax.Array, masks: jax.Array) -> jax.Array:
+    """pages (T, 1024) u32, masks (K, T, 4) u32 -> (K, 1024) u32 (engine-interface.md)."""
+    return masked_xor_pallas(pages, masks, block=ScanBlock.get_default(masks.shape[0]),
+                             interpret=_interpret())
+
+
+def expand_levels_fn(seeds, ts, seed_cw, t_cw, final_cw) -> jax.Array:
+    """seeds (K,R,4), ts (K,R), seed_cw (K,L,4), t_cw (K,L,2), final_cw (K,4)
+    -> (K, R * 2**L, 4) u32 leaves (engine-interface.md)."""
+    return expand_levels_pallas(seeds, ts, seed_cw, t_cw, final_cw,
+                                block=GGMBlock.get_default(), interpret=_interpret())
+
+
+REGISTERED = False
+REGISTRATION_ERROR: str | None = None
+
+
+def register() -> bool:
+    """Register "pallas" with the XLA engine's registry; returns whether it worked."""
+    global REGISTERED, REGISTRATION_ERROR
+    try:
+        from morphogen_exp.pir import jax_engine  # noqa: PLC0415
+    except ImportError as e:
+        REGISTRATION_ERROR = f"morphogen_exp.pir.jax_engine not importable: {e}"
+        return False
+    reg = getattr(jax_engine, "register_ops", None)
+    if reg is None:
+        REGISTRATION_ERROR = "morphogen_exp.pir.jax_engine has no register_ops"
+        return False
+    reg(ENGINE_NAME, expand_levels_fn, masked_xor_fn)
+    REGISTERED, REGISTRATION_ERROR = True, None
+    return True
+
+
+register()

@@ -1,0 +1,176 @@
+"""MLflow tracking: one parent run per sweep, one child run per cell, through MlflowClient (no
+global active-run state, so a failing cell can never leave the next one nested under it).
+
+The embedded store is SQLite. Two sweeps may write it at once: the schema is created under a file
+lock, the database runs in WAL mode, and writes that still meet "database is locked" are retried.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import os
+import sqlite3
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, TypeVar
+
+from .config import ConfigError, MlflowConfig
+
+# Fail fast on an unreachable server instead of MLflow's minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+import mlflow  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+T = TypeVar("T")
+PARENT_TAG = "morphogen.sweep_dir"
+ROLE_TAG = "morphogen.role"  # "sweep" | "cell"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def _retry(fn: Callable[[], T], attempts: int = 12) -> T:
+    """Run a store operation, retrying SQLite lock contention with backoff."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as err:  # MlflowException wraps sqlalchemy.OperationalError
+            if "locked" not in str(err).lower() or i == attempts - 1:
+                raise
+            time.sleep(min(2.0, 0.05 * 2**i))
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@functools.lru_cache(maxsize=None)
+def code_version() -> str:
+    """The git commit of this code (+dirty.<digest> with uncommitted changes), else the package version."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        diff = subprocess.run(["git", "-C", str(root), "diff", "HEAD", "--", "morphogen_exp", "conf"], capture_output=True, check=True).stdout
+        if diff:
+            import hashlib
+
+            head += "+dirty." + hashlib.sha256(diff).hexdigest()[:8]
+        return head
+    except Exception:
+        from importlib.metadata import version
+
+        try:
+            return "pkg-" + version("morphogen_exp")
+        except Exception:
+            return "unknown"
+
+
+class Tracker:
+    """The MLflow store of one config: checked on construction, before anything compiles."""
+
+    def __init__(self, cfg: MlflowConfig):
+        self.cfg = cfg
+        self.client = MlflowClient(tracking_uri=cfg.tracking_uri)
+        self.experiment_id = self._open()
+
+    # --- store set-up ---
+    def _open(self) -> str:
+        uri = self.cfg.tracking_uri
+        db = sqlite_path(uri)
+        try:
+            if db is not None:
+                try:
+                    db.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as err:
+                    raise ConfigError(f"mlflow.tracking_uri {uri!r}: cannot create {db.parent} ({err.strerror}); pick a writable path") from None
+                if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+                    raise ConfigError(f"mlflow.tracking_uri {uri!r}: {db} is not writable; pick a writable path")
+                with _file_lock(db.with_suffix(db.suffix + ".lock")):
+                    exp_id = self._get_or_create_experiment(artifacts=db.parent / "mlartifacts")
+                    with sqlite3.connect(db, timeout=30) as con:  # WAL: readers never block the writer
+                        con.execute("PRAGMA journal_mode=WAL")
+                return exp_id
+            return self._get_or_create_experiment(artifacts=None)
+        except ConfigError:
+            raise
+        except Exception as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise ConfigError(f"mlflow.tracking_uri {uri!r} cannot be used: {first}") from None
+
+    def _get_or_create_experiment(self, artifacts: Path | None) -> str:
+        exp = self.client.get_experiment_by_name(self.cfg.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        loc = artifacts.resolve().as_uri() if artifacts is not None else None
+        return self.client.create_experiment(self.cfg.experiment, artifact_location=loc)
+
+    # --- runs ---
+    def start_run(self, name: str, tags: Mapping[str, Any], parent_id: str | None = None) -> str:
+        tags = {k: str(v) for k, v in tags.items()}
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags))
+        return run.info.run_id
+
+    def log(self, run_id: str, *, params: Mapping[str, Any] = {}, metrics: Mapping[str, float] = {}, tags: Mapping[str, Any] = {}) -> None:
+        now = int(time.time() * 1000)
+        p = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        m = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
+        t = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        for i in range(0, max(len(p), len(m), len(t), 1), 100):  # MLflow's batch limits
+            _retry(lambda: self.client.log_batch(run_id, metrics=m[i : i + 100], params=p[i : i + 100], tags=t[i : i + 100]))
+
+    def log_series(self, run_id: str, key: str, values: list[float]) -> None:
+        now = int(time.time() * 1000)
+        _retry(lambda: self.client.log_batch(run_id, metrics=[Metric(key, float(v), now, s) for s, v in enumerate(values)]))
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        _retry(lambda: self.client.log_text(run_id, text, artifact_file))
+
+    def log_file(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        _retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
+
+    def end(self, run_id: str, status: str) -> None:
+        _retry(lambda: self.client.set_terminated(run_id, status=status))
+
+    # --- queries ---
+    def find_parent(self, sweep_dir: str) -> str | None:
+        runs = _retry(lambda: self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{PARENT_TAG}` = '{sweep_dir}'",
+            max_results=1,
+        ))
+        return runs[0].info.run_id if runs else None
+
+    def children(self, parent_id: str) -> list[mlflow.entities.Run]:
+        return _retry(lambda: self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=5000
+        ))
+
+    def finished_cell(self, cell_key: str, version: str) -> mlflow.entities.Run | None:
+        """A FINISHED cell of this experiment with the same config identity and code version."""
+        runs = _retry(lambda: self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(
+                f"tags.`{ROLE_TAG}` = 'cell' and tags.cell_key = '{cell_key}' "
+                f"and tags.code_version = '{version}' and attributes.status = 'FINISHED' "
+                "and tags.cell_status = 'ok'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        ))
+        return runs[0] if runs else None
