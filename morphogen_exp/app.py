@@ -42,7 +42,7 @@ class CellOutcome:
     error: str = ""
 
 
-FAILED_CELLS: list[str] = []         # "strategy q=N: reason" for every failed cell of this process
+FAILED_CELLS: list[str] = []  # "strategy-qN: reason" for every cell that failed or did not fit, this process
 
 
 @dataclass
@@ -224,8 +224,13 @@ def run(cfg: DictConfig) -> CellOutcome:
         tracker.log(run_id, tags={"cell_status": "does_not_fit", "error_message": str(err)},
                     metrics={"memory_estimate_gib": err.need / memory.GIB})
         tracker.end(run_id, "FINISHED")
+        FAILED_CELLS.append(f"{name}: does not fit: {err}")
         log.warning("%s: does not fit: %s", name, err)
         return CellOutcome("does_not_fit", run_id, error=str(err))
+    except ConfigError as err:  # a knob only the strategy can check: recorded, then reported as a setting to fix
+        tracker.log(run_id, tags={"cell_status": "failed", "error_class": "ConfigError", "error_message": str(err)})
+        tracker.end(run_id, "FAILED")
+        raise
     except KeyboardInterrupt:
         tracker.log(run_id, tags={"cell_status": "killed"})
         tracker.end(run_id, "KILLED")

@@ -241,12 +241,16 @@ def _guard(df: pd.DataFrame, decision: Decision, header: str) -> tuple[str, str]
         lines.append("strategy:")
         lines += [f"  {k}: {v}" for k, v in sorted(knobs.items())]
     env = {k[len("guard_env."):]: v for k, v in params.items() if k.startswith("guard_env.")}
-    env_text = "".join(f"{k}={str(v).lower() if v in ('True', 'False') else v}\n" for k, v in sorted(env.items()))
+    env_text = "".join(f"{k}={_env_value(v)}\n" for k, v in sorted(env.items()))
     if decision.fallback:
         fb = _strategy_params(df, decision.fallback)
         env_text += f"# fallback: {decision.fallback}\n" + "".join(
-            f"# {k[len('guard_env.'):]}={v}\n" for k, v in sorted(fb.items()) if k.startswith("guard_env."))
+            f"# {k[len('guard_env.'):]}={_env_value(v)}\n" for k, v in sorted(fb.items()) if k.startswith("guard_env."))
     return "\n".join(lines) + "\n", env_text
+
+
+def _env_value(v: str) -> str:
+    return v.lower() if v in ("True", "False") else v
 
 
 def _atomic_write(path: Path, text: str) -> None:

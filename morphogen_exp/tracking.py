@@ -84,7 +84,7 @@ class Tracker:
 
     def __init__(self, cfg: MlflowConfig):
         self.cfg = cfg
-        self.client = MlflowClient(tracking_uri=cfg.tracking_uri)
+        self.client: MlflowClient
         self.experiment_id = self._open()
 
     # --- store set-up ---
@@ -99,11 +99,13 @@ class Tracker:
                     raise ConfigError(f"mlflow.tracking_uri {uri!r}: cannot create {db.parent} ({err.strerror}); pick a writable path") from None
                 if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
                     raise ConfigError(f"mlflow.tracking_uri {uri!r}: {db} is not writable; pick a writable path")
-                with _file_lock(db.with_suffix(db.suffix + ".lock")):
+                with _file_lock(db.with_suffix(db.suffix + ".lock")):  # one process creates the schema
+                    self.client = MlflowClient(tracking_uri=uri)
                     exp_id = self._get_or_create_experiment(artifacts=db.parent / "mlartifacts")
                     with sqlite3.connect(db, timeout=30) as con:  # WAL: readers never block the writer
                         con.execute("PRAGMA journal_mode=WAL")
                 return exp_id
+            self.client = MlflowClient(tracking_uri=uri)
             return self._get_or_create_experiment(artifacts=None)
         except ConfigError:
             raise

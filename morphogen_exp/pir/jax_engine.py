@@ -212,12 +212,12 @@ def _on(t: jax.Array) -> jax.Array:
     return jnp.uint32(0) - t
 
 
-def expand_nodes_xla(
-    seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array, *, unroll: bool | None = None
+def _expand_doubling(
+    seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array, unroll: bool
 ) -> tuple[jax.Array, jax.Array]:
-    """GGM expansion without the final correction: nodes (K, R, 4), (K, R) at depth d and the
-    correction words of L levels (K, L, 4), (K, L, 2) -> nodes at depth d + L, (K, R*2^L, 4), (K, R*2^L)."""
-    for lvl in range(seed_cw.shape[-2]):  # static: one fused elementwise kernel per level on GPU
+    """Level by level, every node into its 2 children: 2 ChaCha8 blocks per tree node (the least
+    arithmetic). Shapes double per level, so each level is its own (fused) kernel."""
+    for lvl in range(seed_cw.shape[-2]):
         left, right, tl, tr = prg_expand(seeds, unroll)
         on = _on(ts)  # (..., R): the parent's t selects whether this level's corrections apply
         cw = seed_cw[..., lvl, None, :] & on[..., None]
@@ -228,6 +228,51 @@ def expand_nodes_xla(
         seeds = jnp.stack([left, right], axis=-2).reshape(*left.shape[:-2], -1, 4)
         ts = jnp.stack([tl, tr], axis=-1).reshape(*tl.shape[:-1], -1)
     return seeds, ts
+
+
+def _expand_compact(
+    seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """The same function with fixed shapes, so both the levels and the rounds are loops and the
+    program size does not grow with the number of levels. Slot p of the final (..., R*2^L) array
+    holds, after level l, the ancestor at depth d+l+1 of output p: it recomputes shared ancestors
+    (L ChaCha8 pairs per output instead of about 2), which is fine for CPU tests. Why: XLA:CPU
+    compile time grows superlinearly with the level count of the doubling form (measured on 2
+    cores: ~0.4 s/level at 8 levels, ~12 s for a 16-level full eval), while this compiles in ~1 s."""
+    levels = seed_cw.shape[-2]
+    if levels == 0:
+        return seeds, ts
+    seeds = jnp.repeat(seeds, 1 << levels, axis=-2)
+    ts = jnp.repeat(ts, 1 << levels, axis=-1)
+    slot = jnp.arange(seeds.shape[-2], dtype=jnp.uint32)
+
+    def level(lvl: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        s, t = carry
+        left, right, tl, tr = prg_expand(s, False)
+        shift = jnp.uint32(levels - 1) - jnp.asarray(lvl, jnp.uint32)
+        right_child = ((slot >> shift) & jnp.uint32(1)) == 1  # this level's path bit of each slot
+        cw = lax.dynamic_index_in_dim(seed_cw, lvl, seed_cw.ndim - 2, keepdims=False)  # (..., 4)
+        tcw = lax.dynamic_index_in_dim(t_cw, lvl, t_cw.ndim - 2, keepdims=False)  # (..., 2)
+        on = _on(t)
+        s = jnp.where(right_child[:, None], right, left) ^ (cw[..., None, :] & on[..., None])
+        t_corr = jnp.where(right_child, tcw[..., 1, None], tcw[..., 0, None])
+        return s, jnp.where(right_child, tr, tl) ^ (t_corr & on)
+
+    return lax.fori_loop(0, levels, level, (seeds, ts))
+
+
+def expand_nodes_xla(
+    seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array, *, unroll: bool | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """GGM expansion without the final correction: nodes (K, R, 4), (K, R) at depth d and the
+    correction words of L levels (K, L, 4), (K, L, 2) -> nodes at depth d + L, (K, R*2^L, 4), (K, R*2^L).
+
+    unroll=True (GPU default): level-by-level doubling with straight-line ChaCha8 rounds.
+    unroll=False (CPU default): the compact fixed-shape loop form (fast to compile, more arithmetic).
+    """
+    if default_unroll() if unroll is None else unroll:
+        return _expand_doubling(seeds, ts, seed_cw, t_cw, True)
+    return _expand_compact(seeds, ts, seed_cw, t_cw)
 
 
 def expand_levels_xla(

@@ -35,7 +35,7 @@ __all__ = ["GGMBlock", "expand_levels_pallas", "expand_levels_reference", "chach
 _SIGMA = (0x61707865, 0x3320646E, 0x79622D32, 0x6B206574)
 _COLUMNS = ((0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15))
 _DIAGONALS = ((0, 5, 10, 15), (1, 6, 11, 12), (2, 7, 8, 13), (3, 4, 9, 14))
-_STORES = ("join", "strided")
+_STORES = ("split", "join", "strided")
 
 
 def _is_pow2(x: int) -> bool:
@@ -60,8 +60,10 @@ class GGMBlock:
     num_warps, num_stages: Triton launch parameters.
     unroll: unroll the 4 ChaCha double rounds (None: unrolled on the GPU, a loop in interpret
             mode, whose compile is much faster on a CPU).
-    store:  "join" (assemble (n, 4) leaf words in registers, contiguous 16-byte stores) or
-            "strided" (one strided store per word).
+    store:  "split" (no in-register interleave: the 2**levels children groups of a node are
+            kept apart and stored with strided slices; only loads, stores and elementwise ops),
+            "join" (children interleaved in registers with Triton's join + reshape, then
+            contiguous (n, 4) stores) or "strided" (join interleave, one strided store per word).
     """
 
     nodes: int = 256
@@ -69,7 +71,7 @@ class GGMBlock:
     num_warps: int = 4
     num_stages: int = 1
     unroll: bool | None = None
-    store: str = "join"
+    store: str = "split"
 
     def __post_init__(self) -> None:
         if not _is_pow2(self.nodes):
@@ -158,12 +160,39 @@ def _interleave(a, b):
 # --------------------------------------------------------------------------------------------
 # Kernel
 # --------------------------------------------------------------------------------------------
-def _ggm_kernel(seeds_ref, t_ref, scw_ref, tcw_ref, fcw_ref, *out_refs, level0: int,
-                levels: int, final: bool, unroll: bool, store: str):
-    """seeds_ref (NB, 4), t_ref (NB,), scw_ref (L, 4), tcw_ref (L, 2), fcw_ref (4,) of one key;
-    out: seeds (NB * 2**levels, 4) [, t (NB * 2**levels,) unless final]."""
+def _ggm_kernel(lvl_ref, seeds_ref, t_ref, scw_ref, tcw_ref, fcw_ref, *out_refs, levels: int,
+                final: bool, unroll: bool, store: str):
+    """lvl_ref (1,) int32: the first level of this call (an operand, so that the calls of one
+    expansion share kernels); seeds_ref (NB, 4), t_ref (NB,), scw_ref (L, 4), tcw_ref (L, 2),
+    fcw_ref (4,) of one key; out: seeds (NB * 2**levels, 4) [, t (NB * 2**levels,) unless final].
+    """
+    level0 = lvl_ref[0]
     s = [seeds_ref[:, w] for w in range(4)]
     t = t_ref[...]
+    out_seeds = out_refs[0]
+    if store == "split":
+        # No in-register interleave: one group of (NB,) word vectors per path suffix q (MSB
+        # first); child i * 2**levels + q is stored with a stride-2**levels slice.
+        groups = [(s, t)]
+        for j in range(levels):
+            lvl = level0 + j
+            cw = [scw_ref[lvl, w] for w in range(4)]
+            tcl, tcr = tcw_ref[lvl, 0], tcw_ref[lvl, 1]
+            nxt = []
+            for sg, tg in groups:
+                left, right, tl, tr = _expand_node_words(sg, tg, cw, tcl, tcr, unroll=unroll)
+                nxt += [(left, tl), (right, tr)]
+            groups = nxt
+        n, stride = s[0].shape[0], 1 << levels
+        for q, (sg, tg) in enumerate(groups):
+            if final:
+                tmask = np.uint32(0) - (tg & np.uint32(1))
+                sg = [sg[w] ^ (fcw_ref[w] & tmask) for w in range(4)]
+            for w in range(4):  # out_seeds is the flat (NB * 2**levels * 4,) block
+                out_seeds[pl.ds(4 * q + w, n, stride=4 * stride)] = sg[w]
+            if not final:
+                out_refs[1][pl.ds(q, n, stride=stride)] = tg
+        return
     for j in range(levels):
         lvl = level0 + j
         cw = [scw_ref[lvl, w] for w in range(4)]
@@ -174,7 +203,6 @@ def _ggm_kernel(seeds_ref, t_ref, scw_ref, tcw_ref, fcw_ref, *out_refs, level0: 
     if final:
         tmask = np.uint32(0) - (t & np.uint32(1))
         s = [s[w] ^ (fcw_ref[w] & tmask) for w in range(4)]
-    out_seeds = out_refs[0]
     if store == "join":
         n = s[0].shape[0]
         a = jnp.stack([s[0], s[2]], axis=-1)
@@ -197,10 +225,14 @@ def _ggm_call(seeds, ts, seed_cw, t_cw, final_cw, *, level0: int, levels: int, f
     grid = (k, r // nb)
     sq = squeezed_dim()
     unroll = (not interpret) if block.unroll is None else block.unroll
-    kernel = functools.partial(_ggm_kernel, level0=level0, levels=levels, final=final,
-                               unroll=unroll, store=block.store)
-    out_shape = [jax.ShapeDtypeStruct((k, r << levels, 4), jnp.uint32)]
-    out_specs = [pl.BlockSpec(block_shape=(sq, nout, 4), index_map=lambda a, i: (a, i, 0))]
+    kernel = functools.partial(_ggm_kernel, levels=levels, final=final, unroll=unroll,
+                               store=block.store)
+    if block.store == "split":  # flat leaf words: strided 1-D stores only
+        out_shape = [jax.ShapeDtypeStruct((k, (r << levels) * 4), jnp.uint32)]
+        out_specs = [pl.BlockSpec(block_shape=(sq, nout * 4), index_map=lambda a, i: (a, i))]
+    else:
+        out_shape = [jax.ShapeDtypeStruct((k, r << levels, 4), jnp.uint32)]
+        out_specs = [pl.BlockSpec(block_shape=(sq, nout, 4), index_map=lambda a, i: (a, i, 0))]
     if not final:
         out_shape.append(jax.ShapeDtypeStruct((k, r << levels), jnp.uint32))
         out_specs.append(pl.BlockSpec(block_shape=(sq, nout), index_map=lambda a, i: (a, i)))
@@ -209,6 +241,7 @@ def _ggm_call(seeds, ts, seed_cw, t_cw, final_cw, *, level0: int, levels: int, f
         out_shape=out_shape,
         grid=grid,
         in_specs=[
+            pl.BlockSpec(block_shape=(1,), index_map=lambda a, i: (0,)),
             pl.BlockSpec(block_shape=(sq, nb, 4), index_map=lambda a, i: (a, i, 0)),
             pl.BlockSpec(block_shape=(sq, nb), index_map=lambda a, i: (a, i)),
             pl.BlockSpec(block_shape=(sq, big_l, 4), index_map=lambda a, i: (a, 0, 0)),
@@ -219,8 +252,8 @@ def _ggm_call(seeds, ts, seed_cw, t_cw, final_cw, *, level0: int, levels: int, f
         compiler_params=triton_compiler_params(block.num_warps, block.num_stages),
         interpret=interpret,
         name=f"ggm_l{levels}_n{nb}_w{block.num_warps}_{block.store}",
-    )(seeds, ts, seed_cw, t_cw, final_cw)
-    return outs[0], (None if final else outs[1])
+    )(jnp.full((1,), level0, jnp.int32), seeds, ts, seed_cw, t_cw, final_cw)
+    return outs[0].reshape(k, r << levels, 4), (None if final else outs[1])
 
 
 @functools.partial(jax.jit, static_argnames=("block", "interpret"))

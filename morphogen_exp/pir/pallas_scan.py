@@ -141,7 +141,11 @@ class ScanBlock:
         nw = PAGE_VECS // base.vecs
         splits = max(1, -(-_TARGET_PROGRAMS // (nk * nw)))
         pages = _pow2_floor(max(num_pages // splits, base.unroll))
-        return dataclasses.replace(base, pages=max(base.unroll, min(base.pages, pages)))
+        # Each split writes Kp x 4 KiB of partials per `pages` x 4 KiB read: keep pages >= 8 Kp.
+        floor = max(base.unroll, _pow2_ceil(8 * nk * base.keys))
+        pages = max(floor, min(base.pages, pages))
+        return dataclasses.replace(base, pages=min(pages, max(base.unroll,
+                                                               _pow2_floor(num_pages))))
 
     def replace(self, **kw: Any) -> "ScanBlock":
         return dataclasses.replace(self, **kw)

@@ -1,0 +1,35 @@
+"""Test-only strategies: real strategies that really misbehave, loaded through
+MORPHOGEN_EXTRA_STRATEGIES (configs in tests/support/conf/strategy/)."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+
+from morphogen_exp.strategies.base import BatchPath, BuildContext, knob, register
+from morphogen_exp.strategies.full_batch import vmapped_batch
+
+
+@register("corrupt")
+def build_corrupt(knobs, q: int, ctx: BuildContext) -> BatchPath:
+    """The full batch, with one bit of the last query's answer flipped: parity must catch it."""
+    fn = vmapped_batch(ctx)
+
+    def run(keys):
+        out = fn(ctx.pages, keys)
+        return out.at[q - 1, 2, 7].set(out[q - 1, 2, 7] ^ jax.numpy.uint32(1 << 5))
+
+    return BatchPath(run=run, live_queries=q)
+
+
+@register("sleepy")
+def build_sleepy(knobs, q: int, ctx: BuildContext) -> BatchPath:
+    """The full batch after a long sleep: a cell that is still running when a signal arrives."""
+    fn, seconds = vmapped_batch(ctx), knob(knobs, "seconds", lo=0)
+
+    def run(keys):
+        time.sleep(seconds)
+        return fn(ctx.pages, keys)
+
+    return BatchPath(run=run, live_queries=q)
