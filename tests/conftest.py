@@ -76,7 +76,8 @@ def cli(workdir, jax_cache):
              background: bool = False):
         env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **(extra_env or {})}
         common = [o for o in common_overrides(workdir, jax_cache) if test_strategies or not o.startswith("hydra.searchpath")]
-        cmd = [sys.executable, "-m", "morphogen_exp", *common, *args]  # the test's own overrides win
+        flags = [a for a in args if a.startswith("-")]
+        cmd = [sys.executable, "-m", "morphogen_exp", *flags, *common, *(a for a in args if a not in flags)]  # test's overrides win
         if background:
             return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
