@@ -27,7 +27,7 @@ from .config import ConfigError, RunConfig, flatten, parse
 from .pir.jax_engine import EngineSpec, make_answer_fn, registered_engines, scan, tile_size
 from .queries import make_queries
 from .strategies.base import BuildContext
-from .timing import measure
+from .timing import measure, time_limit
 from .tracking import PARENT_TAG, ROLE_TAG, Tracker, code_version
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,8 @@ def run(cfg: DictConfig) -> CellOutcome:
     tracker.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
     t0 = time.perf_counter()
     try:
-        metrics = measure_cell(rc, tracker, run_id)
+        with time_limit(rc.bench.cell_timeout_s):
+            metrics = measure_cell(rc, tracker, run_id)
     except memory.DoesNotFit as err:
         tracker.log(run_id, tags={"cell_status": "does_not_fit", "error_message": str(err)},
                     metrics={"memory_estimate_gib": err.need / memory.GIB})

@@ -45,6 +45,7 @@ class BenchConfig:
     iterations: int = 3
     memory_cap_gib: float | None = None
     compilation_cache_dir: str | None = None
+    cell_timeout_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,12 @@ def parse(cfg: DictConfig, known_strategies: tuple[str, ...] = (), known_engines
         iterations=_int(bench.get("iterations", 3), "bench.iterations", 1),
         memory_cap_gib=bench.get("memory_cap_gib"),
         compilation_cache_dir=bench.get("compilation_cache_dir"),
+        cell_timeout_s=bench.get("cell_timeout_s"),
     )
+    if bench_cfg.cell_timeout_s is not None and not (
+        isinstance(bench_cfg.cell_timeout_s, (int, float)) and bench_cfg.cell_timeout_s > 0
+    ):
+        raise ConfigError(f"bench.cell_timeout_s must be a positive number of seconds or null, got {bench_cfg.cell_timeout_s!r}")
     if bench_cfg.memory_cap_gib is not None and not (
         isinstance(bench_cfg.memory_cap_gib, (int, float)) and bench_cfg.memory_cap_gib > 0
     ):

@@ -5,9 +5,12 @@ format them."""
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -52,3 +55,27 @@ def measure(fn: Callable[[], Any], *, warmup: int, iterations: int) -> tuple[Tim
         out = jax.block_until_ready(fn())
         times.append((time.perf_counter() - t0) * 1e3)
     return TimingSummary(first_call_s=first, times_ms=tuple(times)), out
+
+
+class CellTimeout(TimeoutError):
+    """A cell ran past bench.cell_timeout_s."""
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise CellTimeout in the block after `seconds` (SIGALRM: main thread only). A device call
+    in flight finishes first; the exception surfaces as soon as Python runs again."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _expire(signum, frame):
+        raise CellTimeout(f"cell ran past bench.cell_timeout_s={seconds:g}")
+
+    previous = signal.signal(signal.SIGALRM, _expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -56,6 +56,14 @@ def test_corrupted_answer_fails_the_cell_loudly(make_cfg, workdir):
     assert app.FAILED_CELLS and "corrupt-q2" in app.FAILED_CELLS[0]
 
 
+def test_cell_past_its_time_limit_fails_with_the_reason(make_cfg, workdir):
+    out = app.run(make_cfg("strategy=sleepy", "strategy.seconds=30", "q=1", "bench.cell_timeout_s=3"))
+    assert out.status == "failed" and "CellTimeout" in out.error
+    (run,) = mlflow_runs(workdir)
+    assert run.info.status == "FAILED" and run.data.tags["error_class"] == "CellTimeout"
+    assert "bench.cell_timeout_s=3" in run.data.tags["error_message"]
+
+
 def test_cell_over_memory_cap_is_recorded_as_does_not_fit(make_cfg, workdir):
     # tiny is 1.2 MB; 32 live queries' masks need ~4 MB more: 3 MB fits q=1 only.
     assert app.run(make_cfg("q=1", "bench.memory_cap_gib=0.003")).status == "ok"
@@ -86,3 +94,12 @@ def test_bad_settings_raise_one_line_config_errors(make_cfg, workdir, override, 
     assert "\n" not in str(err.value)
     if not override.startswith("strategy."):
         assert mlflow_runs(workdir) == []  # rejected before anything was recorded
+
+
+def test_pallas_engine_cell_is_exact(make_cfg, workdir):
+    """engine=pallas through the whole cell (interpret mode on CPU): same answers as the oracle."""
+    out = app.run(make_cfg("engine=pallas", "q=2"))
+    assert out.status == "ok", out.error
+    (run,) = mlflow_runs(workdir)
+    assert run.data.tags["engine"] == "pallas"
+    assert run.data.metrics["parity_numpy_eq"] == 1 and run.data.metrics["parity_xor_eq"] == 1

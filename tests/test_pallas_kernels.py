@@ -85,7 +85,7 @@ def test_chacha8_block_words_matches_prg_vectors():
 
 
 def test_expand_levels_reference_matches_fixture_full_eval():
-    cases = [c for c in _fixture("dpf_vectors.json") if c["domain_bits"] == 8]
+    cases = [c for c in _fixture("dpf_vectors.json") if c["domain_bits"] == 5]
     assert cases
     args = [jnp.asarray(a) for a in _keys_of(cases)]
     _check_full_eval(np.asarray(expand_levels_reference(*args)), cases)
@@ -95,8 +95,9 @@ def test_expand_levels_pallas_matches_fixture_full_eval():
     cases = [c for c in _fixture("dpf_vectors.json") if c["domain_bits"] == 5]
     assert cases
     args = [jnp.asarray(a) for a in _keys_of(cases)]
-    # levels=2 over 5 levels: calls of 2, 2 and 1 levels (the last applies final_cw)
-    leaves = expand_levels_pallas(*args, block=GGMBlock(nodes=4, levels=2), interpret=True)
+    # the default store ("select") and loop form, levels=2 over 5 levels: calls of 2, 2 and 1
+    # levels (the last applies final_cw); 1 node per program in the first call, 4 later
+    leaves = expand_levels_pallas(*args, block=GGMBlock(nodes=8, levels=2), interpret=True)
     _check_full_eval(np.asarray(leaves), cases)
 
 
@@ -110,8 +111,9 @@ def test_expand_levels_pallas_mid_tree_matches_reference():
     fcw = rng.integers(0, 2**32, (k, 4), dtype=np.uint32)
     args = [jnp.asarray(a) for a in (seeds, ts, scw, tcw, fcw)]
     want = np.asarray(expand_levels_reference(*args))
-    got = expand_levels_pallas(*args, block=GGMBlock(nodes=4, levels=3, store="strided"),
-                               interpret=True)
+    # children groups stored with strided slices, 3 levels in one call
+    got = expand_levels_pallas(
+        *args, block=GGMBlock(nodes=4, levels=3, store="split", unroll=False), interpret=True)
     assert got.shape == (k, r * 2**lv, 4)
     np.testing.assert_array_equal(np.asarray(got), want)
     # L == 0: only the final correction
@@ -188,7 +190,7 @@ def test_pallas_matches_xla_ops():
         rng.integers(0, 2, (k, lv, 2), dtype=np.uint32),
         rng.integers(0, 2**32, (k, 4), dtype=np.uint32))]
     np.testing.assert_array_equal(
-        np.asarray(expand_levels_pallas(*args, block=GGMBlock(nodes=2, levels=1),
+        np.asarray(expand_levels_pallas(*args, block=GGMBlock(nodes=2, levels=1, store="join"),
                                         interpret=True)),
         np.asarray(je.expand_levels_xla(*args)))
 
@@ -229,7 +231,8 @@ def test_expand_levels_lowers_to_triton():
     import jax  # noqa: PLC0415
 
     s, u = jax.ShapeDtypeStruct, jnp.uint32
-    for block in (GGMBlock(levels=3), GGMBlock(levels=1, store="strided")):
+    for block in (GGMBlock(levels=3), GGMBlock(levels=1, store="select", unroll=True),
+                  GGMBlock(levels=2, store="split", unroll=False)):
         fn = functools.partial(expand_levels_pallas, block=block)
         low = jax.jit(fn).trace(s((6, 4, 4), u), s((6, 4), u), s((6, 5, 4), u), s((6, 5, 2), u),
                                 s((6, 4), u)).lower(lowering_platforms=("cuda",))

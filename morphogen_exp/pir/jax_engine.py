@@ -8,8 +8,13 @@ repeated over the page (page word w is ANDed with mask word w % 4).
 ``scan`` reads the database once for all K keys and never materializes masks for more than one
 tile of T pages: every key is expanded once to depth n - log2(T), then each tile j expands the K
 subtrees under node j by log2(T) levels (the tile's masks, (K, T, 4)) and XORs ``masked_xor`` of
-the tile into the (K, 1024) carry. The ragged last tile is handled with a static size, so the page
-matrix is never padded or copied.
+the tile into the (K, 1024) carry. The ragged last tile runs through the same loop body (it reads
+the T pages ending at num_pages and zeroes the masks of pages already counted), so the page matrix
+is never padded or copied and the tile expansion appears once in the program.
+
+Compile time is the constraint that shapes the XLA expansion (expand_nodes_xla): every ChaCha8
+pair written out as straight-line code costs seconds of XLA compile time (CPU and GPU), so most
+levels run in a fixed-shape loop and only the last few are expanded by doubling.
 
 The two inner ops are pluggable (``register_ops`` / ``get_ops``): "xla" is registered here; a Pallas
 engine registers its own kernels with the same signatures.
@@ -43,8 +48,10 @@ __all__ = [
     "register_ops",
     "get_ops",
     "registered_engines",
+    "expand_nodes_xla",
     "expand_levels_xla",
     "masked_xor_xla",
+    "tile_size",
     "scan",
     "full_eval_jax",
     "make_answer_fn",
@@ -133,14 +140,19 @@ class KeyBatch(NamedTuple):
 class EngineSpec:
     """Static engine configuration (hashable: used as a static argument to jit).
 
-    name: registered op set ("xla", or e.g. a Pallas engine once registered).
+    name: registered op set ("xla", or e.g. "pallas" once registered).
     tile_pages: pages per scan step (power of two); bounds the live masks to (K, tile_pages, 4).
     unroll: ChaCha8 rounds unrolled (GPU) or looped (fast CPU compile); None = default_unroll().
+    doubling_levels: XLA expansion only: how many of the last GGM levels of each tile are expanded
+        by doubling (least arithmetic, but each level adds a whole ChaCha8 pair to the program and
+        to its compile time); the levels above run in a fixed-shape loop. None = 3 when unrolled,
+        0 otherwise (see expand_nodes_xla).
     """
 
     name: str = "xla"
     tile_pages: int = 4096
     unroll: bool | None = None
+    doubling_levels: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -150,17 +162,30 @@ class EngineSpec:
             raise ValueError(f"{self.tile_pages=} must be a power of two (>= 1)")
         if self.unroll is not None and not isinstance(self.unroll, bool):
             raise ValueError(f"{self.unroll=} must be True, False or None")
+        dl = self.doubling_levels
+        if dl is not None and (isinstance(dl, bool) or not isinstance(dl, (int, np.integer)) or dl < 0):
+            raise ValueError(f"{self.doubling_levels=} must be None or an int >= 0")
 
     @property
     def resolved_unroll(self) -> bool:
         return default_unroll() if self.unroll is None else self.unroll
+
+    @property
+    def resolved_doubling_levels(self) -> int:
+        if self.doubling_levels is None:
+            return _default_doubling_levels(self.resolved_unroll)
+        return self.doubling_levels
+
+
+# Optional keywords of an expand_levels op that the scan fills from the EngineSpec.
+_SPEC_KWARGS = ("unroll", "doubling_levels")
 
 
 @dataclasses.dataclass(frozen=True)
 class EngineOps:
     expand_levels: Callable[..., jax.Array]
     masked_xor: Callable[[jax.Array, jax.Array], jax.Array]
-    expand_accepts_unroll: bool  # whether expand_levels takes the keyword `unroll`
+    expand_kwargs: frozenset[str]  # which of _SPEC_KWARGS expand_levels accepts
 
 
 _OPS: dict[str, EngineOps] = {}
@@ -176,14 +201,15 @@ def register_ops(
     """Register an op set under ``name`` (re-registering replaces it).
 
     Signatures (docs/engine-interface.md): ``expand_levels_fn(seeds, ts, seed_cw, t_cw, final_cw)``,
-    optionally with a keyword ``unroll`` (then EngineSpec.unroll is passed), and
-    ``masked_xor_fn(pages, masks)``. Both must be traceable under jit and vmap.
+    optionally with keywords ``unroll`` / ``doubling_levels`` (then the EngineSpec's values are
+    passed), and ``masked_xor_fn(pages, masks)``. Both must be traceable under jit and vmap.
     """
     params = inspect.signature(expand_levels_fn).parameters
-    accepts_unroll = "unroll" in params or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
-    )
-    _OPS[name] = EngineOps(expand_levels_fn, masked_xor_fn, accepts_unroll)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kwargs = frozenset(_SPEC_KWARGS)
+    else:
+        kwargs = frozenset(k for k in _SPEC_KWARGS if k in params)
+    _OPS[name] = EngineOps(expand_levels_fn, masked_xor_fn, kwargs)
     make_answer_fn.cache_clear()  # a cached answer fn may have traced the old ops
 
 
@@ -231,14 +257,14 @@ def _expand_doubling(
 
 
 def _expand_compact(
-    seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array
+    seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array, unroll: bool = False
 ) -> tuple[jax.Array, jax.Array]:
-    """The same function with fixed shapes, so both the levels and the rounds are loops and the
-    program size does not grow with the number of levels. Slot p of the final (..., R*2^L) array
-    holds, after level l, the ancestor at depth d+l+1 of output p: it recomputes shared ancestors
-    (L ChaCha8 pairs per output instead of about 2), which is fine for CPU tests. Why: XLA:CPU
-    compile time grows superlinearly with the level count of the doubling form (measured on 2
-    cores: ~0.4 s/level at 8 levels, ~12 s for a 16-level full eval), while this compiles in ~1 s."""
+    """The same function with fixed shapes, so the levels are one loop whose body holds one ChaCha8
+    pair, however many levels there are. Slot p of the final (..., R*2^L) array holds, after level
+    l, the ancestor at depth d+l+1 of output p: shared ancestors are recomputed (L PRG pairs per
+    output instead of about 2). Why: program size, hence compile time, of the doubling form grows
+    with the level count (XLA:CPU, 2 cores: ~0.4 s per level with looped rounds, 12 s for a
+    16-level full eval; XLA:GPU: ~4 s per unrolled level), while this stays constant."""
     levels = seed_cw.shape[-2]
     if levels == 0:
         return seeds, ts
@@ -248,31 +274,58 @@ def _expand_compact(
 
     def level(lvl: jax.Array, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         s, t = carry
-        left, right, tl, tr = prg_expand(s, False)
+        left, right, tl, tr = prg_expand(s, unroll)
         shift = jnp.uint32(levels - 1) - jnp.asarray(lvl, jnp.uint32)
-        right_child = ((slot >> shift) & jnp.uint32(1)) == 1  # this level's path bit of each slot
+        bit = (slot >> shift) & jnp.uint32(1)  # this level's path bit of every slot: 1 = right child
         cw = lax.dynamic_index_in_dim(seed_cw, lvl, seed_cw.ndim - 2, keepdims=False)  # (..., 4)
         tcw = lax.dynamic_index_in_dim(t_cw, lvl, t_cw.ndim - 2, keepdims=False)  # (..., 2)
         on = _on(t)
-        s = jnp.where(right_child[:, None], right, left) ^ (cw[..., None, :] & on[..., None])
-        t_corr = jnp.where(right_child, tcw[..., 1, None], tcw[..., 0, None])
-        return s, jnp.where(right_child, tr, tl) ^ (t_corr & on)
+        # Selects written as masks, not jnp.where: XLA:CPU (jax 0.10.2) miscompiled the
+        # where(iota-derived predicate) form of this function (wrong leaves at domain_bits=1).
+        take_right = _on(bit)
+        child = left ^ ((left ^ right) & take_right[:, None])
+        t_child = tl ^ ((tl ^ tr) & bit)
+        t_corr = tcw[..., 0, None] ^ ((tcw[..., 0, None] ^ tcw[..., 1, None]) & bit)
+        return child ^ (cw[..., None, :] & on[..., None]), t_child ^ (t_corr & on)
 
     return lax.fori_loop(0, levels, level, (seeds, ts))
 
 
+# Default doubling levels when unrolled. Measured with JAX 0.11.2, 2^20 pages, K = 3, tile 4096:
+# each unrolled ChaCha8 pair in the program costs about 4 s of compile time (H100); on an H200 all
+# 12 tile levels by doubling compiled in 105 s and ran in 26.9 ms, 3 doubling levels in 13.2 s /
+# 35.1 ms, none in 5.4 s / 39.9 ms (the scan is launch-bound at K = 3; tile 16384 with 3 levels:
+# 16.3 s / 15.9 ms). At K = 96 the compact loop's extra arithmetic (about L/2 times the
+# doubling's) would dominate; 3 levels keep it near 1.6x for 12-level tiles.
+_UNROLLED_DOUBLING_LEVELS = 3
+
+
+def _default_doubling_levels(unroll: bool) -> int:
+    return _UNROLLED_DOUBLING_LEVELS if unroll else 0
+
+
 def expand_nodes_xla(
-    seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array, *, unroll: bool | None = None
+    seeds: jax.Array,
+    ts: jax.Array,
+    seed_cw: jax.Array,
+    t_cw: jax.Array,
+    *,
+    unroll: bool | None = None,
+    doubling_levels: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """GGM expansion without the final correction: nodes (K, R, 4), (K, R) at depth d and the
     correction words of L levels (K, L, 4), (K, L, 2) -> nodes at depth d + L, (K, R*2^L, 4), (K, R*2^L).
 
-    unroll=True (GPU default): level-by-level doubling with straight-line ChaCha8 rounds.
-    unroll=False (CPU default): the compact fixed-shape loop form (fast to compile, more arithmetic).
+    The first L - c levels run in the compact fixed-shape loop, the last c = min(doubling_levels, L)
+    by doubling. Defaults: unroll = default_unroll(); doubling_levels = 3 when unrolled (GPU), else
+    0 (CPU: everything compact, rounds looped, compiles in about a second at any depth).
+    Do not use unroll=True on the CPU backend: XLA:CPU compiles chained unrolled ChaCha8 for minutes.
     """
-    if default_unroll() if unroll is None else unroll:
-        return _expand_doubling(seeds, ts, seed_cw, t_cw, True)
-    return _expand_compact(seeds, ts, seed_cw, t_cw)
+    unroll = default_unroll() if unroll is None else unroll
+    c = _default_doubling_levels(unroll) if doubling_levels is None else doubling_levels
+    split = seed_cw.shape[-2] - min(seed_cw.shape[-2], c)
+    seeds, ts = _expand_compact(seeds, ts, seed_cw[..., :split, :], t_cw[..., :split, :], unroll)
+    return _expand_doubling(seeds, ts, seed_cw[..., split:, :], t_cw[..., split:, :], unroll)
 
 
 def expand_levels_xla(
@@ -283,10 +336,11 @@ def expand_levels_xla(
     final_cw: jax.Array,
     *,
     unroll: bool | None = None,
+    doubling_levels: int | None = None,
 ) -> jax.Array:
     """seeds (K, R, 4), ts (K, R) at depth d; seed_cw (K, L, 4), t_cw (K, L, 2) of levels d..d+L-1;
     final_cw (K, 4) -> leaves (K, R*2^L, 4) in index order with the final correction: DPF outputs."""
-    leaves, t = expand_nodes_xla(seeds, ts, seed_cw, t_cw, unroll=unroll)
+    leaves, t = expand_nodes_xla(seeds, ts, seed_cw, t_cw, unroll=unroll, doubling_levels=doubling_levels)
     return leaves ^ (final_cw[..., None, :] & _on(t)[..., None])
 
 
@@ -315,16 +369,23 @@ def tile_size(num_pages: int, domain_bits: int, spec: EngineSpec) -> int:
 
 
 def _expand(ops: EngineOps, spec: EngineSpec, *args: jax.Array) -> jax.Array:
-    if ops.expand_accepts_unroll:
-        return ops.expand_levels(*args, unroll=spec.resolved_unroll)
-    return ops.expand_levels(*args)
+    values = {"unroll": spec.resolved_unroll, "doubling_levels": spec.resolved_doubling_levels}
+    return ops.expand_levels(*args, **{k: values[k] for k in ops.expand_kwargs})
+
+
+def _shift_rows(masks: jax.Array, shift: jax.Array) -> jax.Array:
+    """masks (K, T, 4) moved down by ``shift`` rows along T, zeros shifted in at the top."""
+    keep = _on((jnp.arange(masks.shape[1], dtype=jnp.int32) >= shift).astype(jnp.uint32))  # not where
+    return jnp.roll(masks, shift, axis=1) & keep[None, :, None]
 
 
 def scan(pages_words: jax.Array, keys: KeyBatch, *, num_pages: int, spec: EngineSpec) -> jax.Array:
     """Server answers of K keys over pages [0, num_pages): (K, 1024) uint32.
 
     Pure; call inside jit with num_pages and spec static (see make_answer_fn). Vmappable over a
-    leading query axis of ``keys`` (pages unbatched)."""
+    leading query axis of ``keys`` (pages unbatched). Rows of pages_words from num_pages on are
+    never read.
+    """
     n = keys.domain_bits
     if pages_words.ndim != 2 or pages_words.shape[1] != PAGE_WORDS or pages_words.dtype != jnp.uint32:
         raise ValueError(
@@ -335,16 +396,16 @@ def scan(pages_words: jax.Array, keys: KeyBatch, *, num_pages: int, spec: Engine
     if num_pages > 1 << n:
         raise ValueError(f"{num_pages=} exceeds the DPF domain 2^{n}: generate keys with more domain_bits")
     ops = get_ops(spec.name)
-    unroll = spec.resolved_unroll
     T = tile_size(num_pages, n, spec)
-    b = T.bit_length() - 1  # levels expanded per tile
-    d = n - b  # depth of the tile roots
+    d = n - (T.bit_length() - 1)  # depth of the tile roots; each tile expands log2(T) levels
     num_full, rem = divmod(num_pages, T)
     k = keys.root_t.shape[-1]
 
-    # Every key to depth d once (always XLA: 2^d nodes per key is small next to the tiles' 2^n).
+    # Every key to depth d once. Always the XLA compact form: 2^d nodes per key is small next to
+    # the tiles' 2^n leaves, and it adds only one ChaCha8 pair to the program.
     top_seeds, top_ts = expand_nodes_xla(
-        keys.root_seed[:, None, :], keys.root_t[:, None], keys.seed_cw[:, :d], keys.t_cw[:, :d], unroll=unroll
+        keys.root_seed[:, None, :], keys.root_t[:, None], keys.seed_cw[:, :d], keys.t_cw[:, :d],
+        unroll=spec.resolved_unroll, doubling_levels=0,
     )
     sub_cw, sub_tcw = keys.seed_cw[:, d:], keys.t_cw[:, d:]
 
@@ -354,26 +415,31 @@ def scan(pages_words: jax.Array, keys: KeyBatch, *, num_pages: int, spec: Engine
         ts = lax.dynamic_slice_in_dim(top_ts, j, 1, axis=1)
         return _expand(ops, spec, seeds, ts, sub_cw, sub_tcw, keys.final_cw)  # (K, T, 4)
 
+    if num_full == 0:  # num_pages < T (a database smaller than one tile): one static partial tile
+        return ops.masked_xor(pages_words[:num_pages], tile_masks(0)[:, :num_pages])
+
     def body(j: jax.Array, acc: jax.Array) -> jax.Array:
-        tile = lax.dynamic_slice_in_dim(pages_words, j * T, T, axis=0)
-        return acc ^ ops.masked_xor(tile, tile_masks(j))
+        masks, start = tile_masks(j), j * T
+        if rem:
+            # The ragged last tile (j == num_full) shares this body, so its expansion is not
+            # compiled twice: it reads the T pages that end at num_pages (in bounds, no padding),
+            # the first T - rem of which the previous tile already covered, so their masks are
+            # zeroed and the tile's first rem leaves are moved under its last rem pages.
+            last = j == num_full
+            start = jnp.where(last, num_pages - T, start)
+            masks = _shift_rows(masks, jnp.where(last, T - rem, 0))
+        tile = lax.dynamic_slice_in_dim(pages_words, start, T, axis=0)
+        return acc ^ ops.masked_xor(tile, masks)
 
     acc = jnp.zeros((k, PAGE_WORDS), jnp.uint32)
-    if num_full:
-        acc = lax.fori_loop(0, num_full, body, acc)
-    if rem:
-        # Static ragged tail: pages [num_full*T, num_pages) use the first rem leaves of subtree num_full.
-        masks = tile_masks(num_full)[:, :rem]
-        acc = acc ^ ops.masked_xor(pages_words[num_full * T : num_pages], masks)
-    return acc
+    return lax.fori_loop(0, num_full + (rem > 0), body, acc)
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
 def full_eval_jax(keys: KeyBatch, spec: EngineSpec) -> jax.Array:
     """All 2^n DPF outputs of K keys, (K, 2^n, 4) uint32, in index order (tests and benchmarks)."""
-    return _expand(
-        get_ops(spec.name), spec, keys.root_seed[:, None, :], keys.root_t[:, None], keys.seed_cw, keys.t_cw, keys.final_cw
-    )
+    roots = (keys.root_seed[:, None, :], keys.root_t[:, None])
+    return _expand(get_ops(spec.name), spec, *roots, keys.seed_cw, keys.t_cw, keys.final_cw)
 
 
 @functools.lru_cache(maxsize=None)

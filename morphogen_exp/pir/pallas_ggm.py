@@ -8,11 +8,15 @@ shared/fixtures/README.md).
 Design: one node per lane.  A program takes ``NB`` nodes of one key, holds each of their four
 seed words as a (NB,) vector, and runs ``levels`` tree levels in registers: per level two
 ChaCha8 blocks per node (16 u32 word vectors each, 4 double rounds, unrolled on the GPU or a
-``fori_loop`` over double rounds for fast CPU / interpret compiles), the correction words of
-that level (scalars of the program's key), then the children interleaved into index order
-(``stack`` + ``reshape``: Triton's join).  The last call of an expansion applies ``final_cw``
-and writes no t.  ``levels`` > 1 saves the intermediate HBM round trips; L levels take
-ceil(L / levels) ``pallas_call``s in one jitted program.
+``fori_loop`` over double rounds for fast CPU / interpret compiles), then the correction words
+of that level (scalars of the program's key).  The children are kept as separate groups per
+path suffix and written either as one (n, 4 * 2**levels) row block assembled with broadcasts and
+selects (``store="select"``, the default) or with strided stores (``"split"``), so that no
+join / reshape reaches Triton (``"join"`` / ``"strided"`` interleave in registers with
+``stack`` + ``reshape``; they crashed the Triton compiler of JAX 0.11.2 on an H100).  The last call of an expansion applies
+``final_cw`` and writes no t.  ``levels`` > 1 saves the intermediate HBM round trips; L levels
+take ceil(L / levels) ``pallas_call``s in one jitted program (the first level of a call is an
+operand, so the calls share kernels).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ __all__ = ["GGMBlock", "expand_levels_pallas", "expand_levels_reference", "chach
 _SIGMA = (0x61707865, 0x3320646E, 0x79622D32, 0x6B206574)
 _COLUMNS = ((0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15))
 _DIAGONALS = ((0, 5, 10, 15), (1, 6, 11, 12), (2, 7, 8, 13), (3, 4, 9, 14))
-_STORES = ("split", "join", "strided")
+_STORES = ("split", "select", "join", "strided")
 
 
 def _is_pow2(x: int) -> bool:
@@ -60,18 +64,24 @@ class GGMBlock:
     num_warps, num_stages: Triton launch parameters.
     unroll: unroll the 4 ChaCha double rounds (None: unrolled on the GPU, a loop in interpret
             mode, whose compile is much faster on a CPU).
-    store:  "split" (no in-register interleave: the 2**levels children groups of a node are
-            kept apart and stored with strided slices; only loads, stores and elementwise ops),
-            "join" (children interleaved in registers with Triton's join + reshape, then
-            contiguous (n, 4) stores) or "strided" (join interleave, one strided store per word).
+    store:  "select" (the 2**levels children of a node are assembled into one (n, 4 * 2**levels)
+            row block with broadcasts and selects, then stored contiguously), "split" (children
+            groups stored with strided slices: only loads, stores and elementwise ops), "join"
+            (children interleaved in registers with Triton's join + reshape) or "strided" (join
+            interleave, one strided store per word).  "join" and "strided" crashed the Triton
+            compiler (SIGSEGV) with JAX 0.11.2 on an H100: CPU / interpret mode only.
     """
 
+    # Defaults: measured on an H100 (JAX 0.11.2) on all three bench shapes: 43 G ChaCha8
+    # blocks/s on 96 x 2^19 leaves (XLA: 8.9), the fastest on the small subtree shapes, and a
+    # ~3 s compile.  The top rate, 52 G blocks/s, was GGMBlock(levels=1, unroll=True) (5 s
+    # compile); an unrolled levels=2 kernel compiles for ~20 s, levels=4 for over a minute.
     nodes: int = 256
     levels: int = 2
     num_warps: int = 4
     num_stages: int = 1
-    unroll: bool | None = None
-    store: str = "split"
+    unroll: bool | None = False
+    store: str = "select"
 
     def __post_init__(self) -> None:
         if not _is_pow2(self.nodes):
@@ -170,7 +180,7 @@ def _ggm_kernel(lvl_ref, seeds_ref, t_ref, scw_ref, tcw_ref, fcw_ref, *out_refs,
     s = [seeds_ref[:, w] for w in range(4)]
     t = t_ref[...]
     out_seeds = out_refs[0]
-    if store == "split":
+    if store in ("split", "select"):
         # No in-register interleave: one group of (NB,) word vectors per path suffix q (MSB
         # first); child i * 2**levels + q is stored with a stride-2**levels slice.
         groups = [(s, t)]
@@ -184,6 +194,26 @@ def _ggm_kernel(lvl_ref, seeds_ref, t_ref, scw_ref, tcw_ref, fcw_ref, *out_refs,
                 nxt += [(left, tl), (right, tr)]
             groups = nxt
         n, stride = s[0].shape[0], 1 << levels
+        if store == "select":
+            # (n, G * 4) leaf words of each node's G = 2**levels children, assembled with
+            # broadcasts and selects (no join / reshape), then one contiguous store.
+            g = len(groups)
+            if final:
+                groups = [([sg[w] ^ (fcw_ref[w] & (np.uint32(0) - (tg & np.uint32(1))))
+                            for w in range(4)], tg) for sg, tg in groups]
+            col = lax.broadcasted_iota(jnp.int32, (n, 4 * g), 1)
+            val = jnp.zeros((n, 4 * g), jnp.uint32)
+            for q, (sg, _) in enumerate(groups):
+                for w in range(4):
+                    val = jnp.where(col == 4 * q + w, sg[w][:, None], val)
+            out_seeds[...] = val
+            if not final:
+                colt = lax.broadcasted_iota(jnp.int32, (n, g), 1)
+                tv = jnp.zeros((n, g), jnp.uint32)
+                for q, (_, tg) in enumerate(groups):
+                    tv = jnp.where(colt == q, tg[:, None], tv)
+                out_refs[1][...] = tv
+            return
         for q, (sg, tg) in enumerate(groups):
             if final:
                 tmask = np.uint32(0) - (tg & np.uint32(1))
@@ -227,13 +257,20 @@ def _ggm_call(seeds, ts, seed_cw, t_cw, final_cw, *, level0: int, levels: int, f
     unroll = (not interpret) if block.unroll is None else block.unroll
     kernel = functools.partial(_ggm_kernel, levels=levels, final=final, unroll=unroll,
                                store=block.store)
+    g = 1 << levels
     if block.store == "split":  # flat leaf words: strided 1-D stores only
         out_shape = [jax.ShapeDtypeStruct((k, (r << levels) * 4), jnp.uint32)]
         out_specs = [pl.BlockSpec(block_shape=(sq, nout * 4), index_map=lambda a, i: (a, i))]
+    elif block.store == "select":  # (node, child * 4 + word): contiguous 2-D stores
+        out_shape = [jax.ShapeDtypeStruct((k, r, 4 * g), jnp.uint32)]
+        out_specs = [pl.BlockSpec(block_shape=(sq, nb, 4 * g), index_map=lambda a, i: (a, i, 0))]
     else:
         out_shape = [jax.ShapeDtypeStruct((k, r << levels, 4), jnp.uint32)]
         out_specs = [pl.BlockSpec(block_shape=(sq, nout, 4), index_map=lambda a, i: (a, i, 0))]
-    if not final:
+    if not final and block.store == "select":
+        out_shape.append(jax.ShapeDtypeStruct((k, r, g), jnp.uint32))
+        out_specs.append(pl.BlockSpec(block_shape=(sq, nb, g), index_map=lambda a, i: (a, i, 0)))
+    elif not final:
         out_shape.append(jax.ShapeDtypeStruct((k, r << levels), jnp.uint32))
         out_specs.append(pl.BlockSpec(block_shape=(sq, nout), index_map=lambda a, i: (a, i)))
     outs = pl.pallas_call(
@@ -253,7 +290,8 @@ def _ggm_call(seeds, ts, seed_cw, t_cw, final_cw, *, level0: int, levels: int, f
         interpret=interpret,
         name=f"ggm_l{levels}_n{nb}_w{block.num_warps}_{block.store}",
     )(jnp.full((1,), level0, jnp.int32), seeds, ts, seed_cw, t_cw, final_cw)
-    return outs[0].reshape(k, r << levels, 4), (None if final else outs[1])
+    return (outs[0].reshape(k, r << levels, 4),
+            None if final else outs[1].reshape(k, r << levels))
 
 
 @functools.partial(jax.jit, static_argnames=("block", "interpret"))

@@ -15,7 +15,8 @@ import jax
 from morphogen_exp.pir.pallas_ggm import GGMBlock, expand_levels_pallas
 from morphogen_exp.pir.pallas_scan import ScanBlock, masked_xor_pallas
 
-__all__ = ["expand_levels_fn", "masked_xor_fn", "register", "REGISTERED", "REGISTRATION_ERROR"]
+__all__ = ["expand_levels_fn", "masked_xor_fn", "masked_xor_at_fn", "register", "REGISTERED",
+           "REGISTRATION_ERROR"]
 
 ENGINE_NAME = "pallas"
 
@@ -27,7 +28,16 @@ def _interpret() -> bool:
 
 def masked_xor_fn(pages: jax.Array, masks: jax.Array) -> jax.Array:
     """pages (T, 1024) u32, masks (K, T, 4) u32 -> (K, 1024) u32 (engine-interface.md)."""
-    return masked_xor_pallas(pages, masks, block=ScanBlock.get_default(masks.shape[0]),
+    block = ScanBlock.get_default(masks.shape[0], masks.shape[1])
+    return masked_xor_pallas(pages, masks, block=block, interpret=_interpret())
+
+
+def masked_xor_at_fn(pages_words: jax.Array, page_offset: jax.Array, masks: jax.Array) -> jax.Array:
+    """The tile of T = masks.shape[1] pages at ``page_offset`` of the whole database, read in
+    place: (P, 1024), int32 scalar, (K, T, 4) -> (K, 1024).  A scan that slices the tile with
+    lax.dynamic_slice before a Pallas call pays a copy of the tile; this does not."""
+    block = ScanBlock.get_default(masks.shape[0], masks.shape[1])
+    return masked_xor_pallas(pages_words, masks, block=block, page_offset=page_offset,
                              interpret=_interpret())
 
 

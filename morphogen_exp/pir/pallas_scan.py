@@ -90,13 +90,15 @@ class ScanBlock:
              partials in HBM; GPU only: interpret mode has no atomic XOR).
     """
 
+    # Defaults: the fastest measured at K = 96 on an H100 (5.5 ms for 2 GiB of pages, 9.3 T
+    # AND-XOR/s, 4.5x XLA; docs/benchmarks/2026-11-27-kernels-h100.md).
     keys: int = 8
     vecs: int = 256
     pages: int = 2048
     unroll: int = 4
-    num_warps: int = 4
+    num_warps: int = 2
     num_stages: int = 1
-    layout: str = "bcast"
+    layout: str = "keyloop"
     combine: str = "partials"
 
     def __post_init__(self) -> None:
@@ -123,14 +125,21 @@ class ScanBlock:
     def get_default(cls, num_keys: int | None = None, num_pages: int | None = None) -> "ScanBlock":
         """Default block for ``num_keys`` keys over a tile of ``num_pages`` pages (None: unknown).
 
-        Few keys (<= 4) are memory-bound: one key block, the page split into 4 vector blocks.
-        Many keys are arithmetic-bound: 8 keys x the whole page per program.  Pages per program
-        are chosen so that about 4 programs per H100 SM (132) run, at most ``cls.pages``.
+        Measured on an H100 (JAX 0.11.2, 2 GiB of pages): K <= 4 is memory-bound (about
+        2.2 TB/s, 2.9x XLA) with one key block of 4 and half pages per program; K = 12 did best
+        with 3 blocks of 4 keys, unroll 8 (1.25 ms, 4.3x XLA); K = 96 with 8 keys x the whole
+        page, per-key accumulators (5.5 ms, 4.5x XLA).  Two warps won everywhere.  Pages per
+        program are then chosen so that about 4 programs per H100 SM (132) run.
         """
         if num_keys is not None and num_keys <= 4:
-            base = cls(keys=_pow2_ceil(num_keys), vecs=64, pages=1024, unroll=4, num_warps=2)
-        elif num_keys is not None and (num_keys & -num_keys) < cls.keys:
+            base = cls(keys=_pow2_ceil(num_keys), vecs=128, pages=1024, unroll=8, num_warps=2,
+                       layout="bcast")
+        elif num_keys is not None and num_keys < 32:
             # K = 12: 3 blocks of 4 rather than K padded to 16; K = 6: padded to 8
+            div = num_keys & -num_keys
+            kb = min(8, div) if div >= 4 else min(8, _pow2_ceil(num_keys))
+            base = cls(keys=kb, vecs=256, pages=1024, unroll=8, num_warps=2, layout="bcast")
+        elif num_keys is not None and (num_keys & -num_keys) < cls.keys:
             div = num_keys & -num_keys
             base = cls(keys=div if div >= 4 else min(cls.keys, _pow2_ceil(num_keys)))
         else:
