@@ -31,20 +31,13 @@ def domain_bits_for(num_pages: int) -> int:
 
 # --- the synthetic generator: murmur3's finalizer over (seed, page, word), in numpy and in jnp ---
 
-def _fmix32_np(h: np.ndarray) -> np.ndarray:
-    h = h ^ (h >> np.uint32(16))
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> np.uint32(13))
-    h = h * np.uint32(0xC2B2AE35)
-    return h ^ (h >> np.uint32(16))
-
-
-def _fmix32_jnp(h: jax.Array) -> jax.Array:
-    h = h ^ (h >> jnp.uint32(16))
-    h = h * jnp.uint32(0x85EBCA6B)
-    h = h ^ (h >> jnp.uint32(13))
-    h = h * jnp.uint32(0xC2B2AE35)
-    return h ^ (h >> jnp.uint32(16))
+def _fmix32(h, xp):
+    """murmur3's 32-bit finalizer; xp is numpy (the host twin) or jax.numpy (the device)."""
+    h = h ^ (h >> xp.uint32(16))
+    h = h * xp.uint32(0x85EBCA6B)
+    h = h ^ (h >> xp.uint32(13))
+    h = h * xp.uint32(0xC2B2AE35)
+    return h ^ (h >> xp.uint32(16))
 
 
 def synthetic_words_numpy(seed: int, pages: np.ndarray) -> np.ndarray:
@@ -52,7 +45,7 @@ def synthetic_words_numpy(seed: int, pages: np.ndarray) -> np.ndarray:
     i = np.asarray(pages, dtype=np.uint32)[:, None]
     w = np.arange(PAGE_WORDS, dtype=np.uint32)[None, :]
     with np.errstate(over="ignore"):
-        return _fmix32_np(_fmix32_np(i ^ np.uint32(seed & 0xFFFFFFFF)) ^ (w * np.uint32(0x9E3779B1)))
+        return _fmix32(_fmix32(i ^ np.uint32(seed & 0xFFFFFFFF), np) ^ (w * np.uint32(0x9E3779B1)), np)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -60,7 +53,7 @@ def _synthetic_words_device(num_pages: int, seed: int) -> jax.Array:
     # iota + elementwise hash fuse into one kernel writing the output only: no temporaries, no host.
     i = jax.lax.broadcasted_iota(jnp.uint32, (num_pages, PAGE_WORDS), 0)
     w = jax.lax.broadcasted_iota(jnp.uint32, (num_pages, PAGE_WORDS), 1)
-    return _fmix32_jnp(_fmix32_jnp(i ^ jnp.uint32(seed & 0xFFFFFFFF)) ^ (w * jnp.uint32(0x9E3779B1)))
+    return _fmix32(_fmix32(i ^ jnp.uint32(seed & 0xFFFFFFFF), jnp) ^ (w * jnp.uint32(0x9E3779B1)), jnp)
 
 
 @dataclass(frozen=True, eq=False)
