@@ -267,7 +267,7 @@ def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: dic
     for name, g in df.groupby("our_strategy"):
         params = _strategy_params(df, name)
         knobs = ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if "." not in k and k != "original") or "—"
-        info = g["_info"].iloc[0]
+        info = g["_info"].iloc[-1]  # at the largest q (chunks, tiles...)
         strategies.append(f"| {name} | {g['strategy'].iloc[0]} | {knobs} | {', '.join(f'{k}={v}' for k, v in info.items()) or '—'} |")
     verdict_rows = [
         f"| {v.strategy} | {'**GO**' if v.go else 'NO-GO'} | {v.score:.2f} | {'; '.join(v.reasons) or 'all rules hold'} |"
