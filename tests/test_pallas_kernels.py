@@ -131,7 +131,8 @@ def test_expand_levels_pallas_mid_tree_matches_reference():
     [
         # key padding (3 -> 4), 2 splits of 16 pages + 8 remainder pages, 4 vector blocks
         (40, 3, ScanBlock(keys=4, vecs=64, pages=16, unroll=4, num_warps=2), None),
-        # 3 key blocks of 2 (K=5 padded to 6), per-key accumulators, tile at a page offset, remainder of 5
+        # 3 key blocks of 2 (K=5 padded to 6), per-key accumulators, tile at page offset 5,
+        # remainder of 5 pages
         (37, 5, ScanBlock(keys=2, vecs=256, pages=8, unroll=2, layout="keyloop"), 5),
     ],
 )

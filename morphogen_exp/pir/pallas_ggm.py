@@ -7,16 +7,17 @@ shared/fixtures/README.md).
 
 Design: one node per lane.  A program takes ``NB`` nodes of one key, holds each of their four
 seed words as a (NB,) vector, and runs ``levels`` tree levels in registers: per level two
-ChaCha8 blocks per node (16 u32 word vectors each, 4 double rounds, unrolled on the GPU or a
-``fori_loop`` over double rounds for fast CPU / interpret compiles), then the correction words
-of that level (scalars of the program's key).  The children are kept as separate groups per
-path suffix and written either as one (n, 4 * 2**levels) row block assembled with broadcasts and
-selects (``store="select"``, the default) or with strided stores (``"split"``), so that no
-join / reshape reaches Triton (``"join"`` / ``"strided"`` interleave in registers with
-``stack`` + ``reshape``; they crashed the Triton compiler of JAX 0.11.2 on an H100).  The last call of an expansion applies
-``final_cw`` and writes no t.  ``levels`` > 1 saves the intermediate HBM round trips; L levels
-take ceil(L / levels) ``pallas_call``s in one jitted program (the first level of a call is an
-operand, so the calls share kernels).
+ChaCha8 blocks per node (16 u32 word vectors each, 4 double rounds: a ``fori_loop`` over double
+rounds by default, which on an H100 ran about as fast as the unrolled form and compiles in
+seconds, or unrolled), then the correction words of that level (scalars of the program's key).
+The children are kept as separate groups per path suffix and written either as one
+(n, 4 * 2**levels) row block assembled with broadcasts and selects (``store="select"``, the
+default) or with strided stores (``"split"``), so that no join / reshape reaches Triton
+(``"join"`` / ``"strided"`` interleave in registers with ``stack`` + ``reshape``; they crashed
+the Triton compiler of JAX 0.11.2 on an H100).  The last call of an expansion applies
+``final_cw`` and writes no t.  ``levels`` > 1 saves intermediate HBM round trips and launches;
+L levels take ceil(L / levels) ``pallas_call``s in one jitted program (the first level of a call
+is an operand, so the calls share kernels).
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ class GGMBlock:
             a call of ``levels`` levels starts from nodes / 2**(levels-1) nodes per program.
     levels: tree levels per ``pallas_call`` (kept in registers in between).
     num_warps, num_stages: Triton launch parameters.
-    unroll: unroll the 4 ChaCha double rounds (None: unrolled on the GPU, a loop in interpret
-            mode, whose compile is much faster on a CPU).
+    unroll: unroll the 4 ChaCha double rounds (False: a loop; None: unrolled on the GPU, a
+            loop in interpret mode, whose compile is much faster on a CPU).
     store:  "select" (the 2**levels children of a node are assembled into one (n, 4 * 2**levels)
             row block with broadcasts and selects, then stored contiguously), "split" (children
             groups stored with strided slices: only loads, stores and elementwise ops), "join"

@@ -7,12 +7,13 @@ Design: a page is viewed as 256 vectors of 4 words (word ``w = 4 * v + j`` is AN
 word ``j``).  The grid is (key blocks, vector blocks, page splits), key blocks first, so that
 the CUDA scheduler (grid x fastest) runs the programs that share a page tile side by side and
 the page tile is read from HBM once for all K keys (the other key blocks hit L2).  Each program
-loops over its pages with ``lax.fori_loop`` (``unroll`` pages per step, loads first), keeps a
-``(keys, vecs, 4)`` accumulator in registers and XORs elementwise (Pallas has no XOR
+loops over its pages with ``lax.fori_loop`` (``unroll`` pages per step, loads first), keeps
+its accumulators in registers (one ``(keys, vecs, 4)`` array, ``layout="bcast"``, or one
+``(vecs, 4)`` array per key, ``"keyloop"``) and XORs elementwise (Pallas has no XOR
 reduction).  The per-split partial results are XOR-reduced in jnp.  Pages beyond the last
 full split (``T % pages``) are handled by the jnp reference, fused by XLA.
 
-The page matrix is passed whole (no block spec): the kernel indexes it at
+The page matrix is passed as one whole-array block: the kernel indexes it at
 ``page_offset + split * pages``, so a scan can hand the full database plus a tile offset and no
 page is ever copied (``lax.dynamic_slice`` of the database feeding a custom call would copy it).
 
