@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import datasets, memory, parity, strategies
 from .config import ConfigError, RunConfig, flatten, parse
-from .pir.jax_engine import EngineSpec, make_answer_fn, registered_engines, scan, tile_size
+from .pir.jax_engine import EngineSpec, make_answer_fn, query_scan, registered_engines, tile_size
 from .queries import make_queries
 from .strategies.base import BuildContext
 from .timing import measure, time_limit
@@ -79,12 +79,11 @@ def enable_compilation_cache(path: str | None) -> None:
 @functools.lru_cache(maxsize=4)
 def build_context(dataset: datasets.Dataset, spec: EngineSpec) -> BuildContext:
     """One context per (database, engine): the compiled single-query function is shared by all cells."""
-    single = functools.partial(scan, num_pages=dataset.num_pages, spec=spec)
     return BuildContext(
         pages=dataset.words,
         num_pages=dataset.num_pages,
         spec=spec,
-        single=single,
+        single=query_scan(dataset.num_pages, spec),  # vmapped by strategies: one pass per (sub)batch
         single_jit=make_answer_fn(dataset.num_pages, spec),
     )
 

@@ -186,6 +186,9 @@ class EngineOps:
     expand_levels: Callable[..., jax.Array]
     masked_xor: Callable[[jax.Array, jax.Array], jax.Array]
     expand_kwargs: frozenset[str]  # which of _SPEC_KWARGS expand_levels accepts
+    # Optional: masked_xor_at(pages_words, page_offset, masks) reads the tile in place; without it
+    # the scan slices the tile first (free for XLA, which fuses the slice; a copy before a kernel).
+    masked_xor_at: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] | None = None
 
 
 _OPS: dict[str, EngineOps] = {}
@@ -197,6 +200,7 @@ def register_ops(
     name: str,
     expand_levels_fn: Callable[..., jax.Array],
     masked_xor_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    masked_xor_at_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] | None = None,
 ) -> None:
     """Register an op set under ``name`` (re-registering replaces it).
 
@@ -209,8 +213,9 @@ def register_ops(
         kwargs = frozenset(_SPEC_KWARGS)
     else:
         kwargs = frozenset(k for k in _SPEC_KWARGS if k in params)
-    _OPS[name] = EngineOps(expand_levels_fn, masked_xor_fn, kwargs)
+    _OPS[name] = EngineOps(expand_levels_fn, masked_xor_fn, kwargs, masked_xor_at_fn)
     make_answer_fn.cache_clear()  # a cached answer fn may have traced the old ops
+    query_scan.cache_clear()
 
 
 def registered_engines() -> list[str]:
@@ -428,6 +433,8 @@ def scan(pages_words: jax.Array, keys: KeyBatch, *, num_pages: int, spec: Engine
             last = j == num_full
             start = jnp.where(last, num_pages - T, start)
             masks = _shift_rows(masks, jnp.where(last, T - rem, 0))
+        if ops.masked_xor_at is not None:
+            return acc ^ ops.masked_xor_at(pages_words, start, masks)
         tile = lax.dynamic_slice_in_dim(pages_words, start, T, axis=0)
         return acc ^ ops.masked_xor(tile, masks)
 
@@ -443,10 +450,40 @@ def full_eval_jax(keys: KeyBatch, spec: EngineSpec) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=None)
+def query_scan(num_pages: int, spec: EngineSpec) -> Callable[[jax.Array, KeyBatch], jax.Array]:
+    """``scan`` with its static arguments bound, whose vmap over queries is ONE pass.
+
+    Plain vmap would batch every op inside the scan over the query axis; a Pallas masked-XOR then
+    gets the query axis as an outer grid axis and re-reads each page tile once per query. Here a
+    vmap over keys (Q, K, ...) instead flattens them into Q*K keys of one scan, so whichever way a
+    strategy batches (vmap, lax.map with batch_size), a (sub)batch reads the database once."""
+    base = functools.partial(scan, num_pages=num_pages, spec=spec)
+
+    @jax.custom_batching.custom_vmap
+    def fn(pages_words: jax.Array, keys: KeyBatch) -> jax.Array:
+        return base(pages_words, keys)
+
+    @fn.def_vmap
+    def _one_pass(axis_size, in_batched, pages_words, keys):  # type: ignore[no-untyped-def]
+        pages_batched, keys_batched = in_batched
+        if pages_batched:  # several databases: nothing to share
+            axes = jax.tree.map(lambda b: 0 if b else None, keys_batched)
+            return jax.vmap(base, in_axes=(0, axes))(pages_words, keys), True
+        keys = jax.tree.map(
+            lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *x.shape)), keys, keys_batched)
+        per_query = keys.root_t.shape[1]
+        flat = jax.tree.map(lambda x: x.reshape(axis_size * per_query, *x.shape[2:]), keys)
+        out = fn(pages_words, flat)  # nested vmaps flatten again, level by level
+        return out.reshape(axis_size, per_query, out.shape[-1]), True
+
+    return fn
+
+
+@functools.lru_cache(maxsize=None)
 def make_answer_fn(num_pages: int, spec: EngineSpec) -> Callable[[jax.Array, KeyBatch], jax.Array]:
     """Jitted ``fn(pages_words, keybatch) -> (K, 1024) u32``, shared by every caller with the same
     (num_pages, spec) so compiled executables are reused (jit further caches per input shape)."""
-    return jax.jit(functools.partial(scan, num_pages=num_pages, spec=spec))
+    return jax.jit(query_scan(num_pages, spec))
 
 
 # --------------------------------------------------------------------------------------------

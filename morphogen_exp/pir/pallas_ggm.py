@@ -32,14 +32,11 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
+from morphogen_exp.pir.chacha_jax import chacha8_block_words as _chacha8_block_words
 from morphogen_exp.pir.pallas_scan import squeezed_dim, triton_compiler_params
 
 __all__ = ["GGMBlock", "expand_levels_pallas", "expand_levels_reference", "chacha8_block_words"]
 
-# "expand 32-byte k"
-_SIGMA = (0x61707865, 0x3320646E, 0x79622D32, 0x6B206574)
-_COLUMNS = ((0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15))
-_DIAGONALS = ((0, 5, 10, 15), (1, 6, 11, 12), (2, 7, 8, 13), (3, 4, 9, 14))
 _STORES = ("split", "select", "join", "strided")
 
 
@@ -103,50 +100,11 @@ class GGMBlock:
 
 
 # --------------------------------------------------------------------------------------------
-# ChaCha8 on word vectors (shared by the kernel and the jnp reference)
+# ChaCha8 on word vectors: the same jnp code as the XLA engine (it traces inside a kernel too)
 # --------------------------------------------------------------------------------------------
-def _rotl(x, n: int):
-    return (x << np.uint32(n)) | (x >> np.uint32(32 - n))
-
-
-def _quarter(x: list, a: int, b: int, c: int, d: int) -> None:
-    x[a] = x[a] + x[b]
-    x[d] = _rotl(x[d] ^ x[a], 16)
-    x[c] = x[c] + x[d]
-    x[b] = _rotl(x[b] ^ x[c], 12)
-    x[a] = x[a] + x[b]
-    x[d] = _rotl(x[d] ^ x[a], 8)
-    x[c] = x[c] + x[d]
-    x[b] = _rotl(x[b] ^ x[c], 7)
-
-
-def _double_round(x: list) -> list:
-    x = list(x)
-    for q in _COLUMNS:
-        _quarter(x, *q)
-    for q in _DIAGONALS:
-        _quarter(x, *q)
-    return x
-
-
 def chacha8_block_words(seed: list, counter: int, *, unroll: bool) -> list:
-    """ChaCha8 block ``counter`` of key seed||seed, zero nonce: 16 output word arrays.
-
-    seed: four u32 arrays of one shape (words 0..3 of the 16-byte seed).
-    """
-    shape = jnp.shape(seed[0])
-    u32 = jnp.uint32
-    const = [jnp.full(shape, c, u32) for c in _SIGMA]
-    init = const + list(seed) + list(seed) + [
-        jnp.full(shape, counter, u32), jnp.zeros(shape, u32), jnp.zeros(shape, u32),
-        jnp.zeros(shape, u32)]
-    if unroll:
-        x = list(init)
-        for _ in range(4):
-            x = _double_round(x)
-    else:
-        x = list(lax.fori_loop(0, 4, lambda i, s: tuple(_double_round(list(s))), tuple(init)))
-    return [x[i] + init[i] for i in range(16)]
+    """ChaCha8 block ``counter`` of key seed||seed, zero nonce: 16 output word arrays."""
+    return list(_chacha8_block_words(tuple(seed), counter, unroll))
 
 
 def _expand_node_words(seed: list, t, cw: list, t_cw_l, t_cw_r, *, unroll: bool):

@@ -64,7 +64,7 @@ def register() -> bool:
     if reg is None:
         REGISTRATION_ERROR = "morphogen_exp.pir.jax_engine has no register_ops"
         return False
-    reg(ENGINE_NAME, expand_levels_fn, masked_xor_fn)
+    reg(ENGINE_NAME, expand_levels_fn, masked_xor_fn, masked_xor_at_fn)
     REGISTERED, REGISTRATION_ERROR = True, None
     return True
 
