@@ -236,7 +236,7 @@ def _guard(df: pd.DataFrame, decision: Decision, header: str) -> tuple[str, str]
     params = _strategy_params(df, name)
     knobs = {k: v for k, v in params.items() if "." not in k and k not in ("original",)}
     engine = df[df["our_strategy"] == name]["engine"].iloc[0]
-    lines = [f"# @package _global_", header, "defaults:", f"  - override /strategy: {name}", f"  - override /engine: {engine}"]
+    lines = ["# @package _global_", header, "defaults:", f"  - override /strategy: {name}", f"  - override /engine: {engine}"]
     if knobs:
         lines.append("strategy:")
         lines += [f"  {k}: {v}" for k, v in sorted(knobs.items())]
@@ -261,7 +261,6 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: dict[str, str]) -> str:
-    ok = df[df["status"] == "ok"]
     first = df.iloc[0]
     strategies = []
     for name, g in df.groupby("our_strategy"):
