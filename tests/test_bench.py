@@ -1,0 +1,23 @@
+"""The benchmark entry runs and records what it claims (tiny sizes on CPU; numbers are not asserted)."""
+
+from __future__ import annotations
+
+import csv
+
+from morphogen_exp import bench
+
+
+def test_bench_engine_writes_rows_with_compile_time_apart(tmp_path, capsys):
+    out = tmp_path / "bench.csv"
+    assert bench.main(["engine", "--pages", "300", "--keys", "3", "--repeats", "2", "--csv", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert {r["what"] for r in rows} == {"full_eval", "scan"}
+    for r in rows:
+        assert float(r["compile_s"]) > 0 and float(r["median_ms"]) > 0 and float(r["copy_gbps"]) > 0
+        assert r["pages"] == "300" and r["keys"] == "3" and r["jax_version"]
+    assert "GB/s" in capsys.readouterr().out
+
+
+def test_bench_rejects_bad_key_list(capsys):
+    assert bench.main(["engine", "--keys", "three"]) == 2
+    assert "error: --keys" in capsys.readouterr().err
