@@ -226,18 +226,7 @@ GGM_VARIANTS = [
 ]
 GGM_VARIANTS = list(dict.fromkeys(GGM_VARIANTS))
 # Variants that compiled and matched XLA on an H100 (JAX 0.11.2, 2026-11-27 runs 2-3): no probe.
-GGM_PROVEN = {
-    GGMBlock(nodes=256, levels=2, store="split", unroll=None),
-    GGMBlock(nodes=256, levels=1, store="split", unroll=None),
-    GGMBlock(nodes=256, levels=2, store="split", unroll=False),
-    GGMBlock(nodes=256, levels=3, store="split", unroll=False),
-    GGMBlock(nodes=256, levels=1, store="select", unroll=None),
-    GGMBlock(nodes=256, levels=2, store="select", unroll=False),
-    GGMBlock(nodes=256, levels=3, store="select", unroll=False),
-    GGMBlock(nodes=512, levels=2, store="select", unroll=False, num_warps=8),
-    GGMBlock(nodes=256, levels=4, store="select", unroll=False),
-    GGMBlock(nodes=256, levels=2, store="select", unroll=None),
-}
+GGM_PROVEN = {*GGM_VARIANTS, GGMBlock(nodes=256, levels=2, store="split", unroll=None)}
 # Crashed the Triton compiler (SIGSEGV) on an H100 with JAX 0.11.2: join / reshape interleave.
 GGM_CRASHED = (GGMBlock(nodes=256, levels=1, store="join"),
                GGMBlock(nodes=256, levels=2, store="join"),
