@@ -14,7 +14,8 @@ class DoesNotFit(RuntimeError):
     """The estimated device memory of a cell exceeds the budget (a recorded outcome, not a crash)."""
 
     def __init__(self, what: str, need: int, limit: int):
-        super().__init__(f"{what} needs ~{need / GIB:.2f} GiB of device memory, budget is {limit / GIB:.2f} GiB")
+        super().__init__(f"{what} needs ~{need / GIB:.3g} GiB of device memory, the budget is {limit / GIB:.3g} GiB "
+                         "(a larger card or bench.memory_cap_gib, a smaller q or dataset)")
         self.need, self.limit = need, limit
 
 
