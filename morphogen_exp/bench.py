@@ -2,6 +2,7 @@
 
     python -m morphogen_exp.bench engine --pages 65536 --keys 3,96 --engines xla
     python -m morphogen_exp.bench engine --pages 16777216 --keys 3,96 --csv out.csv
+    python -m morphogen_exp.bench ceilings             # device copy GB/s and integer ops/s
 
 For each engine and key count: full-domain evaluation alone, then the one-pass scan, each with
 compile time apart and medians over repeats with rotating keys (so nothing is served from a cache
@@ -59,6 +60,25 @@ def copy_gbps(words: jax.Array, repeats: int = 10) -> float:
     jax.block_until_ready(copy(words))
     med, _ = _median_ms(copy, [(words,)], repeats)
     return 2 * words.nbytes / (med / 1e3) / 1e9
+
+
+def int_ops_per_s(num_words: int = 1 << 24, chain: int = 64, repeats: int = 5) -> float:
+    """Integer-throughput ceiling: a fused chain of shift/AND/shift/XOR (4 jnp ops per step) over
+    u32 words, arithmetic-bound (4*chain ops per 8 bytes moved). Counts jnp ops, not SASS
+    instructions (the GPU may fuse AND+XOR into one LOP3): read it as the rate the scan's own
+    AND-XOR pairs can reach."""
+
+    @jax.jit
+    def chain_ops(x: jax.Array) -> jax.Array:
+        a = x
+        for i in range(chain):
+            a = (a & (x >> jnp.uint32(i % 7 + 1))) ^ (a << jnp.uint32(1))
+        return a
+
+    x = jax.lax.broadcasted_iota(jnp.uint32, (num_words,), 0) * jnp.uint32(2654435761)
+    jax.block_until_ready(chain_ops(x))
+    med, _ = _median_ms(chain_ops, [(x,)], repeats)
+    return 4 * chain * num_words / (med / 1e3)
 
 
 def _keybatches(domain_bits: int, num_pages: int, k: int, sets: int) -> list[KeyBatch]:
@@ -122,7 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--unroll", choices=["auto", "yes", "no"], default="auto")
     e.add_argument("--repeats", type=int, default=10)
     e.add_argument("--csv", default=None)
+    c = sub.add_parser("ceilings", help="device copy GB/s and integer ops/s, the two ceilings")
+    c.add_argument("--words", type=int, default=1 << 26, help="u32 words per probe")
     args = ap.parse_args(argv)
+    if args.cmd == "ceilings":
+        words = jax.lax.broadcasted_iota(jnp.uint32, (args.words // 1024, 1024), 0)
+        dev = jax.local_devices()[0].device_kind
+        print(f"{dev}: copy {copy_gbps(words):.0f} GB/s (read+write), "
+              f"integer {int_ops_per_s(args.words) / 1e12:.2f} T ops/s (jnp shift/and/xor chain), JAX {jax.__version__}")
+        return 0
     try:
         keys = [int(x) for x in args.keys.split(",")]
     except ValueError:

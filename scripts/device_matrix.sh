@@ -19,7 +19,8 @@ export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | tee "$out/device.txt"
 case $stage in
   bench)
-    timeout 540 python3 -m morphogen_exp.bench engine --pages 16777216 --keys 3,96 --engines xla,pallas \
+    python3 -m morphogen_exp.bench ceilings 2>&1 | grep -v INFO | tee "$out/ceilings.log"
+    timeout 480 python3 -m morphogen_exp.bench engine --pages 16777216 --keys 3,96 --engines xla,pallas \
       --tile-pages 65536 --repeats 5 --csv "$out/bench.csv" 2>&1 | grep -v INFO | tee "$out/bench.log" ;;
   tiny|small|mainnet)
     dir=outputs/multirun/$stage-$engine

@@ -21,3 +21,10 @@ def test_bench_engine_writes_rows_with_compile_time_apart(tmp_path, capsys):
 def test_bench_rejects_bad_key_list(capsys):
     assert bench.main(["engine", "--keys", "three"]) == 2
     assert "error: --keys" in capsys.readouterr().err
+
+
+def test_bench_ceilings_reports_copy_and_integer_rates(capsys):
+    assert bench.main(["ceilings", "--words", "65536"]) == 0
+    out = capsys.readouterr().out
+    assert "GB/s (read+write)" in out and "T ops/s" in out
+    assert bench.int_ops_per_s(num_words=4096, chain=4, repeats=2) > 0
