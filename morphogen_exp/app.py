@@ -8,7 +8,6 @@ can say whether any cell failed, while the sweep goes on.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -76,9 +75,22 @@ def enable_compilation_cache(path: str | None) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-@functools.lru_cache(maxsize=4)
+_CONTEXTS: dict[EngineSpec, BuildContext] = {}
+_CONTEXT_DATASET: list[datasets.Dataset] = []  # the database the contexts were built on
+
+
 def build_context(dataset: datasets.Dataset, spec: EngineSpec) -> BuildContext:
-    """One context per (database, engine): the compiled single-query function is shared by all cells."""
+    """One context per (database, engine): compiled functions are shared by all cells on them. A new
+    database drops the old contexts, so nothing keeps the previous one alive on the device."""
+    if not _CONTEXT_DATASET or _CONTEXT_DATASET[0] is not dataset:
+        _CONTEXTS.clear()
+        _CONTEXT_DATASET[:] = [dataset]
+    if spec not in _CONTEXTS:
+        _CONTEXTS[spec] = _new_context(dataset, spec)
+    return _CONTEXTS[spec]
+
+
+def _new_context(dataset: datasets.Dataset, spec: EngineSpec) -> BuildContext:
     return BuildContext(
         pages=dataset.words,
         num_pages=dataset.num_pages,

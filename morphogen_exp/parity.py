@@ -7,7 +7,6 @@ plus the original's checksum columns (sum of answer bytes) beside these stronger
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from dataclasses import dataclass, field
 
@@ -58,11 +57,18 @@ def words_to_bytes(words: np.ndarray) -> np.ndarray:
     return w.view(np.uint8).reshape(*w.shape[:-1], w.shape[-1] * 4)
 
 
-@functools.lru_cache(maxsize=8)
-def _numpy_answer(dataset: Dataset, queries_key: tuple, keys: tuple) -> np.ndarray:
-    """The oracle's answer for one query, cached: every cell of a sweep re-checks query 0."""
-    pages = dataset.host_pages(np.arange(dataset.num_pages))
-    return answer_numpy(pages, list(keys))
+_ORACLE: dict[tuple, np.ndarray] = {}
+
+
+def _numpy_answer(dataset: Dataset, keys: tuple) -> np.ndarray:
+    """The oracle's answer for one query, cached by value (not by the device-backed Dataset, which
+    the cache must not keep alive): every cell of a sweep re-checks query 0."""
+    key = (dataset.name, dataset.num_pages, dataset.seed, str(dataset.path), keys)
+    if key not in _ORACLE:
+        if len(_ORACLE) >= 8:
+            _ORACLE.clear()
+        _ORACLE[key] = answer_numpy(dataset.host_pages(np.arange(dataset.num_pages)), list(keys))
+    return _ORACLE[key]
 
 
 def check(
@@ -93,7 +99,7 @@ def check(
         rep.numpy_note = f"skipped: {dataset.num_pages} pages > parity.numpy_reference_max_pages"
     else:
         for i in range(n_ref):
-            ref = _numpy_answer(dataset, (dataset.seed, i), queries.keys[0][i])
+            ref = _numpy_answer(dataset, queries.keys[0][i])
             rep.numpy_checked += 1
             if not np.array_equal(ref, single_b[i]):
                 rep.numpy_eq = False

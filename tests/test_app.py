@@ -103,3 +103,18 @@ def test_pallas_engine_cell_is_exact(make_cfg, workdir):
     (run,) = mlflow_runs(workdir)
     assert run.data.tags["engine"] == "pallas"
     assert run.data.metrics["parity_numpy_eq"] == 1 and run.data.metrics["parity_xor_eq"] == 1
+
+
+def test_a_new_database_releases_the_previous_one(make_cfg, workdir):
+    """A sweep over datasets must not keep the old database (64 GiB at mainnet) alive on the device."""
+    import gc
+    import weakref
+
+    from morphogen_exp import datasets
+
+    assert app.run(make_cfg("q=1", "dataset.num_pages=300")).status == "ok"
+    old = weakref.ref(datasets.load.cache_info() and app._CONTEXT_DATASET[0])
+    assert app.run(make_cfg("q=1", "dataset.num_pages=200")).status == "ok"
+    gc.collect()
+    assert old() is None
+    assert app._CONTEXT_DATASET[0].num_pages == 200 and len(app._CONTEXTS) == 1

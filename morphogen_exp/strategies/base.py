@@ -28,6 +28,14 @@ class BuildContext:
     single: SingleFn            # traceable single-query function
     single_jit: Callable[[jax.Array, KeyBatch], jax.Array]  # the same, jitted and shared by all cells
     devices: tuple[jax.Device, ...] = field(default_factory=lambda: tuple(jax.local_devices()))
+    cache: dict[Any, Any] = field(default_factory=dict)  # strategies' compiled functions, per context
+
+    def memo(self, key: Any, make: Callable[[], Any]) -> Any:
+        """One object per key for this context (jitted programs, replicas): shared by every cell on
+        this database and engine, and dropped with the context when the database changes."""
+        if key not in self.cache:
+            self.cache[key] = make()
+        return self.cache[key]
 
 
 @dataclass

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 
 from .base import BatchPath, BuildContext, register
 
 
-@functools.lru_cache(maxsize=None)
 def vmapped_batch(ctx: BuildContext):
     """One program for the whole batch; shared with micro_batch's small-Q path."""
-    return jax.jit(jax.vmap(ctx.single, in_axes=(None, 0)))
+    return ctx.memo("vmapped_batch", lambda: jax.jit(jax.vmap(ctx.single, in_axes=(None, 0))))
 
 
 @register("full_batch")

@@ -8,18 +8,15 @@ at once. The report states this next to the numbers."""
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
 from .base import BatchPath, BuildContext, knob, register
 
 
-@functools.lru_cache(maxsize=None)
 def _replicas(ctx: BuildContext, n: int) -> tuple[jax.Array, ...]:
     """The database on each of the first n devices (device 0's copy is the original)."""
-    return (ctx.pages,) + tuple(jax.device_put(ctx.pages, d) for d in ctx.devices[1:n])
+    return ctx.memo(("replicas", n), lambda: (ctx.pages,) + tuple(jax.device_put(ctx.pages, d) for d in ctx.devices[1:n]))
 
 
 @register("multi_stream")

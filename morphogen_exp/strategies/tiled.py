@@ -3,19 +3,16 @@ jax.lax.map (each tile vmapped), so only `tile` queries' working set is live at 
 
 from __future__ import annotations
 
-import functools
-
 import jax
 
 from .base import BatchPath, BuildContext, knob, register
 
 
-@functools.lru_cache(maxsize=None)
 def _tiled(ctx: BuildContext, tile: int):
     def batch(pages, keys):
         return jax.lax.map(lambda kb: ctx.single(pages, kb), keys, batch_size=tile)
 
-    return jax.jit(batch)
+    return ctx.memo(("tiled", tile), lambda: jax.jit(batch))
 
 
 @register("tiled")
