@@ -14,7 +14,6 @@ import os
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -100,10 +99,6 @@ def _new_context(dataset: datasets.Dataset, spec: EngineSpec) -> BuildContext:
     )
 
 
-def _index(keys: Any, i: int) -> Any:
-    return jax.tree.map(lambda a: a[i], keys)
-
-
 def measure_cell(rc: RunConfig, tracker: Tracker, run_id: str) -> dict[str, float]:
     """Time the single-query loop and the strategy's batch path, check parity, log everything."""
     spec = EngineSpec(rc.engine.name, rc.engine.tile_pages, rc.engine.unroll)
@@ -124,7 +119,7 @@ def measure_cell(rc: RunConfig, tracker: Tracker, run_id: str) -> dict[str, floa
 
     qs = make_queries(ds.domain_bits, ds.num_pages, rc.seed, rc.q)
     kb0, kb1 = (jax.device_put(b) for b in qs.batches)
-    singles0 = [_index(kb0, i) for i in range(rc.q)]
+    singles0 = [kb0.take(i) for i in range(rc.q)]
 
     def single_loop() -> jax.Array:
         # The serving baseline: one query at a time, each answered (synced) before the next.
@@ -136,7 +131,7 @@ def measure_cell(rc: RunConfig, tracker: Tracker, run_id: str) -> dict[str, floa
 
     party1 = None
     if rc.parity.xor_check:
-        party1 = np.stack([np.asarray(ctx.single_jit(ds.words, _index(kb1, i))) for i in range(rc.q)])
+        party1 = np.stack([np.asarray(ctx.single_jit(ds.words, kb1.take(i))) for i in range(rc.q)])
     rep = parity.check(rc.parity, ds, qs, np.asarray(single_out), np.asarray(batch_out), party1)
 
     single_ms, batch_ms = single_t.p50_ms, batch_t.p50_ms

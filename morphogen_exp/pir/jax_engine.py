@@ -127,6 +127,10 @@ class KeyBatch(NamedTuple):
             raise ValueError("batches is empty: pass at least one KeyBatch")
         return cls(*(np.stack([np.asarray(f) for f in fs]) for fs in zip(*batches)))
 
+    def take(self, index: int | slice) -> KeyBatch:
+        """Queries ``index`` of a stacked (Q, ...) batch: an int gives one query's keys, a slice a sub-batch."""
+        return KeyBatch(*(f[index] for f in self))
+
     def to_device(self, device: jax.Device | jax.sharding.Sharding | None = None) -> KeyBatch:
         return jax.device_put(self, device)
 

@@ -11,11 +11,12 @@ import time
 import jax
 
 from .base import BatchPath, BuildContext, register
+from .full_batch import vmapped_batch
 
 
 @register("graph_replay")
 def build(knobs, q: int, ctx: BuildContext) -> BatchPath:
-    fn = jax.jit(jax.vmap(ctx.single, in_axes=(None, 0)))
+    fn = vmapped_batch(ctx)  # full_batch's program, here compiled ahead of time and replayed
     compiled = {}
 
     def run(keys):

@@ -7,7 +7,6 @@ shape whatever Q is, so it compiles once for all Q."""
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from .base import BatchPath, BuildContext, knob, register
@@ -23,7 +22,7 @@ def build(knobs, q: int, ctx: BuildContext) -> BatchPath:
 
     def run(keys):
         # Ragged last chunk gets its own (smaller) program; no host sync between chunks.
-        parts = [fn(ctx.pages, jax.tree.map(lambda a: a[i : i + chunk], keys)) for i in range(0, q, chunk)]
+        parts = [fn(ctx.pages, keys.take(slice(i, i + chunk))) for i in range(0, q, chunk)]
         return jnp.concatenate(parts, axis=0)
 
     return BatchPath(run=run, live_queries=min(q, chunk), info={"chunks": -(-q // chunk)})

@@ -30,7 +30,7 @@ def build(knobs, q: int, ctx: BuildContext) -> BatchPath:
         for i in range(q):
             lane = i % streams
             dev = lane % n_dev
-            kb = jax.tree.map(lambda a: a[i], keys)
+            kb = keys.take(i)
             if dev:
                 kb = jax.device_put(kb, ctx.devices[dev])
             outs.append(ctx.single_jit(pages[dev], kb))
