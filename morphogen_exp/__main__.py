@@ -6,7 +6,6 @@ Exit status: 0 all cells ok (or recorded as "does not fit"), 1 some cell failed,
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 
@@ -15,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from . import app
+from . import app, memory
 from .config import ConfigError
 
 log = logging.getLogger("morphogen_exp")
@@ -41,9 +40,7 @@ def _sigterm(signum, frame):  # SIGTERM behaves like Ctrl-C: the active run ends
 
 
 def main() -> None:
-    # A 64 GiB database on an 80 GB card needs more than JAX's default 75% preallocation; read when
-    # the backend starts (first device use), so setting it here, before any cell, is in time.
-    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
+    memory.configure_process()  # read when the backend starts (first device use): before any cell
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         hydra_entry()

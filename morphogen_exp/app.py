@@ -8,6 +8,7 @@ can say whether any cell failed, while the sweep goes on.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -101,10 +102,10 @@ def _new_context(dataset: datasets.Dataset, spec: EngineSpec) -> BuildContext:
 
 def measure_cell(rc: RunConfig, tracker: Tracker, run_id: str) -> dict[str, float]:
     """Time the single-query loop and the strategy's batch path, check parity, log everything."""
-    spec = EngineSpec(rc.engine.name, rc.engine.tile_pages, rc.engine.unroll)
+    spec = EngineSpec(rc.engine.name, rc.engine.tile_pages, rc.engine.unroll, mask_budget_mib=rc.engine.mask_budget_mib)
     num_pages = datasets.plan_pages(rc.dataset)
     domain_bits = datasets.domain_bits_for(num_pages)
-    tile = tile_size(num_pages, domain_bits, spec)
+    tile = functools.partial(tile_size, num_pages, domain_bits, spec)  # pages per scan step, by batch keys
     what = f"{rc.strategy.name} q={rc.q} on {rc.dataset.name}"
     builder = strategies.registered()[rc.strategy.name]
 
@@ -119,7 +120,7 @@ def measure_cell(rc: RunConfig, tracker: Tracker, run_id: str) -> dict[str, floa
 
     qs = make_queries(ds.domain_bits, ds.num_pages, rc.seed, rc.q)
     kb0, kb1 = (jax.device_put(b) for b in qs.batches)
-    singles0 = [kb0.take(i) for i in range(rc.q)]
+    singles0 = kb0.unstack()
 
     def single_loop() -> jax.Array:
         # The serving baseline: one query at a time, each answered (synced) before the next.
@@ -131,7 +132,7 @@ def measure_cell(rc: RunConfig, tracker: Tracker, run_id: str) -> dict[str, floa
 
     party1 = None
     if rc.parity.xor_check:
-        party1 = np.stack([np.asarray(ctx.single_jit(ds.words, kb1.take(i))) for i in range(rc.q)])
+        party1 = np.stack([np.asarray(ctx.single_jit(ds.words, kb)) for kb in kb1.unstack()])
     rep = parity.check(rc.parity, ds, qs, np.asarray(single_out), np.asarray(batch_out), party1)
 
     single_ms, batch_ms = single_t.p50_ms, batch_t.p50_ms
@@ -147,7 +148,7 @@ def measure_cell(rc: RunConfig, tracker: Tracker, run_id: str) -> dict[str, floa
         "batch_effective_gbps": rc.q * db_gb / (batch_ms / 1e3),
         "single_effective_gbps": rc.q * db_gb / (single_ms / 1e3),
         "compile_s": batch_t.first_call_s,
-        "tile_pages": tile,
+        "tile_pages": tile(3 * path.live_queries),  # the batch path's scan step
         "live_queries": path.live_queries,
         **single_t.as_metrics("single"),
         **batch_t.as_metrics("batch"),

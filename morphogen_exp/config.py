@@ -74,6 +74,7 @@ class EngineConfig:
     name: str = "xla"
     tile_pages: int = 4096
     unroll: bool | None = None
+    mask_budget_mib: int | None = None
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,10 @@ def parse(cfg: DictConfig, known_strategies: tuple[str, ...] = (), known_engines
     tile = _int(en.get("tile_pages", 4096), "engine.tile_pages", 1)
     if tile & (tile - 1):
         raise ConfigError(f"engine.tile_pages must be a power of two, got {tile}")
-    engine_cfg = EngineConfig(name=en.get("name", "xla"), tile_pages=tile, unroll=en.get("unroll"))
+    budget = en.get("mask_budget_mib")
+    budget = None if budget is None else _int(budget, "engine.mask_budget_mib", 1)
+    engine_cfg = EngineConfig(name=en.get("name", "xla"), tile_pages=tile, unroll=en.get("unroll"),
+                              mask_budget_mib=budget)
 
     par = dict(resolved.get("parity") or {})
     parity_cfg = ParityConfig(

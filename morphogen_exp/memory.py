@@ -3,6 +3,9 @@ is recorded as "does not fit" with the estimate instead of crashing into an out-
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
 import jax
 
 from .datasets import PAGE_BYTES
@@ -17,6 +20,20 @@ class DoesNotFit(RuntimeError):
         super().__init__(f"{what} needs ~{need / GIB:.3g} GiB of device memory, the budget is {limit / GIB:.3g} GiB "
                          "(a larger card or bench.memory_cap_gib, a smaller q or dataset)")
         self.need, self.limit = need, limit
+
+
+def configure_process() -> None:
+    """Device-memory settings read when the JAX backend starts: call before any device use.
+
+    A 64 GiB database on an 80 GB card needs more than JAX's default 75% preallocation. And XLA's
+    autotuner runs candidate kernels on scratch copies of a fusion's operands: a fusion reading the
+    whole database (the XLA engine's tile loop) then asks for a second 64 GiB and fails out of
+    memory. The scan's fusions are integer elementwise and reductions with nothing worth tuning, so
+    autotuning is off unless XLA_FLAGS already sets a level."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_gpu_autotune_level" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_autotune_level=0".strip()
 
 
 def device_limit_bytes(cap_gib: float | None) -> int | None:
@@ -37,11 +54,12 @@ def dataset_bytes(num_pages: int) -> int:
     return num_pages * PAGE_BYTES
 
 
-def working_set_bytes(live_queries: int, tile_pages: int) -> int:
+def working_set_bytes(live_queries: int, tile_pages: Callable[[int], int]) -> int:
     """Bytes a batch path keeps live besides the database: per live key, one tile of masks and the
-    GGM level temporaries (about 4 tile-sized u32x4 arrays), plus its answer and key material."""
+    GGM level temporaries (about 4 tile-sized u32x4 arrays), plus its answer and key material.
+    ``tile_pages(num_keys)`` is the engine's tile for a batch of that many keys."""
     keys = 3 * live_queries
-    return keys * (tile_pages * 16 * 4 + 2 * PAGE_BYTES + 4096)
+    return keys * (tile_pages(keys) * 16 * 4 + 2 * PAGE_BYTES + 4096)
 
 
 def check_fits(what: str, need: int, cap_gib: float | None) -> None:

@@ -39,6 +39,8 @@ class DecisionRules:
     speedup_from_q: int = 4
     latency_budget_ms: float | None = None
     rank_by: str = "batch_qps"
+    tie_within: float = 0.0         # GO strategies within this fraction of the best score are tied...
+    prefer: tuple[str, ...] = ()    # ...and a tie goes to the one listed first here
 
     @classmethod
     def from_params(cls, params: dict[str, str]) -> "DecisionRules":
@@ -52,7 +54,14 @@ class DecisionRules:
             speedup_from_q=get("speedup_from_q", int, 4),
             latency_budget_ms=get("latency_budget_ms", float, None),
             rank_by=get("rank_by", str, "batch_qps"),
+            tie_within=get("tie_within", float, 0.0),
+            prefer=get("prefer", _names, ()),
         )
+
+
+def _names(value: str) -> tuple[str, ...]:
+    """A list param as MLflow stores it ("['a', 'b']") or a comma-separated string -> names."""
+    return tuple(n.strip(" '\"") for n in value.strip("[]").split(",") if n.strip(" '\""))
 
 
 @dataclass
@@ -69,6 +78,7 @@ class Decision:
     selected: str | None
     fallback: str | None
     rank_q: int
+    tie_note: str = ""
 
 
 @dataclass
@@ -168,9 +178,20 @@ def decide(df: pd.DataFrame, rules: DecisionRules) -> Decision:
             v.score = float(at[rules.rank_by].iloc[0])
         verdicts[name] = v
     ranked = sorted((v for v in verdicts.values() if v.go), key=lambda v: -v.score)
+    tie_note = ""
+    if len(ranked) > 1 and rules.tie_within > 0:
+        # Near-equal scores are noise, not evidence: among them ship the simplest (decision.prefer).
+        best = ranked[0].score
+        tied = [v for v in ranked if v.score >= best * (1 - rules.tie_within)]
+        order = {name: i for i, name in enumerate(rules.prefer)}
+        tied_sorted = sorted(tied, key=lambda v: (order.get(v.strategy, len(order)), -v.score))
+        if len(tied) > 1:
+            ranked = tied_sorted + [v for v in ranked if v not in tied]
+            tie_note = (f"{', '.join(v.strategy for v in tied_sorted)} are within {rules.tie_within:.0%} of the best "
+                        f"{rules.rank_by} ({', '.join(f'{v.score:.4g}' for v in tied_sorted)}): tied, ordered by decision.prefer")
     selected = ranked[0].strategy if ranked else None
     fallback = ranked[1].strategy if len(ranked) > 1 else None
-    return Decision(verdicts, selected, fallback, rank_q)
+    return Decision(verdicts, selected, fallback, rank_q, tie_note)
 
 
 # --------------------------------------------------------------------------- writers (format only)
@@ -200,6 +221,8 @@ def _plots(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     ok = df[df["status"] == "ok"]
+    if ok.empty:  # every cell failed: nothing to draw (the tables say why)
+        return []
     paths = []
     for col, label, fname in (("batch_ms_per_batch", "batch latency (ms, p50)", "latency_vs_q.png"),
                               ("batch_qps", "queries / s", "qps_vs_q.png")):
@@ -307,13 +330,13 @@ Single-query loop (same cells, ms per Q queries):
 
 ## Decision
 Rules (conf/decision): require_parity={rules.require_parity}, min_speedup={rules.min_speedup:g} for q >= {rules.speedup_from_q},
-latency_budget_ms={rules.latency_budget_ms}, ranked by {rules.rank_by} at q={decision.rank_q}.
+latency_budget_ms={rules.latency_budget_ms}, ranked by {rules.rank_by} at q={decision.rank_q}, ties within {rules.tie_within:.0%} go to the first of decision.prefer.
 
 | strategy | verdict | {rules.rank_by} at q={decision.rank_q} | rule that decided |
 |---|---|---:|---|
 {chr(10).join(verdict_rows)}
 
-- **Ship**: {sel or 'none'}
+- **Ship**: {sel or 'none'}{(chr(10) + '  (' + decision.tie_note + ')') if decision.tie_note else ''}
 - **Fallback**: {decision.fallback or 'the single-query loop (no batching)'}
 - **Rollout guard**: `rollout/selected.yaml` and `rollout/selected.env` beside this report
   (`python -m morphogen_exp +rollout=selected q=8` loads the latest sweep's guard from outputs/rollout/).

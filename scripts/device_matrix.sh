@@ -5,8 +5,8 @@
 #                         arguments are more overrides (tiny works too: a CPU dry run, SKIP_WHEELS=1)
 # Run from the repo root with `carry: [".whl"]` (../shared/tools/device-wheels.sh fills it), e.g.
 #   ENGINE=xla bash scripts/device_matrix.sh small
-# Each stage ends inside a 10-minute call: the sweep stops at 540 s (cells end KILLED) and the report
-# is then rebuilt from the cells that finished.
+# Each stage ends inside a 10-minute call: the sweep stops at $SWEEP_TIMEOUT s (default 540; cells end
+# KILLED) and the report is then rebuilt from the cells that finished.
 set -uo pipefail
 stage=${1:?usage: device_matrix.sh bench|small|mainnet}
 engine=${ENGINE:-pallas}
@@ -24,7 +24,7 @@ case $stage in
       --tile-pages 65536 --repeats 5 --csv "$out/bench.csv" 2>&1 | grep -v INFO | tee "$out/bench.log" ;;
   tiny|small|mainnet)
     dir=outputs/multirun/$stage-$engine
-    timeout 540 python3 -m morphogen_exp -m 'strategy=glob(*)' q=1,2,4,8,16,32 dataset="$stage" engine="$engine" \
+    timeout "${SWEEP_TIMEOUT:-540}" python3 -m morphogen_exp -m 'strategy=glob(*)' q=1,2,4,8,16,32 dataset="$stage" engine="$engine" \
       bench.warmup=1 bench.iterations=2 hydra.sweep.dir="$dir" "${@:2}" 2>&1 | grep -v INFO | tail -80 > "$out/sweep.log"
     [ -f "$dir/report.md" ] || python3 -m morphogen_exp.report --sweep-dir "$dir" >> "$out/sweep.log" 2>&1
     cp "$dir"/report.md "$dir"/matrix.csv "$dir"/*.png "$dir"/rollout/selected.yaml "$out"/ 2>/dev/null

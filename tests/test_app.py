@@ -46,6 +46,24 @@ def test_each_strategy_cell_is_exact_and_recorded(make_cfg, workdir, strategy):
     assert len(timings["batch_ms"]) == 2 and len(timings["single_ms"]) == 2
 
 
+def test_large_database_oracle_numpy_dpf_and_device_fold(make_cfg, workdir):
+    # Above numpy_reference_max_pages the oracle is numpy's DPF with the pages folded on the device
+    # (mainnet: 64 GiB of pages are out of the host's reach); on tiny both oracles can run and agree.
+    out = app.run(make_cfg("strategy=full_batch", "q=2", "parity.numpy_reference_max_pages=64"))
+    assert out.status == "ok", out.error
+    (run,) = mlflow_runs(workdir)
+    assert run.data.metrics["parity_numpy_checked"] == 1 and run.data.metrics["parity_numpy_eq"] == 1
+    assert run.data.tags["parity_numpy_note"].startswith("numpy DPF, pages folded on the device")
+
+    from morphogen_exp import datasets, parity
+    from morphogen_exp.queries import make_queries
+
+    cfg = app.parse(make_cfg(), known_strategies=(), known_engines=())
+    ds = datasets.load(cfg.dataset, cfg.seed)
+    keys = make_queries(ds.domain_bits, ds.num_pages, cfg.seed, 2).keys[0][1]
+    assert parity._numpy_dpf_answer(ds, keys).tobytes() == parity._numpy_answer(ds, keys).tobytes()
+
+
 def test_corrupted_answer_fails_the_cell_loudly(make_cfg, workdir):
     out = app.run(make_cfg("strategy=corrupt", "q=2"))
     assert out.status == "failed" and "ParityError" in out.error and "queries [1]" in out.error

@@ -131,8 +131,18 @@ class KeyBatch(NamedTuple):
         """Queries ``index`` of a stacked (Q, ...) batch: an int gives one query's keys, a slice a sub-batch."""
         return KeyBatch(*(f[index] for f in self))
 
+    def unstack(self) -> tuple[KeyBatch, ...]:
+        """Every query of a stacked (Q, ...) batch as its own KeyBatch, split in one dispatch
+        (eager ``take`` costs a dispatch per field per query: milliseconds at Q = 32)."""
+        return _unstack(self)
+
     def to_device(self, device: jax.Device | jax.sharding.Sharding | None = None) -> KeyBatch:
         return jax.device_put(self, device)
+
+
+@jax.jit
+def _unstack(keys: KeyBatch) -> tuple[KeyBatch, ...]:
+    return tuple(keys.take(i) for i in range(keys.root_t.shape[0]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,6 +156,8 @@ class EngineSpec:
 
     name: registered op set ("xla", or e.g. "pallas" once registered).
     tile_pages: pages per scan step (power of two); bounds the live masks to (K, tile_pages, 4).
+    mask_budget_mib: if set, the tile shrinks (by powers of two) until a batch's masks, K x tile x
+        16 bytes, fit this many MiB: one query gets huge tiles (few loop steps), 96 keys smaller ones.
     unroll: ChaCha8 rounds unrolled (GPU) or looped (fast CPU compile); None = default_unroll().
     doubling_levels: XLA expansion only: how many of the last GGM levels of each tile are expanded
         by doubling (least arithmetic, but each level adds a whole ChaCha8 pair to the program and
@@ -157,6 +169,7 @@ class EngineSpec:
     tile_pages: int = 4096
     unroll: bool | None = None
     doubling_levels: int | None = None
+    mask_budget_mib: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -166,6 +179,9 @@ class EngineSpec:
             raise ValueError(f"{self.tile_pages=} must be a power of two (>= 1)")
         if self.unroll is not None and not isinstance(self.unroll, bool):
             raise ValueError(f"{self.unroll=} must be True, False or None")
+        mb = self.mask_budget_mib
+        if mb is not None and (isinstance(mb, bool) or not isinstance(mb, (int, np.integer)) or mb < 1):
+            raise ValueError(f"{self.mask_budget_mib=} must be None or an int >= 1")
         dl = self.doubling_levels
         if dl is not None and (isinstance(dl, bool) or not isinstance(dl, (int, np.integer)) or dl < 0):
             raise ValueError(f"{self.doubling_levels=} must be None or an int >= 0")
@@ -371,10 +387,15 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, x - 1).bit_length()
 
 
-def tile_size(num_pages: int, domain_bits: int, spec: EngineSpec) -> int:
-    """Pages per scan step: spec.tile_pages, capped by the domain and by the database size
-    (a tiny database must not expand a 4096-leaf subtree to use 5 of its leaves)."""
-    return min(spec.tile_pages, 1 << domain_bits, _next_pow2(num_pages))
+def tile_size(num_pages: int, domain_bits: int, spec: EngineSpec, num_keys: int = 1) -> int:
+    """Pages per scan step for a batch of ``num_keys`` keys: spec.tile_pages, capped by the domain,
+    by the database size (a tiny database must not expand a 4096-leaf subtree to use 5 of its
+    leaves) and by spec.mask_budget_mib (the batch's masks, num_keys x tile x 16 bytes)."""
+    t = min(spec.tile_pages, 1 << domain_bits, _next_pow2(num_pages))
+    if spec.mask_budget_mib is not None:
+        fit = (spec.mask_budget_mib << 20) // (max(1, num_keys) * 16)
+        t = min(t, 1 << max(0, fit.bit_length() - 1))
+    return t
 
 
 def _expand(ops: EngineOps, spec: EngineSpec, *args: jax.Array) -> jax.Array:
@@ -405,10 +426,10 @@ def scan(pages_words: jax.Array, keys: KeyBatch, *, num_pages: int, spec: Engine
     if num_pages > 1 << n:
         raise ValueError(f"{num_pages=} exceeds the DPF domain 2^{n}: generate keys with more domain_bits")
     ops = get_ops(spec.name)
-    T = tile_size(num_pages, n, spec)
+    k = keys.root_t.shape[-1]
+    T = tile_size(num_pages, n, spec, k)
     d = n - (T.bit_length() - 1)  # depth of the tile roots; each tile expands log2(T) levels
     num_full, rem = divmod(num_pages, T)
-    k = keys.root_t.shape[-1]
 
     # Every key to depth d once. Always the XLA compact form: 2^d nodes per key is small next to
     # the tiles' 2^n leaves, and it adds only one ChaCha8 pair to the program.

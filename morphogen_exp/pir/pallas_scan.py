@@ -126,14 +126,16 @@ class ScanBlock:
     def get_default(cls, num_keys: int | None = None, num_pages: int | None = None) -> "ScanBlock":
         """Default block for ``num_keys`` keys over a tile of ``num_pages`` pages (None: unknown).
 
-        Measured on an H100 (JAX 0.11.2, 2 GiB of pages): K <= 4 is memory-bound (about
-        2.2 TB/s, 2.9x XLA) with one key block of 4 and half pages per program; K = 12 did best
+        Measured on an H100 (JAX 0.11.2): K <= 4 is memory-bound; over the 64 GiB database in
+        tiles of 2^22 pages, whole pages per program, unroll 4 and one warp read 2.86 TB/s (24.0 ms,
+        the read rate of an XLA reduction in the same run; the earlier half-page, 2-warp block: 26.8
+        ms; 108 shapes in docs/benchmarks/2026-11-27-h100-scan-blocks.csv).  K = 12 did best
         with 3 blocks of 4 keys, unroll 8 (1.25 ms, 4.3x XLA); K = 96 with 8 keys x the whole
         page, per-key accumulators (5.5 ms, 4.5x XLA).  Two warps won everywhere.  Pages per
         program are then chosen so that about 4 programs per H100 SM (132) run.
         """
         if num_keys is not None and num_keys <= 4:
-            base = cls(keys=_pow2_ceil(num_keys), vecs=128, pages=1024, unroll=8, num_warps=2,
+            base = cls(keys=_pow2_ceil(num_keys), vecs=256, pages=4096, unroll=4, num_warps=1,
                        layout="bcast")
         elif num_keys is not None and num_keys < 32:
             # K = 12: 3 blocks of 4 rather than K padded to 16; K = 6: padded to 8

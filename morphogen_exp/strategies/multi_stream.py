@@ -27,10 +27,8 @@ def build(knobs, q: int, ctx: BuildContext) -> BatchPath:
 
     def run(keys):
         outs = []
-        for i in range(q):
-            lane = i % streams
-            dev = lane % n_dev
-            kb = keys.take(i)
+        for i, kb in enumerate(keys.unstack()):
+            dev = (i % streams) % n_dev
             if dev:
                 kb = jax.device_put(kb, ctx.devices[dev])
             outs.append(ctx.single_jit(pages[dev], kb))
