@@ -23,14 +23,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import datasets, memory, parity, strategies
 from .config import ConfigError, RunConfig, flatten, parse
-from .pir.jax_engine import EngineSpec, make_answer_fn, query_scan, registered_engines, tile_size
+from .pir.jax_engine import (EngineSpec, available_engines, make_answer_fn, query_scan, registered_engines,
+                              tile_size)
 from .queries import make_queries
 from .strategies.base import BuildContext
 from .timing import measure, time_limit
 from .tracking import PARENT_TAG, ROLE_TAG, Tracker, code_version
 
 log = logging.getLogger(__name__)
-KNOWN_ENGINES = ("xla", "pallas")
 
 
 @dataclass
@@ -188,7 +188,7 @@ def _resume(rc: RunConfig, tracker: Tracker, version: str, parent_id: str | None
 
 def run(cfg: DictConfig) -> CellOutcome:
     """Run one cell. Raises ConfigError (before anything is recorded) for settings to fix."""
-    rc = parse(cfg, known_strategies=tuple(sorted(strategies.registered())), known_engines=KNOWN_ENGINES)
+    rc = parse(cfg, known_strategies=tuple(sorted(strategies.registered())), known_engines=tuple(available_engines()))
     if rc.engine.name not in registered_engines():
         from .pir.jax_engine import get_ops
 

@@ -227,6 +227,25 @@ def test_keybatch_layout() -> None:
     assert kb.t_cw[0, :, 0].tolist() == list(k0.t_cw_left) and kb.root_t.tolist() == [0, 1]
 
 
+def test_keybatch_split_in_one_dispatch_equals_take() -> None:
+    rng = np.random.default_rng(3)
+    stacked = KeyBatch.stack([KeyBatch.from_keys(generate_keys(4, t, rng)) for t in range(5)])
+    for i, one in enumerate(stacked.unstack()):
+        assert all(np.array_equal(a, b) for a, b in zip(one, stacked.take(i)))
+    parts = stacked.chunks(2)
+    assert [p.root_t.shape[0] for p in parts] == [2, 2, 1]
+    for i, part in enumerate(parts):
+        assert all(np.array_equal(a, b) for a, b in zip(part, stacked.take(slice(2 * i, 2 * i + 2))))
+
+
+def test_mask_budget_shrinks_tiles_for_large_batches() -> None:
+    spec = EngineSpec("xla", 1 << 22, mask_budget_mib=1536)
+    assert [tile_size(1 << 24, 24, spec, k) for k in (3, 24, 48, 96)] == [1 << 22, 1 << 22, 1 << 21, 1 << 20]
+    assert tile_size(300, 9, spec, 96) == 512  # still capped by the database
+    with pytest.raises(ValueError, match="mask_budget_mib"):
+        EngineSpec(mask_budget_mib=0)
+
+
 def test_page_word_round_trip() -> None:
     words = pages_to_words(PAGES[:3])
     assert words.dtype == np.uint32 and words.shape == (3, 1024)

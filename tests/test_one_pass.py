@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from morphogen_exp.pir import jax_engine
 from morphogen_exp.pir.jax_engine import EngineSpec, KeyBatch, query_scan
@@ -19,7 +20,12 @@ def _counting_masked_xor(pages, masks):
     return jax_engine.masked_xor_xla(pages, masks)
 
 
-jax_engine.register_ops("counting", jax_engine.expand_levels_xla, _counting_masked_xor)
+@pytest.fixture(autouse=True)
+def _counting_engine():
+    jax_engine.register_ops("counting", jax_engine.expand_levels_xla, _counting_masked_xor)
+    yield
+    jax_engine._OPS.pop("counting", None)  # other tests see only the real engines
+    jax_engine.query_scan.cache_clear()
 
 
 def test_vmap_and_lax_map_over_queries_are_one_pass_per_batch():

@@ -48,6 +48,7 @@ __all__ = [
     "register_ops",
     "get_ops",
     "registered_engines",
+    "available_engines",
     "expand_nodes_xla",
     "expand_levels_xla",
     "masked_xor_xla",
@@ -136,6 +137,10 @@ class KeyBatch(NamedTuple):
         (eager ``take`` costs a dispatch per field per query: milliseconds at Q = 32)."""
         return _unstack(self)
 
+    def chunks(self, size: int) -> tuple[KeyBatch, ...]:
+        """Consecutive sub-batches of ``size`` queries (the last may be shorter), split in one dispatch."""
+        return _chunks(self, size)
+
     def to_device(self, device: jax.Device | jax.sharding.Sharding | None = None) -> KeyBatch:
         return jax.device_put(self, device)
 
@@ -143,6 +148,11 @@ class KeyBatch(NamedTuple):
 @jax.jit
 def _unstack(keys: KeyBatch) -> tuple[KeyBatch, ...]:
     return tuple(keys.take(i) for i in range(keys.root_t.shape[0]))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _chunks(keys: KeyBatch, size: int) -> tuple[KeyBatch, ...]:
+    return tuple(keys.take(slice(i, i + size)) for i in range(0, keys.root_t.shape[0], size))
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,6 +250,11 @@ def register_ops(
 
 def registered_engines() -> list[str]:
     return sorted(_OPS)
+
+
+def available_engines() -> list[str]:
+    """Engines a config may name: registered ones, then those imported on first use."""
+    return list(dict.fromkeys([*_OPS, *_LAZY_ENGINE_MODULES]))
 
 
 def get_ops(name: str) -> EngineOps:

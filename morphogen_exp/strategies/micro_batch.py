@@ -22,7 +22,7 @@ def build(knobs, q: int, ctx: BuildContext) -> BatchPath:
 
     def run(keys):
         # Ragged last chunk gets its own (smaller) program; no host sync between chunks.
-        parts = [fn(ctx.pages, keys.take(slice(i, i + chunk))) for i in range(0, q, chunk)]
+        parts = [fn(ctx.pages, kb) for kb in keys.chunks(chunk)]
         return jnp.concatenate(parts, axis=0)
 
     return BatchPath(run=run, live_queries=min(q, chunk), info={"chunks": -(-q // chunk)})
