@@ -21,18 +21,9 @@ from morphogen_exp.pir.pallas_ggm import (
 )
 from morphogen_exp.pir.pallas_scan import ScanBlock, masked_xor_pallas, masked_xor_reference
 
-_HERE = Path(__file__).resolve()
-_FIXTURE_DIRS = [
-    _HERE.parents[1] / "shared" / "fixtures",
-    _HERE.parents[2] / "shared" / "fixtures",
-]
-
-
-def _fixture(name: str):
-    for d in _FIXTURE_DIRS:
-        if (d / name).exists():
-            return json.loads((d / name).read_text())
-    pytest.fail(f"fixture {name} not found in {[str(d) for d in _FIXTURE_DIRS]}")
+def _fixture(fixtures_dir: Path, name: str):
+    """A reference-vector file from ../shared/fixtures (conftest's fixtures_dir skips without it)."""
+    return json.loads((fixtures_dir / name).read_text())
 
 
 def _words(hex16: str) -> np.ndarray:
@@ -74,8 +65,8 @@ def _np_masked_xor(pages: np.ndarray, masks: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # ChaCha8 / GGM
 # --------------------------------------------------------------------------------------------
-def test_chacha8_block_words_matches_prg_vectors():
-    vecs = _fixture("prg_vectors.json")
+def test_chacha8_block_words_matches_prg_vectors(fixtures_dir):
+    vecs = _fixture(fixtures_dir, "prg_vectors.json")
     seeds = np.stack([_words(v["seed"]) for v in vecs])  # (24, 4)
     s = [jnp.asarray(seeds[:, w]) for w in range(4)]
     for counter, field in ((0, "block0"), (1, "block1")):
@@ -84,15 +75,15 @@ def test_chacha8_block_words_matches_prg_vectors():
         np.testing.assert_array_equal(got, want)
 
 
-def test_expand_levels_reference_matches_fixture_full_eval():
-    cases = [c for c in _fixture("dpf_vectors.json") if c["domain_bits"] == 5]
+def test_expand_levels_reference_matches_fixture_full_eval(fixtures_dir):
+    cases = [c for c in _fixture(fixtures_dir, "dpf_vectors.json") if c["domain_bits"] == 5]
     assert cases
     args = [jnp.asarray(a) for a in _keys_of(cases)]
     _check_full_eval(np.asarray(expand_levels_reference(*args)), cases)
 
 
-def test_expand_levels_pallas_matches_fixture_full_eval():
-    cases = [c for c in _fixture("dpf_vectors.json") if c["domain_bits"] == 5]
+def test_expand_levels_pallas_matches_fixture_full_eval(fixtures_dir):
+    cases = [c for c in _fixture(fixtures_dir, "dpf_vectors.json") if c["domain_bits"] == 5]
     assert cases
     args = [jnp.asarray(a) for a in _keys_of(cases)]
     # the default store ("select") and loop form, levels=2 over 5 levels: calls of 2, 2 and 1
