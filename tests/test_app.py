@@ -114,6 +114,18 @@ def test_bad_settings_raise_one_line_config_errors(make_cfg, workdir, override, 
         assert mlflow_runs(workdir) == []  # rejected before anything was recorded
 
 
+def test_graph_replay_command_buffer_knob_reaches_xla(make_cfg, workdir):
+    # XLA parses the option on every backend: a valid set compiles (applied on a GPU), a bad one
+    # is a one-line setting to fix, recorded on its run.
+    out = app.run(make_cfg("strategy=graph_replay", "q=2", "strategy.command_buffer=[FUSION,CUSTOM_CALL,WHILE]"))
+    assert out.status == "ok", out.error
+    (run,) = mlflow_runs(workdir)
+    assert run.data.tags["strategy_info.command_buffer_types"] == "FUSION,CUSTOM_CALL,WHILE"
+    with pytest.raises(ConfigError, match="strategy.command_buffer='GRAPHS'.*not a valid enum value") as err:
+        app.run(make_cfg("strategy=graph_replay", "q=2", "strategy.command_buffer=GRAPHS"))
+    assert "\n" not in str(err.value)
+
+
 def test_pallas_engine_cell_is_exact(make_cfg, workdir):
     """engine=pallas through the whole cell (interpret mode on CPU): same answers as the oracle."""
     out = app.run(make_cfg("engine=pallas", "q=2"))
