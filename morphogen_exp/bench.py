@@ -241,6 +241,15 @@ def bench_scan_blocks(num_pages: int, k: int, tile: int, blocks: list, repeats: 
     return sorted(rows, key=lambda r: r["median_ms"])
 
 
+def _write_csv(path: str | None, rows: list[dict]) -> None:
+    """The rows as CSV at path (nothing when no path or no row)."""
+    if path and rows:
+        with open(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+
 def _fmt(r: Row) -> str:
     return (f"{r.device:>22} {r.engine:>6} {r.what:>9} pages={r.pages:<9} K={r.keys:<3} T={r.tile_pages:<6} "
             f"unroll={int(r.unroll)} compile={r.compile_s:7.2f}s median={r.median_ms:9.3f} ms "
@@ -288,11 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                            for combo in itertools.product(*(vs for _, vs in axes))]
         rows = bench_scan_blocks(args.pages, args.keys, args.tile, list(dict.fromkeys(blocks)), args.repeats)
         print("best:", rows[0] if rows else None)
-        if args.csv and rows:
-            with open(args.csv, "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
+        _write_csv(args.csv, rows)
         return 0
     if args.cmd == "ceilings":
         words = jax.lax.broadcasted_iota(jnp.uint32, (args.words // 1024, 1024), 0)
@@ -307,19 +312,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.cmd == "breakdown":
         rows = bench_breakdown(args.pages, keys, args.engine, [int(x) for x in args.tiles.split(",")], args.repeats)
-        if args.csv:
-            with open(args.csv, "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
+        _write_csv(args.csv, rows)
         return 0
     unroll = {"auto": None, "yes": True, "no": False}[args.unroll]
     rows = bench_engine(args.pages, keys, args.engines.split(","), args.tile_pages, unroll, args.repeats)
-    if args.csv:
-        with open(args.csv, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(asdict(rows[0])))
-            w.writeheader()
-            w.writerows(asdict(r) for r in rows)
+    _write_csv(args.csv, [asdict(r) for r in rows])
     for r in rows:
         print(_fmt(r))
     return 0

@@ -66,15 +66,21 @@ def words_to_bytes(words: np.ndarray) -> np.ndarray:
 _ORACLE: dict[tuple, np.ndarray] = {}
 
 
-def _numpy_answer(dataset: Dataset, keys: tuple) -> np.ndarray:
-    """The oracle's answer for one query, cached by value (not by the device-backed Dataset, which
-    the cache must not keep alive): every cell of a sweep re-checks query 0."""
-    key = (dataset.name, dataset.num_pages, dataset.seed, str(dataset.path), keys)
+def _cached(kind: str, dataset: Dataset, keys: tuple, compute) -> np.ndarray:
+    """An oracle answer for one query, cached by value (not by the device-backed Dataset, which the
+    cache must not keep alive): every cell of a sweep re-checks query 0."""
+    key = (kind, dataset.name, dataset.num_pages, dataset.seed, str(dataset.path), keys)
     if key not in _ORACLE:
         if len(_ORACLE) >= 8:
             _ORACLE.clear()
-        _ORACLE[key] = answer_numpy(dataset.host_pages(np.arange(dataset.num_pages)), list(keys))
+        _ORACLE[key] = compute()
     return _ORACLE[key]
+
+
+def _numpy_answer(dataset: Dataset, keys: tuple) -> np.ndarray:
+    """The numpy oracle's whole answer: host pages and DPF both from numpy."""
+    return _cached("numpy", dataset, keys,
+                   lambda: answer_numpy(dataset.host_pages(np.arange(dataset.num_pages)), list(keys)))
 
 
 _FOLD_PAGES = 1 << 20  # pages per device fold step: (K, 2^20, 4) masks = 16 MiB per key
@@ -90,10 +96,8 @@ def _fold(words: jax.Array, start: jax.Array, size: int, masks: jax.Array) -> ja
 
 def _numpy_dpf_answer(dataset: Dataset, keys: tuple) -> np.ndarray:
     """Answers (K, 4096) u8 from numpy's full-domain DPF outputs and a device fold of the pages."""
-    key = ("dpf", dataset.name, dataset.num_pages, dataset.seed, str(dataset.path), keys)
-    if key not in _ORACLE:
-        if len(_ORACLE) >= 8:
-            _ORACLE.clear()
+
+    def compute() -> np.ndarray:
         n = dataset.num_pages
         masks = np.stack([full_eval(k)[:n] for k in keys]).view("<u4")  # (K, N, 4): 16 output bytes per page
         acc = np.zeros((len(keys), 1024), np.uint32)
@@ -101,8 +105,9 @@ def _numpy_dpf_answer(dataset: Dataset, keys: tuple) -> np.ndarray:
             size = min(_FOLD_PAGES, n - start)
             part = _fold(dataset.words, jnp.int32(start), size, jax.device_put(masks[:, start : start + size]))
             acc ^= np.asarray(part)
-        _ORACLE[key] = words_to_bytes(acc)
-    return _ORACLE[key]
+        return words_to_bytes(acc)
+
+    return _cached("dpf", dataset, keys, compute)
 
 
 def check(
