@@ -14,11 +14,13 @@ import argparse
 import datetime as dt
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from .decision import Decision, DecisionRules, decide, guard, strategy_params
 
 ORIGINAL_COLUMNS = [
     "strategy", "policy", "adaptive_threshold", "gpu_streams", "gpu_cuda_graph", "gpu_batch_tile_size", "q",
@@ -30,55 +32,6 @@ OUR_COLUMNS = [
     "parity_numpy_checked", "parity_xor_eq", "single_ms_p90", "batch_ms_p90", "batch_ms_min", "batch_ms_max",
     "compile_s", "batch_effective_gbps", "memory_estimate_gib", "error_message", "run_id",
 ]
-
-
-@dataclass(frozen=True)
-class DecisionRules:
-    require_parity: bool = True
-    min_speedup: float = 1.0
-    speedup_from_q: int = 4
-    latency_budget_ms: float | None = None
-    rank_by: str = "batch_qps"
-    tie_within: float = 0.0         # GO strategies within this fraction of the best score are tied...
-    prefer: tuple[str, ...] = ()    # ...and a tie goes to the one listed first here
-
-    @classmethod
-    def from_params(cls, params: dict[str, str]) -> "DecisionRules":
-        def get(name: str, cast, default):
-            v = params.get(f"decision.{name}")
-            return default if v in (None, "None", "null") else cast(v)
-
-        return cls(
-            require_parity=get("require_parity", lambda s: s == "True", True),
-            min_speedup=get("min_speedup", float, 1.0),
-            speedup_from_q=get("speedup_from_q", int, 4),
-            latency_budget_ms=get("latency_budget_ms", float, None),
-            rank_by=get("rank_by", str, "batch_qps"),
-            tie_within=get("tie_within", float, 0.0),
-            prefer=get("prefer", _names, ()),
-        )
-
-
-def _names(value: str) -> tuple[str, ...]:
-    """A list param as MLflow stores it ("['a', 'b']") or a comma-separated string -> names."""
-    return tuple(n.strip(" '\"") for n in value.strip("[]").split(",") if n.strip(" '\""))
-
-
-@dataclass
-class Verdict:
-    strategy: str
-    go: bool
-    reasons: list[str] = field(default_factory=list)
-    score: float = float("nan")
-
-
-@dataclass
-class Decision:
-    verdicts: dict[str, Verdict]
-    selected: str | None
-    fallback: str | None
-    rank_q: int
-    tie_note: str = ""
 
 
 @dataclass
@@ -146,54 +99,6 @@ def cells_frame(runs: list[Any]) -> pd.DataFrame:
     return df.drop_duplicates(["our_strategy", "q"], keep="first").sort_values(["our_strategy", "q"]).reset_index(drop=True)
 
 
-# --------------------------------------------------------------------------- the decision
-
-def decide(df: pd.DataFrame, rules: DecisionRules) -> Decision:
-    all_q = sorted(df["q"].unique())
-    rank_q = max(all_q)
-    verdicts: dict[str, Verdict] = {}
-    for name, g in df.groupby("our_strategy"):
-        v = Verdict(name, True)
-        missing = sorted(set(all_q) - set(g["q"]))
-        if missing:
-            v.reasons.append(f"coverage: no cell at q={missing}")
-        for _, row in g.iterrows():
-            q = row["q"]
-            if row["status"] in ("failed", "killed", "running"):
-                v.reasons.append(f"cell {row['status']} at q={q}" + (f" ({row['error_message']})" if row["error_message"] else ""))
-                continue
-            if row["status"] == "does_not_fit":
-                v.reasons.append(f"does not fit at q={q} ({row['error_message']})")
-                continue
-            if rules.require_parity and row["parity_ok"] != 1:
-                v.reasons.append(f"require_parity: mismatch at q={q}")
-            sp = row["batch_vs_single_speedup"]
-            if q >= rules.speedup_from_q and sp is not None and sp < rules.min_speedup:
-                v.reasons.append(f"min_speedup: x{sp:.2f} < x{rules.min_speedup:g} at q={q}")
-            if rules.latency_budget_ms is not None and row["batch_ms_per_batch"] > rules.latency_budget_ms:
-                v.reasons.append(f"latency_budget_ms: {row['batch_ms_per_batch']:.1f} ms > {rules.latency_budget_ms:g} ms at q={q}")
-        v.go = not v.reasons
-        at = g[g["q"] == rank_q]
-        if len(at) and at[rules.rank_by].notna().all():
-            v.score = float(at[rules.rank_by].iloc[0])
-        verdicts[name] = v
-    ranked = sorted((v for v in verdicts.values() if v.go), key=lambda v: -v.score)
-    tie_note = ""
-    if len(ranked) > 1 and rules.tie_within > 0:
-        # Near-equal scores are noise, not evidence: among them ship the simplest (decision.prefer).
-        best = ranked[0].score
-        tied = [v for v in ranked if v.score >= best * (1 - rules.tie_within)]
-        order = {name: i for i, name in enumerate(rules.prefer)}
-        tied_sorted = sorted(tied, key=lambda v: (order.get(v.strategy, len(order)), -v.score))
-        if len(tied) > 1:
-            ranked = tied_sorted + [v for v in ranked if v not in tied]
-            tie_note = (f"{', '.join(v.strategy for v in tied_sorted)} are within {rules.tie_within:.0%} of the best "
-                        f"{rules.rank_by} ({', '.join(f'{v.score:.4g}' for v in tied_sorted)}): tied, ordered by decision.prefer")
-    selected = ranked[0].strategy if ranked else None
-    fallback = ranked[1].strategy if len(ranked) > 1 else None
-    return Decision(verdicts, selected, fallback, rank_q, tie_note)
-
-
 # --------------------------------------------------------------------------- writers (format only)
 
 def _pivot(df: pd.DataFrame, col: str, fmt: str) -> str:
@@ -245,37 +150,6 @@ def _plots(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     return paths
 
 
-def _strategy_params(df: pd.DataFrame, name: str) -> dict[str, str]:
-    p = df[df["our_strategy"] == name]["_params"].iloc[0]
-    return {k[len("strategy."):]: v for k, v in p.items() if k.startswith("strategy.") and k != "strategy.name"}
-
-
-def _guard(df: pd.DataFrame, decision: Decision, header: str) -> tuple[str, str]:
-    """The rollout guard as a config a trial loads as it is, and the equivalent environment."""
-    name = decision.selected
-    if name is None:
-        yaml = f"# @package _global_\n{header}\n# No strategy is GO: serve one query at a time.\ndefaults:\n  - override /strategy: multi_stream\nstrategy:\n  streams: 1\n"
-        return yaml, "MORPHOGEN_GPU_BATCH_POLICY=latency\nMORPHOGEN_GPU_STREAMS=1\nMORPHOGEN_GPU_CUDA_GRAPH=false\n"
-    params = _strategy_params(df, name)
-    knobs = {k: v for k, v in params.items() if "." not in k and k not in ("original",)}
-    engine = df[df["our_strategy"] == name]["engine"].iloc[0]
-    lines = ["# @package _global_", header, "defaults:", f"  - override /strategy: {name}", f"  - override /engine: {engine}"]
-    if knobs:
-        lines.append("strategy:")
-        lines += [f"  {k}: {v}" for k, v in sorted(knobs.items())]
-    env = {k[len("guard_env."):]: v for k, v in params.items() if k.startswith("guard_env.")}
-    env_text = "".join(f"{k}={_env_value(v)}\n" for k, v in sorted(env.items()))
-    if decision.fallback:
-        fb = _strategy_params(df, decision.fallback)
-        env_text += f"# fallback: {decision.fallback}\n" + "".join(
-            f"# {k[len('guard_env.'):]}={_env_value(v)}\n" for k, v in sorted(fb.items()) if k.startswith("guard_env."))
-    return "\n".join(lines) + "\n", env_text
-
-
-def _env_value(v: str) -> str:
-    return v.lower() if v in ("True", "False") else v
-
-
 def _atomic_write(path: Path, text: str) -> None:
     """Write to a temporary file then rename: a report is either complete or absent."""
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -287,7 +161,7 @@ def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: dic
     first = df.iloc[0]
     strategies = []
     for name, g in df.groupby("our_strategy"):
-        params = _strategy_params(df, name)
+        params = strategy_params(df, name)
         knobs = ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if "." not in k and k != "original") or "—"
         info = g["_info"].iloc[-1]  # at the largest q (chunks, tiles...)
         strategies.append(f"| {name} | {g['strategy'].iloc[0]} | {knobs} | {', '.join(f'{k}={v}' for k, v in info.items()) or '—'} |")
@@ -378,7 +252,7 @@ def build(tracker: Any, parent_id: str, out_dir: Path, rollout_dir: Path | None 
     _atomic_write(csv, df[ORIGINAL_COLUMNS + OUR_COLUMNS].to_csv(index=False))
     plots = _plots(df, out_dir)
     header = f"# Rollout guard from sweep {meta['sweep_dir']} (run {parent_id}), {first_run.get('device_kind')}, {meta['date']}"
-    guard_yaml, guard_env = _guard(df, decision, header)
+    guard_yaml, guard_env = guard(df, decision, header)
     (out_dir / "rollout").mkdir(exist_ok=True)
     rollout, env = out_dir / "rollout" / "selected.yaml", out_dir / "rollout" / "selected.env"
     _atomic_write(rollout, guard_yaml)

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from morphogen_exp.report import DecisionRules, decide
+from morphogen_exp.decision import DecisionRules, decide
 
 
 def _matrix(qps_at_32: dict[str, float], speedup_at_4: dict[str, float] | None = None) -> pd.DataFrame:
