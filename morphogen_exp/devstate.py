@@ -80,7 +80,7 @@ def nvidia_smi_state(index: str) -> Snapshot:
     if len(rows) != 1 or len(rows[0]) != len(_SMI_FIELDS):
         return {}
     state: Snapshot = {}
-    for (key, scale), raw in zip(_SMI_FIELDS.values(), rows[0]):
+    for (key, scale), raw in zip(_SMI_FIELDS.values(), rows[0], strict=True):
         value = _parse_value(raw, scale)
         if value is not None:
             state[key] = value
