@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -46,7 +47,7 @@ class FakeSmi:
 
 
 @pytest.fixture
-def smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeSmi:
+def smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSmi]:
     exe = tmp_path / "nvidia-smi"
     exe.write_text(FAKE_SMI)
     exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
