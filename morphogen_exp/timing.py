@@ -1,4 +1,5 @@
-"""Timing: the first (compiling) call apart, warmup, then timed iterations, each blocked on its result.
+"""Timing: the first (compiling) call apart, warmup, then samples, each blocked on its result, until
+the relative noise of the median is low enough or a cap is hit (nvbench's stopping rule).
 
 Results are tagged summaries (`TimingSummary.as_metrics(prefix)`), so trackers and reports only
 format them."""
@@ -8,18 +9,79 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import jax
 import numpy as np
 
+from .stats import median_ci, min_samples_for, relative_noise
+
+STOPPED_BY = ("noise", "time_cap", "max_samples")
+
+
+@dataclass(frozen=True)
+class SamplingPolicy:
+    """When to stop sampling (nvbench's rule): after `min_samples` samples and `min_time_s` seconds of
+    sampling, as soon as the relative noise (half-width of the median's interval / median) is at most
+    `max_noise`; or at `max_time_s` of sampling or `max_samples` samples, whichever comes first (but
+    never before 2 samples). The compiling first call and `warmup` calls are not samples."""
+
+    warmup: int
+    min_samples: int
+    max_noise: float = 0.01
+    min_time_s: float = 0.0
+    max_time_s: float = 20.0
+    confidence: float = 0.95
+    max_samples: int = 10_000
+
+    def __post_init__(self) -> None:
+        checks = (
+            (self.warmup >= 0, f"warmup={self.warmup} must be >= 0"),
+            (self.min_samples >= 1, f"min_samples={self.min_samples} must be >= 1"),
+            (self.max_samples >= max(self.min_samples, 2),
+             f"max_samples={self.max_samples} must be >= max(min_samples={self.min_samples}, 2)"),
+            (self.max_noise > 0, f"max_noise={self.max_noise} must be > 0 (a fraction: 0.01 is 1%)"),
+            (0 <= self.min_time_s <= self.max_time_s,
+             f"min_time_s={self.min_time_s} and max_time_s={self.max_time_s} must satisfy 0 <= min_time_s <= max_time_s"),
+            (0 < self.confidence < 1, f"confidence={self.confidence} must be between 0 and 1 (e.g. 0.95)"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"sampling policy: {message}")
+
 
 @dataclass(frozen=True)
 class TimingSummary:
+    """One timed path: every sample (ms), the median's interval, the noise reached and why sampling
+    stopped (`capped`: stopped before the noise reached the policy's max_noise)."""
+
     first_call_s: float          # includes tracing + compilation (or a persistent-cache hit)
-    times_ms: tuple[float, ...]  # steady-state iterations
+    times_ms: tuple[float, ...]  # steady-state samples, in order
+    p50_lo_ms: float
+    p50_hi_ms: float
+    noise: float                 # (p50_hi_ms - p50_lo_ms) / 2 / p50_ms
+    stopped_by: str              # one of STOPPED_BY
+    capped: bool
+    confidence: float = 0.95
+
+    @classmethod
+    def from_samples(cls, first_call_s: float, times_ms: Sequence[float], *, confidence: float,
+                     max_noise: float, stopped_by: str) -> TimingSummary:
+        """Summarise samples: the median's interval at `confidence`, and `capped` when the noise is above
+        `max_noise` or too few samples were taken for the interval to reach `confidence`."""
+        if stopped_by not in STOPPED_BY:
+            raise ValueError(f"stopped_by={stopped_by!r} must be one of {STOPPED_BY}")
+        lo, hi = median_ci(times_ms, confidence)
+        noise = relative_noise(times_ms, confidence)
+        capped = noise > max_noise or len(times_ms) < min_samples_for(confidence)
+        return cls(first_call_s, tuple(float(t) for t in times_ms), lo, hi, noise, stopped_by, capped, confidence)
+
+    @property
+    def samples(self) -> int:
+        return len(self.times_ms)
 
     @property
     def p50_ms(self) -> float:
@@ -33,28 +95,67 @@ class TimingSummary:
         t = np.asarray(self.times_ms)
         return {
             f"{prefix}_ms_p50": self.p50_ms,
+            f"{prefix}_ms_p50_lo": self.p50_lo_ms,
+            f"{prefix}_ms_p50_hi": self.p50_hi_ms,
             f"{prefix}_ms_p90": self.p90_ms,
             f"{prefix}_ms_min": float(t.min()),
             f"{prefix}_ms_max": float(t.max()),
             f"{prefix}_ms_mean": float(t.mean()),
             f"{prefix}_first_call_s": self.first_call_s,
+            f"{prefix}_samples": float(self.samples),
+            f"{prefix}_noise": self.noise,
+            f"{prefix}_capped": float(self.capped),
         }
 
 
-def measure(fn: Callable[[], Any], *, warmup: int, iterations: int) -> tuple[TimingSummary, Any]:
-    """Time `fn()` (which dispatches device work and returns arrays). Returns the summary and the
-    last result, so callers check the very answers that were timed."""
+def _policy(policy: SamplingPolicy | None, warmup: int | None, iterations: int | None) -> SamplingPolicy:
+    if policy is not None:
+        if warmup is not None or iterations is not None:
+            raise TypeError("measure: pass either policy= or warmup=/iterations=, not both")
+        return policy
+    if warmup is None or iterations is None:
+        raise TypeError("measure: pass policy=SamplingPolicy(...) (or the old warmup= and iterations=)")
+    return SamplingPolicy(warmup=warmup, min_samples=iterations)
+
+
+def _stop_reason(times_ms: list[float], sampling_s: float, p: SamplingPolicy) -> str | None:
+    n = len(times_ms)
+    if n < 2:
+        return None
+    if (n >= max(p.min_samples, min_samples_for(p.confidence)) and sampling_s >= p.min_time_s
+            and relative_noise(times_ms, p.confidence) <= p.max_noise):
+        return "noise"
+    if n >= p.max_samples:
+        return "max_samples"
+    if sampling_s >= p.max_time_s:
+        return "time_cap"
+    return None
+
+
+def measure(fn: Callable[[], Any], *, policy: SamplingPolicy | None = None, warmup: int | None = None,
+            iterations: int | None = None) -> tuple[TimingSummary, Any]:
+    """Time `fn()` (which dispatches device work and returns arrays), each call blocked on its result:
+    the first (compiling) call apart, `policy.warmup` calls, then samples until the policy stops.
+    `measure(fn, warmup=w, iterations=n)` is `policy=SamplingPolicy(warmup=w, min_samples=n)`.
+    Returns the summary and the last result, so callers check the very answers that were timed."""
+    p = _policy(policy, warmup, iterations)
     t0 = time.perf_counter()
     out = jax.block_until_ready(fn())
     first = time.perf_counter() - t0
-    for _ in range(warmup):
+    for _ in range(p.warmup):
         out = jax.block_until_ready(fn())
-    times = []
-    for _ in range(iterations):
+    times: list[float] = []
+    start = time.perf_counter()
+    while True:
         t0 = time.perf_counter()
         out = jax.block_until_ready(fn())
-        times.append((time.perf_counter() - t0) * 1e3)
-    return TimingSummary(first_call_s=first, times_ms=tuple(times)), out
+        t1 = time.perf_counter()
+        times.append((t1 - t0) * 1e3)
+        reason = _stop_reason(times, t1 - start, p)
+        if reason is not None:
+            break
+    return TimingSummary.from_samples(first, times, confidence=p.confidence, max_noise=p.max_noise,
+                                      stopped_by=reason), out
 
 
 class CellTimeout(TimeoutError):

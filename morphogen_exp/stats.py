@@ -1,0 +1,132 @@
+"""Confidence intervals for timings: the median's (distribution-free), a ratio of medians'
+(seeded bootstrap), rates from latency bounds, and one cell's derived metrics with their bounds.
+
+Every interval is deterministic: the same samples give the same interval."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import stats as sps
+
+if TYPE_CHECKING:
+    from .timing import TimingSummary
+
+BOOTSTRAP_SEED = 20261127
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence={confidence!r} must be between 0 and 1 (e.g. 0.95)")
+
+
+def _as_samples(samples: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(samples, dtype=np.float64).ravel()
+    if x.size < 2:
+        raise ValueError(f"{name} needs at least 2 samples, got {x.size}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} has non-finite samples")
+    return x
+
+
+@lru_cache(maxsize=4096)
+def order_stat_ranks(n: int, confidence: float) -> tuple[int, int]:
+    """0-based ranks (lo, hi) of the order statistics bounding the median with coverage >= confidence:
+    lo = the largest k with P(Binomial(n, 1/2) <= k) <= (1 - confidence) / 2, hi = n - 1 - lo.
+    Below `min_samples_for(confidence)` samples no such k exists and the ranks are (0, n - 1)."""
+    _check_confidence(confidence)
+    tail = (1.0 - confidence) / 2.0
+    k = int(sps.binom.ppf(tail, n, 0.5))  # smallest k with cdf(k) >= tail
+    if sps.binom.cdf(k, n, 0.5) > tail:
+        k -= 1                           # largest k with cdf(k) <= tail
+    lo = max(k, 0)
+    return lo, n - 1 - lo
+
+
+def coverage(n: int, confidence: float) -> float:
+    """The exact coverage of `median_ci` for n samples of a continuous distribution."""
+    lo, _ = order_stat_ranks(n, confidence)
+    return float(1.0 - 2.0 * sps.binom.cdf(lo, n, 0.5))
+
+
+@lru_cache(maxsize=64)
+def min_samples_for(confidence: float) -> int:
+    """The fewest samples whose [min, max] bounds the median with at least `confidence` (6 at 0.95)."""
+    _check_confidence(confidence)
+    n = 2
+    while 1.0 - 2.0 ** (1 - n) < confidence:
+        n += 1
+    return n
+
+
+def median_ci(samples: Sequence[float] | np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free interval of the median: a pair of order statistics (conservative: coverage >=
+    confidence from `min_samples_for(confidence)` samples on; below that it is [min, max]). O(n)."""
+    x = _as_samples(samples, "median_ci")
+    lo, hi = order_stat_ranks(x.size, confidence)
+    part = np.partition(x, (lo, hi))
+    return float(part[lo]), float(part[hi])
+
+
+def relative_noise(samples: Sequence[float] | np.ndarray, confidence: float = 0.95) -> float:
+    """Half-width of the median's interval over the median (inf when the median is 0)."""
+    x = _as_samples(samples, "relative_noise")
+    lo, hi = median_ci(x, confidence)
+    med = float(np.median(x))
+    return (hi - lo) / 2.0 / med if med > 0 else float("inf")
+
+
+def _ratio_of_medians(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.median(a, axis=axis) / np.median(b, axis=axis)
+
+
+def ratio_ci(num_samples: Sequence[float] | np.ndarray, den_samples: Sequence[float] | np.ndarray,
+             confidence: float = 0.95, *, seed: int = BOOTSTRAP_SEED,
+             n_resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
+    """Interval of median(num) / median(den): a seeded percentile bootstrap, each sample resampled on
+    its own (the two paths are timed independently). Both constant -> the exact ratio, twice."""
+    _check_confidence(confidence)
+    a = _as_samples(num_samples, "ratio_ci numerator")
+    b = _as_samples(den_samples, "ratio_ci denominator")
+    if np.median(b) <= 0 or np.min(b) <= 0:
+        raise ValueError("ratio_ci denominator samples must all be > 0")
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        r = float(a[0] / b[0])
+        return r, r
+    res = sps.bootstrap((a, b), _ratio_of_medians, vectorized=True, paired=False, confidence_level=confidence,
+                        method="percentile", n_resamples=n_resamples, batch=100, rng=np.random.default_rng(seed))
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    point = float(_ratio_of_medians(a, b))
+    return min(lo, point), max(hi, point)   # the point estimate always lies inside its interval
+
+
+def rate_ci(q: int, ms_lo: float, ms_hi: float) -> tuple[float, float]:
+    """Queries/s bounds from the bounds of the time for q queries (the slow end gives the low rate)."""
+    if q < 1:
+        raise ValueError(f"q={q} must be >= 1")
+    if not 0 < ms_lo <= ms_hi:
+        raise ValueError(f"latency bounds must satisfy 0 < ms_lo <= ms_hi, got {ms_lo=}, {ms_hi=}")
+    return q * 1e3 / ms_hi, q * 1e3 / ms_lo
+
+
+def _with_bounds(name: str, value: float, bounds: tuple[float, float]) -> dict[str, float]:
+    return {name: value, f"{name}_lo": bounds[0], f"{name}_hi": bounds[1]}
+
+
+def cell_metrics(q: int, single: TimingSummary, batch: TimingSummary, confidence: float = 0.95) -> dict[str, float]:
+    """One cell's derived metrics, each with `_lo`/`_hi` bounds: the single-query loop's and the batch
+    path's time per batch of q queries (median), the speedup median(single) / median(batch), and both
+    rates in queries/s."""
+    s_ms, b_ms = float(np.median(single.times_ms)), float(np.median(batch.times_ms))
+    s_ci, b_ci = median_ci(single.times_ms, confidence), median_ci(batch.times_ms, confidence)
+    out: dict[str, float] = {}
+    out |= _with_bounds("single_ms_per_batch", s_ms, s_ci)
+    out |= _with_bounds("batch_ms_per_batch", b_ms, b_ci)
+    out |= _with_bounds("batch_vs_single_speedup", s_ms / b_ms, ratio_ci(single.times_ms, batch.times_ms, confidence))
+    out |= _with_bounds("single_qps", q * 1e3 / s_ms, rate_ci(q, *s_ci))
+    out |= _with_bounds("batch_qps", q * 1e3 / b_ms, rate_ci(q, *b_ci))
+    return out
