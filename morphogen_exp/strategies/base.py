@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import jax
 
-from ..pir.jax_engine import EngineSpec, KeyBatch
+from ..pir import EngineSpec, KeyBatch
 
 # (pages_words, keys (3, ...)) -> (3, 1024) u32: traceable, not jitted; strategies compose it.
 SingleFn = Callable[[jax.Array, KeyBatch], jax.Array]
