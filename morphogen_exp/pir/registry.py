@@ -4,8 +4,8 @@ An op set is the two engine-interface ops (docs/engine-interface.md): ``expand_l
 ``masked_xor``, plus an optional in-place ``masked_xor_at``. "xla" is registered here; other engines
 register on import (``_LAZY_ENGINE_MODULES`` names the module that registers each). Compiled scans
 are cached per op set (scan.py keys its caches on the ``EngineOps`` value), so re-registering a
-name never serves a program traced with the old ops. The registry is the package's only
-module-level mutable state.
+name never serves a program traced with the old ops. Apart from those program caches, the registry
+is the package's only module-level mutable state.
 """
 
 from __future__ import annotations
