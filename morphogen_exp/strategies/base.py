@@ -7,8 +7,9 @@ A strategy module defines one `build(knobs, ctx) -> BatchPath` decorated with `@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 import jax
 
