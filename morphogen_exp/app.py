@@ -23,8 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import datasets, memory, parity, strategies
 from .config import ConfigError, RunConfig, flatten, parse
-from .pir.jax_engine import (EngineSpec, available_engines, make_answer_fn, query_scan, registered_engines,
-                              tile_size)
+from .pir import EngineSpec, available_engines, get_ops, make_answer_fn, query_scan, registered_engines, tile_size
 from .queries import make_queries
 from .strategies.base import BuildContext
 from .timing import measure, time_limit
@@ -190,8 +189,6 @@ def run(cfg: DictConfig) -> CellOutcome:
     """Run one cell. Raises ConfigError (before anything is recorded) for settings to fix."""
     rc = parse(cfg, known_strategies=tuple(sorted(strategies.registered())), known_engines=tuple(available_engines()))
     if rc.engine.name not in registered_engines():
-        from .pir.jax_engine import get_ops
-
         try:
             get_ops(rc.engine.name)
         except ValueError as err:

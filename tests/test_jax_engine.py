@@ -1,9 +1,9 @@
-"""The JAX engine (chacha_jax.py, jax_engine.py) against the original's vectors and the numpy reference.
+"""The JAX engine (chacha_jax, xla_ops, registry, scan, host) against the original's vectors and the numpy reference.
 
 CPU and fast: XLA compile time dominates, so every shape is compiled once and shared (the engine's
 own caches: jit per shape, make_answer_fn per (num_pages, spec)); the scan tests all use K = 3 keys
 over one (256, 1024) page matrix at domain 8, with a tile of 64 pages so the tile loop, the ragged
-tail and the tile cap for tiny databases all run.
+tail (its own step, with a subtree of next_pow2(tail) leaves) and the tile cap for tiny databases all run.
 """
 
 from __future__ import annotations
@@ -20,24 +20,28 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from morphogen_exp.pir import jax_engine as je
-from morphogen_exp.pir.chacha_jax import default_unroll, prg_expand
-from morphogen_exp.pir.jax_engine import (
+from morphogen_exp.pir import (
+    PAGE_BYTES,
     EngineSpec,
     KeyBatch,
+    answer,
     answer_jax,
     full_eval_jax,
     get_ops,
     make_answer_fn,
-    masked_xor_xla,
     pages_to_words,
     register_ops,
-    scan,
+    scan_bytes_read,
+    scan_plan,
     tile_size,
+    unregister_ops,
     words_to_bytes,
 )
+from morphogen_exp.pir.chacha_jax import default_unroll, prg_expand
 from morphogen_exp.pir.keys import Key, generate_keys
-from morphogen_exp.pir.reference import answer_numpy
+from morphogen_exp.pir.reference import answer_numpy, eval_points
+from morphogen_exp.pir.scan import scan
+from morphogen_exp.pir.xla_ops import descend_left, expand_levels_xla, masked_xor_xla
 
 DOMAIN = 8  # scan tests: 256-page domain
 SPEC = EngineSpec(tile_pages=64)
@@ -121,7 +125,7 @@ def test_doubling_and_hybrid_expansion(fixtures_dir: Path, doubling_levels: int)
     cases, out = _full_eval_for(str(fixtures_dir), 5)
     keys = [Key.from_bytes(bytes.fromhex(c[f"key{p}_bytes"])) for c in cases for p in (0, 1)]
     kb = KeyBatch.from_keys(keys)
-    got = jax.jit(functools.partial(je.expand_levels_xla, unroll=False, doubling_levels=doubling_levels))(
+    got = jax.jit(functools.partial(expand_levels_xla, unroll=False, doubling_levels=doubling_levels))(
         kb.root_seed[:, None], kb.root_t[:, None], kb.seed_cw, kb.t_cw, kb.final_cw
     )
     np.testing.assert_array_equal(np.asarray(got), out)
@@ -150,20 +154,54 @@ def test_masked_xor_property(page_seed: int, mask_bytes: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "num_pages, spec, tiles",
+    "num_pages, spec, plan",
     [
-        (200, SPEC, (64, 3, 8)),  # 3 full tiles + a ragged last tile of 8 (shares the loop body)
-        (128, SPEC, (64, 2, 0)),  # full tiles only
-        (5, SPEC, (8, 0, 5)),  # tile capped at next_pow2(5) = 8: one static partial tile
-        (200, EngineSpec(tile_pages=64, doubling_levels=2), (64, 3, 8)),  # the GPU expansion structure
+        (200, SPEC, (64, 3, 8, 8)),  # 3 full tiles + a ragged tail of 8 pages (an 8-leaf subtree)
+        (250, SPEC, (64, 3, 58, 64)),  # a tail longer than half a tile: a whole tile's subtree, 58 pages read
+        (129, SPEC, (64, 2, 1, 1)),  # just above a tile multiple: a 1-leaf tail (a leaf of the tree)
+        (128, SPEC, (64, 2, 0, 0)),  # full tiles only
+        (5, SPEC, (8, 0, 5, 8)),  # below one tile: the tile is capped at next_pow2(5) = 8, all tail
+        (200, EngineSpec(tile_pages=64, doubling_levels=2), (64, 3, 8, 8)),  # the GPU expansion structure
+        (200, EngineSpec("pallas", 64), (64, 3, 8, 8)),  # the Pallas kernels (interpret mode on a CPU)
+        (129, EngineSpec("pallas", 64), (64, 2, 1, 1)),
     ],
 )
-def test_scan_matches_reference(num_pages: int, spec: EngineSpec, tiles: tuple[int, int, int]) -> None:
-    t = tile_size(num_pages, DOMAIN, spec)
-    assert (t, *divmod(num_pages, t)) == tiles
+def test_scan_matches_reference(num_pages: int, spec: EngineSpec, plan: tuple[int, int, int, int]) -> None:
+    p = scan_plan(num_pages, DOMAIN, spec)
+    assert (p.tile, p.num_full, p.tail, p.tail_tile) == plan
+    assert p.tile == tile_size(num_pages, DOMAIN, spec)
+    # targets in the first page, the last page (in the tail when there is one) and beyond N
     keys0, _ = _keys([0, num_pages - 1, 255], np.random.default_rng(num_pages))
     got = answer_jax(PAGES[:num_pages], keys0, spec)
     np.testing.assert_array_equal(got, answer_numpy(PAGES[:num_pages], keys0))
+
+
+def test_descend_left_reaches_the_tail_root() -> None:
+    """The leftmost descendant L levels below a node is the node whose leaves start where its own do."""
+    keys0, _ = _keys([3, 77, 200], np.random.default_rng(11))
+    kb = KeyBatch.from_keys(keys0)
+    seeds, ts = jax.jit(descend_left)(kb.root_seed, kb.root_t, kb.seed_cw[:, :5], kb.t_cw[:, :5])
+    # leaves of node 0 at depth 5 are DPF outputs 0..7: expand it the remaining 3 levels
+    leaves = jax.jit(functools.partial(expand_levels_xla, unroll=False))(
+        seeds[:, None], ts[:, None], kb.seed_cw[:, 5:], kb.t_cw[:, 5:], kb.final_cw)
+    for k, key in enumerate(keys0):
+        np.testing.assert_array_equal(_out_bytes(np.asarray(leaves[k])), eval_points(key, range(8)).tobytes())
+
+
+def test_scan_plan_at_the_mainnet_shape() -> None:
+    """The real database (16,817,159 pages, domain 2^25) with the pallas config: Q=1 walks 4 tiles of
+    2^22 pages and a tail of 39,943 pages from a 2^16-leaf subtree (not a whole 2^22-page tile);
+    Q=32 (96 keys, 1.5 GiB of masks) 16 tiles of 2^20 and the same tail."""
+    spec = EngineSpec("pallas", 1 << 22, mask_budget_mib=1536)
+    n, pages = 25, 16_817_159
+    q1, q32 = scan_plan(pages, n, spec, 3), scan_plan(pages, n, spec, 96)
+    assert (q1.tile, q1.num_full, q1.tail, q1.tail_tile, q1.depth, q1.tail_depth) == (1 << 22, 4, 39_943, 1 << 16, 3, 9)
+    assert (q32.tile, q32.num_full, q32.tail, q32.tail_tile) == (1 << 20, 16, 39_943, 1 << 16)
+    assert q1.leaves_expanded - 4 * (1 << 22) < 2 * q1.tail  # the tail costs less than twice its pages
+    for plan, k in ((q1, 3), (q32, 96)):
+        assert plan.pages_read == pages  # every page once, nothing beyond N
+        assert scan_bytes_read(pages, spec, k, n) == pages * PAGE_BYTES == 68_883_083_264
+    assert scan_bytes_read(1 << 24, spec, 3) == (1 << 24) * PAGE_BYTES  # default domain: 2^24 holds it
 
 
 def test_two_servers_reconstruct_pages() -> None:
@@ -194,7 +232,7 @@ def test_pluggable_ops_are_used() -> None:
 
     def expand(seeds, ts, seed_cw, t_cw, final_cw):
         calls["expand"] += 1
-        return je.expand_levels_xla(seeds, ts, seed_cw, t_cw, final_cw)
+        return expand_levels_xla(seeds, ts, seed_cw, t_cw, final_cw)
 
     def xor(pages, masks):
         calls["xor"] += 1
@@ -208,10 +246,43 @@ def test_pluggable_ops_are_used() -> None:
         spec = EngineSpec(name="test-double", tile_pages=64)
         got = answer_jax(PAGES[:200], keys0, spec)
         np.testing.assert_array_equal(got, answer_numpy(PAGES[:200], keys0))
-        assert calls == {"expand": 1, "xor": 1}  # traced once: the ragged last tile shares the body
+        assert calls == {"expand": 2, "xor": 2}  # traced twice: the tile loop's body and the tail step
+        # re-registering the name serves a new program (the caches key on the op set), not the old one
+        register_ops("test-double", expand, lambda p, m: masked_xor_xla(p, m) * np.uint32(0))
+        assert not np.array_equal(answer_jax(PAGES[:200], keys0, spec), got)
     finally:
-        je._OPS.pop("test-double", None)
-        make_answer_fn.cache_clear()
+        unregister_ops("test-double")
+    with pytest.raises(ValueError, match="unknown engine 'test-double'"):
+        get_ops("test-double")
+
+
+def _fixture_keys(fixtures_dir: Path, n: int) -> tuple[list[int], list[Key], list[Key]]:
+    cases = [c for c in json.loads((fixtures_dir / "dpf_vectors.json").read_text()) if c["domain_bits"] == n]
+    keys = [[Key.from_bytes(bytes.fromhex(c[f"key{p}_bytes"])) for c in cases] for p in (0, 1)]
+    return [c["target"] for c in cases], keys[0], keys[1]
+
+
+@pytest.mark.parametrize("engine", ["xla", "pallas"])  # pallas: its kernels in interpret mode on a CPU
+def test_answer_by_engine_name_matches_fixtures_and_reference(fixtures_dir: Path, engine: str) -> None:
+    """pir.answer(..., backend="jax", engine=NAME) on the original's keys, over a ragged database of 21
+    pages (domain 2^5): equal to the numpy oracle, and the two parties' answers XOR to the target pages."""
+    targets, keys0, keys1 = _fixture_keys(fixtures_dir, 5)
+    pages = PAGES[:21]
+    a0 = answer(pages, keys0, backend="jax", engine=engine)
+    a1 = answer(pages, keys1, backend="jax", engine=engine)
+    np.testing.assert_array_equal(a0, answer_numpy(pages, keys0))
+    np.testing.assert_array_equal(a1, answer_numpy(pages, keys1))
+    for i, x in enumerate(targets):
+        np.testing.assert_array_equal(a0[i] ^ a1[i], pages[x] if x < 21 else np.zeros(4096, np.uint8))
+    assert any(x >= 21 for x in targets) and any(x < 21 for x in targets)
+
+
+def test_answer_rejects_an_unknown_engine() -> None:
+    keys0, _ = _keys([1], np.random.default_rng(0))
+    with pytest.raises(ValueError, match="unknown engine 'nope'; registered engines: 'xla'"):
+        answer(PAGES[:4], keys0, backend="jax", engine="nope")
+    with pytest.raises(ValueError, match="backend='jax' only"):
+        answer(PAGES[:4], keys0, engine="xla")
 
 
 # ------------------------------------------------------------------------------ helpers, errors
@@ -231,11 +302,11 @@ def test_keybatch_split_in_one_dispatch_equals_take() -> None:
     rng = np.random.default_rng(3)
     stacked = KeyBatch.stack([KeyBatch.from_keys(generate_keys(4, t, rng)) for t in range(5)])
     for i, one in enumerate(stacked.unstack()):
-        assert all(np.array_equal(a, b) for a, b in zip(one, stacked.take(i)))
+        assert all(np.array_equal(a, b) for a, b in zip(one, stacked.take(i), strict=True))
     parts = stacked.chunks(2)
     assert [p.root_t.shape[0] for p in parts] == [2, 2, 1]
     for i, part in enumerate(parts):
-        assert all(np.array_equal(a, b) for a, b in zip(part, stacked.take(slice(2 * i, 2 * i + 2))))
+        assert all(np.array_equal(a, b) for a, b in zip(part, stacked.take(slice(2 * i, 2 * i + 2)), strict=True))
 
 
 def test_mask_budget_shrinks_tiles_for_large_batches() -> None:

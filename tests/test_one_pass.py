@@ -7,25 +7,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from morphogen_exp.pir import jax_engine
-from morphogen_exp.pir.jax_engine import EngineSpec, KeyBatch, query_scan
+from morphogen_exp.pir import EngineSpec, KeyBatch, query_scan, register_ops, unregister_ops
 from morphogen_exp.pir.keys import generate_keys
 from morphogen_exp.pir.reference import answer_numpy
+from morphogen_exp.pir.xla_ops import expand_levels_xla, masked_xor_xla
 
 SEEN_KEYS: list[int] = []
 
 
 def _counting_masked_xor(pages, masks):
     SEEN_KEYS.append(masks.shape[0])  # at trace time: how many keys one pass over a tile serves
-    return jax_engine.masked_xor_xla(pages, masks)
+    return masked_xor_xla(pages, masks)
 
 
 @pytest.fixture(autouse=True)
 def _counting_engine():
-    jax_engine.register_ops("counting", jax_engine.expand_levels_xla, _counting_masked_xor)
+    register_ops("counting", expand_levels_xla, _counting_masked_xor)
     yield
-    jax_engine._OPS.pop("counting", None)  # other tests see only the real engines
-    jax_engine.query_scan.cache_clear()
+    unregister_ops("counting")  # other tests see only the real engines
 
 
 def test_vmap_and_lax_map_over_queries_are_one_pass_per_batch():

@@ -20,6 +20,9 @@ from morphogen_exp.pir.pallas_ggm import (
     expand_levels_reference,
 )
 from morphogen_exp.pir.pallas_scan import ScanBlock, masked_xor_pallas, masked_xor_reference
+from morphogen_exp.pir.registry import get_ops, registered_engines
+from morphogen_exp.pir.xla_ops import expand_levels_xla, masked_xor_xla
+
 
 def _fixture(fixtures_dir: Path, name: str):
     """A reference-vector file from ../shared/fixtures (conftest's fixtures_dir skips without it)."""
@@ -151,21 +154,9 @@ def test_masked_xor_pallas_rejects_bad_shapes():
 
 
 # --------------------------------------------------------------------------------------------
-# Against the XLA ops (morphogen_exp/pir/jax_engine.py), and the registry
+# Against the XLA ops (morphogen_exp/pir/xla_ops.py), and the registry
 # --------------------------------------------------------------------------------------------
-def _xla_ops():
-    try:
-        from morphogen_exp.pir import jax_engine  # noqa: PLC0415
-    except ImportError as e:  # explicit, visible skip (pytest -ra prints the reason)
-        pytest.skip(f"XLA engine not importable yet: {e}")
-    missing = [n for n in ("expand_levels_xla", "masked_xor_xla") if not hasattr(jax_engine, n)]
-    if missing:
-        pytest.skip(f"jax_engine lacks {missing}")
-    return jax_engine
-
-
 def test_pallas_matches_xla_ops():
-    je = _xla_ops()
     rng = np.random.default_rng(7)
     pages = rng.integers(0, 2**32, (24, 1024), dtype=np.uint32)
     masks = rng.integers(0, 2**32, (3, 24, 4), dtype=np.uint32)
@@ -173,7 +164,7 @@ def test_pallas_matches_xla_ops():
     np.testing.assert_array_equal(
         np.asarray(masked_xor_pallas(jnp.asarray(pages), jnp.asarray(masks), block=blk,
                                      interpret=True)),
-        np.asarray(je.masked_xor_xla(jnp.asarray(pages), jnp.asarray(masks))))
+        np.asarray(masked_xor_xla(jnp.asarray(pages), jnp.asarray(masks))))
     k, r, lv = 2, 2, 2
     args = [jnp.asarray(a) for a in (
         rng.integers(0, 2**32, (k, r, 4), dtype=np.uint32),
@@ -184,15 +175,16 @@ def test_pallas_matches_xla_ops():
     np.testing.assert_array_equal(
         np.asarray(expand_levels_pallas(*args, block=GGMBlock(nodes=2, levels=1, store="join"),
                                         interpret=True)),
-        np.asarray(je.expand_levels_xla(*args)))
+        np.asarray(expand_levels_xla(*args)))
 
 
-def test_pallas_ops_module_imports_and_registers():
+def test_pallas_engine_registers_on_first_use():
+    ops = get_ops("pallas")  # imports pallas_ops, which registers its kernels
     from morphogen_exp.pir import pallas_ops  # noqa: PLC0415
 
-    assert callable(pallas_ops.expand_levels_fn) and callable(pallas_ops.masked_xor_fn)
-    if not pallas_ops.REGISTERED:
-        pytest.skip(f"'pallas' not registered: {pallas_ops.REGISTRATION_ERROR}")
+    assert "pallas" in registered_engines()
+    assert (ops.expand_levels, ops.masked_xor, ops.masked_xor_at) == (
+        pallas_ops.expand_levels_fn, pallas_ops.masked_xor_fn, pallas_ops.masked_xor_at_fn)
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,14 +13,8 @@ from hypothesis import strategies as st
 
 from morphogen_exp.pir import Key, answer, eval_points, generate_keys
 from morphogen_exp.pir.keys import SplitMix64, generate_keys_from_seeds, key_length
-from morphogen_exp.pir.reference import (
-    answer_numpy,
-    chacha8_blocks,
-    full_eval,
-    prg_expand,
-    seed_bytes_to_words,
-    words_to_bytes,
-)
+from morphogen_exp.pir.prg import chacha8_blocks, prg_expand, seed_bytes_to_words, words_to_bytes
+from morphogen_exp.pir.reference import answer_numpy, full_eval
 
 ONES = b"\xff" * 16
 ZEROS = b"\x00" * 16
@@ -299,3 +293,20 @@ def test_answer_errors(key_pair: tuple[Key, Key]) -> None:
         answer_numpy(np.zeros((17, 4096), dtype=np.uint8), keys)
     with pytest.raises(ValueError, match=r"unknown backend 'cuda'; valid backends: numpy, jax"):
         answer(ok, keys, backend="cuda")
+
+
+def test_numpy_path_never_imports_jax_and_has_no_import_cycle():
+    """keys.py and reference.py both import prg.py (no cycle: each imports alone, in a fresh
+    interpreter); the package's JAX names are lazy, so the numpy backend never loads JAX."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    for first in ("morphogen_exp.pir.keys", "morphogen_exp.pir.reference", "morphogen_exp.pir"):
+        code = (f"import sys, importlib, numpy as np; importlib.import_module({first!r}); "
+                "from morphogen_exp import pir; "
+                "k = pir.generate_keys(4, 3, np.random.default_rng(0)); "
+                "p = np.arange(10 * 4096, dtype=np.uint32).astype(np.uint8).reshape(10, 4096); "
+                "a = pir.answer(p, k[:1]) ^ pir.answer(p, k[1:]); assert (a[0] == p[3]).all(); "
+                "assert 'jax' not in sys.modules, 'jax imported'; "
+                "assert pir.EngineSpec().name == 'xla' and 'jax' in sys.modules")
+        subprocess.run([sys.executable, "-c", code], check=True)

@@ -89,7 +89,7 @@ def chacha8_block_words(seed_words: State, counter: int, unroll: bool) -> State:
         + (full(counter), full(0), full(0), full(0))
     )
     mixed = _rounds(init, unroll)
-    return tuple(m + i for m, i in zip(mixed, init))
+    return tuple(m + i for m, i in zip(mixed, init, strict=True))
 
 
 def prg_expand(

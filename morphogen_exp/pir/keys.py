@@ -6,7 +6,7 @@ Layout (n = domain_bits, 19 + 18n + 16 bytes), as `ChaChaKey::to_bytes` in the o
   [19+18n, 35+18n) final_cw
 
 Key generation is the standard two-party GGM DPF (Boyle-Gilboa-Ishai) over the ChaCha8 PRG of
-reference.py; given (domain_bits, target, root_seed0, root_seed1) it is deterministic and
+prg.py; given (domain_bits, target, root_seed0, root_seed1) it is deterministic and
 reproduces ../shared/fixtures/dpf_vectors.json bit for bit.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .reference import prg_expand, seed_bytes_to_words, words_to_bytes
+from .prg import prg_expand, seed_bytes_to_words, words_to_bytes
 
 SEED_BYTES = 16
 MIN_DOMAIN_BITS = 1
@@ -33,7 +33,7 @@ def key_length(domain_bits: int) -> int:
 
 def _check_domain_bits(domain_bits: object) -> int:
     try:
-        n = operator.index(domain_bits)  # ints and numpy ints; rejects floats
+        n = operator.index(domain_bits)  # type: ignore[arg-type]  # ints and numpy ints; rejects floats
     except TypeError:
         raise ValueError(f"domain_bits must be an int in 1..32, got {domain_bits!r}") from None
     if isinstance(domain_bits, bool) or not MIN_DOMAIN_BITS <= n <= MAX_DOMAIN_BITS:
@@ -43,7 +43,7 @@ def _check_domain_bits(domain_bits: object) -> int:
 
 def _check_target(target: object, n: int) -> int:
     try:
-        x = operator.index(target)
+        x = operator.index(target)  # type: ignore[arg-type]
     except TypeError:
         raise ValueError(f"target must be an int in [0, 2^{n}), got {target!r}") from None
     if isinstance(target, bool) or not 0 <= x < (1 << n):
@@ -143,7 +143,7 @@ class Key:
     def to_bytes(self) -> bytes:
         """Serialize in the morphogenesis layout (`ChaChaKey::to_bytes`)."""
         parts = [self.root_seed, bytes((self.root_t, self.party, self.domain_bits))]
-        for s, tl, tr in zip(self.seed_cw, self.t_cw_left, self.t_cw_right):
+        for s, tl, tr in zip(self.seed_cw, self.t_cw_left, self.t_cw_right, strict=True):
             parts.append(s)
             parts.append(bytes((tl, tr)))
         parts.append(self.final_cw)
@@ -188,10 +188,11 @@ def generate_keys_from_seeds(
         t_left.append(tcw_l)
         t_right.append(tcw_r)
     final_cw = words_to_bytes(s[0] ^ s[1] ^ np.uint32(0xFFFFFFFF))
-    common = dict(domain_bits=n, seed_cw=tuple(seed_cw), t_cw_left=tuple(t_left),
-                  t_cw_right=tuple(t_right), final_cw=final_cw)
-    return (Key(party=0, root_seed=r0, root_t=0, **common),
-            Key(party=1, root_seed=r1, root_t=1, **common))
+    def key(party: int, root_seed: bytes) -> Key:
+        return Key(domain_bits=n, party=party, root_seed=root_seed, root_t=party, seed_cw=tuple(seed_cw),
+                   t_cw_left=tuple(t_left), t_cw_right=tuple(t_right), final_cw=final_cw)
+
+    return key(0, r0), key(1, r1)
 
 
 def generate_keys(domain_bits: int, target: int, rng: np.random.Generator) -> tuple[Key, Key]:

@@ -92,10 +92,10 @@ class GGMBlock:
             raise ValueError(f"GGMBlock.num_warps={self.num_warps} must be a power of two <= 32")
 
     @classmethod
-    def get_default(cls) -> "GGMBlock":
+    def get_default(cls) -> GGMBlock:
         return cls()
 
-    def replace(self, **kw: Any) -> "GGMBlock":
+    def replace(self, **kw: Any) -> GGMBlock:
         return dataclasses.replace(self, **kw)
 
 

@@ -1,22 +1,19 @@
-"""Registers the Pallas (Triton) kernels as the engine ops named "pallas".
-
-Intended call (the XLA engine's registry, morphogen_exp/pir/jax_engine.py):
-    jax_engine.register_ops("pallas", expand_levels_fn, masked_xor_fn)
+"""Registers the Pallas (Triton) kernels as the engine ops named "pallas" (registry.py imports this
+module the first time "pallas" is asked for).
 
 Importing this module never compiles anything (Triton lowering happens at call time), so it
-is safe on a CPU-only machine.  If the registry is not importable, ``REGISTERED`` is False and
-``REGISTRATION_ERROR`` says why; ``register()`` can be called again later.
+is safe on a CPU-only machine; there the kernels run in interpret mode.
 """
 
 from __future__ import annotations
 
 import jax
 
-from morphogen_exp.pir.pallas_ggm import GGMBlock, expand_levels_pallas
-from morphogen_exp.pir.pallas_scan import ScanBlock, masked_xor_pallas
+from .pallas_ggm import GGMBlock, expand_levels_pallas
+from .pallas_scan import ScanBlock, masked_xor_pallas
+from .registry import register_ops
 
-__all__ = ["expand_levels_fn", "masked_xor_fn", "masked_xor_at_fn", "register", "REGISTERED",
-           "REGISTRATION_ERROR"]
+__all__ = ["ENGINE_NAME", "expand_levels_fn", "masked_xor_fn", "masked_xor_at_fn"]
 
 ENGINE_NAME = "pallas"
 
@@ -32,7 +29,7 @@ def masked_xor_fn(pages: jax.Array, masks: jax.Array) -> jax.Array:
     return masked_xor_pallas(pages, masks, block=block, interpret=_interpret())
 
 
-def masked_xor_at_fn(pages_words: jax.Array, page_offset: jax.Array, masks: jax.Array) -> jax.Array:
+def masked_xor_at_fn(pages_words: jax.Array, page_offset: jax.Array | int, masks: jax.Array) -> jax.Array:
     """The tile of T = masks.shape[1] pages at ``page_offset`` of the whole database, read in
     place: (P, 1024), int32 scalar, (K, T, 4) -> (K, 1024).  A scan that slices the tile with
     lax.dynamic_slice before a Pallas call pays a copy of the tile; this does not."""
@@ -41,32 +38,11 @@ def masked_xor_at_fn(pages_words: jax.Array, page_offset: jax.Array, masks: jax.
                              interpret=_interpret())
 
 
-def expand_levels_fn(seeds, ts, seed_cw, t_cw, final_cw) -> jax.Array:
+def expand_levels_fn(seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array, final_cw: jax.Array) -> jax.Array:
     """seeds (K,R,4), ts (K,R), seed_cw (K,L,4), t_cw (K,L,2), final_cw (K,4)
     -> (K, R * 2**L, 4) u32 leaves (engine-interface.md)."""
     return expand_levels_pallas(seeds, ts, seed_cw, t_cw, final_cw,
                                 block=GGMBlock.get_default(), interpret=_interpret())
 
 
-REGISTERED = False
-REGISTRATION_ERROR: str | None = None
-
-
-def register() -> bool:
-    """Register "pallas" with the XLA engine's registry; returns whether it worked."""
-    global REGISTERED, REGISTRATION_ERROR
-    try:
-        from morphogen_exp.pir import jax_engine  # noqa: PLC0415
-    except ImportError as e:
-        REGISTRATION_ERROR = f"morphogen_exp.pir.jax_engine not importable: {e}"
-        return False
-    reg = getattr(jax_engine, "register_ops", None)
-    if reg is None:
-        REGISTRATION_ERROR = "morphogen_exp.pir.jax_engine has no register_ops"
-        return False
-    reg(ENGINE_NAME, expand_levels_fn, masked_xor_fn, masked_xor_at_fn)
-    REGISTERED, REGISTRATION_ERROR = True, None
-    return True
-
-
-register()
+register_ops(ENGINE_NAME, expand_levels_fn, masked_xor_fn, masked_xor_at_fn)

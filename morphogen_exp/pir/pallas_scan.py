@@ -55,6 +55,7 @@ def _pow2_ceil(x: int) -> int:
 
 def triton_compiler_params(num_warps: int, num_stages: int) -> Any:
     """Triton compiler params across JAX versions (CompilerParams / TritonCompilerParams / dict)."""
+    plgpu: Any
     try:
         from jax.experimental.pallas import triton as plgpu  # noqa: PLC0415
     except Exception:  # pragma: no cover - very old / very new jax
@@ -123,7 +124,7 @@ class ScanBlock:
             raise ValueError(f"ScanBlock.combine={self.combine!r} must be one of {_COMBINES}")
 
     @classmethod
-    def get_default(cls, num_keys: int | None = None, num_pages: int | None = None) -> "ScanBlock":
+    def get_default(cls, num_keys: int | None = None, num_pages: int | None = None) -> ScanBlock:
         """Default block for ``num_keys`` keys over a tile of ``num_pages`` pages (None: unknown).
 
         Measured on an H100 (JAX 0.11.2): K <= 4 is memory-bound; over the 64 GiB database in
@@ -159,7 +160,7 @@ class ScanBlock:
         return dataclasses.replace(base, pages=min(pages, max(base.unroll,
                                                                _pow2_floor(num_pages))))
 
-    def replace(self, **kw: Any) -> "ScanBlock":
+    def replace(self, **kw: Any) -> ScanBlock:
         return dataclasses.replace(self, **kw)
 
 

@@ -7,12 +7,13 @@ A strategy module defines one `build(knobs, ctx) -> BatchPath` decorated with `@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 import jax
 
-from ..pir.jax_engine import EngineSpec, KeyBatch
+from ..pir import EngineSpec, KeyBatch
 
 # (pages_words, keys (3, ...)) -> (3, 1024) u32: traceable, not jitted; strategies compose it.
 SingleFn = Callable[[jax.Array, KeyBatch], jax.Array]

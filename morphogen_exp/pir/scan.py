@@ -1,0 +1,210 @@
+"""The one-pass scan: K keys over N pages, the database read once, masks live for one tile at a time.
+
+For K DPF keys over a database of N pages (``pages_words``: (P >= N, 1024) uint32, little-endian
+words of 4096-byte pages) the server answer is ``acc[k] = XOR_{i<N} page_i & mask_k(i)``, where
+mask_k(i) is key k's 16-byte DPF output at i repeated over the page (page word w is ANDed with mask
+word w % 4). ``scan`` expands every key once to the depth of the tile roots, then for each full tile
+j of T pages expands the K subtrees under node j by log2(T) levels (the tile's masks, (K, T, 4)) and
+XORs ``masked_xor`` of the tile into the (K, 1024) carry. The R < T pages after the full tiles (the
+ragged tail) get their own step: the leftmost subtree of next_pow2(R) leaves under tile root
+``num_full`` gives their masks, and exactly those R pages are read. So the tail costs what its pages
+cost (at most 2R leaves expanded), no page beyond N is read, and the page matrix is never padded or
+copied. The plan of a scan (``scan_plan``) says what it reads and expands, for byte accounting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .keybatch import PAGE_BYTES, PAGE_WORDS, KeyBatch
+from .registry import EngineOps, EngineSpec, get_ops
+from .xla_ops import descend_left, expand_nodes_xla
+
+__all__ = ["ScanPlan", "scan_plan", "tile_size", "scan_bytes_read", "scan", "query_scan", "make_answer_fn", "full_eval_jax"]
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, x - 1).bit_length()
+
+
+def _log2(x: int) -> int:
+    return x.bit_length() - 1
+
+
+def _domain_bits_for(num_pages: int) -> int:
+    return max(1, (num_pages - 1).bit_length())
+
+
+def tile_size(num_pages: int, domain_bits: int, spec: EngineSpec, num_keys: int = 1) -> int:
+    """Pages per scan step for a batch of ``num_keys`` keys: spec.tile_pages, capped by the domain,
+    by the database size (a tiny database must not expand a 4096-leaf subtree to use 5 of its
+    leaves) and by spec.mask_budget_mib (the batch's masks, num_keys x tile x 16 bytes)."""
+    t = min(spec.tile_pages, 1 << domain_bits, _next_pow2(num_pages))
+    if spec.mask_budget_mib is not None:
+        fit = (spec.mask_budget_mib << 20) // (max(1, num_keys) * 16)
+        t = min(t, 1 << max(0, fit.bit_length() - 1))
+    return t
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanPlan:
+    """How one scan walks pages [0, num_pages): ``num_full`` tiles of ``tile`` pages, then ``tail``
+    pages masked by one subtree of ``tail_tile`` = next_pow2(tail) leaves (0 when there is no tail)."""
+
+    num_pages: int
+    domain_bits: int
+    tile: int
+    num_full: int
+    tail: int
+    tail_tile: int
+
+    @property
+    def depth(self) -> int:
+        """Depth of the tile roots: every key is expanded to it once."""
+        return self.domain_bits - _log2(self.tile)
+
+    @property
+    def tail_depth(self) -> int:
+        """Depth of the tail's subtree root (the leftmost descendant of tile root num_full)."""
+        return self.domain_bits - _log2(self.tail_tile) if self.tail else self.depth
+
+    @property
+    def pages_read(self) -> int:
+        """Database rows one scan reads: every page once, the tail exactly (no over-read)."""
+        return self.num_full * self.tile + self.tail
+
+    @property
+    def leaves_expanded(self) -> int:
+        """DPF outputs computed per key below the tile roots (the tail's subtree included)."""
+        return self.num_full * self.tile + self.tail_tile
+
+
+def scan_plan(num_pages: int, domain_bits: int, spec: EngineSpec, num_keys: int = 1) -> ScanPlan:
+    """The plan ``scan`` follows for this database, domain, spec and batch size."""
+    t = tile_size(num_pages, domain_bits, spec, num_keys)
+    num_full, tail = divmod(num_pages, t)
+    return ScanPlan(num_pages, domain_bits, t, num_full, tail, _next_pow2(tail) if tail else 0)
+
+
+def scan_bytes_read(num_pages: int, spec: EngineSpec, num_keys: int, domain_bits: int | None = None) -> int:
+    """Database bytes one scan of ``num_keys`` keys reads (a batch of Q queries vmapped through
+    ``query_scan`` is one scan of 3Q keys). domain_bits defaults to the smallest domain holding N."""
+    n = _domain_bits_for(num_pages) if domain_bits is None else domain_bits
+    return scan_plan(num_pages, n, spec, num_keys).pages_read * PAGE_BYTES
+
+
+def _check(pages_words: jax.Array, num_pages: int, n: int) -> None:
+    if pages_words.ndim != 2 or pages_words.shape[1] != PAGE_WORDS or pages_words.dtype != jnp.uint32:
+        raise ValueError(f"pages_words must be (P, {PAGE_WORDS}) uint32, got {pages_words.shape} {pages_words.dtype}")
+    if not 1 <= num_pages <= pages_words.shape[0]:
+        raise ValueError(f"{num_pages=} must be in [1, {pages_words.shape[0]}] (rows of pages_words)")
+    if num_pages > 1 << n:
+        raise ValueError(f"{num_pages=} exceeds the DPF domain 2^{n}: generate keys with more domain_bits")
+
+
+def _scan(pages_words: jax.Array, keys: KeyBatch, num_pages: int, spec: EngineSpec, ops: EngineOps) -> jax.Array:
+    n = keys.domain_bits
+    _check(pages_words, num_pages, n)
+    root_seed, root_t, seed_cw, t_cw, final_cw = (jnp.asarray(f) for f in keys)
+    plan = scan_plan(num_pages, n, spec, keys.num_keys)
+    d, tile = plan.depth, plan.tile
+
+    # Every key to depth d once. Always the XLA compact form: 2^d nodes per key is small next to
+    # the tiles' 2^n leaves, and it adds only one ChaCha8 pair to the program.
+    top_seeds, top_ts = expand_nodes_xla(root_seed[:, None, :], root_t[:, None], seed_cw[:, :d], t_cw[:, :d],
+                                         unroll=spec.resolved_unroll, doubling_levels=0)
+
+    def leaves(seeds: jax.Array, ts: jax.Array, depth: int) -> jax.Array:
+        """The DPF outputs under K nodes (K, 1, 4), (K, 1) at ``depth``: (K, 2^(n - depth), 4)."""
+        return ops.expand(spec, seeds, ts, seed_cw[:, depth:], t_cw[:, depth:], final_cw)
+
+    def masked_xor(start: jax.Array | int, masks: jax.Array) -> jax.Array:
+        """masked_xor of pages [start, start + masks.shape[1]), read in place where the op can."""
+        if ops.masked_xor_at is not None:
+            return ops.masked_xor_at(pages_words, start, masks)
+        return ops.masked_xor(lax.dynamic_slice_in_dim(pages_words, start, masks.shape[1], axis=0), masks)
+
+    def body(j: jax.Array, acc: jax.Array) -> jax.Array:
+        node = (lax.dynamic_slice_in_dim(top_seeds, j, 1, axis=1), lax.dynamic_slice_in_dim(top_ts, j, 1, axis=1))
+        return acc ^ masked_xor(j * tile, leaves(*node, d))
+
+    acc = jnp.zeros((root_t.shape[0], PAGE_WORDS), jnp.uint32)
+    if plan.num_full:
+        acc = lax.fori_loop(0, plan.num_full, body, acc)
+    if plan.tail:
+        j, td = plan.num_full, plan.tail_depth
+        seeds, ts = descend_left(top_seeds[:, j], top_ts[:, j], seed_cw[:, d:td], t_cw[:, d:td])
+        acc = acc ^ masked_xor(j * tile, leaves(seeds[:, None], ts[:, None], td)[:, : plan.tail])
+    return acc
+
+
+def scan(pages_words: jax.Array, keys: KeyBatch, *, num_pages: int, spec: EngineSpec) -> jax.Array:
+    """Server answers of K keys over pages [0, num_pages): (K, 1024) uint32.
+
+    Pure; call inside jit with num_pages and spec static (see make_answer_fn). Vmappable over a
+    leading query axis of ``keys`` (pages unbatched). Rows of pages_words from num_pages on are
+    never read.
+    """
+    return _scan(pages_words, keys, num_pages, spec, get_ops(spec.name))
+
+
+def query_scan(num_pages: int, spec: EngineSpec) -> Callable[[jax.Array, KeyBatch], jax.Array]:
+    """``scan`` with its static arguments bound, whose vmap over queries is ONE pass.
+
+    Plain vmap would batch every op inside the scan over the query axis; a Pallas masked-XOR then
+    gets the query axis as an outer grid axis and re-reads each page tile once per query. Here a
+    vmap over keys (Q, K, ...) instead flattens them into Q*K keys of one scan, so whichever way a
+    strategy batches (vmap, lax.map with batch_size), a (sub)batch reads the database once.
+    Shared per (num_pages, spec, registered ops)."""
+    return _query_scan(num_pages, spec, get_ops(spec.name))
+
+
+@functools.cache
+def _query_scan(num_pages: int, spec: EngineSpec, ops: EngineOps) -> Callable[[jax.Array, KeyBatch], jax.Array]:
+    base = functools.partial(_scan, num_pages=num_pages, spec=spec, ops=ops)
+
+    @jax.custom_batching.custom_vmap
+    def fn(pages_words: jax.Array, keys: KeyBatch) -> jax.Array:
+        return base(pages_words, keys)
+
+    @fn.def_vmap
+    def _one_pass(axis_size, in_batched, pages_words, keys):
+        pages_batched, keys_batched = in_batched
+        if pages_batched:  # several databases: nothing to share
+            axes = jax.tree.map(lambda b: 0 if b else None, keys_batched)
+            return jax.vmap(base, in_axes=(0, axes))(pages_words, keys), True
+        keys = jax.tree.map(lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *x.shape)), keys, keys_batched)
+        per_query = keys.root_t.shape[1]
+        flat = jax.tree.map(lambda x: x.reshape(axis_size * per_query, *x.shape[2:]), keys)
+        out = fn(pages_words, flat)  # nested vmaps flatten again, level by level
+        return out.reshape(axis_size, per_query, out.shape[-1]), True
+
+    return fn
+
+
+def make_answer_fn(num_pages: int, spec: EngineSpec) -> Callable[[jax.Array, KeyBatch], jax.Array]:
+    """Jitted ``fn(pages_words, keybatch) -> (K, 1024) u32``, shared by every caller with the same
+    (num_pages, spec, registered ops) so compiled executables are reused (jit caches per shape)."""
+    return _answer_fn(num_pages, spec, get_ops(spec.name))
+
+
+@functools.cache
+def _answer_fn(num_pages: int, spec: EngineSpec, ops: EngineOps) -> Callable[[jax.Array, KeyBatch], jax.Array]:
+    return jax.jit(_query_scan(num_pages, spec, ops))
+
+
+def full_eval_jax(keys: KeyBatch, spec: EngineSpec) -> jax.Array:
+    """All 2^n DPF outputs of K keys, (K, 2^n, 4) uint32, in index order (tests and benchmarks)."""
+    return _full_eval(keys, spec, get_ops(spec.name))
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "ops"))
+def _full_eval(keys: KeyBatch, spec: EngineSpec, ops: EngineOps) -> jax.Array:
+    root_seed, root_t, seed_cw, t_cw, final_cw = (jnp.asarray(f) for f in keys)
+    return ops.expand(spec, root_seed[:, None, :], root_t[:, None], seed_cw, t_cw, final_cw)
