@@ -182,7 +182,7 @@ class Estimate:
         assert self.interval and other.interval
         return bool(self.lo <= other.hi and other.lo <= self.hi)  # type: ignore[operator]
 
-    def format(self, spec: str = ".3g") -> str:
+    def format(self, spec: str = ".4g") -> str:
         if math.isnan(self.value):
             return "—"
         text = format(self.value, spec)
