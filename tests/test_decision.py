@@ -37,7 +37,7 @@ def _matrix(spec: dict[str, tuple[float, float]], speedup_at_4: dict[str, tuple[
 def test_a_clear_win_with_intervals_is_go_and_ranked_by_score() -> None:
     d = decide(_matrix({"graph_replay": (150.0, 0.5), "full_batch": (140.0, 0.5)}), DecisionRules(prefer=PREFER))
     assert d.intervals and (d.selected, d.fallback, d.tie_note) == ("graph_replay", "full_batch", "")
-    assert d.verdicts["graph_replay"].score is not None and d.verdicts["graph_replay"].score.format() == "150 [150, 150]"
+    assert d.verdicts["graph_replay"].score is not None and d.verdicts["graph_replay"].score.format() == "150 [149.5, 150.5]"
 
 
 def test_a_speedup_interval_straddling_the_threshold_is_not_enough_evidence() -> None:
