@@ -99,7 +99,7 @@ def compare(base: pd.DataFrame, cand: pd.DataFrame, metric: str, same_within: fl
     up = higher_is_better(metric)
     t["change_pct"] = ((t["ratio"] - 1) if up else (1 - t["ratio"])) * 100  # > 0: the candidate is better
     t["verdict"] = [_verdict(r, up, same_within) for r in t.to_dict("records")]
-    sides = [n for n, df in zip(names, (b, c)) if df["lo"].notna().any()]
+    sides = [n for n, df in zip(names, (b, c), strict=True) if df["lo"].notna().any()]
     intervals = (f"intervals from {' and '.join(sides)}" + ("" if len(sides) == 2 else
                  f"; {[n for n in names if n not in sides][0]} has none (point values)") if sides
                  else "no intervals on either side: verdicts from point estimates, no noise to judge by")
