@@ -116,3 +116,19 @@ def test_two_writers_never_interleave(tmp_path: Path) -> None:
     assert target.read_text() in texts
     assert set(seen) <= {"a2000001", "b3000001"}
     assert [p.name for p in tmp_path.iterdir()] == ["g.yaml"]  # no temp file left behind
+
+
+_HOOKED = "rollout.preflight" in (REPO / "morphogen_exp" / "__main__.py").read_text()
+
+
+@pytest.mark.skipif(not _HOOKED, reason="__main__.main() does not call rollout.preflight(sys.argv[1:]) yet")
+def test_the_real_command_without_a_saved_guard_exits_2_from_any_directory(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, rollout.ENV_VAR: str(tmp_path / "empty"), "PYTHONPATH": str(REPO)}
+    res = subprocess.run([sys.executable, "-m", "morphogen_exp", "+rollout=selected", "q=8"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "no rollout guard 'selected'" in res.stderr, res.stderr
+    assert not (tmp_path / "outputs").exists()  # nothing ran
