@@ -81,7 +81,8 @@ def cell_row(run: Any) -> dict[str, Any]:
         status = "killed"
     env = {k.split(".")[-1]: v for k, v in p.items() if k.startswith("strategy.guard_env.")}
     q = _int_or(t.get("q", p.get("q", m.get("q"))), 0)
-    cid = t.get("config_id") or config_id(p)
+    # Old runs lack the tag; one that failed before logging params is identified by its tags.
+    cid = t.get("config_id") or config_id(p or {f"{k}.name": t.get(k) for k in ("strategy", "engine", "dataset")})
     row: dict[str, Any] = {
         "strategy": t.get("original_strategy", p.get("strategy.original", t.get("strategy"))),
         "policy": env.get("MORPHOGEN_GPU_BATCH_POLICY", "latency"),
