@@ -276,7 +276,7 @@ fallback: {decision.fallback or 'the single-query loop'}.
 
 {intervals}
 
-## Configurations compared
+## Strategies compared (one row per configuration)
 | configuration | original | knobs | config_id | recorded by the strategy |
 |---|---|---|---|---|
 {chr(10).join(configs)}
@@ -342,10 +342,11 @@ def _env(params: Mapping[str, Any]) -> str:
     return "".join(f"{k}={str(v).lower() if str(v) in ('True', 'False') else v}\n" for k, v in sorted(env.items()))
 
 
-def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, rules_override: Sequence[str] = ()) -> ReportFiles:
+def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, rules_override: Sequence[str] = (),
+          rollout_dir: Path | None = None) -> ReportFiles:
     """Build the report of one sweep from MLflow (`store` has .client and .experiment_id): files in
     out_dir, logged to the parent run with the decision as its description; `publish` also saves
-    the guard in the rollout store (what a sweep does at its end)."""
+    the guard in the rollout store (what a sweep does at its end), or in `rollout_dir`/rollout if given."""
     client = store.client
     parent = client.get_run(parent_id)
     runs = client.search_runs([store.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=50000)
@@ -374,8 +375,8 @@ def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, r
     guard_path, env_path = out_dir / "rollout" / "selected.yaml", out_dir / "rollout" / "selected.env"
     rollout.atomic_write(guard_path, guard_yaml)
     rollout.atomic_write(env_path, guard_env)
-    if publish:
-        rollout.publish(name, guard_yaml)
+    if publish or rollout_dir is not None:
+        rollout.publish(name, guard_yaml, None if rollout_dir is None else rollout_dir / rollout.GROUP)
     rollout.atomic_write(md, render(df, decision, rules, meta))
     for path in (md, csv, guard_path, env_path, *plots):
         client.log_artifact(parent_id, str(path), "report")
