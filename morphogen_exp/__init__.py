@@ -4,3 +4,7 @@ Data flows one way: config -> datasets -> queries -> strategies -> timing + answ
 tracking (MLflow) -> report. The PIR engine itself lives in `morphogen_exp.pir`."""
 
 __version__ = "0.1.0"
+
+from .rollout import register_resolver as _register_rollout_resolver  # noqa: E402  conf/config.yaml's hydra.searchpath
+
+_register_rollout_resolver()

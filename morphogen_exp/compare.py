@@ -1,73 +1,185 @@
-"""Compare two result matrices cell by cell (a separate tool: reports only format their own sweep).
+"""Compare two result matrices cell by cell, with the noise each side recorded (a separate tool: reports
+only format their own sweep).
 
     python -m morphogen_exp.compare ../shared/fixtures/original-task30-h100-matrix.csv outputs/multirun/X/matrix.csv
-    python -m morphogen_exp.compare docs/benchmarks/<xla>/matrix.csv docs/benchmarks/<pallas>/matrix.csv --metric batch_ms_per_batch
+    python -m morphogen_exp.compare A/matrix.csv B/matrix.csv --metric batch_ms_per_batch --fail-on-regression 3
 
-Reads our matrix.csv or the original's published CSV (its quoted header lines are skipped); cells
-are matched on the original's strategy name and q, so our sweeps line up with the original's rows.
-Prints (or writes) a markdown table: baseline, candidate and candidate/baseline for one metric.
-Only compare matrices from the same card and the same kind of run."""
+Reads our matrix.csv or the original's published CSV (its quoted header lines are skipped). Cells are
+matched on the configuration label and q when both sides have one, else on the original's strategy
+name and q. Per cell: candidate / baseline with an interval (from the `_lo` / `_hi` columns of
+whichever side has them) and a verdict: same, faster, slower, or not enough evidence. Exit 1 with
+--fail-on-regression PCT when a cell is slower beyond its interval and by more than PCT percent."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-KEY = ["strategy", "q"]
+SAME, FASTER, SLOWER, UNDECIDED = "same", "faster", "slower", "not enough evidence"
+
+
+def higher_is_better(metric: str) -> bool:
+    """Throughputs and speedups: larger is better; latencies (`*_ms*`): smaller is better."""
+    return "_ms" not in metric
 
 
 def read_matrix(path: Path) -> pd.DataFrame:
-    """A matrix CSV as a frame with at least the original's columns (strategy, q, timings)."""
+    """A matrix CSV (ours or the original's) as a frame of its comparable cells."""
     if not path.is_file():
         raise ValueError(f"{path} is not a file: pass a matrix.csv or the original's CSV")
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} cannot be read ({err})") from None
     header = next((i for i, line in enumerate(lines) if line.startswith("strategy,")), None)
     if header is None:
         raise ValueError(f"{path} has no 'strategy,...' header line: not a result matrix")
-    df = pd.read_csv(path, skiprows=header)
+    try:
+        df = pd.read_csv(path, skiprows=header)
+    except (pd.errors.ParserError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable CSV: {str(err).splitlines()[0]}") from None
+    if "q" not in df.columns:
+        raise ValueError(f"{path} has no q column: not a result matrix")
+    q = pd.to_numeric(df["q"], errors="coerce")
+    if q.isna().any():
+        raise ValueError(f"{path}: q must be an integer in every row, got {df['q'][q.isna()].iloc[0]!r}")
+    df["q"] = q.astype(int)
     if "status" in df.columns:  # ours: only cells that ran and passed parity carry comparable numbers
         df = df[df["status"] == "ok"]
-    return df
+    return df.reset_index(drop=True)
 
 
-def compare(base: pd.DataFrame, cand: pd.DataFrame, metric: str) -> pd.DataFrame:
-    for name, df in (("baseline", base), ("candidate", cand)):
-        if metric not in df.columns:
-            raise ValueError(f"{name} has no column {metric!r}; columns: {', '.join(df.columns)}")
-    joined = base[KEY + [metric]].merge(cand[KEY + [metric]], on=KEY, suffixes=("_baseline", "_candidate"))
-    joined["ratio"] = joined[f"{metric}_candidate"] / joined[f"{metric}_baseline"]
-    return joined.sort_values(KEY).reset_index(drop=True)
+def _numeric(df: pd.DataFrame, col: str, where: str) -> pd.Series:
+    values = pd.to_numeric(df[col], errors="coerce")
+    bad = values.isna() & df[col].notna()
+    if bad.any():
+        raise ValueError(f"{where}: column {col} has a non-numeric value {df[col][bad].iloc[0]!r}")
+    return values
 
 
-def to_markdown(table: pd.DataFrame, metric: str, base_name: str, cand_name: str) -> str:
-    if table.empty:
-        return f"No cell is in both matrices (matched on {KEY}).\n"
-    ratio = table.pivot(index="q", columns="strategy", values="ratio")
+def _cells(df: pd.DataFrame, metric: str, key: list[str], where: str) -> pd.DataFrame:
+    if metric not in df.columns:
+        raise ValueError(f"{where} has no column {metric!r}; columns: {', '.join(map(str, df.columns))}")
+    dup = df[df.duplicated(key, keep=False)]
+    if len(dup):
+        first = dup.iloc[0]
+        raise ValueError(f"{where} has {len(dup)} rows for the same cell ({', '.join(f'{k}={first[k]}' for k in key)}): "
+                         "keep one row per cell")
+    out = df[key].copy()
+    out["value"] = _numeric(df, metric, where)
+    bounded = f"{metric}_lo" in df.columns and f"{metric}_hi" in df.columns
+    out["lo"] = _numeric(df, f"{metric}_lo", where) if bounded else float("nan")
+    out["hi"] = _numeric(df, f"{metric}_hi", where) if bounded else float("nan")
+    return out
+
+
+@dataclass
+class Comparison:
+    table: pd.DataFrame   # key, baseline, candidate, ratio, ratio_lo, ratio_hi, change_pct, verdict
+    key: list[str]
+    intervals: str        # which side carried intervals, in words
+
+
+def compare(base: pd.DataFrame, cand: pd.DataFrame, metric: str, same_within: float = 0.02,
+            names: tuple[str, str] = ("baseline", "candidate")) -> Comparison:
+    """Per matched cell: the ratio candidate / baseline, its interval and a verdict."""
+    key = ["config", "q"] if "config" in base.columns and "config" in cand.columns else ["strategy", "q"]
+    b, c = _cells(base, metric, key, names[0]), _cells(cand, metric, key, names[1])
+    t = b.merge(c, on=key, suffixes=("_b", "_c"))
+    t["ratio"] = t["value_c"] / t["value_b"]
+    t["ratio_lo"] = t["lo_c"].fillna(t["value_c"]) / t["hi_b"].fillna(t["value_b"])
+    t["ratio_hi"] = t["hi_c"].fillna(t["value_c"]) / t["lo_b"].fillna(t["value_b"])
+    with_interval = t["lo_b"].notna() | t["lo_c"].notna()
+    t.loc[~with_interval, ["ratio_lo", "ratio_hi"]] = float("nan")
+    up = higher_is_better(metric)
+    t["change_pct"] = ((t["ratio"] - 1) if up else (1 - t["ratio"])) * 100  # > 0: the candidate is better
+    t["verdict"] = [_verdict(r, up, same_within) for r in t.to_dict("records")]
+    sides = [n for n, df in zip(names, (b, c), strict=True) if df["lo"].notna().any()]
+    intervals = (f"intervals from {' and '.join(sides)}" + ("" if len(sides) == 2 else
+                 f"; {[n for n in names if n not in sides][0]} has none (point values)") if sides
+                 else "no intervals on either side: verdicts from point estimates, no noise to judge by")
+    return Comparison(t.sort_values(key).reset_index(drop=True), key, intervals)
+
+
+def _verdict(r: dict, up: bool, tol: float) -> str:
+    lo, hi, ratio = r["ratio_lo"], r["ratio_hi"], r["ratio"]
+    better, worse = (FASTER, SLOWER) if up else (SLOWER, FASTER)
+    if pd.isna(lo) or pd.isna(hi):  # point estimates
+        return SAME if abs(ratio - 1) <= tol else better if ratio > 1 else worse
+    if lo > 1:
+        return better
+    if hi < 1:
+        return worse
+    return SAME if (1 - tol) <= lo and hi <= (1 + tol) else UNDECIDED
+
+
+def regressions(cmp: Comparison, pct: float) -> pd.DataFrame:
+    """Cells slower beyond their interval and by more than pct percent."""
+    t = cmp.table
+    return t[(t["verdict"] == SLOWER) & (-t["change_pct"] > pct)]
+
+
+def to_markdown(cmp: Comparison, metric: str, base_name: str, cand_name: str) -> str:
+    t = cmp.table
+    if t.empty:
+        return f"No cell is in both matrices (matched on {cmp.key}).\n"
+
+    def fmt(v: float, lo: float, hi: float, spec: str) -> str:
+        return f"{v:{spec}}" if pd.isna(lo) or pd.isna(hi) else f"{v:{spec}} [{lo:{spec}}, {hi:{spec}}]"
+
+    label = cmp.key[0]
+    rows = [f"| {r[label]} | {r['q']} | {fmt(r['value_b'], r['lo_b'], r['hi_b'], '.4g')} | "
+            f"{fmt(r['value_c'], r['lo_c'], r['hi_c'], '.4g')} | {fmt(r['ratio'], r['ratio_lo'], r['ratio_hi'], '.3f')} | "
+            f"{r['change_pct']:+.1f}% | {r['verdict']} |" for r in t.to_dict("records")]
+    counts = t["verdict"].value_counts().to_dict()
     return (f"# {metric}: {cand_name} / {base_name}\n\n"
-            f"{ratio.map(lambda x: '—' if pd.isna(x) else f'{x:.2f}x').to_markdown()}\n\n"
-            f"## Cells\n{table.to_markdown(index=False, floatfmt='.2f')}\n")
+            f"{len(t)} cells matched on {' + '.join(cmp.key)}; {cmp.intervals}. "
+            f"{', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}. "
+            f"({'higher' if higher_is_better(metric) else 'lower'} is better; change > 0: the candidate is better.)\n\n"
+            f"| {label} | q | {base_name} | {cand_name} | ratio | change | verdict |\n|---|---:|---:|---:|---:|---:|---|\n"
+            + "\n".join(rows) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m morphogen_exp.compare", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m morphogen_exp.compare", description=(__doc__ or "").splitlines()[0])
     ap.add_argument("baseline", type=Path)
     ap.add_argument("candidate", type=Path)
     ap.add_argument("--metric", default="batch_qps")
     ap.add_argument("--out", type=Path, help="write the markdown here instead of printing it")
+    ap.add_argument("--same-within", type=float, default=2.0, metavar="PCT",
+                    help="an interval inside 1 ± PCT%% is 'same' (default 2)")
+    ap.add_argument("--fail-on-regression", type=float, metavar="PCT",
+                    help="exit 1 when a cell is slower beyond noise and by more than PCT%%")
     args = ap.parse_args(argv)
     try:
-        table = compare(read_matrix(args.baseline), read_matrix(args.candidate), args.metric)
+        if args.same_within < 0 or (args.fail_on_regression is not None and args.fail_on_regression < 0):
+            raise ValueError("--same-within and --fail-on-regression take a percentage >= 0")
+        if args.out is not None and not os.access(args.out.parent if str(args.out.parent) else Path("."), os.W_OK):
+            raise ValueError(f"--out {args.out}: its folder is missing or not writable")
+        cmp = compare(read_matrix(args.baseline), read_matrix(args.candidate), args.metric, args.same_within / 100,
+                      (args.baseline.name, args.candidate.name))
+        text = to_markdown(cmp, args.metric, args.baseline.name, args.candidate.name)
+        if args.out:
+            args.out.write_text(text)
+        else:
+            print(text)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    text = to_markdown(table, args.metric, args.baseline.name, args.candidate.name)
-    if args.out:
-        args.out.write_text(text)
-    else:
-        print(text)
+    except OSError as err:
+        print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    if args.fail_on_regression is not None:
+        bad = regressions(cmp, args.fail_on_regression)
+        if len(bad):
+            cells = ", ".join(f"{r[cmp.key[0]]} q={r['q']} ({r['change_pct']:+.1f}%)" for r in bad.to_dict("records"))
+            print(f"regression beyond noise and {args.fail_on_regression:g}%: {cells}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -1,22 +1,34 @@
-"""The decision: typed rules, a verdict per strategy, the ranking, and the rollout guard it implies.
+"""The decision: typed rules, one verdict per configuration, the ranking and the configurations' labels.
 
-Rules come from conf/decision/ (validated by `DecisionRules.from_mapping` before the first cell runs);
-`decide` turns the cells of a sweep into verdicts; `guard` writes what a rollout trial loads.
-The report only renders what is decided here."""
+Rules come from conf/decision/ (validated by `DecisionRules.from_mapping` before the first cell runs,
+stored with the sweep as decision.json); `decide` turns the cells of a sweep into verdicts. A metric
+with `_lo` / `_hi` columns is an interval and the rules ask it for evidence; one without is a point
+estimate (older runs) and keeps the point rules. The report only renders what is decided here."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from .config import ConfigError
 
 # Metrics a sweep may be ranked by, and whether larger is better.
 RANKABLE = {"batch_qps": True, "batch_vs_single_speedup": True, "batch_ms_per_batch": False,
             "batch_ms_p90": False}
+# Params that do not make a configuration (what a rollout ships) different.
+_NOT_CONFIG = ("q", "resume")
+_NOT_CONFIG_PREFIXES = ("mlflow.", "hydra.")
+# Params that never help a reader tell configurations apart (derived from the knobs, or names).
+_NOT_IN_LABEL_PREFIXES = ("strategy.guard_env.", "strategy.original", "strategy.name")
+
+GO, NO_GO, UNDECIDED = "GO", "NO-GO", "not enough evidence"
 
 
 @dataclass(frozen=True)
@@ -26,24 +38,13 @@ class DecisionRules:
     speedup_from_q: int = 4
     latency_budget_ms: float | None = None
     rank_by: str = "batch_qps"
-    tie_within: float = 0.0         # GO strategies within this fraction of the best score are tied...
-    prefer: tuple[str, ...] = ()    # ...and a tie goes to the one listed first here
+    tie_within: float = 0.0         # point estimates only: GO configurations within this fraction of the best are tied...
+    prefer: tuple[str, ...] = ()    # ...(intervals: overlapping ones are) and a tie ships the strategy listed first here
 
     @classmethod
-    def from_params(cls, params: dict[str, str]) -> DecisionRules:
-        def get(name: str, cast, default):
-            v = params.get(f"decision.{name}")
-            return default if v in (None, "None", "null") else cast(v)
-
-        return cls(
-            require_parity=get("require_parity", lambda s: s == "True", True),
-            min_speedup=get("min_speedup", float, 1.0),
-            speedup_from_q=get("speedup_from_q", int, 4),
-            latency_budget_ms=get("latency_budget_ms", float, None),
-            rank_by=get("rank_by", str, "batch_qps"),
-            tie_within=get("tie_within", float, 0.0),
-            prefer=get("prefer", _names, ()),
-        )
+    def from_params(cls, params: Mapping[str, str]) -> DecisionRules:
+        """Rules from an older sweep run's `decision.*` MLflow params (strings), validated strictly."""
+        return cls.from_mapping(mapping_from_params(params))
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any]) -> DecisionRules:
@@ -89,103 +90,267 @@ class DecisionRules:
             prefer=tuple(prefer),
         )
 
+    def overridden(self, assignments: Iterable[str]) -> DecisionRules:
+        """These rules with `name=value` assignments applied (values in YAML), validated again."""
+        m: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        m["prefer"] = list(self.prefer)
+        return DecisionRules.from_mapping(with_assignments(m, assignments))
 
-def _names(value: str) -> tuple[str, ...]:
-    """A list param as MLflow stores it ("['a', 'b']") or a comma-separated string -> names."""
-    return tuple(n.strip(" '\"") for n in value.strip("[]").split(",") if n.strip(" '\""))
 
+def mapping_from_params(params: Mapping[str, str]) -> dict[str, Any]:
+    """The raw rules mapping from `decision.*` MLflow params (older sweep runs have no decision.json)."""
+    raw = {k[len("decision."):]: parse_value(v) for k, v in params.items() if k.startswith("decision.")}
+    if isinstance(raw.get("prefer"), str):  # "a,b" as a comma-separated string
+        raw["prefer"] = [n.strip() for n in raw["prefer"].split(",") if n.strip()]
+    return raw
+
+
+def with_assignments(raw: Mapping[str, Any], assignments: Iterable[str]) -> dict[str, Any]:
+    """`raw` with `NAME=VALUE` assignments (the report's --rule) applied; validate with from_mapping."""
+    out = dict(raw)
+    for a in assignments:
+        name, sep, value = a.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--rule {a!r} must be NAME=VALUE, e.g. --rule rank_by=batch_ms_per_batch")
+        out[name.strip()] = parse_value(value)
+    return out
+
+
+def parse_value(value: Any) -> Any:
+    """A value as MLflow or a command line stores it ("True", "None", "[a, b]", "0.02") -> typed."""
+    if not isinstance(value, str):
+        return value
+    if value in ("None", "null", "~"):
+        return None
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+# --------------------------------------------------------------------------- configurations
+
+def config_id(params: Mapping[str, Any]) -> str:
+    """What a rollout ships: the resolved settings minus q, resume and tracking (old runs lack the tag)."""
+    ident = {k: str(v) for k, v in params.items() if k not in _NOT_CONFIG and not k.startswith(_NOT_CONFIG_PREFIXES)}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_labels(configs: Mapping[str, tuple[str, Mapping[str, Any]]]) -> dict[str, str]:
+    """config_id -> readable label: the strategy, plus the settings that vary among its configurations
+    in this sweep (`tiled[tile=4]`, `full_batch[seed=1]`); a group whose `.name` varies shows only that."""
+    by_strategy: dict[str, list[str]] = {}
+    for cid, (strategy, _) in configs.items():
+        by_strategy.setdefault(strategy, []).append(cid)
+    labels: dict[str, str] = {}
+    for strategy, ids in by_strategy.items():
+        keys = sorted({k for cid in ids for k in configs[cid][1]
+                       if k not in _NOT_CONFIG and not k.startswith(_NOT_CONFIG_PREFIXES + _NOT_IN_LABEL_PREFIXES)})
+        varying = [k for k in keys if len({str(configs[cid][1].get(k)) for cid in ids}) > 1]
+        named = {k.rsplit(".", 1)[0] for k in varying if k.endswith(".name")}
+        varying = [k for k in varying if k.endswith(".name") or k.split(".", 1)[0] not in named]
+        for cid in ids:
+            parts = [f"{_short(k)}={configs[cid][1].get(k)}" for k in varying]
+            labels[cid] = f"{strategy}[{','.join(parts)}]" if parts else strategy
+    seen: dict[str, int] = {}
+    for label in labels.values():
+        seen[label] = seen.get(label, 0) + 1
+    return {cid: (f"{lab}#{cid[:6]}" if seen[lab] > 1 else lab) for cid, lab in labels.items()}
+
+
+def _short(key: str) -> str:
+    if key.startswith("strategy."):
+        return key[len("strategy."):]
+    return key[: -len(".name")] if key.endswith(".name") else key
+
+
+# --------------------------------------------------------------------------- estimates
+
+@dataclass(frozen=True)
+class Estimate:
+    """A value with its confidence interval, or a point estimate (lo = hi = None)."""
+
+    value: float
+    lo: float | None = None
+    hi: float | None = None
+
+    @property
+    def interval(self) -> bool:
+        return self.lo is not None and self.hi is not None
+
+    def overlaps(self, other: Estimate) -> bool:
+        assert self.interval and other.interval
+        return bool(self.lo <= other.hi and other.lo <= self.hi)  # type: ignore[operator]
+
+    def format(self, spec: str = ".4g") -> str:
+        if math.isnan(self.value):
+            return "—"
+        text = format(self.value, spec)
+        return f"{text} [{format(self.lo, spec)}, {format(self.hi, spec)}]" if self.interval else text
+
+
+def _num(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def estimate(row: Mapping[str, Any], col: str) -> Estimate | None:
+    """The metric `col` of one cell with its `_lo` / `_hi` bounds where recorded; None if absent."""
+    v = _num(row.get(col))
+    if v is None:
+        return None
+    lo, hi = _num(row.get(f"{col}_lo")), _num(row.get(f"{col}_hi"))
+    return Estimate(v, lo, hi) if lo is not None and hi is not None else Estimate(v)
+
+
+# --------------------------------------------------------------------------- verdicts
 
 @dataclass
 class Verdict:
+    config: str                 # the configuration's label
     strategy: str
-    go: bool
-    reasons: list[str] = field(default_factory=list)
-    score: float = float("nan")
+    failures: list[str] = field(default_factory=list)   # rules that do not hold: NO-GO
+    undecided: list[str] = field(default_factory=list)  # rules the intervals cannot decide yet
+    notes: list[str] = field(default_factory=list)      # said, but decide nothing
+    score: Estimate | None = None
+
+    @property
+    def status(self) -> str:
+        return NO_GO if self.failures else UNDECIDED if self.undecided else GO
+
+    @property
+    def go(self) -> bool:
+        return self.status == GO
+
+    @property
+    def reasons(self) -> list[str]:
+        return self.failures + self.undecided
 
 
 @dataclass
 class Decision:
-    verdicts: dict[str, Verdict]
-    selected: str | None
+    verdicts: dict[str, Verdict]    # by configuration label
+    selected: str | None            # a label
     fallback: str | None
     rank_q: int
+    rank_by: str
+    intervals: bool                 # every ok cell carried intervals (else: point estimates, today's rules)
     tie_note: str = ""
+
+    def summary(self) -> str:
+        """One paragraph: what ships, why, and what could not be decided (the sweep run's description)."""
+        counts = {s: sum(v.status == s for v in self.verdicts.values()) for s in (GO, NO_GO, UNDECIDED)}
+        if self.selected:
+            score = self.verdicts[self.selected].score
+            head = (f"Ship {self.selected} ({self.rank_by} {score.format() if score else '?'} at q={self.rank_q}); "
+                    f"fallback: {self.fallback or 'the single-query loop'}.")
+        else:
+            head = "No configuration is GO: keep the single-query loop."
+        parts = [head, f"{counts[GO]} GO, {counts[NO_GO]} NO-GO, {counts[UNDECIDED]} not enough evidence."]
+        if counts[UNDECIDED]:
+            parts.append("Not enough evidence: " + "; ".join(
+                f"{v.config}: {v.undecided[0]}" for v in self.verdicts.values() if v.status == UNDECIDED) + ".")
+        if self.tie_note:
+            parts.append(self.tie_note + ".")
+        parts.append("Intervals used." if self.intervals else "Intervals were not available: point estimates, fixed rules.")
+        return " ".join(parts)
 
 
 def decide(df: pd.DataFrame, rules: DecisionRules) -> Decision:
-    all_q = sorted(df["q"].unique())
+    """Verdicts for every configuration (column `config`, else `our_strategy`) and the one to ship."""
+    if "config" not in df.columns:
+        df = df.assign(config=df["our_strategy"])
+    all_q = sorted(int(q) for q in df["q"].unique())
     rank_q = max(all_q)
+    ok = df[df["status"] == "ok"]
+    intervals = bool(len(ok)) and all(estimate(r, "batch_vs_single_speedup") is not None
+                                      and estimate(r, "batch_vs_single_speedup").interval  # type: ignore[union-attr]
+                                      for r in ok.to_dict("records"))
     verdicts: dict[str, Verdict] = {}
-    for name, g in df.groupby("our_strategy"):
-        v = Verdict(name, True)
-        missing = sorted(set(all_q) - set(g["q"]))
+    for label, g in df.groupby("config", sort=True):
+        rows = g.to_dict("records")
+        v = Verdict(str(label), str(rows[0]["our_strategy"]))
+        missing = sorted(set(all_q) - {int(r["q"]) for r in rows})
         if missing:
-            v.reasons.append(f"coverage: no cell at q={missing}")
-        for _, row in g.iterrows():
-            q = row["q"]
-            if row["status"] in ("failed", "killed", "running"):
-                v.reasons.append(f"cell {row['status']} at q={q}" + (f" ({row['error_message']})" if row["error_message"] else ""))
-                continue
-            if row["status"] == "does_not_fit":
-                v.reasons.append(f"does not fit at q={q} ({row['error_message']})")
-                continue
-            if rules.require_parity and row["parity_ok"] != 1:
-                v.reasons.append(f"require_parity: mismatch at q={q}")
-            sp = row["batch_vs_single_speedup"]
-            if q >= rules.speedup_from_q and sp is not None and sp < rules.min_speedup:
-                v.reasons.append(f"min_speedup: x{sp:.2f} < x{rules.min_speedup:g} at q={q}")
-            if rules.latency_budget_ms is not None and row["batch_ms_per_batch"] > rules.latency_budget_ms:
-                v.reasons.append(f"latency_budget_ms: {row['batch_ms_per_batch']:.1f} ms > {rules.latency_budget_ms:g} ms at q={q}")
-        v.go = not v.reasons
-        at = g[g["q"] == rank_q]
-        if len(at) and at[rules.rank_by].notna().all():
-            v.score = float(at[rules.rank_by].iloc[0])
-        verdicts[name] = v
-    ranked = sorted((v for v in verdicts.values() if v.go), key=lambda v: -v.score)
-    tie_note = ""
-    if len(ranked) > 1 and rules.tie_within > 0:
-        # Near-equal scores are noise, not evidence: among them ship the simplest (decision.prefer).
-        best = ranked[0].score
-        tied = [v for v in ranked if v.score >= best * (1 - rules.tie_within)]
-        order = {name: i for i, name in enumerate(rules.prefer)}
-        tied_sorted = sorted(tied, key=lambda v: (order.get(v.strategy, len(order)), -v.score))
-        if len(tied) > 1:
-            ranked = tied_sorted + [v for v in ranked if v not in tied]
-            tie_note = (f"{', '.join(v.strategy for v in tied_sorted)} are within {rules.tie_within:.0%} of the best "
-                        f"{rules.rank_by} ({', '.join(f'{v.score:.4g}' for v in tied_sorted)}): tied, ordered by decision.prefer")
-    selected = ranked[0].strategy if ranked else None
-    fallback = ranked[1].strategy if len(ranked) > 1 else None
-    return Decision(verdicts, selected, fallback, rank_q, tie_note)
+            v.failures.append(f"coverage: no cell at q={missing}")
+        for row in sorted(rows, key=lambda r: int(r["q"])):
+            _judge_cell(row, rules, v)
+        at = [r for r in rows if int(r["q"]) == rank_q and r["status"] == "ok"]
+        v.score = estimate(at[0], rules.rank_by) if at else None
+        if v.go and v.score is None:
+            v.failures.append(f"no {rules.rank_by} at q={rank_q} to rank by")
+        verdicts[v.config] = v
+    ranked, tie_note = _rank([v for v in verdicts.values() if v.go], rules)
+    return Decision(verdicts, ranked[0].config if ranked else None, ranked[1].config if len(ranked) > 1 else None,
+                    rank_q, rules.rank_by, intervals, tie_note)
 
 
-def strategy_params(df: pd.DataFrame, name: str) -> dict[str, str]:
-    p = df[df["our_strategy"] == name]["_params"].iloc[0]
-    return {k[len("strategy."):]: v for k, v in p.items() if k.startswith("strategy.") and k != "strategy.name"}
+def _judge_cell(row: Mapping[str, Any], rules: DecisionRules, v: Verdict) -> None:
+    q, status = int(row["q"]), row["status"]
+    err = row.get("error_message") or ""
+    if status == "does_not_fit":
+        v.failures.append(f"does not fit at q={q} ({err})")
+        return
+    if status != "ok":
+        v.failures.append(f"cell {status} at q={q}" + (f" ({err})" if err else ""))
+        return
+    if rules.require_parity and _num(row.get("parity_ok")) != 1:
+        v.failures.append(f"require_parity: mismatch at q={q}")
+    sp = estimate(row, "batch_vs_single_speedup")
+    if q >= rules.speedup_from_q and sp is not None:
+        _against(sp, rules.min_speedup, True, f"min_speedup: x{sp.format('.2f')} vs x{rules.min_speedup:g} at q={q}", v)
+    lat = estimate(row, "batch_ms_per_batch")
+    if rules.latency_budget_ms is not None and lat is not None:
+        _against(lat, rules.latency_budget_ms, False,
+                 f"latency_budget_ms: {lat.format('.1f')} ms vs {rules.latency_budget_ms:g} ms at q={q}", v)
+    max_noise = _num(row.get("max_noise"))
+    for p in ("single", "batch"):
+        noise = _num(row.get(f"{p}_noise"))
+        if _num(row.get(f"{p}_capped")) == 1 and noise is not None and max_noise is not None and noise > max_noise:
+            v.notes.append(f"q={q}: the {p} path hit the time cap at noise {noise:.1%} > bench.max_noise {max_noise:.1%}"
+                           f" ({int(_num(row.get(f'{p}_samples')) or 0)} samples)")
 
 
-def guard(df: pd.DataFrame, decision: Decision, header: str) -> tuple[str, str]:
-    """The rollout guard as a config a trial loads as it is, and the equivalent environment."""
-    name = decision.selected
-    if name is None:
-        yaml = f"# @package _global_\n{header}\n# No strategy is GO: serve one query at a time.\ndefaults:\n  - override /strategy: multi_stream\nstrategy:\n  streams: 1\n"
-        return yaml, "MORPHOGEN_GPU_BATCH_POLICY=latency\nMORPHOGEN_GPU_STREAMS=1\nMORPHOGEN_GPU_CUDA_GRAPH=false\n"
-    params = strategy_params(df, name)
-    knobs = {k: v for k, v in params.items() if "." not in k and k not in ("original",)}
-    engine = df[df["our_strategy"] == name]["engine"].iloc[0]
-    lines = ["# @package _global_", header, "defaults:", f"  - override /strategy: {name}", f"  - override /engine: {engine}"]
-    if knobs:
-        lines.append("strategy:")
-        lines += [f"  {k}: {v}" for k, v in sorted(knobs.items())]
-    env = {k[len("guard_env."):]: v for k, v in params.items() if k.startswith("guard_env.")}
-    env_text = "".join(f"{k}={_env_value(v)}\n" for k, v in sorted(env.items()))
-    if decision.fallback:
-        fb = strategy_params(df, decision.fallback)
-        env_text += f"# fallback: {decision.fallback}\n" + "".join(
-            f"# {k[len('guard_env.'):]}={_env_value(v)}\n" for k, v in sorted(fb.items()) if k.startswith("guard_env."))
-    return "\n".join(lines) + "\n", env_text
+def _against(e: Estimate, threshold: float, above: bool, what: str, v: Verdict) -> None:
+    """A rule `e > threshold` (above) or `e <= threshold`: held, broken, or (interval across it) undecided."""
+    if not e.interval:
+        if (e.value < threshold) if above else (e.value > threshold):
+            v.failures.append(what)
+        return
+    lo, hi = e.lo, e.hi
+    assert lo is not None and hi is not None
+    holds = lo > threshold if above else hi <= threshold
+    broken = hi <= threshold if above else lo > threshold
+    if broken:
+        v.failures.append(what)
+    elif not holds:
+        v.undecided.append(f"{what}: the interval straddles it, re-run with more samples")
 
 
-def _env_value(v: str) -> str:
-    return v.lower() if v in ("True", "False") else v
+def _rank(go: list[Verdict], rules: DecisionRules) -> tuple[list[Verdict], str]:
+    """GO configurations best first; those tied with the best are ordered by decision.prefer."""
+    sign = -1.0 if RANKABLE[rules.rank_by] else 1.0
+    ranked = sorted(go, key=lambda v: sign * v.score.value)  # type: ignore[union-attr]
+    if len(ranked) < 2:
+        return ranked, ""
+    best = ranked[0].score
+    assert best is not None
 
+    def tied(s: Estimate) -> bool:
+        if best.interval and s.interval:
+            return best.overlaps(s)
+        return rules.tie_within > 0 and abs(s.value - best.value) <= abs(best.value) * rules.tie_within
 
+    group = [v for v in ranked if v is ranked[0] or tied(v.score)]  # type: ignore[arg-type]
+    if len(group) < 2:
+        return ranked, ""
+    order = {name: i for i, name in enumerate(rules.prefer)}
+    group_sorted = sorted(group, key=lambda v: order.get(v.strategy, len(order)))  # stable: score order within
+    how = ("their intervals overlap" if all(v.score.interval for v in group)  # type: ignore[union-attr]
+           else f"within {rules.tie_within:.0%} (point estimates)")
+    note = (f"{', '.join(v.config for v in group_sorted)} are tied on {rules.rank_by} "
+            f"({', '.join(v.score.format() for v in group_sorted)}; {how}): ordered by decision.prefer")  # type: ignore[union-attr]
+    return group_sorted + [v for v in ranked if v not in group], note

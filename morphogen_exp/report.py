@@ -2,36 +2,52 @@
 
     python -m morphogen_exp.report                      # the latest sweep in the local store
     python -m morphogen_exp.report --sweep-dir outputs/multirun/2026-11-27_10-00-00
-    python -m morphogen_exp.report --parent-run <id> --tracking-uri http://host:5000
+    python -m morphogen_exp.report --parent-run <id> --tracking-uri http://host:5000 --rule rank_by=batch_ms_per_batch
 
 Writes report.md, matrix.csv (the original's columns, then ours), latency/qps plots and the
-rollout guard (rollout/selected.yaml + .env) into the sweep folder, and logs them to the sweep run.
-Decision rules come from the sweep run's `decision.*` params (conf/decision/)."""
+rollout guard (rollout/selected.yaml + .env) into the sweep folder, and logs them to the sweep run,
+whose description becomes the decision's summary. Rules: the sweep run's decision.json (older runs:
+its `decision.*` params), each `--rule NAME=VALUE` applied on top. Never creates a store."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
+import re
 import sys
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .decision import Decision, DecisionRules, decide, guard, strategy_params
+from . import rollout
+from .config import ConfigError
+from .decision import Decision, DecisionRules, config_id, config_labels, decide, estimate, mapping_from_params, with_assignments
 
 ORIGINAL_COLUMNS = [
     "strategy", "policy", "adaptive_threshold", "gpu_streams", "gpu_cuda_graph", "gpu_batch_tile_size", "q",
     "single_ms_per_batch", "batch_ms_per_batch", "batch_vs_single_speedup", "single_qps", "batch_qps",
     "checksum_single", "checksum_batch", "checksum_match",
 ]
+DERIVED = ["single_ms_per_batch", "batch_ms_per_batch", "batch_vs_single_speedup", "single_qps", "batch_qps"]
+PATH_METRICS = [f"{p}_{m}" for p in ("single", "batch")
+                for m in ("ms_p50", "ms_p50_lo", "ms_p50_hi", "samples", "noise", "capped")]
 OUR_COLUMNS = [
-    "our_strategy", "engine", "dataset", "device_kind", "status", "parity_ok", "parity_numpy_eq",
-    "parity_numpy_checked", "parity_xor_eq", "single_ms_p90", "batch_ms_p90", "batch_ms_min", "batch_ms_max",
+    "config", "config_id", "cell_key", "our_strategy", "engine", "dataset", "dataset_fingerprint", "device_kind",
+    "status", "parity_ok", "parity_numpy_eq", "parity_numpy_checked", "parity_xor_eq",
+    *[f"{m}_{b}" for m in DERIVED for b in ("lo", "hi")], *PATH_METRICS, "max_noise",
+    "single_ms_p90", "batch_ms_p90", "batch_ms_min", "batch_ms_max",
     "compile_s", "batch_effective_gbps", "memory_estimate_gib", "error_message", "run_id",
 ]
+_OTHER_METRICS = ["parity_numpy_checked", "single_ms_p90", "batch_ms_p90", "batch_ms_min", "batch_ms_max",
+                  "compile_s", "batch_effective_gbps", "memory_estimate_gib"]
+ROLE_TAG, PARENT_TAG = "morphogen.role", "morphogen.sweep_dir"
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass
@@ -41,82 +57,143 @@ class ReportFiles:
     plots: list[Path]
     rollout: Path
     env: Path
+    decision: Decision
 
 
 # --------------------------------------------------------------------------- data from MLflow
 
-def cells_frame(runs: list[Any]) -> pd.DataFrame:
-    """One row per cell run: tags, metrics and the strategy's params, with the original's columns."""
-    rows = []
-    for r in runs:
-        t, m, p = r.data.tags, r.data.metrics, r.data.params
-        status = t.get("cell_status") or {"FINISHED": "ok", "RUNNING": "running"}.get(r.info.status, r.info.status.lower())
-        if r.info.status == "KILLED":
-            status = "killed"
-        env = {k.split(".")[-1]: v for k, v in p.items() if k.startswith("strategy.guard_env.")}
-        graph = str(env.get("MORPHOGEN_GPU_CUDA_GRAPH", "False")).lower() == "true"
-        rows.append({
-            "strategy": t.get("original_strategy", t.get("strategy")),
-            "policy": env.get("MORPHOGEN_GPU_BATCH_POLICY", "latency"),
-            "adaptive_threshold": int(p.get("strategy.threshold", 4)),
-            "gpu_streams": int(env.get("MORPHOGEN_GPU_STREAMS", 1)),
-            "gpu_cuda_graph": int(graph),
-            "gpu_batch_tile_size": int(p.get("strategy.tile", 16)),
-            "q": int(t.get("q", m.get("q", 0))),
-            "single_ms_per_batch": m.get("single_ms_per_batch"),
-            "batch_ms_per_batch": m.get("batch_ms_per_batch"),
-            "batch_vs_single_speedup": m.get("batch_vs_single_speedup"),
-            "single_qps": m.get("single_qps"),
-            "batch_qps": m.get("batch_qps"),
-            "checksum_single": t.get("checksum_single"),
-            "checksum_batch": t.get("checksum_batch"),
-            "checksum_match": None if "checksum_match" not in m else int(m["checksum_match"]),
-            "our_strategy": t.get("strategy"),
-            "engine": t.get("engine"),
-            "dataset": t.get("dataset"),
-            "device_kind": t.get("device_kind"),
-            "status": status,
-            "parity_ok": None if "parity_ok" not in m else int(m["parity_ok"]),
-            "parity_numpy_eq": None if "parity_numpy_eq" not in m else int(m["parity_numpy_eq"]),
-            "parity_numpy_checked": m.get("parity_numpy_checked"),
-            "parity_xor_eq": None if "parity_xor_eq" not in m else int(m["parity_xor_eq"]),
-            "single_ms_p90": m.get("single_ms_p90"),
-            "batch_ms_p90": m.get("batch_ms_p90"),
-            "batch_ms_min": m.get("batch_ms_min"),
-            "batch_ms_max": m.get("batch_ms_max"),
-            "compile_s": m.get("compile_s"),
-            "batch_effective_gbps": m.get("batch_effective_gbps"),
-            "memory_estimate_gib": m.get("memory_estimate_gib"),
-            "error_message": t.get("error_message", ""),
-            "run_id": r.info.run_id,
-            "_params": p,
-            "_info": {k[len("strategy_info."):]: v for k, v in t.items() if k.startswith("strategy_info.")},
-        })
+def _int_or(v: Any, default: int) -> int:
+    try:
+        return int(float(v))
+    except (TypeError, ValueError):
+        return default
+
+
+def _flag(m: Mapping[str, float], key: str) -> int | None:
+    return None if key not in m else int(m[key])
+
+
+def cell_row(run: Any) -> dict[str, Any]:
+    """One cell run as a row: the original's columns, then ours (intervals, noise, configuration)."""
+    t, m, p = run.data.tags, run.data.metrics, run.data.params
+    status = t.get("cell_status") or {"FINISHED": "ok", "RUNNING": "running"}.get(run.info.status, run.info.status.lower())
+    if run.info.status == "KILLED":
+        status = "killed"
+    env = {k.split(".")[-1]: v for k, v in p.items() if k.startswith("strategy.guard_env.")}
+    q = _int_or(t.get("q", p.get("q", m.get("q"))), 0)
+    # Old runs lack the tag; one that failed before logging params is identified by its tags.
+    cid = t.get("config_id") or config_id(p or {f"{k}.name": t.get(k) for k in ("strategy", "engine", "dataset")})
+    row: dict[str, Any] = {
+        "strategy": t.get("original_strategy", p.get("strategy.original", t.get("strategy"))),
+        "policy": env.get("MORPHOGEN_GPU_BATCH_POLICY", "latency"),
+        "adaptive_threshold": _int_or(p.get("strategy.threshold"), 4),
+        "gpu_streams": _int_or(env.get("MORPHOGEN_GPU_STREAMS"), 1),
+        "gpu_cuda_graph": int(str(env.get("MORPHOGEN_GPU_CUDA_GRAPH", "False")).lower() == "true"),
+        "gpu_batch_tile_size": _int_or(p.get("strategy.tile"), 16),
+        "q": q,
+        "checksum_single": t.get("checksum_single"),
+        "checksum_batch": t.get("checksum_batch"),
+        "checksum_match": _flag(m, "checksum_match"),
+        "config_id": cid,
+        "cell_key": t.get("cell_key") or f"{cid}-q{q}",
+        "our_strategy": t.get("strategy", p.get("strategy.name")),
+        "engine": t.get("engine", p.get("engine.name")),
+        "dataset": t.get("dataset", p.get("dataset.name")),
+        "dataset_fingerprint": t.get("dataset.fingerprint"),
+        "device_kind": t.get("device_kind"),
+        "status": status,
+        "parity_ok": _flag(m, "parity_ok"),
+        "parity_numpy_eq": _flag(m, "parity_numpy_eq"),
+        "parity_xor_eq": _flag(m, "parity_xor_eq"),
+        "max_noise": rollout.typed(p["bench.max_noise"]) if "bench.max_noise" in p else None,
+        "error_message": t.get("error_message", ""),
+        "run_id": run.info.run_id,
+        "_start": run.info.start_time or 0,
+        "_params": p,
+        "_info": {k[len("strategy_info."):]: v for k, v in t.items() if k.startswith("strategy_info.")},
+        "_tags": t,
+    }
+    for col in [*DERIVED, *(f"{d}_{b}" for d in DERIVED for b in ("lo", "hi")), *PATH_METRICS, *_OTHER_METRICS]:
+        row[col] = m.get(col)
+    return row
+
+
+def cells_frame(runs: Sequence[Any]) -> pd.DataFrame:
+    """One row per cell (the newest run of each cell_key), labelled by configuration."""
+    rows = sorted((cell_row(r) for r in runs), key=lambda r: -r["_start"])
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    # A resumed or re-run cell may appear twice: keep the newest per (strategy, q).
-    return df.drop_duplicates(["our_strategy", "q"], keep="first").sort_values(["our_strategy", "q"]).reset_index(drop=True)
+    df = df.drop_duplicates("cell_key", keep="first")  # a re-run or resumed cell: the newest counts
+    configs = {r["config_id"]: (str(r["our_strategy"]), r["_params"]) for r in df.to_dict("records")}
+    labels = config_labels(configs)
+    df["config"] = df["config_id"].map(labels)
+    return df.sort_values(["config", "q"]).reset_index(drop=True)
+
+
+def load_rules(client: Any, parent: Any, overrides: Sequence[str] = ()) -> DecisionRules:
+    """The sweep's rules (decision.json, else `decision.*` params) with --rule overrides, validated."""
+    run_id = parent.info.run_id
+    raw: Any
+    if any(a.path == "decision.json" for a in client.list_artifacts(run_id)):
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = json.loads(Path(client.download_artifacts(run_id, "decision.json", tmp)).read_text())
+        if not isinstance(raw, dict):
+            raise ConfigError(f"sweep run {run_id}: decision.json is not a mapping")
+    else:
+        raw = mapping_from_params(parent.data.params)
+    raw = with_assignments(raw, overrides)
+    try:
+        return DecisionRules.from_mapping(raw)
+    except ConfigError as err:
+        raise ConfigError(f"sweep run {run_id}: {err} (override it: --rule NAME=VALUE)") from None
 
 
 # --------------------------------------------------------------------------- writers (format only)
 
-def _pivot(df: pd.DataFrame, col: str, fmt: str) -> str:
+def _fmt(row: Mapping[str, Any], col: str, spec: str) -> str:
+    e = estimate(row, col)
+    return "—" if e is None else e.format(spec)
+
+
+def _pivot(df: pd.DataFrame, col: str, spec: str) -> str:
     ok = df[df["status"] == "ok"]
-    table = ok.pivot_table(index="q", columns="our_strategy", values=col, aggfunc="first")
-    table = table.reindex(index=sorted(df["q"].unique()), columns=sorted(df["our_strategy"].unique()))
-    return table.map(lambda x: "—" if pd.isna(x) else format(x, fmt)).to_markdown()
+    cells = ok.assign(_cell=[_fmt(r, col, spec) for r in ok.to_dict("records")])
+    table = cells.pivot_table(index="q", columns="config", values="_cell", aggfunc="first")
+    table = table.reindex(index=sorted(df["q"].unique()), columns=sorted(df["config"].unique()))
+    return table.fillna("—").to_markdown()
 
 
 def _status_table(df: pd.DataFrame) -> str:
     def cell(row: pd.Series) -> str:
         if row["status"] != "ok":
-            return row["status"].replace("_", " ")
+            return str(row["status"]).replace("_", " ")
         marks = "exact" if row["parity_ok"] == 1 else "MISMATCH"
-        return f"{marks} (numpy {int(row['parity_numpy_checked'] or 0)}q, xor {'ok' if row['parity_xor_eq'] == 1 else 'BAD'}, checksum {'=' if row['checksum_match'] == 1 else '≠'})"
+        return (f"{marks} (numpy {int(row['parity_numpy_checked'] or 0)}q, xor {'ok' if row['parity_xor_eq'] == 1 else 'BAD'}, "
+                f"checksum {'=' if row['checksum_match'] == 1 else '≠'})")
 
-    t = df.assign(cell=df.apply(cell, axis=1)).pivot_table(index="q", columns="our_strategy", values="cell", aggfunc="first")
+    t = df.assign(cell=df.apply(cell, axis=1)).pivot_table(index="q", columns="config", values="cell", aggfunc="first")
     return t.fillna("missing").to_markdown()
+
+
+def _sampling_table(df: pd.DataFrame) -> str:
+    ok = df[df["status"] == "ok"]
+    if ok["batch_samples"].isna().all():
+        return "Not recorded by these runs (older runs: a fixed number of iterations, no noise estimate)."
+
+    def cell(r: Mapping[str, Any]) -> str:
+        parts = []
+        for p in ("single", "batch"):
+            n, noise = r.get(f"{p}_samples"), r.get(f"{p}_noise")
+            if n is None or pd.isna(n):
+                continue
+            cap = ", capped" if r.get(f"{p}_capped") == 1 else ""
+            spread = "" if noise is None or pd.isna(noise) else f", ±{float(noise):.1%}"
+            parts.append(f"{p} {int(n)}×{spread}{cap}")
+        return "; ".join(parts) or "—"
+
+    t = ok.assign(_c=[cell(r) for r in ok.to_dict("records")]).pivot_table(index="q", columns="config", values="_c", aggfunc="first")
+    return t.fillna("—").to_markdown()
 
 
 def _plots(df: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -125,21 +202,23 @@ def _plots(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if "config" not in df.columns:
+        df = df.assign(config=df["our_strategy"])
     ok = df[df["status"] == "ok"]
     if ok.empty:  # every cell failed: nothing to draw (the tables say why)
         return []
     paths = []
-    for col, label, fname in (("batch_ms_per_batch", "batch latency (ms, p50)", "latency_vs_q.png"),
-                              ("batch_qps", "queries / s", "qps_vs_q.png")):
+    for col, single_col, label, fname in (("batch_ms_per_batch", "single_ms_per_batch", "batch latency (ms, p50)", "latency_vs_q.png"),
+                                          ("batch_qps", "single_qps", "queries / s", "qps_vs_q.png")):
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for name, g in ok.groupby("our_strategy"):
-            ax.plot(g["q"], g[col], marker="o", label=name)
-        single = ok.groupby("q")["single_ms_per_batch" if col.endswith("ms_per_batch") else "single_qps"].median()
+        for name, g in ok.groupby("config"):
+            ax.errorbar(g["q"], g[col], yerr=_yerr(g, col), marker="o", capsize=3, label=str(name))
+        single = ok.groupby("q")[single_col].median()
         ax.plot(single.index, single.values, "k--", label="single-query loop")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("Q (queries per batch)")
-        ax.set_ylabel(label)
+        ax.set_ylabel(label + (" with confidence intervals" if _yerr(ok, col) is not None else ""))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -150,27 +229,36 @@ def _plots(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     return paths
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write to a temporary file then rename: a report is either complete or absent."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _yerr(g: pd.DataFrame, col: str) -> list[list[float]] | None:
+    lo, hi = f"{col}_lo", f"{col}_hi"
+    if lo not in g.columns or g[lo].isna().all() or g[hi].isna().all():
+        return None
+    return [(g[col] - g[lo]).clip(lower=0).fillna(0).tolist(), (g[hi] - g[col]).clip(lower=0).fillna(0).tolist()]
 
 
-def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: dict[str, str]) -> str:
+def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: Mapping[str, Any]) -> str:
     first = df.iloc[0]
-    strategies = []
-    for name, g in df.groupby("our_strategy"):
-        params = strategy_params(df, name)
-        knobs = ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if "." not in k and k != "original") or "—"
+    configs = []
+    for name, g in df.groupby("config"):
+        guard = rollout.guard_mapping(g["_params"].iloc[0]).get("strategy", {})
+        knobs = ", ".join(f"{k}={v}" for k, v in sorted(guard.items())) or "—"
         info = g["_info"].iloc[-1]  # at the largest q (chunks, tiles...)
-        strategies.append(f"| {name} | {g['strategy'].iloc[0]} | {knobs} | {', '.join(f'{k}={v}' for k, v in info.items()) or '—'} |")
+        configs.append(f"| {name} | {g['strategy'].iloc[0]} | {knobs} | `{g['config_id'].iloc[0]}` | "
+                       f"{', '.join(f'{k}={v}' for k, v in info.items()) or '—'} |")
+    order = {"GO": 0, "not enough evidence": 1, "NO-GO": 2}
     verdict_rows = [
-        f"| {v.strategy} | {'**GO**' if v.go else 'NO-GO'} | {v.score:.2f} | {'; '.join(v.reasons) or 'all rules hold'} |"
-        for v in sorted(decision.verdicts.values(), key=lambda v: (not v.go, -(v.score if v.score == v.score else 0)))
+        f"| {v.config} | {'**GO**' if v.go else v.status} | {v.score.format() if v.score else '—'} | "
+        f"{'; '.join(v.reasons) or 'all rules hold'}{(' — ' + '; '.join(v.notes)) if v.notes else ''} |"
+        for v in sorted(decision.verdicts.values(), key=lambda v: (order[v.status], v.config))
     ]
     counts = df["status"].value_counts().to_dict()
     sel = decision.selected
+    tie = (f"ties (overlapping intervals; point estimates: within {rules.tie_within:.0%}) go to the first of decision.prefer"
+           if decision.intervals else f"ties within {rules.tie_within:.0%} go to the first of decision.prefer")
+    intervals = ("Each value is the median with its confidence interval `[lo, hi]`; verdicts need the interval to clear "
+                 "each threshold (else: not enough evidence)." if decision.intervals else
+                 "**Intervals were not available** for these runs (point estimates only): the rules compare point "
+                 "values and a tie is a fixed fraction.")
     return f"""# Batching decision report
 
 ## Summary
@@ -178,42 +266,52 @@ def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: dic
 - Dataset: {first['dataset']} ({meta.get('dataset_desc', '')}); engine: {first['engine']}
 - Device: {first['device_kind']} ({meta.get('backend', '?')}), JAX {meta.get('jax_version', '?')}; code {meta.get('code_version', '?')}
 - Settings: warmup={meta.get('warmup', '?')}, iterations={meta.get('iterations', '?')}, seed={meta.get('seed', '?')}; latencies are medians
-- Cells: {len(df)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}); generated {meta.get('date', '')}
+- Cells: {len(df)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}); configurations: {df['config'].nunique()}
+- Generated {meta.get('date', '')}
 
-**Decision: {'GO ' + sel if sel else 'no strategy is GO: keep the single-query path'}**; fallback: {decision.fallback or 'the single-query loop'}.
+**Decision: {'GO ' + sel if sel else 'no configuration is GO: keep the single-query path'}**;
+fallback: {decision.fallback or 'the single-query loop'}.
 
-## Strategies compared
-| strategy | original | knobs | recorded by the strategy |
-|---|---|---|---|
-{chr(10).join(strategies)}
+{decision.summary()}
+
+{intervals}
+
+## Strategies compared (one row per configuration)
+| configuration | original | knobs | config_id | recorded by the strategy |
+|---|---|---|---|---|
+{chr(10).join(configs)}
 
 ## Batch latency, ms per batch (p50)
-{_pivot(df, 'batch_ms_per_batch', '.2f')}
+{_pivot(df, 'batch_ms_per_batch', '.3g')}
 
 Single-query loop (same cells, ms per Q queries):
-{_pivot(df, 'single_ms_per_batch', '.2f')}
+{_pivot(df, 'single_ms_per_batch', '.3g')}
 
 ## Speedup of the batch path over the single-query loop
-{_pivot(df, 'batch_vs_single_speedup', '.2f')}
+{_pivot(df, 'batch_vs_single_speedup', '.3g')}
 
 ## Queries per second (batch path)
-{_pivot(df, 'batch_qps', '.1f')}
+{_pivot(df, 'batch_qps', '.4g')}
+
+## Sampling (samples, relative noise reached, whether the time cap stopped it)
+{_sampling_table(df)}
 
 ## Parity (batch == single loop bit for bit; numpy oracle; server0 XOR server1 == target pages)
 {_status_table(df)}
 
 ## Decision
 Rules (conf/decision): require_parity={rules.require_parity}, min_speedup={rules.min_speedup:g} for q >= {rules.speedup_from_q},
-latency_budget_ms={rules.latency_budget_ms}, ranked by {rules.rank_by} at q={decision.rank_q}, ties within {rules.tie_within:.0%} go to the first of decision.prefer.
+latency_budget_ms={rules.latency_budget_ms}, ranked by {rules.rank_by} at q={decision.rank_q}, {tie}.
 
-| strategy | verdict | {rules.rank_by} at q={decision.rank_q} | rule that decided |
+| configuration | verdict | {rules.rank_by} at q={decision.rank_q} | reasons |
 |---|---|---:|---|
 {chr(10).join(verdict_rows)}
 
 - **Ship**: {sel or 'none'}{(chr(10) + '  (' + decision.tie_note + ')') if decision.tie_note else ''}
 - **Fallback**: {decision.fallback or 'the single-query loop (no batching)'}
-- **Rollout guard**: `rollout/selected.yaml` and `rollout/selected.env` beside this report
-  (`python -m morphogen_exp +rollout=selected q=8` loads the latest sweep's guard from outputs/rollout/).
+- **Rollout guard**: `rollout/selected.yaml` and `rollout/selected.env` beside this report; saved as
+  `+rollout={meta.get('guard_name', '?')}` (and `+rollout=selected`, the latest) in the guard store
+  ($MORPHOGEN_ROLLOUT_DIR or <repo>/outputs).
 
 ## Notes
 - multi_stream on one device: XLA runs a process's executables on the device's one compute stream; what
@@ -222,81 +320,169 @@ latency_budget_ms={rules.latency_budget_ms}, ranked by {rules.rank_by} at q={dec
 """
 
 
-def build(tracker: Any, parent_id: str, out_dir: Path, rollout_dir: Path | None = None) -> ReportFiles:
-    """Build the report of one sweep from MLflow: files in out_dir, logged to the parent run."""
-    parent = tracker.client.get_run(parent_id)
-    runs = tracker.children(parent_id)
+def guard_texts(df: pd.DataFrame, decision: Decision, header: str) -> tuple[str, str, str]:
+    """The guard's name, its YAML (what `+rollout=` loads) and the equivalent environment."""
+    if decision.selected is None:
+        r = df.iloc[0]
+        name = rollout.guard_name(str(r["dataset"]), str(r["device_kind"]), str(r["engine"]))
+        text = rollout.to_yaml(rollout.no_go_mapping(), header + "\nNo configuration is GO: serve one query at a time.")
+        return name, text, "MORPHOGEN_GPU_BATCH_POLICY=latency\nMORPHOGEN_GPU_STREAMS=1\nMORPHOGEN_GPU_CUDA_GRAPH=false\n"
+    row = df[df["config"] == decision.selected].iloc[0]
+    name = rollout.guard_name(str(row["dataset"]), str(row["device_kind"]), str(row["engine"]))
+    text = rollout.to_yaml(rollout.guard_mapping(row["_params"]), f"{header}\nships {decision.selected} ({row['config_id']})")
+    env_text = _env(row["_params"])
+    if decision.fallback:
+        fb = df[df["config"] == decision.fallback].iloc[0]
+        env_text += f"# fallback: {decision.fallback}\n" + "".join(f"# {line}\n" for line in _env(fb["_params"]).splitlines())
+    return name, text, env_text
+
+
+def _env(params: Mapping[str, Any]) -> str:
+    env = {k[len("strategy.guard_env."):]: v for k, v in params.items() if k.startswith("strategy.guard_env.")}
+    return "".join(f"{k}={str(v).lower() if str(v) in ('True', 'False') else v}\n" for k, v in sorted(env.items()))
+
+
+def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, rules_override: Sequence[str] = (),
+          rollout_dir: Path | None = None) -> ReportFiles:
+    """Build the report of one sweep from MLflow (`store` has .client and .experiment_id): files in
+    out_dir, logged to the parent run with the decision as its description; `publish` also saves
+    the guard in the rollout store (what a sweep does at its end), or in `rollout_dir`/rollout if given."""
+    client = store.client
+    parent = client.get_run(parent_id)
+    runs = client.search_runs([store.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=50000)
     if not runs:
-        raise ValueError(f"sweep run {parent_id} has no cell runs: nothing to report")
+        raise ConfigError(f"sweep run {parent_id} has no cell runs: nothing to report")
+    rules = load_rules(client, parent, rules_override)
     df = cells_frame(runs)
-    rules = DecisionRules.from_params(parent.data.params)
     decision = decide(df, rules)
     out_dir.mkdir(parents=True, exist_ok=True)
-    p0 = df["_params"].iloc[0]
-    first_run = runs[0].data.tags
+    p0, first_tags = df["_params"].iloc[0], df["_tags"].iloc[0]
+    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    sweep_dir = parent.data.tags.get(PARENT_TAG, str(out_dir))
+    header = f"Rollout guard from sweep {sweep_dir} (run {parent_id}), {first_tags.get('device_kind')}, {date}"
+    name, guard_yaml, guard_env = guard_texts(df, decision, header)
     meta = {
-        "sweep_dir": parent.data.tags.get("morphogen.sweep_dir", str(out_dir)),
-        "parent_run": parent_id,
-        "tracking_uri": tracker.cfg.tracking_uri,
-        "backend": first_run.get("backend"),
-        "jax_version": first_run.get("jax_version"),
-        "code_version": parent.data.tags.get("code_version"),
-        "warmup": p0.get("bench.warmup"),
-        "iterations": p0.get("bench.iterations"),
-        "seed": p0.get("seed"),
-        "dataset_desc": f"{first_run.get('dataset.num_pages', '?')} pages, {first_run.get('dataset.gib', '?')} GiB, {first_run.get('dataset.source', '')}",
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "sweep_dir": sweep_dir, "parent_run": parent_id, "tracking_uri": client.tracking_uri,
+        "backend": first_tags.get("backend"), "jax_version": first_tags.get("jax_version"),
+        "code_version": parent.data.tags.get("code_version"), "warmup": p0.get("bench.warmup"),
+        "iterations": p0.get("bench.iterations"), "seed": p0.get("seed"), "date": date, "guard_name": name,
+        "dataset_desc": f"{first_tags.get('dataset.num_pages', '?')} pages, {first_tags.get('dataset.gib', '?')} GiB, "
+                        f"{first_tags.get('dataset.source', '')}",
     }
-    md = out_dir / "report.md"
-    csv = out_dir / "matrix.csv"
-    _atomic_write(csv, df[ORIGINAL_COLUMNS + OUR_COLUMNS].to_csv(index=False))
+    csv, md = out_dir / "matrix.csv", out_dir / "report.md"
+    rollout.atomic_write(csv, df[ORIGINAL_COLUMNS + OUR_COLUMNS].to_csv(index=False))
     plots = _plots(df, out_dir)
-    header = f"# Rollout guard from sweep {meta['sweep_dir']} (run {parent_id}), {first_run.get('device_kind')}, {meta['date']}"
-    guard_yaml, guard_env = guard(df, decision, header)
-    (out_dir / "rollout").mkdir(exist_ok=True)
-    rollout, env = out_dir / "rollout" / "selected.yaml", out_dir / "rollout" / "selected.env"
-    _atomic_write(rollout, guard_yaml)
-    _atomic_write(env, guard_env)
-    if rollout_dir is not None:  # the latest guard, where `+rollout=selected` finds it
-        (rollout_dir / "rollout").mkdir(parents=True, exist_ok=True)
-        _atomic_write(rollout_dir / "rollout" / "selected.yaml", guard_yaml)
-    _atomic_write(md, render(df, decision, rules, meta))
-    for path in (md, csv, rollout, env, *plots):
-        tracker.log_file(parent_id, path, "report")
-    tracker.log(parent_id, tags={"decision.selected": decision.selected or "none", "decision.fallback": decision.fallback or "none"})
-    return ReportFiles(md, csv, plots, rollout, env)
+    guard_path, env_path = out_dir / "rollout" / "selected.yaml", out_dir / "rollout" / "selected.env"
+    rollout.atomic_write(guard_path, guard_yaml)
+    rollout.atomic_write(env_path, guard_env)
+    if publish or rollout_dir is not None:
+        rollout.publish(name, guard_yaml, None if rollout_dir is None else rollout_dir / rollout.GROUP)
+    rollout.atomic_write(md, render(df, decision, rules, meta))
+    for path in (md, csv, guard_path, env_path, *plots):
+        client.log_artifact(parent_id, str(path), "report")
+    for key, value in {"mlflow.note.content": decision.summary(), "decision.selected": decision.selected or "none",
+                       "decision.fallback": decision.fallback or "none", "decision.guard": name}.items():
+        client.set_tag(parent_id, key, value)
+    return ReportFiles(md, csv, plots, guard_path, env_path, decision)
+
+
+# --------------------------------------------------------------------------- command line
+
+@dataclass
+class Store:
+    client: Any
+    experiment_id: str
+
+
+def open_store(uri: str, experiment: str) -> Store:
+    """An existing store and experiment, or a ConfigError: a report never creates either."""
+    from mlflow.tracking import MlflowClient
+
+    local = _local_path(uri)
+    if local is not None and not local.exists():
+        raise ConfigError(f"--tracking-uri {uri!r}: {local} does not exist (a report never creates a store); "
+                          "pass the sweep's mlflow.tracking_uri")
+    if local is not None and uri.startswith("sqlite:") and not local.is_file():
+        raise ConfigError(f"--tracking-uri {uri!r}: {local} is not an SQLite file")
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ConfigError(f"--tracking-uri {uri!r} cannot be read: {first}") from None
+    if exp is None:
+        raise ConfigError(f"no experiment {experiment!r} at {uri} (pass --experiment)")
+    return Store(client, exp.experiment_id)
+
+
+def _local_path(uri: str) -> Path | None:
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    if uri.startswith("file://"):
+        return Path(uri[len("file://"):])
+    if "://" not in uri and not uri.startswith(("databricks", "postgresql", "mysql", "mssql")):
+        return Path(uri)
+    return None
+
+
+def find_parent(store: Store, sweep_dir: str | None, run_id: str | None) -> str:
+    """The sweep run: by id, by its folder (matched exactly, any characters), else the latest."""
+    client = store.client
+    if run_id:
+        if not _RUN_ID.fullmatch(run_id):
+            raise ConfigError(f"--parent-run {run_id!r} is not an MLflow run id (32 hex digits)")
+        try:
+            run = client.get_run(run_id)
+        except Exception:
+            raise ConfigError(f"no run {run_id} in this store") from None
+        if run.info.experiment_id != store.experiment_id or run.data.tags.get(ROLE_TAG) != "sweep":
+            raise ConfigError(f"run {run_id} is not a sweep run of this experiment")
+        return run_id
+    sweeps = client.search_runs([store.experiment_id], f"tags.`{ROLE_TAG}` = 'sweep'",
+                                order_by=["attributes.start_time DESC"], max_results=5000)
+    if sweep_dir is not None:  # compared here, not in a filter string: a folder name may hold quotes
+        want = {sweep_dir, str(Path(sweep_dir).resolve())}
+        sweeps = [r for r in sweeps if r.data.tags.get(PARENT_TAG) in want]
+        if not sweeps:
+            raise ConfigError(f"no sweep run for {sweep_dir!r} in this store")
+    if not sweeps:
+        raise ConfigError("no sweep in this store yet")
+    return str(sweeps[0].info.run_id)
+
+
+def _writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {path}: cannot create it ({err.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"--out {path} is not writable; pick another folder")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import ConfigError, MlflowConfig
-    from .tracking import ROLE_TAG, Tracker
-
-    ap = argparse.ArgumentParser(prog="python -m morphogen_exp.report", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m morphogen_exp.report", description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--tracking-uri", default=f"sqlite:///{Path('outputs').resolve()}/mlflow.db")
     ap.add_argument("--experiment", default="morphogen_exp")
     ap.add_argument("--sweep-dir", help="the sweep's output folder (default: the latest sweep)")
     ap.add_argument("--parent-run", help="the sweep's MLflow run id")
-    ap.add_argument("--out", help="where to write (default: the sweep folder)")
+    ap.add_argument("--out", type=Path, help="where to write (default: the sweep folder)")
+    ap.add_argument("--rule", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a decision rule (repeatable), e.g. --rule rank_by=batch_ms_per_batch")
+    ap.add_argument("--publish", action="store_true", help="also save the guard in the rollout store (+rollout=)")
     args = ap.parse_args(argv)
     try:
-        tracker = Tracker(MlflowConfig(args.tracking_uri, args.experiment))
-        if args.parent_run:
-            parent = args.parent_run
-        elif args.sweep_dir:
-            parent = tracker.find_parent(str(Path(args.sweep_dir).resolve()))
-            if parent is None:
-                raise ConfigError(f"no sweep run for {args.sweep_dir} in experiment {args.experiment!r}")
-        else:
-            runs = tracker.client.search_runs([tracker.experiment_id], f"tags.`{ROLE_TAG}` = 'sweep'",
-                                              order_by=["attributes.start_time DESC"], max_results=1)
-            if not runs:
-                raise ConfigError(f"no sweep in experiment {args.experiment!r} at {args.tracking_uri}")
-            parent = runs[0].info.run_id
-        run = tracker.client.get_run(parent)
-        out = Path(args.out or run.data.tags.get("morphogen.sweep_dir", "."))
-        files = build(tracker, parent, out)
-    except (ConfigError, ValueError) as err:
+        with_assignments({}, args.rule)  # NAME=VALUE syntax, before anything is opened
+        store = open_store(args.tracking_uri, args.experiment)
+        parent = find_parent(store, args.sweep_dir, args.parent_run)
+        run = store.client.get_run(parent)
+        out = _writable_dir(args.out or Path(run.data.tags.get(PARENT_TAG, ".")))
+        files = build(store, parent, out, publish=args.publish, rules_override=args.rule)
+    except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return 2
     print(f"report: {files.markdown}")
     return 0

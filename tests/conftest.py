@@ -43,6 +43,7 @@ def jax_cache(tmp_path_factory) -> Path:
 def workdir(tmp_path, monkeypatch) -> Path:
     """Each test runs in its own folder: outputs/, the MLflow store and Hydra dirs land there."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MORPHOGEN_ROLLOUT_DIR", str(tmp_path / "outputs"))  # guards stay in the test's folder
     (tmp_path / "outputs").mkdir()  # as in a checkout, where outputs/ exists (hydra.searchpath)
     return tmp_path
 

@@ -1,57 +1,208 @@
-"""The decision rules on a hand-made matrix: GO / NO-GO per rule, ranking, and ties within noise."""
+"""The report from a real MLflow store (SQLite, MlflowClient): one row per cell, labels, intervals, the
+decision on the sweep run, and every command-line error as one line with exit 2."""
 
-import pandas as pd
+from __future__ import annotations
 
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from morphogen_exp import report, rollout
+from morphogen_exp.config import flatten
 from morphogen_exp.decision import DecisionRules, decide
 
-
-def _matrix(qps_at_32: dict[str, float], speedup_at_4: dict[str, float] | None = None) -> pd.DataFrame:
-    rows = []
-    for name, qps in qps_at_32.items():
-        for q in (1, 4, 32):
-            rows.append({"our_strategy": name, "q": q, "status": "ok", "parity_ok": 1, "error_message": "",
-                         "single_ms_per_batch": 32e3 / qps * 2, "single_qps": qps / 2,
-                         "batch_vs_single_speedup": (speedup_at_4 or {}).get(name, 2.0) if q == 4 else 2.0,
-                         "batch_ms_per_batch": 32e3 / qps, "batch_qps": qps if q == 32 else qps / 4})
-    return pd.DataFrame(rows)
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_RULES = {"require_parity": True, "min_speedup": 1.0, "speedup_from_q": 4, "latency_budget_ms": None,
+                 "rank_by": "batch_qps", "tie_within": 0.02, "prefer": ["full_batch", "tiled"]}
 
 
-PREFER = DecisionRules(tie_within=0.02, prefer=("full_batch", "tiled", "graph_replay"))
+def _params(*overrides: str) -> dict[str, str]:
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", list(overrides))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    resolved.pop("hydra", None)
+    return {k: str(v) for k, v in flatten(resolved).items()}
 
 
-def test_tie_within_noise_ships_the_preferred_strategy() -> None:
-    d = decide(_matrix({"graph_replay": 145.06, "full_batch": 145.02, "tiled": 94.4}), PREFER)
-    assert (d.selected, d.fallback) == ("full_batch", "graph_replay")
-    assert "within 2%" in d.tie_note
+def _metrics(qps: float, half: float | None, speedup: float = 2.0) -> dict[str, float]:
+    m = {"batch_qps": qps, "batch_vs_single_speedup": speedup, "batch_ms_per_batch": 1e3 / qps, "single_ms_per_batch": 2e3 / qps,
+         "single_qps": qps / speedup, "parity_ok": 1, "checksum_match": 1, "parity_xor_eq": 1, "parity_numpy_checked": 1}
+    if half is not None:
+        m |= {"batch_qps_lo": qps - half, "batch_qps_hi": qps + half, "batch_vs_single_speedup_lo": speedup - 0.1,
+              "batch_vs_single_speedup_hi": speedup + 0.1, "batch_samples": 40, "batch_noise": 0.004, "batch_capped": 0}
+    return m
 
 
-def test_a_clear_winner_is_not_overruled_by_preference() -> None:
-    d = decide(_matrix({"graph_replay": 150.0, "full_batch": 140.0, "tiled": 94.4}), PREFER)
-    assert (d.selected, d.fallback, d.tie_note) == ("graph_replay", "full_batch", "")
+class Sweeps:
+    def __init__(self, root: Path):
+        self.uri = f"sqlite:///{root}/mlflow.db"
+        self.root = root
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.exp = self.client.create_experiment("morphogen_exp", artifact_location=(root / "art").as_uri())
+
+    def sweep(self, sweep_dir: Path, cells: list[tuple[list[str], int, dict[str, float], dict[str, str]]],
+              rules: dict | None = DEFAULT_RULES, intervals_tags: bool = True) -> str:
+        parent = self.client.create_run(self.exp, tags={"morphogen.role": "sweep", "morphogen.sweep_dir": str(sweep_dir)}).info.run_id
+        if rules is not None:
+            self.client.log_text(parent, json.dumps(rules), "decision.json")
+        for overrides, q, metrics, extra_tags in cells:
+            p = _params(*overrides, f"q={q}")
+            tags = {"mlflow.parentRunId": parent, "morphogen.role": "cell", "strategy": p["strategy.name"],
+                    "original_strategy": p["strategy.original"], "q": str(q), "dataset": p["dataset.name"],
+                    "engine": p["engine.name"], "device_kind": "cpu", "cell_status": "ok", **extra_tags}
+            run = self.client.create_run(self.exp, tags=tags).info.run_id
+            for i in range(0, len(p), 100):
+                from mlflow.entities import Param
+
+                self.client.log_batch(run, params=[Param(k, v) for k, v in list(p.items())[i:i + 100]])
+            for k, v in metrics.items():
+                self.client.log_metric(run, k, v)
+            self.client.set_terminated(run)
+        self.client.set_terminated(parent)
+        return parent
 
 
-def test_without_a_tolerance_the_best_score_wins() -> None:
-    d = decide(_matrix({"graph_replay": 145.06, "full_batch": 145.02}), DecisionRules())
-    assert d.selected == "graph_replay"
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory) -> Sweeps:
+    return Sweeps(tmp_path_factory.mktemp("store"))
 
 
-def test_a_no_go_strategy_is_never_selected_even_if_fastest() -> None:
-    d = decide(_matrix({"multi_stream": 500.0, "full_batch": 145.0}, speedup_at_4={"multi_stream": 0.9}), PREFER)
-    assert d.selected == "full_batch" and not d.verdicts["multi_stream"].go
-    assert "min_speedup" in d.verdicts["multi_stream"].reasons[0]
+@pytest.fixture
+def guard_store(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv(rollout.ENV_VAR, str(tmp_path / "guards"))
+    return tmp_path / "guards" / "rollout"
 
 
-def test_prefer_round_trips_through_mlflow_params() -> None:
-    params = {"decision.tie_within": "0.02", "decision.prefer": "['full_batch', 'tiled']"}
-    assert DecisionRules.from_params(params).prefer == ("full_batch", "tiled")
-    assert DecisionRules.from_params({"decision.prefer": "full_batch,tiled"}).prefer == ("full_batch", "tiled")
+@pytest.fixture(scope="module")
+def tile_sweep(sweeps, tmp_path_factory) -> tuple[str, Path]:
+    """strategy=tiled strategy.tile=1,2,4 + full_batch, q=4,32, with intervals; tile=4 at q=32 ran twice."""
+    d = tmp_path_factory.mktemp("multirun") / "tile'sweep"  # a quote in the folder name
+    qps = {"1": 90.0, "2": 146.0, "4": 145.5}
+    cells = [(["strategy=tiled", f"strategy.tile={t}"], q, _metrics(qps[t] / (8 if q == 4 else 1), 1.0), {}) for t in qps for q in (4, 32)]
+    cells += [(["strategy=full_batch"], q, _metrics(100.0 / (8 if q == 4 else 1), 1.0), {}) for q in (4, 32)]
+    cells.append((["strategy=tiled", "strategy.tile=4"], 32, _metrics(145.9, 1.0), {}))  # the newer re-run: kept
+    return sweeps.sweep(d, cells), d
 
 
-def test_plots_skip_a_sweep_whose_cells_all_failed(tmp_path) -> None:
-    from morphogen_exp.report import _plots
+def test_every_cell_is_a_row_and_every_configuration_is_ranked(sweeps, tile_sweep, tmp_path, guard_store) -> None:
+    parent, _ = tile_sweep
+    files = report.build(report.Store(sweeps.client, sweeps.exp), parent, tmp_path, publish=True)
+    d = files.decision
+    assert set(d.verdicts) == {"tiled[tile=1]", "tiled[tile=2]", "tiled[tile=4]", "full_batch"}
+    assert d.intervals and all(v.go for v in d.verdicts.values())
+    # 146 +- 1 and 145.9 +- 1 overlap: tied, decision.prefer lists full_batch then tiled, so tile=2 (best score) ships.
+    assert (d.selected, d.fallback) == ("tiled[tile=2]", "tiled[tile=4]")
+    rows = list(csv.DictReader(files.csv.open()))
+    assert len(rows) == 8 and list(rows[0])[:15] == report.ORIGINAL_COLUMNS
+    assert {"config", "config_id", "batch_qps_lo", "batch_qps_hi", "batch_samples", "batch_noise"} <= set(rows[0])
+    tile4 = [r for r in rows if r["config"] == "tiled[tile=4]" and r["q"] == "32"]
+    assert len(tile4) == 1 and float(tile4[0]["batch_qps"]) == 145.9  # the duplicate cell: the newest run
+    md = files.markdown.read_text()
+    assert "Cells: 8 (8 ok); configurations: 4" in md and "146 [145, 147]" in md and "Intervals were not available" not in md
+    assert "batch 40×, ±0.4%" in md and "tiled[tile=2]" in md
+    tags = sweeps.client.get_run(parent).data.tags
+    assert tags["decision.selected"] == "tiled[tile=2]" and tags["decision.fallback"] == "tiled[tile=4]"
+    assert tags["mlflow.note.content"].startswith("Ship tiled[tile=2] (batch_qps 146 [145, 147] at q=32)")
+    guard = (guard_store / "tiny-cpu-xla.yaml").read_text()
+    assert guard == (guard_store / "selected.yaml").read_text() == files.rollout.read_text()
+    assert "- override /strategy: tiled" in guard and "tile: 2" in guard
+    assert "MORPHOGEN_GPU_BATCH_TILE_SIZE=2" in files.env.read_text()
 
-    df = _matrix({"full_batch": 145.0})
-    assert [p.name for p in _plots(df, tmp_path)] == ["latency_vs_q.png", "qps_vs_q.png"]
-    df["status"], df["batch_qps"], df["batch_ms_per_batch"] = "failed", float("nan"), float("nan")
-    assert _plots(df, tmp_path / "none") == []  # log axes over no data raised before
-    assert decide(df, PREFER).selected is None
+
+def test_old_runs_without_intervals_or_decision_json_keep_the_point_rules(sweeps, tmp_path, guard_store) -> None:
+    cells = [(["strategy=full_batch"], q, _metrics(100.0, None), {}) for q in (4, 32)]
+    cells += [(["strategy=micro_batch"], q, _metrics(101.0, None), {}) for q in (4, 32)]
+    parent = sweeps.sweep(tmp_path / "old", cells, rules=None)
+    sweeps.client.log_param(parent, "decision.tie_within", "0.02")
+    sweeps.client.log_param(parent, "decision.prefer", "['full_batch', 'micro_batch']")
+    files = report.build(report.Store(sweeps.client, sweeps.exp), parent, tmp_path / "out")
+    assert not files.decision.intervals and files.decision.selected == "full_batch"  # within 2%: preferred
+    assert "**Intervals were not available**" in files.markdown.read_text()
+    assert not list(guard_store.glob("*.yaml"))  # not published unless asked
+
+
+def test_a_straddling_speedup_is_reported_as_not_enough_evidence(sweeps, tmp_path) -> None:
+    m = _metrics(200.0, 1.0, speedup=1.02)
+    cells = [(["strategy=multi_stream"], q, m, {}) for q in (4, 32)]
+    parent = sweeps.sweep(tmp_path / "straddle", cells)
+    files = report.build(report.Store(sweeps.client, sweeps.exp), parent, tmp_path / "out")
+    assert files.decision.selected is None
+    md = files.markdown.read_text()
+    assert "| multi_stream | not enough evidence |" in md and "re-run with more samples" in md
+    assert "No configuration is GO" in sweeps.client.get_run(parent).data.tags["mlflow.note.content"]
+
+
+def _main(capsys, *argv: str) -> tuple[int, str]:
+    code = report.main(list(argv))
+    err = capsys.readouterr().err
+    return code, err
+
+
+def test_cli_finds_a_sweep_dir_with_a_quote_and_takes_rule_overrides(sweeps, tile_sweep, tmp_path, capsys, guard_store) -> None:
+    parent, sweep_dir = tile_sweep
+    code, err = _main(capsys, "--tracking-uri", sweeps.uri, "--sweep-dir", str(sweep_dir), "--out", str(tmp_path),
+                      "--rule", "rank_by=batch_ms_per_batch", "--rule", "prefer=[tiled]")
+    assert (code, err) == (0, "")
+    md = (tmp_path / "report.md").read_text()
+    assert "ranked by batch_ms_per_batch" in md and f"parent run `{parent}`" in md
+    code, err = _main(capsys, "--tracking-uri", sweeps.uri, "--sweep-dir", str(sweep_dir) + "'x", "--out", str(tmp_path))
+    assert code == 2 and err.count("\n") == 1 and "no sweep run for" in err
+
+
+def test_a_sweep_whose_rules_were_bad_can_still_be_reported(sweeps, tmp_path, capsys) -> None:
+    bad = {**DEFAULT_RULES, "rank_by": "nope"}
+    sweeps.sweep(tmp_path / "bad", [(["strategy=full_batch"], 4, _metrics(100.0, 1.0), {})], rules=bad)
+    code, err = _main(capsys, "--tracking-uri", sweeps.uri, "--sweep-dir", str(tmp_path / "bad"))
+    assert code == 2 and err.count("\n") == 1 and "rank_by='nope'" in err and "--rule NAME=VALUE" in err
+    code, err = _main(capsys, "--tracking-uri", sweeps.uri, "--sweep-dir", str(tmp_path / "bad"), "--rule", "rank_by=batch_qps")
+    assert (code, err) == (0, "") and (tmp_path / "bad" / "report.md").is_file()
+
+
+@pytest.mark.parametrize("case", ["unknown_run", "not_a_run_id", "missing_sqlite", "missing_dir_store", "experiment",
+                                  "unwritable_out", "bad_rule"])
+def test_cli_errors_are_one_line_and_create_nothing(case, sweeps, tile_sweep, tmp_path, capsys) -> None:
+    parent, _ = tile_sweep
+    store = ["--tracking-uri", sweeps.uri]
+    (tmp_path / "file").write_text("x")
+    argv, expect = {
+        "unknown_run": (store + ["--parent-run", "0" * 32], "no run 000"),
+        "not_a_run_id": (store + ["--parent-run", "abc'"], "not an MLflow run id"),
+        "missing_sqlite": (["--tracking-uri", f"sqlite:///{tmp_path}/typo/mlflow.db"], "does not exist"),
+        "missing_dir_store": (["--tracking-uri", str(tmp_path / "mlruns")], "does not exist"),
+        "experiment": (store + ["--experiment", "nope"], "no experiment 'nope'"),
+        "unwritable_out": (store + ["--parent-run", parent, "--out", str(tmp_path / "file" / "sub")], "--out"),
+        "bad_rule": (store + ["--rule", "rank_by"], "must be NAME=VALUE"),
+    }[case]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, err = _main(capsys, *argv)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and expect in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing created by a typo
+
+
+def test_cli_as_a_subprocess_prints_no_traceback(tmp_path) -> None:
+    res = subprocess.run([sys.executable, "-m", "morphogen_exp.report", "--tracking-uri", f"sqlite:///{tmp_path}/x.db"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_plots_draw_error_bars_and_skip_a_sweep_whose_cells_all_failed(tmp_path) -> None:
+    import pandas as pd
+
+    rows = [{"config": "full_batch", "our_strategy": "full_batch", "q": q, "status": "ok", "parity_ok": 1, "error_message": "",
+             **_metrics(100.0 * q, 1.0)} for q in (1, 4, 32)]
+    df = pd.DataFrame(rows)
+    assert [p.name for p in report._plots(df, tmp_path)] == ["latency_vs_q.png", "qps_vs_q.png"]
+    assert report._yerr(df, "batch_qps") == [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
+    df["status"] = "failed"
+    assert report._plots(df, tmp_path / "none") == []
+    assert decide(df, DecisionRules()).selected is None

@@ -1,0 +1,162 @@
+"""The rollout guard store: one guard per (dataset, device kind, engine), loaded with `+rollout=NAME`.
+
+Guards live in `<root>/rollout/<name>.yaml`, root = $MORPHOGEN_ROLLOUT_DIR or `<repo root>/outputs`,
+whatever the current directory; conf/config.yaml puts the root on Hydra's search path through the
+`morphogen_rollout_root` resolver. `selected` is a copy of the latest guard written. A guard is real
+YAML written from typed values, so every knob (lists, booleans, null, ints) loads back as it was."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+
+from .config import ConfigError
+
+ENV_VAR = "MORPHOGEN_ROLLOUT_DIR"
+GROUP = "rollout"
+LATEST = "selected"
+RESOLVER = "morphogen_rollout_root"
+_REPO = Path(__file__).resolve().parents[1]
+# Strategy params that are not knobs of the strategy's code: the guard leaves them to conf/strategy/.
+_NOT_KNOBS = ("name", "original")
+
+
+def root() -> Path:
+    """The search-path root that holds `rollout/`: $MORPHOGEN_ROLLOUT_DIR or <repo root>/outputs."""
+    env = os.environ.get(ENV_VAR)
+    return Path(env).expanduser().resolve() if env else _REPO / "outputs"
+
+
+def store() -> Path:
+    """Where guards are written and read: <root>/rollout."""
+    return root() / GROUP
+
+
+def _resolve_root() -> str:
+    path = root()
+    try:  # Hydra warns about a search path that does not exist (a fresh checkout)
+        (path / GROUP).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass
+    return str(path)
+
+
+def register_resolver() -> None:
+    """`${morphogen_rollout_root:}` for conf/config.yaml's hydra.searchpath (needed before Hydra composes)."""
+    if not OmegaConf.has_resolver(RESOLVER):
+        OmegaConf.register_new_resolver(RESOLVER, _resolve_root)
+
+
+register_resolver()
+
+
+def guard_name(dataset: str, device_kind: str, engine: str) -> str:
+    """A file-safe name per (dataset, device kind, engine), e.g. mainnet-nvidia-h100-80gb-hbm3-pallas."""
+    return re.sub(r"[^a-z0-9]+", "-", f"{dataset}-{device_kind}-{engine}".lower()).strip("-")
+
+
+def typed(value: Any) -> Any:
+    """An MLflow param back to its value: 'None' -> None, 'True' -> True, "['A', 'B']" -> list, '4' -> 4."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return {"null": None, "true": True, "false": False}.get(value, value)
+
+
+def guard_mapping(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The guard of one configuration from its flattened params: strategy, engine and their settings."""
+    strategy = str(params["strategy.name"])
+    engine = str(params.get("engine.name", "xla"))
+    knobs = _nested({k[len("strategy."):]: typed(v) for k, v in params.items()
+                     if k.startswith("strategy.") and not k.startswith("strategy.guard_env.")
+                     and k[len("strategy."):] not in _NOT_KNOBS})
+    engine_cfg = _nested({k[len("engine."):]: typed(v) for k, v in params.items()
+                          if k.startswith("engine.") and k != "engine.name"})
+    out: dict[str, Any] = {"defaults": [{"override /strategy": strategy}, {"override /engine": engine}, "_self_"]}
+    if knobs:
+        out["strategy"] = knobs
+    if engine_cfg:
+        out["engine"] = engine_cfg
+    return out
+
+
+def no_go_mapping() -> dict[str, Any]:
+    """No configuration is GO: serve one query at a time."""
+    return {"defaults": [{"override /strategy": "multi_stream"}, "_self_"], "strategy": {"streams": 1}}
+
+
+def _nested(flat: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def to_yaml(mapping: Mapping[str, Any], header: str) -> str:
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
+    return f"# @package _global_\n{comments}" + yaml.safe_dump(dict(mapping), sort_keys=False, default_flow_style=False)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write through a uniquely named temp file then rename: readers see the old file or the new one,
+    and two writers never interleave."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def publish(name: str, text: str, where: Path | None = None) -> Path:
+    """Save a guard as `name` and as the latest (`selected`) in the store; returns its path."""
+    folder = where if where is not None else store()
+    try:
+        atomic_write(folder / f"{name}.yaml", text)
+        atomic_write(folder / f"{LATEST}.yaml", text)
+    except OSError as err:
+        raise ConfigError(f"cannot save the rollout guard in {folder} ({err.strerror}); set {ENV_VAR} to a writable folder") from None
+    return folder / f"{name}.yaml"
+
+
+def saved() -> list[str]:
+    folder = store()
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def requested(argv: list[str]) -> list[str]:
+    """Guard names that command-line overrides ask for (`+rollout=a`, `rollout=a,b`, `++rollout=a`)."""
+    names: list[str] = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+~") == GROUP and not key.startswith("~"):
+            names += [n.strip() for n in value.split(",") if n.strip()]
+    return names
+
+
+def preflight(argv: list[str]) -> None:
+    """Fail before Hydra starts when an override names a guard that is not saved (ConfigError, exit 2)."""
+    for name in requested(argv):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ConfigError(f"rollout={name!r} is not a guard name; saved guards: {', '.join(saved()) or 'none'}")
+        if not (store() / f"{name}.yaml").is_file():
+            have = ", ".join(saved()) or "none yet"
+            hint = "run a sweep first (python -m morphogen_exp -m ...)" if name == LATEST else "pick a saved one"
+            raise ConfigError(f"no rollout guard {name!r} in {store()} (saved: {have}); {hint}, or set {ENV_VAR}")

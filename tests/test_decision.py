@@ -1,0 +1,133 @@
+"""The decision on hand-made matrices: interval verdicts, overlap ties, point-estimate rules, labels, rule parsing."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from morphogen_exp.config import ConfigError
+from morphogen_exp.decision import GO, NO_GO, UNDECIDED, DecisionRules, config_labels, decide
+
+PREFER = ("full_batch", "tiled", "graph_replay")
+
+
+def _cell(config: str, q: int, qps: float, speedup: float, half: float | None = None, sp_half: float | None = None,
+          strategy: str | None = None, **extra) -> dict:
+    row = {"config": config, "our_strategy": strategy or config.split("[")[0], "q": q, "status": "ok", "parity_ok": 1,
+           "error_message": "", "batch_qps": qps, "batch_vs_single_speedup": speedup, "batch_ms_per_batch": 1e3 * q / qps}
+    if half is not None:
+        row |= {"batch_qps_lo": qps - half, "batch_qps_hi": qps + half}
+    if sp_half is not None:
+        row |= {"batch_vs_single_speedup_lo": speedup - sp_half, "batch_vs_single_speedup_hi": speedup + sp_half}
+    return row | extra
+
+
+def _matrix(spec: dict[str, tuple[float, float]], speedup_at_4: dict[str, tuple[float, float]] | None = None,
+            intervals: bool = True) -> pd.DataFrame:
+    """spec: config -> (batch_qps at q=32, its half-width); speedup_at_4: config -> (speedup, half-width)."""
+    rows = []
+    for name, (qps, half) in spec.items():
+        for q in (1, 4, 32):
+            sp, sp_half = (speedup_at_4 or {}).get(name, (2.0, 0.05)) if q == 4 else (2.0, 0.05)
+            rows.append(_cell(name, q, qps if q == 32 else qps / 4, sp, half if intervals else None,
+                              sp_half if intervals else None))
+    return pd.DataFrame(rows)
+
+
+def test_a_clear_win_with_intervals_is_go_and_ranked_by_score() -> None:
+    d = decide(_matrix({"graph_replay": (150.0, 0.5), "full_batch": (140.0, 0.5)}), DecisionRules(prefer=PREFER))
+    assert d.intervals and (d.selected, d.fallback, d.tie_note) == ("graph_replay", "full_batch", "")
+    assert d.verdicts["graph_replay"].score is not None and d.verdicts["graph_replay"].score.format() == "150 [149.5, 150.5]"
+
+
+def test_a_speedup_interval_straddling_the_threshold_is_not_enough_evidence() -> None:
+    d = decide(_matrix({"micro_batch": (500.0, 1.0), "full_batch": (140.0, 1.0)},
+                       speedup_at_4={"micro_batch": (1.02, 0.05)}), DecisionRules())
+    v = d.verdicts["micro_batch"]
+    assert v.status == UNDECIDED and not v.go and not v.failures
+    assert "re-run with more samples" in v.undecided[0] and "q=4" in v.undecided[0]
+    assert d.selected == "full_batch"  # the fastest is not shipped by chance
+    assert "1 not enough evidence" in d.summary() and "micro_batch" in d.summary()
+
+
+def test_a_speedup_interval_below_the_threshold_is_no_go() -> None:
+    d = decide(_matrix({"multi_stream": (500.0, 1.0)}, speedup_at_4={"multi_stream": (0.9, 0.05)}), DecisionRules())
+    assert d.verdicts["multi_stream"].status == NO_GO and d.selected is None
+    assert d.summary().startswith("No configuration is GO")
+
+
+def test_overlapping_intervals_tie_and_ship_the_preferred_strategy() -> None:
+    d = decide(_matrix({"graph_replay": (145.5, 1.0), "full_batch": (145.0, 1.0), "tiled": (94.4, 1.0)}),
+               DecisionRules(prefer=PREFER))
+    assert (d.selected, d.fallback) == ("full_batch", "graph_replay")
+    assert "intervals overlap" in d.tie_note and "tiled" not in d.tie_note
+
+
+def test_disjoint_intervals_are_no_tie_even_within_tie_within() -> None:
+    # 1% apart but each measured to +-0.1%: the intervals decide, not the fixed fraction.
+    d = decide(_matrix({"graph_replay": (146.5, 0.1), "full_batch": (145.0, 0.1)}),
+               DecisionRules(tie_within=0.02, prefer=PREFER))
+    assert (d.selected, d.tie_note) == ("graph_replay", "")
+
+
+def test_point_estimates_keep_the_fixed_rules() -> None:
+    m = _matrix({"graph_replay": (145.06, 0), "full_batch": (145.02, 0)}, speedup_at_4={"multi": (0.9, 0)}, intervals=False)
+    d = decide(m, DecisionRules(tie_within=0.02, prefer=PREFER))
+    assert not d.intervals and d.selected == "full_batch" and "within 2% (point estimates)" in d.tie_note
+    assert "Intervals were not available" in d.summary()
+    assert decide(m, DecisionRules()).selected == "graph_replay"  # no tolerance: the best point wins
+    slow = _matrix({"multi_stream": (500.0, 0)}, speedup_at_4={"multi_stream": (0.99, 0)}, intervals=False)
+    assert decide(slow, DecisionRules()).verdicts["multi_stream"].status == NO_GO
+
+
+def test_each_configuration_is_judged_not_each_strategy() -> None:
+    rows = [_cell(f"tiled[tile={t}]", q, qps, 2.0, 0.5, 0.05, strategy="tiled")
+            for t, qps in ((1, 90.0), (2, 120.0), (4, 100.0)) for q in (4, 32)]
+    rows.append({**rows[0], "q": 32, "status": "failed", "error_message": "boom", "config": "tiled[tile=8]"})
+    d = decide(pd.DataFrame(rows), DecisionRules())
+    assert set(d.verdicts) == {"tiled[tile=1]", "tiled[tile=2]", "tiled[tile=4]", "tiled[tile=8]"}
+    assert (d.selected, d.fallback) == ("tiled[tile=2]", "tiled[tile=4]")
+    assert d.verdicts["tiled[tile=8]"].status == NO_GO and "coverage" in d.verdicts["tiled[tile=8]"].failures[0]
+
+
+def test_a_capped_noisy_cell_says_so() -> None:
+    row = _cell("full_batch", 4, 100.0, 2.0, 0.5, 0.05, batch_capped=1, batch_noise=0.04, batch_samples=7, max_noise=0.01)
+    v = decide(pd.DataFrame([row]), DecisionRules()).verdicts["full_batch"]
+    assert v.go and v.notes == ["q=4: the batch path hit the time cap at noise 4.0% > bench.max_noise 1.0% (7 samples)"]
+
+
+def test_a_latency_budget_straddled_by_the_interval_is_undecided() -> None:
+    row = _cell("full_batch", 4, 100.0, 2.0, 0.5, 0.05, batch_ms_per_batch=40.0, batch_ms_per_batch_lo=39.0,
+                batch_ms_per_batch_hi=41.0)
+    assert decide(pd.DataFrame([row]), DecisionRules(latency_budget_ms=40.5)).verdicts["full_batch"].status == UNDECIDED
+    assert decide(pd.DataFrame([row]), DecisionRules(latency_budget_ms=38.0)).verdicts["full_batch"].status == NO_GO
+    assert decide(pd.DataFrame([row]), DecisionRules(latency_budget_ms=41.0)).verdicts["full_batch"].status == GO
+
+
+def test_labels_name_only_what_varies_within_a_strategy() -> None:
+    base = {"strategy.name": "tiled", "strategy.original": "tiled_tile4", "seed": "0", "dataset.name": "tiny",
+            "dataset.num_pages": "4096", "q": "4", "mlflow.tracking_uri": "x"}
+    configs = {
+        "a": ("tiled", {**base, "strategy.tile": "1", "strategy.guard_env.MORPHOGEN_GPU_BATCH_TILE_SIZE": "1"}),
+        "b": ("tiled", {**base, "strategy.tile": "4", "strategy.guard_env.MORPHOGEN_GPU_BATCH_TILE_SIZE": "4"}),
+        "c": ("full_batch", {**base, "strategy.name": "full_batch", "seed": "1"}),
+        "d": ("full_batch", {**base, "strategy.name": "full_batch", "dataset.name": "small", "dataset.num_pages": "65536"}),
+    }
+    assert config_labels(configs) == {"a": "tiled[tile=1]", "b": "tiled[tile=4]",
+                                      "c": "full_batch[dataset=tiny,seed=1]", "d": "full_batch[dataset=small,seed=0]"}
+    assert config_labels({"a": configs["a"]}) == {"a": "tiled"}
+
+
+def test_rules_parse_strictly_and_take_overrides() -> None:
+    params = {"decision.tie_within": "0.02", "decision.prefer": "['full_batch', 'tiled']", "decision.require_parity": "True"}
+    assert DecisionRules.from_params(params).prefer == ("full_batch", "tiled")
+    assert DecisionRules.from_params({"decision.prefer": "full_batch,tiled"}).prefer == ("full_batch", "tiled")
+    assert DecisionRules.from_params({"decision.latency_budget_ms": "None"}).latency_budget_ms is None
+    with pytest.raises(ConfigError, match="require_parity must be true or false"):
+        DecisionRules.from_params({"decision.require_parity": "maybe"})
+    r = DecisionRules().overridden(["rank_by=batch_ms_per_batch", "prefer=[tiled, full_batch]", "min_speedup=1.1"])
+    assert (r.rank_by, r.prefer, r.min_speedup) == ("batch_ms_per_batch", ("tiled", "full_batch"), 1.1)
+    with pytest.raises(ConfigError, match="rank_by='nope' is not a metric"):
+        DecisionRules().overridden(["rank_by=nope"])
+    with pytest.raises(ConfigError, match="must be NAME=VALUE"):
+        DecisionRules().overridden(["rank_by"])
