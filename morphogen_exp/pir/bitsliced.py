@@ -151,7 +151,8 @@ def masked_xor_bitsliced_jnp(words: jax.Array, page_offset: jax.Array | int, mas
     mp = mp.reshape(k, nch, 8, 32, 4).transpose(0, 1, 2, 4, 3)  # [k, c, q, w, i]
     m = transpose32(mp).reshape(k, nch, 8, 128).transpose(0, 1, 3, 2)  # [k, c, j, q]: pages of bit j
     x = a[None] & m[:, :, :, None, :]  # [k, c, j, r, q]
-    par = lax.population_count(jnp.bitwise_xor.reduce(x, axis=(1, 4))) & jnp.uint32(1)  # [k, j, r]
+    x = jnp.bitwise_xor.reduce(jnp.bitwise_xor.reduce(x, axis=4), axis=1)  # [k, j, r]
+    par = lax.population_count(x) & jnp.uint32(1)
     bits = par.transpose(0, 2, 1).reshape(k, 256, 4, 32)  # [k, r, j // 32, j % 32]
     word = jnp.bitwise_or.reduce(bits << jnp.arange(32, dtype=jnp.uint32), axis=-1)
     return word.reshape(k, PAGE_WORDS)
