@@ -101,9 +101,12 @@ def key_group(num_keys: int) -> tuple[int, int]:
     return kg, -(-kt // kg) * kg
 
 
-def masked_xor_bmma(words: jax.Array, page_offset: jax.Array | int, masks: jax.Array) -> jax.Array:
+def masked_xor_bmma(
+    words: jax.Array, page_offset: jax.Array | int, masks: jax.Array, stages: int = 3
+) -> jax.Array:
     """words (256*C, 1024) u32 bit-sliced, the tile's first page (int32 scalar), masks (K, T, 4) u32
-    -> (K, 1024) u32: XOR over the tile's pages of page & mask, on the binary tensor cores."""
+    -> (K, 1024) u32: XOR over the tile's pages of page & mask, on the binary tensor cores.
+    stages (benchmarks only): 1 runs only the mask transpose, 2 only the MMA scan; 3 both."""
     _register()
     k, t, _ = masks.shape
     nch = chunk_span(t, words.shape[0] // CHUNK_PAGES)
@@ -114,6 +117,7 @@ def masked_xor_bmma(words: jax.Array, page_offset: jax.Array | int, masks: jax.A
          jax.ShapeDtypeStruct((nch * 128 * ktp * 64,), jnp.uint32)),  # masks as per-bit page vectors
         vmap_method="sequential",
     )
-    out, _ = call(words, jnp.asarray(page_offset, jnp.int32).reshape(()), masks, kg=np.int32(kg))
+    out, _ = call(words, jnp.asarray(page_offset, jnp.int32).reshape(()), masks, kg=np.int32(kg),
+                  stages=np.int32(stages))
     return out
 

@@ -3,7 +3,8 @@
 // XLA FFI handler "MorphogenBmmaMaskedXor": inputs words (P_pad, 1024) u32 in the layout of
 // morphogen_exp/pir/bitsliced.py, offset () s32 (the tile's first page), masks (K, T, 4) u32;
 // outputs out (K, 1024) u32 and scratch (nch * 128 * KTp * 64) u32 (the masks as per-bit page
-// vectors in B-fragment order); attribute kg (key tiles of 8 per warp: 1 to 4).
+// vectors in B-fragment order); attributes kg (key tiles of 8 per warp: 1 to 4) and stages (bit 0: the
+// mask transpose, bit 1: the MMA scan; 3 = both, the others only time one kernel alone).
 //
 // out bit (k, b = r*128 + j) = parity over pages i of mask_k(i) bit j AND page_i bit b: for every j a
 // GF(2) product (256 r x pages) @ (pages x K), as mma.m16n8k256 .and.popc (A = database rows r, 256 pages
@@ -141,7 +142,7 @@ int chunk_span(int T, int db_chunks) { return min(db_chunks, (T + kChunk - 1) / 
 
 ffi::Error BmmaMaskedXorImpl(cudaStream_t stream, ffi::Buffer<ffi::U32> words, ffi::Buffer<ffi::S32> offset,
                              ffi::Buffer<ffi::U32> masks, ffi::ResultBuffer<ffi::U32> out,
-                             ffi::ResultBuffer<ffi::U32> scratch, int32_t kg) {
+                             ffi::ResultBuffer<ffi::U32> scratch, int32_t kg, int32_t stages) {
   const auto wd = words.dimensions();
   const auto md = masks.dimensions();
   if (wd.size() != 2 || wd[1] != 1024 || wd[0] % kChunk != 0)
@@ -157,7 +158,8 @@ ffi::Error BmmaMaskedXorImpl(cudaStream_t stream, ffi::Buffer<ffi::U32> words, f
   const int* off = offset.typed_data();
 
   cudaMemsetAsync(out->typed_data(), 0, (size_t)K * 1024 * sizeof(uint32_t), stream);
-  masks_to_bitvectors<<<dim3(nch, ktp), 256, 0, stream>>>(reinterpret_cast<const uint4*>(masks.typed_data()),
+  if (stages & 1)
+    masks_to_bitvectors<<<dim3(nch, ktp), 256, 0, stream>>>(reinterpret_cast<const uint4*>(masks.typed_data()),
                                                           off, K, T, db_chunks, nch, ktp,
                                                           scratch->typed_data());
   const int groups = ktp / kg;
@@ -170,7 +172,8 @@ ffi::Error BmmaMaskedXorImpl(cudaStream_t stream, ffi::Buffer<ffi::U32> words, f
   const auto* w4 = reinterpret_cast<const uint4*>(words.typed_data());
   const auto* m2 = reinterpret_cast<const uint2*>(scratch->typed_data());
   uint32_t* o = out->typed_data();
-  if (kg == 1) bmma_scan<1><<<grid, 256, 0, stream>>>(w4, m2, off, K, T, db_chunks, nch, ktp, per_split, o);
+  if (!(stages & 2)) {
+  } else if (kg == 1) bmma_scan<1><<<grid, 256, 0, stream>>>(w4, m2, off, K, T, db_chunks, nch, ktp, per_split, o);
   else if (kg == 2) bmma_scan<2><<<grid, 256, 0, stream>>>(w4, m2, off, K, T, db_chunks, nch, ktp, per_split, o);
   else if (kg == 3) bmma_scan<3><<<grid, 256, 0, stream>>>(w4, m2, off, K, T, db_chunks, nch, ktp, per_split, o);
   else bmma_scan<4><<<grid, 256, 0, stream>>>(w4, m2, off, K, T, db_chunks, nch, ktp, per_split, o);
@@ -189,4 +192,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MorphogenBmmaMaskedXor, BmmaMaskedXorImpl,
                                   .Arg<ffi::Buffer<ffi::U32>>()
                                   .Ret<ffi::Buffer<ffi::U32>>()
                                   .Ret<ffi::Buffer<ffi::U32>>()
-                                  .Attr<int32_t>("kg"));
+                                  .Attr<int32_t>("kg")
+                                  .Attr<int32_t>("stages"));
