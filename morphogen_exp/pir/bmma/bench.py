@@ -82,8 +82,7 @@ def _small_checks(res: dict[str, Any]) -> None:
 
 
 def _scan_check(res: dict[str, Any]) -> None:
-    from morphogen_exp.pir.jax_engine import (  # noqa: PLC0415
-        EngineSpec, KeyBatch, expand_levels_xla, make_answer_fn, masked_xor_xla, register_ops)
+    from morphogen_exp.pir.jax_engine import EngineSpec, KeyBatch, expand_levels_xla, make_answer_fn, masked_xor_xla, register_ops  # noqa: PLC0415
     from morphogen_exp.pir.keys import generate_keys  # noqa: PLC0415
     from morphogen_exp.pir.reference import answer_numpy  # noqa: PLC0415
 
@@ -131,23 +130,21 @@ def _big(res: dict[str, Any], log2: int, keys: list[int], reps: int) -> None:
         kr["bmma_equals_xla"] = bool(np.array_equal(got, ref))
         try:
             kr["pallas_equals_xla"] = bool(np.array_equal(np.asarray(pal(pages, masks)), ref))
-            kr["pallas"] = _time(lambda: pal(pages, masks), reps)
+            kr["pallas"] = _time(functools.partial(pal, pages, masks), reps)
         except Exception as e:  # noqa: BLE001 - record and go on
             kr["pallas_error"] = f"{type(e).__name__}: {e}"[:300]
-        kr["bmma"] = _time(lambda: bm(db.words, jnp.int32(0), masks), reps)
+        kr["bmma"] = _time(functools.partial(bm, db.words, jnp.int32(0), masks), reps)
         for st, name in ((1, "bmma_transpose_only"), (2, "bmma_mma_only")):
             fn = jax.jit(lambda w, m, st=st: masked_xor_bmma(w, jnp.int32(0), m, stages=st))
-            kr[name] = _time(lambda fn=fn: fn(db.words, masks), reps)
-        kr["xla"] = _time(lambda: xla(pages, masks), max(3, reps // 4))
+            kr[name] = _time(functools.partial(fn, db.words, masks), reps)
+        kr["xla"] = _time(functools.partial(xla, pages, masks), max(3, reps // 4))
         kr["and_bits"] = k * t * 32768
         kr["bmma_tand_per_s"] = kr["and_bits"] / kr["bmma"]["ms_median"] / 1e9
         kr["bmma_bytes_min"] = t * 4096 + k * t * 16
         kr["bmma_gbps_min_bytes"] = kr["bmma_bytes_min"] / kr["bmma"]["ms_median"] / 1e6
         row[f"K={k}"] = kr
         print(f"2^{log2} pages K={k}: {json.dumps(kr)}", flush=True)
-        del masks
     res[f"2^{log2}"] = row
-    del pages, db
 
 
 def main(argv: list[str] | None = None) -> int:
