@@ -168,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(res), flush=True)
     stages: list[tuple[str, Callable[[], None]]] = [("small", lambda: _small_checks(res)),
                                                    ("scan", lambda: _scan_check(res))]
+    keys = [int(k) for k in a.keys.split(",")]
     for lg in (int(x) for x in a.pages_log2.split(",")):
-        stages.append((f"big{lg}", lambda lg=lg: _big(res, lg, [int(k) for k in a.keys.split(",")], a.reps)))
+        stages.append((f"big{lg}", functools.partial(_big, res, lg, keys, a.reps)))
     for name, fn in stages:
         if name.startswith("big") and name != stages[2][0] and time.perf_counter() - start > a.budget_s:
             res[f"{name}_skipped"] = "time budget"
