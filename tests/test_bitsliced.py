@@ -15,6 +15,7 @@ from morphogen_exp.pir import bmma
 from morphogen_exp.pir.bitsliced import (
     CHUNK_PAGES,
     BitslicedDB,
+    bitslice_host,
     bitslice_pages,
     chunk_span,
     masked_xor_bitsliced,
@@ -89,6 +90,15 @@ def test_layout_matches_numpy_and_round_trips(db: BitslicedDB) -> None:
     # chunk-by-chunk steps give the same words as one step
     np.testing.assert_array_equal(np.asarray(bitslice_pages(jnp.asarray(PAGES_W), 300, 1).words),
                                   _layout_numpy(PAGES_W[:300]))
+
+
+def test_host_streaming_build_equals_device_build(db: BitslicedDB) -> None:
+    for pages in (PAGES_U8, PAGES_W):
+        streamed = bitslice_host(pages, group_pages=300)  # groups of 256 pages, a ragged last one
+        assert streamed.num_pages == N_PAGES
+        np.testing.assert_array_equal(np.asarray(streamed.words), np.asarray(db.words))
+    with pytest.raises(ValueError, match="uint8"):
+        bitslice_host(PAGES_U8.astype(np.int16))
 
 
 @pytest.mark.parametrize("k,t,offset", [(1, 256, 0), (3, 300, 5), (6, 256, 444), (3, 1, 699),

@@ -25,12 +25,14 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 __all__ = [
     "CHUNK_PAGES",
     "BitslicedDB",
     "bitslice_pages",
+    "bitslice_host",
     "masked_xor_bitsliced",
     "masked_xor_bitsliced_jnp",
     "unslice_pages",
@@ -112,6 +114,33 @@ def bitslice_pages(pages_words: jax.Array, num_pages: int, chunks_per_step: int 
     if chunks_per_step < 1:
         raise ValueError(f"{chunks_per_step=} must be >= 1")
     return BitslicedDB(_bitslice(pages_words, num_pages, chunks_per_step), int(num_pages))
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _put_rows(buf: jax.Array, rows: jax.Array, start: jax.Array) -> jax.Array:
+    return lax.dynamic_update_slice_in_dim(buf, rows, start, axis=0)
+
+
+def bitslice_host(pages: np.ndarray, group_pages: int = 1 << 20, chunks_per_step: int = 64) -> BitslicedDB:
+    """The layout transform of a host page matrix, (N, 4096) uint8 or (N, 1024) uint32 (a memmap
+    works), streamed to the default device ``group_pages`` at a time into one preallocated buffer:
+    the device never holds the raw database, so a 64 GiB database fits an 80 GB card (peak: the
+    bit-sliced buffer plus about two groups)."""
+    if not isinstance(pages, np.ndarray) or pages.ndim != 2 or (pages.dtype, pages.shape[1]) not in (
+            (np.dtype(np.uint8), 4 * PAGE_WORDS), (np.dtype(np.uint32), PAGE_WORDS)) or pages.shape[0] < 1:
+        raise ValueError(f"pages must be a numpy (N >= 1, 4096) uint8 or (N, 1024) uint32 array, got "
+                         f"{getattr(pages, 'shape', None)} {getattr(pages, 'dtype', None)}")
+    if group_pages < CHUNK_PAGES:
+        raise ValueError(f"{group_pages=} must be >= {CHUNK_PAGES}")
+    n = pages.shape[0]
+    group = group_pages // CHUNK_PAGES * CHUNK_PAGES  # groups start on chunk boundaries
+    buf = jnp.zeros((-(-n // CHUNK_PAGES) * CHUNK_PAGES, PAGE_WORDS), jnp.uint32)
+    for lo in range(0, n, group):
+        part = np.ascontiguousarray(pages[lo: lo + group])
+        words = part.view("<u4").reshape(part.shape[0], PAGE_WORDS).astype(np.uint32, copy=False)
+        sliced = _bitslice(jax.device_put(words), words.shape[0], chunks_per_step)
+        buf = _put_rows(buf, sliced, jnp.int32(lo))
+    return BitslicedDB(buf, n)
 
 
 def unslice_pages(db: BitslicedDB) -> jax.Array:
