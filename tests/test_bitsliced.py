@@ -22,15 +22,8 @@ from morphogen_exp.pir.bitsliced import (
     transpose32,
     unslice_pages,
 )
-from morphogen_exp.pir.jax_engine import (
-    EngineSpec,
-    KeyBatch,
-    expand_levels_xla,
-    full_eval_jax,
-    make_answer_fn,
-    masked_xor_xla,
-    register_ops,
-)
+from morphogen_exp.pir import EngineSpec, KeyBatch, full_eval_jax, make_answer_fn, register_ops
+from morphogen_exp.pir.xla_ops import expand_levels_xla, masked_xor_xla
 from morphogen_exp.pir.keys import Key, generate_keys
 from morphogen_exp.pir.reference import answer_numpy
 

@@ -156,7 +156,7 @@ def chunk_span(tile_pages: int, db_chunks: int) -> int:
 
 
 def _on(pred: jax.Array) -> jax.Array:
-    """All-ones uint32 where pred, else 0 (branch-free select, as in jax_engine)."""
+    """All-ones uint32 where pred, else 0 (branch-free select, as in xla_ops)."""
     return jnp.uint32(0) - pred.astype(jnp.uint32)
 
 

@@ -59,7 +59,7 @@ def _time(fn: Callable[[], Any], reps: int, warmup: int = 2) -> dict[str, float]
 
 
 def _small_checks(res: dict[str, Any]) -> None:
-    from morphogen_exp.pir.jax_engine import masked_xor_xla  # noqa: PLC0415
+    from morphogen_exp.pir.xla_ops import masked_xor_xla  # noqa: PLC0415
 
     rng = np.random.default_rng(1)
     n = 5000
@@ -82,7 +82,8 @@ def _small_checks(res: dict[str, Any]) -> None:
 
 
 def _scan_check(res: dict[str, Any]) -> None:
-    from morphogen_exp.pir.jax_engine import EngineSpec, KeyBatch, expand_levels_xla, make_answer_fn, masked_xor_xla, register_ops  # noqa: PLC0415
+    from morphogen_exp.pir import EngineSpec, KeyBatch, make_answer_fn, register_ops  # noqa: PLC0415
+    from morphogen_exp.pir.xla_ops import expand_levels_xla, masked_xor_xla  # noqa: PLC0415
     from morphogen_exp.pir.keys import generate_keys  # noqa: PLC0415
     from morphogen_exp.pir.reference import answer_numpy  # noqa: PLC0415
 
@@ -101,7 +102,7 @@ def _scan_check(res: dict[str, Any]) -> None:
 
 
 def _big(res: dict[str, Any], log2: int, keys: list[int], reps: int) -> None:
-    from morphogen_exp.pir.jax_engine import masked_xor_xla  # noqa: PLC0415
+    from morphogen_exp.pir.xla_ops import masked_xor_xla  # noqa: PLC0415
     from morphogen_exp.pir.pallas_scan import ScanBlock, masked_xor_pallas  # noqa: PLC0415
 
     t = 1 << log2
