@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from morphogen_exp.pir import bmma
+from morphogen_exp.pir import EngineSpec, KeyBatch, bmma, full_eval_jax, make_answer_fn, register_ops
 from morphogen_exp.pir.bitsliced import (
     CHUNK_PAGES,
     BitslicedDB,
@@ -22,10 +22,9 @@ from morphogen_exp.pir.bitsliced import (
     transpose32,
     unslice_pages,
 )
-from morphogen_exp.pir import EngineSpec, KeyBatch, full_eval_jax, make_answer_fn, register_ops
-from morphogen_exp.pir.xla_ops import expand_levels_xla, masked_xor_xla
 from morphogen_exp.pir.keys import Key, generate_keys
 from morphogen_exp.pir.reference import answer_numpy
+from morphogen_exp.pir.xla_ops import expand_levels_xla, masked_xor_xla
 
 N_PAGES = 700  # ragged: not a multiple of 32 or 256
 DOMAIN_BITS = 10

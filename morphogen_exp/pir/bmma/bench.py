@@ -83,9 +83,9 @@ def _small_checks(res: dict[str, Any]) -> None:
 
 def _scan_check(res: dict[str, Any]) -> None:
     from morphogen_exp.pir import EngineSpec, KeyBatch, make_answer_fn, register_ops  # noqa: PLC0415
-    from morphogen_exp.pir.xla_ops import expand_levels_xla, masked_xor_xla  # noqa: PLC0415
     from morphogen_exp.pir.keys import generate_keys  # noqa: PLC0415
     from morphogen_exp.pir.reference import answer_numpy  # noqa: PLC0415
+    from morphogen_exp.pir.xla_ops import expand_levels_xla, masked_xor_xla  # noqa: PLC0415
 
     register_ops("bitsliced", expand_levels_xla, masked_xor_xla, masked_xor_bmma)
     rng = np.random.default_rng(2)
@@ -102,8 +102,8 @@ def _scan_check(res: dict[str, Any]) -> None:
 
 
 def _big(res: dict[str, Any], log2: int, keys: list[int], reps: int) -> None:
-    from morphogen_exp.pir.xla_ops import masked_xor_xla  # noqa: PLC0415
     from morphogen_exp.pir.pallas_scan import ScanBlock, masked_xor_pallas  # noqa: PLC0415
+    from morphogen_exp.pir.xla_ops import masked_xor_xla  # noqa: PLC0415
 
     t = 1 << log2
     row: dict[str, Any] = {"pages": t, "db_gib": t * 4096 / 2**30}
