@@ -19,6 +19,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -160,8 +161,7 @@ class Tracker:
     @staticmethod
     def _create_store(db: Path) -> None:
         """Build the schema in a temporary file beside `db`, then rename it into place (atomic)."""
-        tmp = db.with_name(f".{db.name}.creating-{os.getpid()}")
-        tmp.unlink(missing_ok=True)
+        tmp = db.with_name(f".{db.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")  # unique: MLflow caches engines by URI
         try:
             MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)  # runs the migrations
             os.replace(tmp, db)

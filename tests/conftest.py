@@ -26,6 +26,9 @@ import sys
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+import morphogen_exp.config  # noqa: F401  (registers the config schema in Hydra's ConfigStore)
+from morphogen_exp.session import Session
+
 REPO = Path(__file__).resolve().parents[1]
 TEST_CONF = REPO / "tests" / "support" / "conf"
 # Test doubles (a strategy that corrupts an answer, one that sleeps) load like any out-of-tree strategy.
@@ -37,6 +40,12 @@ sys.path.insert(0, str(REPO))
 def jax_cache(tmp_path_factory) -> Path:
     """One persistent XLA cache for the whole session: each program compiles once, not per process."""
     return tmp_path_factory.mktemp("jax-cache")
+
+
+@pytest.fixture(scope="session")
+def sess() -> Session:
+    """One process session for the in-process tests: the tiny database and its programs are shared."""
+    return Session()
 
 
 @pytest.fixture
