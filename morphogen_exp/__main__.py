@@ -75,6 +75,8 @@ def main() -> None:
     try:
         hydra_entry()
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _interrupted()
         sys.exit(130)
     except (HydraException, OmegaConfBaseException) as err:

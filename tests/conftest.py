@@ -98,6 +98,9 @@ def mlflow_runs(workdir: Path, experiment: str = "morphogen_exp"):
     """All runs of the experiment in the test's store, as MLflow entities (the real store, no mocks)."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/outputs/mlflow.db")
+    db = workdir / "outputs" / "mlflow.db"
+    if not db.exists():  # never create the store from the test (the CLI creates it atomically)
+        return []
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     exp = client.get_experiment_by_name(experiment)
     return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
