@@ -51,14 +51,16 @@ def validate_cells(config: DictConfig) -> tuple[int, Any]:
     number of cells and the first cell's validated config."""
     loader = GlobalHydra.instance().config_loader()
     jobs, bad, first = job_overrides(config), [], None
+    shared = set.intersection(*(set(j) for j in jobs)) if len(jobs) > 1 else set()
     for overrides in jobs:
+        label = " ".join(o for o in overrides if o not in shared) or " ".join(overrides)  # what names this cell
         try:
             rc = app.validate(loader.load_sweep_config(config, overrides))
             first = first or rc
         except ConfigError as err:
-            bad.append(f"[{' '.join(overrides)}] {err}")
+            bad.append(f"[{label}] {err}")
         except Exception as err:  # a composition error: unknown choice, bad type
-            bad.append(f"[{' '.join(overrides)}] {one_line(err)}")
+            bad.append(f"[{label}] {one_line(err)}")
     if bad:
         print(f"error: {len(bad)} of {len(jobs)} cells have a setting to fix, none ran: {'; '.join(bad)}", file=sys.stderr)
         sys.exit(2)

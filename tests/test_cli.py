@@ -277,10 +277,10 @@ def test_unknown_choice_lists_valid_ones(cli, args, message, valid):
 
 @pytest.mark.parametrize("args, message", [
     (["-m", "q=1,40"], "1 of 2 cells have a setting to fix, none ran: [q=40] q must be in 1..32"),
-    (["-m", "strategy=warp,full_batch", "q=1"], "[strategy=warp q=1] In 'config': Could not find 'strategy/warp'"),
-    (["-m", "engine.unroll=abc,null", "q=1"], "[engine.unroll=abc q=1] engine.unroll=abc: Value 'abc' is not a valid bool"),
+    (["-m", "strategy=warp,full_batch", "q=1"], "[strategy=warp] In 'config': Could not find 'strategy/warp'"),
+    (["-m", "engine.unroll=abc,null", "q=1"], "[engine.unroll=abc] engine.unroll=abc: Value 'abc' is not a valid bool"),
     (["-m", "decision.rank_by=nope", "q=1,2"], "decision.rank_by='nope' is not a metric to rank by"),
-    (["-m", "strategy=tiled", "strategy.tile=0,2", "q=2"], "[strategy=tiled strategy.tile=0 q=2] strategy.tile must be"),
+    (["-m", "strategy=tiled", "strategy.tile=0,2", "q=2"], "[strategy.tile=0] strategy.tile must be an integer >= 1"),
     (["-m", "q=1,40", "hydra/launcher=joblib"], "[q=40] q must be in 1..32"),
 ])
 def test_sweep_validates_every_cell_before_any_runs(cli, workdir, args, message):
