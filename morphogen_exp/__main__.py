@@ -41,7 +41,8 @@ def hydra_entry(cfg: DictConfig) -> dict[str, Any]:
         log.error("cell [%s]: setting to fix: %s", " ".join(hc.overrides.task), err)  # recorded FAILED by app.run
         return app.CellOutcome("config_error", error=str(err)).as_dict()
     if not multirun and out.status in ("failed", "does_not_fit"):
-        print(f"1 cell(s) failed:\n  {out.name}: {out.error}", file=sys.stderr)
+        why = f"does not fit: {out.error}" if out.status == "does_not_fit" else out.error
+        print(f"1 cell(s) failed:\n  {out.name}: {why}", file=sys.stderr)
         sys.exit(1)
     return out.as_dict()
 
