@@ -96,12 +96,15 @@ def test_failed_cell_does_not_stop_the_sweep(cli, workdir):
     assert parent.data.tags["cells_expected"] == "4"
 
 
-def _sweep_summary(workdir: Path, sweep: str) -> tuple[list[tuple[str, str, str]], str]:
+def _sweep_summary(workdir: Path, sweep: str) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """A sweep's cells (strategy, q, status) and its decision (verdict per strategy, ship, fallback)."""
     rows = list(csv.DictReader((workdir / "outputs" / "multirun" / sweep / "matrix.csv").open()))
     report = (workdir / "outputs" / "multirun" / sweep / "report.md").read_text()
-    decision = report[report.index("## Decision"):].split("\n## ")[0]
-    return sorted((r["our_strategy"], r["q"], r["status"]) for r in rows), "\n".join(
-        line for line in decision.splitlines() if "generated" not in line and "run " not in line)
+    decision = report[report.index("## Decision"):].split("\n## ")[0].splitlines()
+    verdicts = [" | ".join(line.split(" | ")[:2]) for line in decision if line.startswith("| ") and "GO" in line]
+    ship = [line for line in decision if line.startswith(("- **Ship**", "- **Fallback**"))]
+    assert len(verdicts) == 2 and len(ship) == 2, decision
+    return sorted((r["our_strategy"], r["q"], r["status"]) for r in rows), verdicts + ship
 
 
 @pytest.mark.slow
