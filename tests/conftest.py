@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+import morphogen_exp.config  # noqa: F401  (registers the config schema in Hydra's ConfigStore)
+from morphogen_exp.session import Session
 
 
 @pytest.fixture(scope="session")
@@ -18,16 +26,6 @@ def fixtures_dir() -> Path:
 
 
 # --------------------------------------------------------------------------- orchestrator helpers
-
-import os
-import subprocess
-import sys
-
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
-
-import morphogen_exp.config  # noqa: F401  (registers the config schema in Hydra's ConfigStore)
-from morphogen_exp.session import Session
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_CONF = REPO / "tests" / "support" / "conf"

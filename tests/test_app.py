@@ -52,7 +52,7 @@ def test_large_database_oracle_numpy_dpf_and_device_fold(make_cfg, workdir, sess
     assert run.data.metrics["parity_numpy_checked"] == 1 and run.data.metrics["parity_numpy_eq"] == 1
     assert run.data.tags["parity_numpy_note"].startswith("numpy DPF, pages folded on the device")
 
-    from morphogen_exp import datasets, parity
+    from morphogen_exp import parity
     from morphogen_exp.queries import make_queries
 
     cfg = app.parse(make_cfg(), known_strategies=(), known_engines=())
@@ -252,7 +252,7 @@ def test_stale_runs_of_a_sweep_are_closed_only_when_their_process_is_gone(workdi
     sweep = str(workdir / "it's a sweep")  # a quote in the folder name
     gone = tr.start_run("gone", {PARENT_TAG: sweep, "morphogen.role": "cell"})
     tr.log(gone, tags={PID_TAG: dead.stdout.strip()})
-    alive = tr.start_run("alive", {PARENT_TAG: sweep})
+    tr.start_run("alive", {PARENT_TAG: sweep})  # this process: alive
     other = tr.start_run("other sweep", {PARENT_TAG: str(workdir / "other")})
     tr.log(other, tags={PID_TAG: dead.stdout.strip()})
     assert tr.close_stale(sweep) == [gone]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import sqlite3
 import time
@@ -224,7 +223,7 @@ def test_two_sweeps_share_one_sqlite_store(cli, workdir):
     procs = [cli("-m", "strategy=full_batch,multi_stream", "q=1,2", f"hydra.sweep.dir=outputs/multirun/w{i}",
                  background=True) for i in range(2)]
     results = [p.communicate(timeout=900) for p in procs]
-    for p, (_, err) in zip(procs, results):
+    for p, (_, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err[-3000:]
         assert "database is locked" not in err
     runs = mlflow_runs(workdir)
@@ -262,7 +261,7 @@ def test_bad_input_one_line_error_exit_2(cli, workdir, args, message):
     assert res.returncode == 2, res.stderr[-2000:]
     assert message in res.stderr
     assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
-    assert len([l for l in res.stderr.splitlines() if l.startswith("error:")]) == 1
+    assert len([line for line in res.stderr.splitlines() if line.startswith("error:")]) == 1
 
 
 @pytest.mark.parametrize("args, message, valid", [
