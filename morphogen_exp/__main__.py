@@ -86,6 +86,12 @@ def main() -> None:
         text = one_line(err)
         print(f"error: {text}", file=sys.stderr)
         sys.exit(2)
+    except Exception:  # a launcher's failure (e.g. a worker process died): the sweep run must not stay RUNNING
+        sweep = session.current().sweep
+        if sweep is not None and sweep[1].parent_id:
+            with shielded():
+                sweep[0].end(sweep[1].parent_id, "FAILED")
+        raise
 
 
 if __name__ == "__main__":
