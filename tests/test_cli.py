@@ -219,6 +219,20 @@ def test_resume_skips_finished_cells(cli, workdir):
     assert "Cells: 3 (3 ok)" in (workdir / "outputs/multirun/second/report.md").read_text()
 
 
+def test_resume_reruns_a_cell_whose_dataset_file_changed(cli, workdir):
+    data = workdir / "m.bin"
+    data.write_bytes(bytes(4096 * 4))
+    first = cli("-m", "q=1", "dataset.path=m.bin", "hydra.sweep.dir=outputs/multirun/a")
+    assert first.returncode == 0, first.stderr[-2000:]
+    data.write_bytes(bytes(4096 * 2) + b"\xff" * 4096 + bytes(4096))  # same size, other pages
+    second = cli("-m", "q=1", "dataset.path=m.bin", "resume=true", "hydra.sweep.dir=outputs/multirun/b")
+    assert second.returncode == 0, second.stderr[-2000:]
+    cells = [r for r in mlflow_runs(workdir) if r.data.tags.get("morphogen.role") == "cell"]
+    assert len(cells) == 2 and not any("resumed_from" in r.data.tags for r in cells)
+    assert len({r.data.tags["dataset.fingerprint"] for r in cells}) == 2
+    assert len({r.data.tags["config_id"] for r in cells}) == 1  # the same configuration, measured on other data
+
+
 def test_two_sweeps_share_one_sqlite_store(cli, workdir):
     procs = [cli("-m", "strategy=full_batch,multi_stream", "q=1,2", f"hydra.sweep.dir=outputs/multirun/w{i}",
                  background=True) for i in range(2)]
