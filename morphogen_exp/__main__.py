@@ -81,17 +81,21 @@ def main() -> None:
         _interrupted()
         sys.exit(130)
     except (HydraException, OmegaConfBaseException) as err:
+        _end_sweep("FAILED")
         if user_full_error:
             raise
-        text = one_line(err)
-        print(f"error: {text}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
     except Exception:  # a launcher's failure (e.g. a worker process died): the sweep run must not stay RUNNING
-        sweep = session.current().sweep
-        if sweep is not None and sweep[1].parent_id:
-            with shielded():
-                sweep[0].end(sweep[1].parent_id, "FAILED")
+        _end_sweep("FAILED")
         raise
+
+
+def _end_sweep(status: str) -> None:
+    sweep = session.current().sweep
+    if sweep is not None and sweep[1].parent_id:
+        with shielded():
+            sweep[0].end(sweep[1].parent_id, status)
 
 
 if __name__ == "__main__":
