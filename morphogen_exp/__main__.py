@@ -1,60 +1,101 @@
 """`python -m morphogen_exp [-m] [overrides]`: compose the config and run cells (see app.run).
 
-Exit status: 0 all cells ok (or recorded as "does not fit"), 1 some cell failed, 2 a setting to fix,
-130 interrupted (finished cells stay in MLflow; `python -m morphogen_exp.report` rebuilds the report)."""
+Exit status, under any Hydra launcher: 0 all cells ok, 1 some cell failed or did not fit, 2 a
+setting to fix (one line on stderr, nothing run), 130 interrupted (finished cells stay in MLflow;
+`python -m morphogen_exp.report` rebuilds the report)."""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from . import app, memory
-from .config import ConfigError
+from . import app, session
+from .callbacks import sweep_ref
+from .config import ConfigError, one_line
+from .tracking import shielded
 
 log = logging.getLogger("morphogen_exp")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def hydra_entry(cfg: DictConfig) -> str:
+def hydra_entry(cfg: DictConfig) -> dict[str, Any]:
+    """One cell, in whatever process the launcher runs it; the outcome is the return value."""
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
-        return app.run(cfg).status
+        out = app.run(cfg, session.current(), sweep_ref(hc.sweep.dir) if multirun else None)
     except ConfigError as err:
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
+        if not multirun:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
-        # In a sweep one bad cell is recorded and reported; the others still run.
-        overrides = " ".join(HydraConfig.get().overrides.task)
-        app.FAILED_CELLS.append(f"[{overrides}]: {err}")
-        log.error("cell [%s] not run: %s", overrides, err)
-        return "failed"
+        log.error("cell [%s]: setting to fix: %s", " ".join(hc.overrides.task), err)  # recorded FAILED by app.run
+        return app.CellOutcome("config_error", error=str(err)).as_dict()
+    if not multirun and out.status in ("failed", "does_not_fit"):
+        why = f"does not fit: {out.error}" if out.status == "does_not_fit" else out.error
+        print(f"1 cell(s) failed:\n  {out.name}: {why}", file=sys.stderr)
+        sys.exit(1)
+    return out.as_dict()
 
 
-def _sigterm(signum, frame):  # SIGTERM behaves like Ctrl-C: the active run ends KILLED
+def _sigterm(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C: the active run ends KILLED
     raise KeyboardInterrupt
 
 
+def _interrupted() -> None:
+    """Ctrl-C / SIGTERM: the sweep run (if this process frames one) and its dead cells end KILLED."""
+    sess = session.current()
+    where = ""
+    if sess.sweep is not None:
+        tracker, ref = sess.sweep
+        where = f" --sweep-dir {ref.sweep_dir}"
+        with shielded():
+            try:
+                if ref.parent_id:
+                    tracker.end(ref.parent_id, "KILLED")
+                tracker.close_stale(ref.sweep_dir, wait_s=5.0)  # cells whose worker died with the launcher
+            except Exception as err:  # never mask the interrupt
+                log.warning("could not mark sweep runs KILLED: %s", err)
+    print(f"interrupted: finished cells are kept in MLflow; rebuild the report with "
+          f"`python -m morphogen_exp.report{where}`", file=sys.stderr)
+
+
 def main() -> None:
-    memory.configure_process()  # read when the backend starts (first device use): before any cell
     signal.signal(signal.SIGTERM, _sigterm)
+    user_full_error = "HYDRA_FULL_ERROR" in os.environ
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra's errors come to us: one line, exit 2
     try:
         hydra_entry()
     except KeyboardInterrupt:
-        app.end_sweep_killed()
-        where = f" --sweep-dir {app.SWEEP.sweep_dir}" if app.SWEEP.sweep_dir else ""
-        print(f"interrupted: finished cells are kept in MLflow; rebuild the report with "
-              f"`python -m morphogen_exp.report{where}`", file=sys.stderr)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _interrupted()
         sys.exit(130)
-    if app.FAILED_CELLS:
-        print(f"{len(app.FAILED_CELLS)} cell(s) failed:", file=sys.stderr)
-        for line in app.FAILED_CELLS:
-            print(f"  {line}", file=sys.stderr)
-        sys.exit(1)
+    except (HydraException, OmegaConfBaseException) as err:
+        _end_sweep("FAILED")
+        if user_full_error:
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+    except Exception:  # a launcher's failure (e.g. a worker process died): the sweep run must not stay RUNNING
+        _end_sweep("FAILED")
+        raise
+
+
+def _end_sweep(status: str) -> None:
+    sweep = session.current().sweep
+    if sweep is not None and sweep[1].parent_id:
+        with shielded():
+            sweep[0].end(sweep[1].parent_id, status)
 
 
 if __name__ == "__main__":

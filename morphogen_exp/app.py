@@ -1,9 +1,9 @@
 """One cell of the matrix: config -> dataset -> queries -> strategy -> timings + answers -> parity -> MLflow.
 
-`run(cfg)` is what the Hydra entry point calls and what tests call directly. A cell always ends in
-a recorded state: FINISHED (ok, or "does not fit" with its estimate), FAILED with the reason, or
-KILLED on Ctrl-C / SIGTERM. Failures are remembered in `FAILED_CELLS` so the command's exit status
-can say whether any cell failed, while the sweep goes on.
+`run(cfg, session, sweep)` is what the Hydra entry point calls and what tests call directly. A cell
+always ends in a recorded state: FINISHED (ok, or "does not fit" with its estimate), FAILED with the
+reason, or KILLED on Ctrl-C / SIGTERM; its outcome is the return value (a launcher carries it back).
+`validate(cfg)` is every check that needs no device: the sweep runs it on every cell before any runs.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import logging
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,40 +23,31 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from . import datasets, memory, parity, strategies
-from .config import ConfigError, RunConfig, flatten, parse
+from .config import ConfigError, RunConfig, digest, flatten, parse
+from .decision import DecisionRules
 from .pir import EngineSpec, available_engines, get_ops, make_answer_fn, query_scan, registered_engines, tile_size
 from .queries import make_queries
-from .strategies.base import BuildContext
+from .session import Session, SweepRef
+from .strategies.base import BuildContext, check_knobs
 from .timing import measure, time_limit
-from .tracking import PARENT_TAG, ROLE_TAG, Tracker, code_version
+from .tracking import PARENT_TAG, ROLE_TAG, Tracker, code_version, shielded
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class CellOutcome:
-    status: str                      # ok | failed | does_not_fit | resumed
+    status: str                      # ok | failed | does_not_fit | resumed | config_error
+    name: str = ""
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
 
-
-FAILED_CELLS: list[str] = []  # "strategy-qN: reason" for every cell that failed or did not fit, this process
-
-
-@dataclass
-class SweepState:
-    """Set by the sweep callback in this process; jobs attach their runs to `parent_id`."""
-
-    tracker: Tracker | None = None
-    parent_id: str | None = None
-    sweep_dir: str | None = None
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-SWEEP = SweepState()
-
-
-def _device_tags() -> dict[str, str]:
+def device_tags() -> dict[str, str]:
     dev = jax.local_devices()[0]
     import jaxlib
 
@@ -74,19 +66,19 @@ def enable_compilation_cache(path: str | None) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-_CONTEXTS: dict[EngineSpec, BuildContext] = {}
-_CONTEXT_DATASET: list[datasets.Dataset] = []  # the database the contexts were built on
-
-
-def build_context(dataset: datasets.Dataset, spec: EngineSpec) -> BuildContext:
-    """One context per (database, engine): compiled functions are shared by all cells on them. A new
-    database drops the old contexts, so nothing keeps the previous one alive on the device."""
-    if not _CONTEXT_DATASET or _CONTEXT_DATASET[0] is not dataset:
-        _CONTEXTS.clear()
-        _CONTEXT_DATASET[:] = [dataset]
-    if spec not in _CONTEXTS:
-        _CONTEXTS[spec] = _new_context(dataset, spec)
-    return _CONTEXTS[spec]
+def validate(cfg: DictConfig) -> RunConfig:
+    """Every check that needs no device and no store: types, ranges, names, the dataset file, the
+    strategy's knobs and the decision rules. Raises ConfigError (one line)."""
+    rc = parse(cfg, known_strategies=tuple(sorted(strategies.registered())), known_engines=tuple(available_engines()))
+    if rc.engine.name not in registered_engines():
+        try:
+            get_ops(rc.engine.name)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    datasets.plan_pages(rc.dataset)  # a bad dataset.path fails here, before any tracking or compiling
+    check_knobs(rc.strategy.name, rc.strategy.knobs, rc.q)
+    DecisionRules.from_mapping(rc.decision)
+    return rc
 
 
 def _new_context(dataset: datasets.Dataset, spec: EngineSpec) -> BuildContext:
@@ -99,7 +91,7 @@ def _new_context(dataset: datasets.Dataset, spec: EngineSpec) -> BuildContext:
     )
 
 
-def measure_cell(rc: RunConfig, tracker: Tracker, run_id: str) -> dict[str, float]:
+def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str) -> dict[str, float]:
     """Time the single-query loop and the strategy's batch path, check parity, log everything."""
     spec = EngineSpec(rc.engine.name, rc.engine.tile_pages, rc.engine.unroll, mask_budget_mib=rc.engine.mask_budget_mib)
     num_pages = datasets.plan_pages(rc.dataset)
@@ -110,8 +102,8 @@ def measure_cell(rc: RunConfig, tracker: Tracker, run_id: str) -> dict[str, floa
 
     # The database must fit before it is built (a 64 GiB one on a smaller card is "does not fit").
     memory.check_fits(what, memory.dataset_bytes(num_pages) + memory.working_set_bytes(1, tile), rc.bench.memory_cap_gib)
-    ds = datasets.load(rc.dataset, rc.seed)
-    ctx = build_context(ds, spec)
+    ds = session.database(rc.dataset, rc.seed)
+    ctx = session.context(spec, _new_context)
     path = builder(rc.strategy.knobs, rc.q, ctx)
     need = memory.dataset_bytes(num_pages) + memory.working_set_bytes(path.live_queries, tile)
     tracker.log(run_id, metrics={"memory_estimate_gib": need / memory.GIB})
@@ -132,7 +124,7 @@ def measure_cell(rc: RunConfig, tracker: Tracker, run_id: str) -> dict[str, floa
     party1 = None
     if rc.parity.xor_check:
         party1 = np.stack([np.asarray(ctx.single_jit(ds.words, kb)) for kb in kb1.unstack()])
-    rep = parity.check(rc.parity, ds, qs, np.asarray(single_out), np.asarray(batch_out), party1)
+    rep = parity.check(rc.parity, ds, qs, np.asarray(single_out), np.asarray(batch_out), party1, session.oracle)
 
     single_ms, batch_ms = single_t.p50_ms, batch_t.p50_ms
     db_gb = ds.nbytes / 1e9
@@ -172,36 +164,42 @@ def measure_cell(rc: RunConfig, tracker: Tracker, run_id: str) -> dict[str, floa
     return metrics
 
 
-def _resume(rc: RunConfig, tracker: Tracker, version: str, parent_id: str | None, name: str) -> CellOutcome | None:
-    prev = tracker.finished_cell(rc.cell_key, version)
+def identity_tags(rc: RunConfig) -> dict[str, str]:
+    """What makes two cells the same measurement: config, code, dataset contents, device kind.
+    `cell_key` includes q (resume); `config_id` does not (the configuration a rollout would ship)."""
+    version = code_version()
+    fp = datasets.fingerprint(rc.dataset, rc.seed)
+    dev = device_tags()
+    key = digest({"config": rc.identity(), "code": version, "dataset": fp, "device": dev["device_kind"]})
+    return {"cell_key": key, "config_id": rc.config_id, "code_version": version, "git_commit": version.split("+")[0],
+            "dataset.fingerprint": fp, **dev}
+
+
+def _resume(rc: RunConfig, tracker: Tracker, ident: dict[str, str], sweep: SweepRef | None, name: str) -> CellOutcome | None:
+    prev = tracker.finished_cell(ident["cell_key"])
     if prev is None:
         return None
-    tags = {k: v for k, v in prev.data.tags.items() if not k.startswith("mlflow.")}
-    tags.update(resumed_from=prev.info.run_id, **({PARENT_TAG: SWEEP.sweep_dir} if SWEEP.sweep_dir else {}))
-    run_id = tracker.start_run(name, tags, parent_id)
-    tracker.log(run_id, params=prev.data.params, metrics=prev.data.metrics)
-    tracker.end(run_id, "FINISHED")
+    tags = {k: v for k, v in prev.data.tags.items() if not k.startswith(("mlflow.", "morphogen."))}
+    tags.update(resumed_from=prev.info.run_id, **{ROLE_TAG: "cell"}, **({PARENT_TAG: sweep.sweep_dir} if sweep else {}))
+    run_id = tracker.start_run(name, tags, sweep.parent_id if sweep else None)
+    try:
+        tracker.log(run_id, params=prev.data.params, metrics=prev.data.metrics)
+    finally:
+        tracker.end(run_id, "FINISHED")
     log.info("resume: %s already FINISHED as run %s; skipped", name, prev.info.run_id)
-    return CellOutcome("resumed", run_id, dict(prev.data.metrics))
+    return CellOutcome("resumed", name, run_id, dict(prev.data.metrics))
 
 
-def run(cfg: DictConfig) -> CellOutcome:
+def run(cfg: DictConfig, session: Session, sweep: SweepRef | None = None) -> CellOutcome:
     """Run one cell. Raises ConfigError (before anything is recorded) for settings to fix."""
-    rc = parse(cfg, known_strategies=tuple(sorted(strategies.registered())), known_engines=tuple(available_engines()))
-    if rc.engine.name not in registered_engines():
-        try:
-            get_ops(rc.engine.name)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-    datasets.plan_pages(rc.dataset)  # a bad dataset.path fails here, before any tracking or compiling
-    tracker = SWEEP.tracker if SWEEP.tracker and SWEEP.tracker.cfg == rc.mlflow else Tracker(rc.mlflow)
+    rc = validate(cfg)
+    tracker = session.tracker(rc.mlflow)
     enable_compilation_cache(rc.bench.compilation_cache_dir)
-    version = code_version()
+    ident = identity_tags(rc)
     name = f"{rc.strategy.name}-q{rc.q}"
-    parent_id = SWEEP.parent_id
 
     if rc.resume:
-        done = _resume(rc, tracker, version, parent_id, name)
+        done = _resume(rc, tracker, ident, sweep, name)
         if done:
             return done
 
@@ -212,53 +210,50 @@ def run(cfg: DictConfig) -> CellOutcome:
         "q": rc.q,
         "dataset": rc.dataset.name,
         "engine": rc.engine.name,
-        "cell_key": rc.cell_key,
-        "code_version": version,
-        "git_commit": version.split("+")[0],
-        **_device_tags(),
-        **({PARENT_TAG: SWEEP.sweep_dir} if SWEEP.sweep_dir else {}),
+        **ident,
+        **({PARENT_TAG: sweep.sweep_dir} if sweep else {}),
     }
-    run_id = tracker.start_run(name, tags, parent_id)
-    tracker.log(run_id, params=flatten(rc.resolved))
-    tracker.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    run_id = tracker.start_run(name, tags, sweep.parent_id if sweep else None)
     t0 = time.perf_counter()
-    try:
+    try:  # from here on every way out ends the run
+        tracker.log(run_id, params=flatten(rc.resolved))
+        tracker.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         with time_limit(rc.bench.cell_timeout_s):
-            metrics = measure_cell(rc, tracker, run_id)
+            metrics = measure_cell(rc, session, tracker, run_id)
     except memory.DoesNotFit as err:
         tracker.log(run_id, tags={"cell_status": "does_not_fit", "error_message": str(err)},
                     metrics={"memory_estimate_gib": err.need / memory.GIB})
         tracker.end(run_id, "FINISHED")
-        FAILED_CELLS.append(f"{name}: does not fit: {err}")
         log.warning("%s: does not fit: %s", name, err)
-        return CellOutcome("does_not_fit", run_id, error=str(err))
-    except ConfigError as err:  # a knob only the strategy can check: recorded, then reported as a setting to fix
-        tracker.log(run_id, tags={"cell_status": "failed", "error_class": "ConfigError", "error_message": str(err)})
-        tracker.end(run_id, "FAILED")
+        return CellOutcome("does_not_fit", name, run_id, error=str(err))
+    except ConfigError as err:  # a value only the compiler can check: recorded, then reported as a setting to fix
+        _end_failed(tracker, run_id, "ConfigError", str(err))
         raise
     except KeyboardInterrupt:
-        tracker.log(run_id, tags={"cell_status": "killed"})
-        tracker.end(run_id, "KILLED")
+        with shielded():
+            tracker.log(run_id, tags={"cell_status": "killed"})
+            tracker.end(run_id, "KILLED")
         raise
-    except Exception as err:
+    except BaseException as err:
         msg = (str(err).strip().splitlines() or [""])[0][:500]
-        tracker.log(run_id, tags={"cell_status": "failed", "error_class": type(err).__name__, "error_message": msg})
-        tracker.log_text(run_id, traceback.format_exc(), "error.txt")
-        tracker.end(run_id, "FAILED")
-        FAILED_CELLS.append(f"{name}: {type(err).__name__}: {msg}")
+        _end_failed(tracker, run_id, type(err).__name__, msg, traceback.format_exc())
+        if not isinstance(err, Exception):
+            raise
         log.error("%s FAILED: %s: %s", name, type(err).__name__, msg)
-        return CellOutcome("failed", run_id, error=f"{type(err).__name__}: {msg}")
+        return CellOutcome("failed", name, run_id, error=f"{type(err).__name__}: {msg}")
     tracker.log(run_id, tags={"cell_status": "ok"}, metrics={"wall_s": time.perf_counter() - t0})
     tracker.end(run_id, "FINISHED")
     log.info("%s: single %.2f ms, batch %.2f ms (x%.2f), parity ok", name,
              metrics["single_ms_per_batch"], metrics["batch_ms_per_batch"], metrics["batch_vs_single_speedup"])
-    return CellOutcome("ok", run_id, metrics)
+    return CellOutcome("ok", name, run_id, metrics)
 
 
-def end_sweep_killed() -> None:
-    """Ctrl-C / SIGTERM mid-sweep: the sweep's parent run ends KILLED (cells end themselves)."""
-    if SWEEP.tracker and SWEEP.parent_id:
+def _end_failed(tracker: Tracker, run_id: str, error_class: str, message: str, trace: str = "") -> None:
+    """End a cell FAILED with its reason; a store that fails here too still gets the run ended."""
+    with shielded():
         try:
-            SWEEP.tracker.end(SWEEP.parent_id, "KILLED")
-        except Exception as err:  # never mask the interrupt
-            log.warning("could not mark sweep run KILLED: %s", err)
+            tracker.log(run_id, tags={"cell_status": "failed", "error_class": error_class, "error_message": message})
+            if trace:
+                tracker.log_text(run_id, trace, "error.txt")
+        finally:
+            tracker.end(run_id, "FAILED")

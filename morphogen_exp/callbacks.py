@@ -1,56 +1,169 @@
-"""The Hydra callback that frames a multirun: a parent MLflow run before the first cell, and the
-comparison + decision report after the last one."""
+"""The Hydra callback that frames a multirun, whatever launcher runs its cells.
+
+Before any cell: every cell's config is composed and validated (one line naming the bad cells, exit
+2, no sweep run created); stale runs of the same sweep dir are closed; the parent MLflow run is
+created with the decision rules (`decision.json`), and its id is written to `<sweep dir>/parent_run_id`,
+where cells in any process find it. After the last cell: the outcomes are read back from MLflow
+(not from this process's memory), the report is built and the exit status is decided."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from . import app
-from .config import ConfigError, MlflowConfig, flatten
-from .tracking import PARENT_TAG, ROLE_TAG, Tracker, code_version
+from . import app, session
+from .config import ConfigError, MlflowConfig, flatten, one_line
+from .tracking import PARENT_TAG, ROLE_TAG, Tracker, code_version, shielded
 
 log = logging.getLogger(__name__)
+PARENT_FILE = "parent_run_id"
+
+
+def sweep_ref(sweep_dir: str) -> session.SweepRef:
+    """The sweep a cell belongs to, from its folder (written before the first cell, in any process)."""
+    d = Path(sweep_dir).resolve()
+    f = d / PARENT_FILE
+    return session.SweepRef(str(d), f.read_text().strip() if f.exists() else None)
+
+
+def job_overrides(config: DictConfig) -> list[list[str]]:
+    """The override list of every job of this multirun, expanded as Hydra's basic sweeper does."""
+    loader = GlobalHydra.instance().config_loader()
+    node = config.hydra.sweeper.get("params")
+    params = {} if node is None else OmegaConf.to_container(node, resolve=False)
+    assert isinstance(params, dict)
+    args = [f"{k!s}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(args)
+    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def validate_cells(config: DictConfig) -> tuple[int, Any]:
+    """Compose and validate every cell; exit 2 with one line naming the bad ones. Returns the
+    number of cells and the first cell's validated config."""
+    loader = GlobalHydra.instance().config_loader()
+    jobs, bad, first = job_overrides(config), [], None
+    shared = set.intersection(*(set(j) for j in jobs)) if len(jobs) > 1 else set()
+    for overrides in jobs:
+        label = " ".join(o for o in overrides if o not in shared) or " ".join(overrides)  # what names this cell
+        try:
+            rc = app.validate(loader.load_sweep_config(config, overrides))
+            first = first or rc
+        except ConfigError as err:
+            bad.append(f"[{label}] {err}")
+        except Exception as err:  # a composition error: unknown choice, bad type
+            bad.append(f"[{label}] {one_line(err)}")
+    if bad:
+        print(f"error: {len(bad)} of {len(jobs)} cells have a setting to fix, none ran: {'; '.join(bad)}", file=sys.stderr)
+        sys.exit(2)
+    return len(jobs), first
+
+
+def _fatal(hook: str) -> None:
+    """Hydra turns a callback's exception into a warning and goes on: a broken sweep start must stop."""
+    log.exception("%s failed", hook)
+    sys.exit(1)
 
 
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
         try:
-            ml = OmegaConf.to_container(config.mlflow, resolve=True)
-            tracker = Tracker(MlflowConfig(tracking_uri=ml["tracking_uri"], experiment=ml["experiment"]))
+            self._start(config)
+        except Exception:
+            _fatal("sweep start")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self._end()
+        except Exception:
+            _fatal("sweep end")
+
+    def _start(self, config: DictConfig) -> None:
+        n_cells, first = validate_cells(config)
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        try:
+            tracker = session.current().tracker(MlflowConfig(first.mlflow.tracking_uri, first.mlflow.experiment))
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            (sweep_dir / PARENT_FILE).write_text("")  # writable before a parent run exists
         except ConfigError as err:  # fail before any cell compiles anything
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        except OSError as err:
+            print(f"error: hydra.sweep.dir {str(sweep_dir)!r} is not writable ({err.strerror}); pick another", file=sys.stderr)
+            sys.exit(2)
+        closed = tracker.close_stale(str(sweep_dir))
+        if closed:
+            log.warning("closed %d stale RUNNING run(s) of %s as KILLED (their process is gone)", len(closed), sweep_dir)
         overrides = list(config.hydra.overrides.task)
         parent = tracker.start_run(
-            f"sweep {Path(sweep_dir).name}",
-            {ROLE_TAG: "sweep", PARENT_TAG: sweep_dir, "overrides": " ".join(overrides),
-             "code_version": code_version(), **app._device_tags()},
+            f"sweep {sweep_dir.name}",
+            {ROLE_TAG: "sweep", PARENT_TAG: str(sweep_dir), "overrides": " ".join(overrides),
+             "cells_expected": n_cells, "code_version": code_version(), **app.device_tags()},
         )
-        decision = OmegaConf.to_container(config.decision, resolve=True)
-        tracker.log(parent, params={f"decision.{k}": v for k, v in flatten(decision).items()})
-        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-        (Path(sweep_dir) / "parent_run_id").write_text(parent + "\n")
-        app.SWEEP.tracker, app.SWEEP.parent_id, app.SWEEP.sweep_dir = tracker, parent, sweep_dir
-        log.info("sweep run %s in %s", parent, tracker.cfg.tracking_uri)
+        try:
+            decision = dict(first.decision)
+            tracker.log(parent, params={f"decision.{k}": v for k, v in flatten(decision).items()})
+            tracker.log_text(parent, json.dumps(decision, indent=1), "decision.json")
+            (sweep_dir / PARENT_FILE).write_text(parent + "\n")
+        except BaseException:
+            with shielded():
+                tracker.end(parent, "FAILED")
+            raise
+        session.current().sweep = (tracker, session.SweepRef(str(sweep_dir), parent))
+        log.info("sweep run %s in %s: %d cells", parent, tracker.cfg.tracking_uri, n_cells)
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+    def _end(self) -> None:
         from . import report
 
-        tracker, parent = app.SWEEP.tracker, app.SWEEP.parent_id
-        if tracker is None or parent is None:
+        sess = session.current()
+        if sess.sweep is None:
             return
+        tracker, ref = sess.sweep
+        parent = sweep_ref(ref.sweep_dir).parent_id or tracker.find_parent(ref.sweep_dir)
+        assert parent is not None
+        problems, code = outcome_problems(tracker, parent)
         try:
-            files = report.build(tracker, parent, Path(app.SWEEP.sweep_dir), rollout_dir=Path("outputs"))
+            files = report.build(tracker, parent, Path(ref.sweep_dir), rollout_dir=Path("outputs"))
             log.info("report: %s", files.markdown)
             print(f"report: {files.markdown}")
         except Exception as err:  # the cells are recorded; a report bug must not hide them
-            app.FAILED_CELLS.append(f"report: {type(err).__name__}: {err}")
+            problems.append(f"report: {type(err).__name__}: {err}")
+            code = max(code, 1)
             log.exception("report failed")
-        tracker.end(parent, "FAILED" if app.FAILED_CELLS else "FINISHED")
+        tracker.end(parent, "FAILED" if problems else "FINISHED")
+        sess.sweep = None
+        if problems:
+            print(f"{len(problems)} cell(s) failed:", file=sys.stderr)
+            for line in problems:
+                print(f"  {line}", file=sys.stderr)
+            sys.exit(code)
+
+
+def outcome_problems(tracker: Tracker, parent: str) -> tuple[list[str], int]:
+    """Each cell that failed, did not fit, was killed or never recorded, read from MLflow; and the
+    exit status they imply (2 if a cell's setting was rejected when it ran, else 1)."""
+    run = tracker.client.get_run(parent)
+    cells = tracker.children(parent)
+    problems, code = [], 0
+    for r in sorted(cells, key=lambda r: r.info.start_time):
+        t = r.data.tags
+        status = t.get("cell_status") or r.info.status.lower()
+        if status == "ok" or (r.info.status == "FINISHED" and "resumed_from" in t):
+            continue
+        why = t.get("error_message", "")
+        problems.append(f"{r.info.run_name}: " + ("does not fit: " if status == "does_not_fit" else
+                                                 f"{t.get('error_class', status)}: ") + why)
+        code = max(code, 2 if t.get("error_class") == "ConfigError" else 1)
+    missing = int(run.data.tags.get("cells_expected", len(cells))) - len(cells)
+    if missing > 0:
+        problems.append(f"{missing} cell(s) of the sweep never recorded a run (see the launcher's log)")
+        code = max(code, 1)
+    return problems, code

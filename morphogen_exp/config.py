@@ -1,23 +1,27 @@
-"""Typed run settings: the Hydra config validated into frozen dataclasses before anything runs.
+"""The config schema (Hydra structured configs: types and defaults declared once, here) and its
+validation into a RunConfig before anything runs.
 
-Every check here fails with a `ConfigError` whose one-line message says what to fix; nothing
-downstream (datasets, strategies, jax.jit) ever sees an unvalidated DictConfig.
+conf/*.yaml only choose values; OmegaConf rejects a value of the wrong type while composing (so
+`resume=no` is False and `parity.xor_check=maybe` is refused, never read as truthiness). Range
+checks live in `parse`; every failure is a `ConfigError` whose one-line message says what to fix.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 MAX_Q = 32
-KNOWN_DATASETS = ("tiny", "small", "mainnet")
-# Settings that do not change what a cell measures: excluded from its identity (resume).
-_NON_IDENTITY_KEYS = ("resume", "mlflow", "hydra")
+# Settings that do not change what a cell measures: excluded from its identity (resume, config_id).
+_NON_IDENTITY_KEYS = ("resume", "mlflow", "hydra", "decision")
+_NON_IDENTITY_BENCH = ("compilation_cache_dir", "cell_timeout_s")
 
 
 class ConfigError(ValueError):
@@ -32,34 +36,84 @@ def _register_resolvers() -> None:
 _register_resolvers()
 
 
-@dataclass(frozen=True)
+# --------------------------------------------------------------------------- the schema
+# Optional[...] / Dict / List spellings: OmegaConf reads these annotations at runtime (py3.10).
+
+@dataclass
 class DatasetConfig:
-    name: str
-    num_pages: int
-    path: str | None = None
+    name: str = MISSING           # the conf/dataset/<name>.yaml that chose it (a label; any yaml there is valid)
+    num_pages: int = MISSING
+    path: str | None = None    # a raw page-matrix file instead of synthetic pages
 
 
-@dataclass(frozen=True)
+@dataclass
+class EngineConfig:
+    name: str = "xla"
+    tile_pages: int = 16384       # pages per scan step (power of two)
+    unroll: bool | None = None  # ChaCha8 rounds unrolled? null: the engine decides per backend
+    mask_budget_mib: int | None = None
+
+
+@dataclass
 class BenchConfig:
-    warmup: int = 1
-    iterations: int = 3
+    warmup: int = 1                      # untimed calls after the first (compiling) call
+    iterations: int = 3                  # the minimum number of timed samples per path
+    max_noise: float = 0.01              # stop once the median's relative noise is below this (> 0)...
+    confidence: float = 0.95             # ...at this confidence (0 < c < 1)
+    min_time_s: float = 0.0              # time each path at least this long
+    max_time_s: float = 20.0             # cap per timed path
+    cell_timeout_s: float | None = None
     memory_cap_gib: float | None = None
     compilation_cache_dir: str | None = None
-    cell_timeout_s: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class ParityConfig:
     numpy_reference_queries: int = 1
     numpy_reference_max_pages: int = 1 << 20
     xor_check: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass
 class MlflowConfig:
-    tracking_uri: str
-    experiment: str
+    tracking_uri: str = MISSING
+    experiment: str = "morphogen_exp"
 
+
+@dataclass
+class DecisionConfig:
+    """Types only: the rules and their checks are decision.DecisionRules (from_mapping)."""
+
+    require_parity: bool = True
+    min_speedup: float = 1.0
+    speedup_from_q: int = 4
+    latency_budget_ms: float | None = None
+    rank_by: str = "batch_qps"
+    tie_within: float = 0.02
+    prefer: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Schema:
+    """The root config: conf/config.yaml's defaults list fills it group by group."""
+
+    q: int = 4
+    max_q: int = MAX_Q
+    seed: int = 0
+    resume: bool = False
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    strategy: dict[str, Any] = field(default_factory=dict)  # name, original, guard_env + the strategy's own knobs
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    parity: ParityConfig = field(default_factory=ParityConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
+
+
+ConfigStore.instance().store(name="schema", node=Schema)
+
+
+# --------------------------------------------------------------------------- validated settings
 
 @dataclass(frozen=True)
 class StrategyConfig:
@@ -67,14 +121,6 @@ class StrategyConfig:
     original: str
     knobs: Mapping[str, Any] = field(default_factory=dict)  # strategy-specific (threshold, chunk, tile...)
     guard_env: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    name: str = "xla"
-    tile_pages: int = 4096
-    unroll: bool | None = None
-    mask_budget_mib: int | None = None
 
 
 @dataclass(frozen=True)
@@ -88,13 +134,25 @@ class RunConfig:
     bench: BenchConfig
     parity: ParityConfig
     mlflow: MlflowConfig
+    decision: Mapping[str, Any]
     resolved: Mapping[str, Any]  # the whole resolved config, for MLflow params and artifacts
 
-    @property
-    def cell_key(self) -> str:
-        """Identity of what this cell measures (config minus tracking/resume), for resume."""
+    def identity(self, with_q: bool = True) -> dict[str, Any]:
+        """What this cell measures (config minus tracking/resume/decision), as a plain mapping."""
         ident = {k: v for k, v in self.resolved.items() if k not in _NON_IDENTITY_KEYS}
-        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        ident["bench"] = {k: v for k, v in ident.get("bench", {}).items() if k not in _NON_IDENTITY_BENCH}
+        if not with_q:
+            ident.pop("q", None)
+        return ident
+
+    @property
+    def config_id(self) -> str:
+        """The measured configuration without q: what a rollout would ship (the report groups by it)."""
+        return digest(self.identity(with_q=False))
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _int(value: Any, name: str, lo: int | None = None, hi: int | None = None, hint: str = "") -> int:
@@ -106,99 +164,103 @@ def _int(value: Any, name: str, lo: int | None = None, hi: int | None = None, hi
     return value
 
 
+def _positive(value: float | None, name: str, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if value is None or value <= 0:
+        raise ConfigError(f"{name} must be a positive number{' or null' if optional else ''}, got {value!r}")
+
+
+def _check_bench(b: BenchConfig) -> None:
+    _int(b.warmup, "bench.warmup", 0)
+    _int(b.iterations, "bench.iterations", 1, hint=" (the minimum number of timed samples)")
+    _positive(b.max_noise, "bench.max_noise", optional=False)
+    if not 0 < b.confidence < 1:
+        raise ConfigError(f"bench.confidence must be strictly between 0 and 1 (e.g. 0.95), got {b.confidence!r}")
+    if b.min_time_s < 0:
+        raise ConfigError(f"bench.min_time_s must be >= 0 seconds, got {b.min_time_s!r}")
+    _positive(b.max_time_s, "bench.max_time_s", optional=False)
+    if b.max_time_s < b.min_time_s:
+        raise ConfigError(f"bench.max_time_s ({b.max_time_s}) must be >= bench.min_time_s ({b.min_time_s})")
+    _positive(b.cell_timeout_s, "bench.cell_timeout_s")
+    _positive(b.memory_cap_gib, "bench.memory_cap_gib")
+
+
+def _check_engine(e: EngineConfig, known_engines: tuple[str, ...]) -> None:
+    if known_engines and e.name not in known_engines:
+        raise ConfigError(f"unknown engine {e.name!r}; valid: {', '.join(known_engines)}")
+    _int(e.tile_pages, "engine.tile_pages", 1)
+    if e.tile_pages & (e.tile_pages - 1):
+        raise ConfigError(f"engine.tile_pages must be a power of two, got {e.tile_pages}")
+    if e.mask_budget_mib is not None:
+        _int(e.mask_budget_mib, "engine.mask_budget_mib", 1)
+
+
+def _strategy(st: dict[str, Any], known_strategies: tuple[str, ...]) -> StrategyConfig:
+    name = st.pop("name", None)
+    if known_strategies and name not in known_strategies:
+        raise ConfigError(f"unknown strategy {name!r}; valid: {', '.join(known_strategies)}")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"strategy.name must be a strategy name, got {name!r}")
+    return StrategyConfig(name=name, original=str(st.pop("original", name)), guard_env=dict(st.pop("guard_env", {}) or {}),
+                          knobs=st)
+
+
+def _typed(cfg: DictConfig) -> Schema:
+    """The composed config merged onto the schema (types checked by OmegaConf) as dataclasses."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Schema), cfg)
+        obj = OmegaConf.to_object(merged)
+    except Exception as err:  # a wrong type, an interpolation error, a missing value
+        raise ConfigError(one_line(err)) from None
+    assert isinstance(obj, Schema)
+    return obj
+
+
+def one_line(err: BaseException) -> str:
+    """A Hydra/OmegaConf error as one line: the override and what is wrong with it, or the lines of
+    a composition error up to Hydra's search-path listing."""
+    cause = err.__cause__ or err.__context__
+    if cause is not None and cause is not err and str(cause).strip():
+        head = (str(err).strip().splitlines() or [""])[0].removeprefix("Error merging override ")
+        msg = str(cause).strip().splitlines()[0]
+        key = getattr(cause, "full_key", None)
+        return f"{head}: {msg}" + (f" (key {key})" if key and key not in head else "")
+    lines = str(err).split("Config search path")[0].splitlines()
+    return " ".join(line.strip() for line in lines if line.strip()) or type(err).__name__
+
+
+def _plain(node: DictConfig) -> dict[str, Any]:
+    out = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(out, dict)
+    return {str(k): v for k, v in out.items()}
+
+
 def parse(cfg: DictConfig, known_strategies: tuple[str, ...] = (), known_engines: tuple[str, ...] = ()) -> RunConfig:
     """Validate a composed Hydra config into a RunConfig (raises ConfigError)."""
-    try:
-        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except Exception as err:  # interpolation errors, missing values
-        raise ConfigError(f"config does not resolve: {err}".splitlines()[0]) from None
-    assert isinstance(resolved, dict)
-    resolved.pop("hydra", None)
+    if "hydra" in cfg:
+        cfg = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
+    s = _typed(cfg)
+    resolved = _plain(OmegaConf.structured(s))
 
-    max_q = _int(resolved.get("max_q", MAX_Q), "max_q", 1, MAX_Q)
-    q = _int(resolved.get("q"), "q", 1, max_q, hint=" (queries per batch, e.g. q=8)")
-    seed = _int(resolved.get("seed", 0), "seed", 0)
-
-    bench = dict(resolved.get("bench") or {})
-    bench_cfg = BenchConfig(
-        warmup=_int(bench.get("warmup", 1), "bench.warmup", 0),
-        iterations=_int(bench.get("iterations", 3), "bench.iterations", 1),
-        memory_cap_gib=bench.get("memory_cap_gib"),
-        compilation_cache_dir=bench.get("compilation_cache_dir"),
-        cell_timeout_s=bench.get("cell_timeout_s"),
-    )
-    if bench_cfg.cell_timeout_s is not None and not (
-        isinstance(bench_cfg.cell_timeout_s, (int, float)) and bench_cfg.cell_timeout_s > 0
-    ):
-        raise ConfigError(f"bench.cell_timeout_s must be a positive number of seconds or null, got {bench_cfg.cell_timeout_s!r}")
-    if bench_cfg.memory_cap_gib is not None and not (
-        isinstance(bench_cfg.memory_cap_gib, (int, float)) and bench_cfg.memory_cap_gib > 0
-    ):
-        raise ConfigError(f"bench.memory_cap_gib must be a positive number or null, got {bench_cfg.memory_cap_gib!r}")
-
-    ds = dict(resolved.get("dataset") or {})
-    ds_name = ds.get("name")
-    if ds_name not in KNOWN_DATASETS:
-        raise ConfigError(f"unknown dataset {ds_name!r}; valid: {', '.join(KNOWN_DATASETS)}")
-    path = ds.get("path")
-    if path is not None and not isinstance(path, str):
-        raise ConfigError(f"dataset.path must be a file path, got {path!r}")
-    dataset_cfg = DatasetConfig(
-        name=ds_name,
-        num_pages=_int(ds.get("num_pages"), "dataset.num_pages", 1, 1 << 32),
-        path=path,
-    )
-
-    st = dict(resolved.get("strategy") or {})
-    st_name = st.pop("name", None)
-    if known_strategies and st_name not in known_strategies:
-        raise ConfigError(f"unknown strategy {st_name!r}; valid: {', '.join(known_strategies)}")
-    strategy_cfg = StrategyConfig(
-        name=st_name,
-        original=str(st.pop("original", st_name)),
-        guard_env=dict(st.pop("guard_env", {}) or {}),
-        knobs=st,
-    )
-
-    en = dict(resolved.get("engine") or {})
-    if known_engines and en.get("name") not in known_engines:
-        raise ConfigError(f"unknown engine {en.get('name')!r}; valid: {', '.join(known_engines)}")
-    tile = _int(en.get("tile_pages", 4096), "engine.tile_pages", 1)
-    if tile & (tile - 1):
-        raise ConfigError(f"engine.tile_pages must be a power of two, got {tile}")
-    budget = en.get("mask_budget_mib")
-    budget = None if budget is None else _int(budget, "engine.mask_budget_mib", 1)
-    engine_cfg = EngineConfig(name=en.get("name", "xla"), tile_pages=tile, unroll=en.get("unroll"),
-                              mask_budget_mib=budget)
-
-    par = dict(resolved.get("parity") or {})
-    parity_cfg = ParityConfig(
-        numpy_reference_queries=_int(par.get("numpy_reference_queries", 1), "parity.numpy_reference_queries", 0),
-        numpy_reference_max_pages=_int(par.get("numpy_reference_max_pages", 1 << 20), "parity.numpy_reference_max_pages", 0),
-        xor_check=bool(par.get("xor_check", True)),
-    )
-
-    ml = dict(resolved.get("mlflow") or {})
-    uri = ml.get("tracking_uri")
-    if not uri or not isinstance(uri, str):
+    max_q = _int(s.max_q, "max_q", 1, MAX_Q)
+    _int(s.q, "q", 1, max_q, hint=" (queries per batch, e.g. q=8)")
+    _int(s.seed, "seed", 0)
+    _check_bench(s.bench)
+    if not s.dataset.name:
+        raise ConfigError("dataset.name must be set (the conf/dataset/<name>.yaml that chose it)")
+    _int(s.dataset.num_pages, "dataset.num_pages", 1, 1 << 32)
+    _check_engine(s.engine, known_engines)
+    _int(s.parity.numpy_reference_queries, "parity.numpy_reference_queries", 0)
+    _int(s.parity.numpy_reference_max_pages, "parity.numpy_reference_max_pages", 0)
+    if not s.mlflow.tracking_uri:
         raise ConfigError("mlflow.tracking_uri must be set (e.g. sqlite:///abs/path/mlflow.db or http://host:5000)")
-    exp = ml.get("experiment")
-    if not exp or not isinstance(exp, str):
+    if not s.mlflow.experiment:
         raise ConfigError("mlflow.experiment must be a non-empty name")
-    mlflow_cfg = MlflowConfig(tracking_uri=uri, experiment=exp)
-
-    return RunConfig(
-        q=q,
-        seed=seed,
-        resume=bool(resolved.get("resume", False)),
-        dataset=dataset_cfg,
-        strategy=strategy_cfg,
-        engine=engine_cfg,
-        bench=bench_cfg,
-        parity=parity_cfg,
-        mlflow=mlflow_cfg,
-        resolved=resolved,
-    )
+    decision = _plain(OmegaConf.structured(s.decision))
+    return RunConfig(q=s.q, seed=s.seed, resume=s.resume, dataset=s.dataset,
+                     strategy=_strategy(dict(s.strategy), known_strategies), engine=s.engine, bench=s.bench,
+                     parity=s.parity, mlflow=s.mlflow, decision=decision, resolved=resolved)
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -9,6 +9,7 @@ compare against: the synthetic generator has a numpy twin, a file is read back f
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,7 @@ class Dataset:
             out[inside] = synthetic_words_numpy(self.seed, idx[inside]).view(np.uint8)
         else:
             raw = np.memmap(self.path, dtype=np.uint8, mode="r")
-            for row, i in zip(np.nonzero(inside)[0], idx[inside]):
+            for row, i in zip(np.nonzero(inside)[0], idx[inside], strict=True):
                 chunk = raw[i * PAGE_BYTES : (i + 1) * PAGE_BYTES]
                 out[row, : len(chunk)] = chunk
         return out
@@ -136,9 +137,26 @@ def _load_file(path: Path, device: jax.Device) -> jax.Array:
     return buf
 
 
-@functools.lru_cache(maxsize=1)  # one database resident at a time: a 64 GiB one leaves no room for two
+_MIB = 1 << 20
+
+
+def fingerprint(cfg: DatasetConfig, seed: int) -> str:
+    """What the pages are, cheaply: a file's size and sha256 of its first, middle and last MiB; a
+    synthetic database's generator parameters. Part of a cell's identity (resume)."""
+    if not cfg.path:
+        return f"synthetic-v1:pages={cfg.num_pages}:seed={seed}"
+    path = Path(cfg.path).expanduser()
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        for start in sorted({0, max(0, size // 2 - _MIB // 2), max(0, size - _MIB)}):
+            fh.seek(start)
+            h.update(fh.read(_MIB))
+    return f"file:size={size}:sha256={h.hexdigest()[:16]}"
+
+
 def load(cfg: DatasetConfig, seed: int) -> Dataset:
-    """Build (or load) the dataset once per process: every job of a sweep reuses it."""
+    """Build (or load) the dataset on the device (the session keeps it for every cell of a sweep)."""
     device = jax.local_devices()[0]
     if cfg.path:
         path = Path(cfg.path).expanduser().resolve()

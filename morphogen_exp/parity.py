@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import jax
@@ -63,24 +64,24 @@ def words_to_bytes(words: np.ndarray) -> np.ndarray:
     return w.view(np.uint8).reshape(*w.shape[:-1], w.shape[-1] * 4)
 
 
-_ORACLE: dict[tuple, np.ndarray] = {}
+OracleCache = dict  # (kind, dataset identity, keys) -> answer; owned by the caller (the session)
 
 
-def _cached(kind: str, dataset: Dataset, keys: tuple, compute) -> np.ndarray:
+def _cached(kind: str, dataset: Dataset, keys: tuple, compute: Callable[[], np.ndarray], cache: OracleCache) -> np.ndarray:
     """An oracle answer for one query, cached by value (not by the device-backed Dataset, which the
     cache must not keep alive): every cell of a sweep re-checks query 0."""
     key = (kind, dataset.name, dataset.num_pages, dataset.seed, str(dataset.path), keys)
-    if key not in _ORACLE:
-        if len(_ORACLE) >= 8:
-            _ORACLE.clear()
-        _ORACLE[key] = compute()
-    return _ORACLE[key]
+    if key not in cache:
+        if len(cache) >= 8:
+            cache.clear()
+        cache[key] = compute()
+    return cache[key]
 
 
-def _numpy_answer(dataset: Dataset, keys: tuple) -> np.ndarray:
+def _numpy_answer(dataset: Dataset, keys: tuple, cache: OracleCache) -> np.ndarray:
     """The numpy oracle's whole answer: host pages and DPF both from numpy."""
     return _cached("numpy", dataset, keys,
-                   lambda: answer_numpy(dataset.host_pages(np.arange(dataset.num_pages)), list(keys)))
+                   lambda: answer_numpy(dataset.host_pages(np.arange(dataset.num_pages)), list(keys)), cache)
 
 
 _FOLD_PAGES = 1 << 20  # pages per device fold step: (K, 2^20, 4) masks = 16 MiB per key
@@ -94,7 +95,7 @@ def _fold(words: jax.Array, start: jax.Array, size: int, masks: jax.Array) -> ja
     return jax.lax.reduce(prod, jnp.uint32(0), jax.lax.bitwise_xor, (1,)).reshape(masks.shape[0], 1024)
 
 
-def _numpy_dpf_answer(dataset: Dataset, keys: tuple) -> np.ndarray:
+def _numpy_dpf_answer(dataset: Dataset, keys: tuple, cache: OracleCache) -> np.ndarray:
     """Answers (K, 4096) u8 from numpy's full-domain DPF outputs and a device fold of the pages."""
 
     def compute() -> np.ndarray:
@@ -107,7 +108,7 @@ def _numpy_dpf_answer(dataset: Dataset, keys: tuple) -> np.ndarray:
             acc ^= np.asarray(part)
         return words_to_bytes(acc)
 
-    return _cached("dpf", dataset, keys, compute)
+    return _cached("dpf", dataset, keys, compute, cache)
 
 
 def check(
@@ -117,6 +118,7 @@ def check(
     single: np.ndarray,      # (Q, 3, 1024) u32, party 0
     batch: np.ndarray,       # (Q, 3, 1024) u32, party 0
     single_party1: np.ndarray | None,  # (Q, 3, 1024) u32, or None when the XOR check is off
+    cache: OracleCache,      # oracle answers already computed in this process
 ) -> ParityReport:
     single_b, batch_b = words_to_bytes(single), words_to_bytes(batch)
     rep = ParityReport(
@@ -139,7 +141,7 @@ def check(
         rep.numpy_note = (f"numpy DPF, pages folded on the device ({dataset.num_pages} pages > "
                           "parity.numpy_reference_max_pages)")
     for i in range(n_ref):
-        ref = (_numpy_dpf_answer if large else _numpy_answer)(dataset, queries.keys[0][i])
+        ref = (_numpy_dpf_answer if large else _numpy_answer)(dataset, queries.keys[0][i], cache)
         rep.numpy_checked += 1
         if not np.array_equal(ref, single_b[i]):
             rep.numpy_eq = False

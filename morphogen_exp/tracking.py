@@ -3,6 +3,9 @@ global active-run state, so a failing cell can never leave the next one nested u
 
 The embedded store is SQLite. Two sweeps may write it at once: the schema is created under a file
 lock, the database runs in WAL mode, and writes that still meet "database is locked" are retried.
+A new store is built in a temporary file beside it and renamed into place, so an interrupt never
+leaves a half-migrated store. Every run records the pid and host that opened it, so a later run of
+the same sweep can close runs whose process is gone (KILLED) instead of leaving them RUNNING.
 """
 
 from __future__ import annotations
@@ -10,12 +13,17 @@ from __future__ import annotations
 import fcntl
 import functools
 import os
+import signal
+import socket
 import sqlite3
 import subprocess
+import threading
 import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from .config import ConfigError, MlflowConfig
 
@@ -30,6 +38,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 T = TypeVar("T")
 PARENT_TAG = "morphogen.sweep_dir"
 ROLE_TAG = "morphogen.role"  # "sweep" | "cell"
+PID_TAG, HOST_TAG = "morphogen.pid", "morphogen.host"  # the process that opened a run
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -58,13 +67,43 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-@functools.lru_cache(maxsize=None)
+@contextmanager
+def shielded() -> Iterator[None]:
+    """Ctrl-C / SIGTERM ignored while runs are being ended: a second interrupt cannot leave them RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _process_gone(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, PermissionError):
+        return False
+    return False
+
+
+def _quote(value: str) -> str:
+    """A filter-string literal: single quotes, or double quotes for a value that holds one."""
+    return f'"{value}"' if "'" in value else f"'{value}'"
+
+
+@functools.cache
 def code_version() -> str:
     """The git commit of this code (+dirty.<digest> with uncommitted changes), else the package version."""
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        diff = subprocess.run(["git", "-C", str(root), "diff", "HEAD", "--", "morphogen_exp", "conf"], capture_output=True, check=True).stdout
+        diff = subprocess.run(["git", "-C", str(root), "diff", "HEAD", "--", "morphogen_exp", "conf"],
+                              capture_output=True, check=True).stdout
         if diff:
             import hashlib
 
@@ -96,10 +135,13 @@ class Tracker:
                 try:
                     db.parent.mkdir(parents=True, exist_ok=True)
                 except OSError as err:
-                    raise ConfigError(f"mlflow.tracking_uri {uri!r}: cannot create {db.parent} ({err.strerror}); pick a writable path") from None
+                    raise ConfigError(f"mlflow.tracking_uri {uri!r}: cannot create {db.parent} ({err.strerror}); "
+                                      "pick a writable path") from None
                 if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
                     raise ConfigError(f"mlflow.tracking_uri {uri!r}: {db} is not writable; pick a writable path")
                 with _file_lock(db.with_suffix(db.suffix + ".lock")):  # one process creates the schema
+                    if not db.exists():
+                        self._create_store(db)
                     self.client = MlflowClient(tracking_uri=uri)
                     exp_id = self._get_or_create_experiment(artifacts=db.parent / "mlartifacts")
                     with sqlite3.connect(db, timeout=30) as con:  # WAL: readers never block the writer
@@ -111,7 +153,20 @@ class Tracker:
             raise
         except Exception as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            if db is not None and "_alembic_tmp" in str(err):
+                raise ConfigError(f"mlflow.tracking_uri {uri!r}: {db} was left half-created by an interrupted run; "
+                                  f"move it away (mv {db} {db}.broken) and run again") from None
             raise ConfigError(f"mlflow.tracking_uri {uri!r} cannot be used: {first}") from None
+
+    @staticmethod
+    def _create_store(db: Path) -> None:
+        """Build the schema in a temporary file beside `db`, then rename it into place (atomic)."""
+        tmp = db.with_name(f".{db.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")  # unique: MLflow caches engines by URI
+        try:
+            MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)  # runs the migrations
+            os.replace(tmp, db)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _get_or_create_experiment(self, artifacts: Path | None) -> str:
         exp = self.client.get_experiment_by_name(self.cfg.experiment)
@@ -122,6 +177,7 @@ class Tracker:
 
     # --- runs ---
     def start_run(self, name: str, tags: Mapping[str, Any], parent_id: str | None = None) -> str:
+        tags = {**tags, PID_TAG: os.getpid(), HOST_TAG: socket.gethostname()}
         tags = {k: str(v) for k, v in tags.items()}
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
@@ -134,7 +190,8 @@ class Tracker:
         m = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
         t = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
         for i in range(0, max(len(p), len(m), len(t), 1), 100):  # MLflow's batch limits
-            _retry(lambda: self.client.log_batch(run_id, metrics=m[i : i + 100], params=p[i : i + 100], tags=t[i : i + 100]))
+            mi, pi, ti = m[i : i + 100], p[i : i + 100], t[i : i + 100]
+            _retry(lambda: self.client.log_batch(run_id, metrics=mi, params=pi, tags=ti))  # noqa: B023 (called at once)
 
     def log_series(self, run_id: str, key: str, values: list[float]) -> None:
         now = int(time.time() * 1000)
@@ -153,24 +210,46 @@ class Tracker:
     def find_parent(self, sweep_dir: str) -> str | None:
         runs = _retry(lambda: self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{PARENT_TAG}` = '{sweep_dir}'",
+            filter_string=f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{PARENT_TAG}` = {_quote(sweep_dir)}",
+            order_by=["attributes.start_time DESC"],
             max_results=1,
         ))
         return runs[0].info.run_id if runs else None
+
+    def close_stale(self, sweep_dir: str, wait_s: float = 0.0) -> list[str]:
+        """End RUNNING runs of this sweep dir whose process is gone (same host, pid dead) as KILLED.
+        Runs of live processes or of other hosts are left alone. Returns the closed run ids."""
+        host = socket.gethostname()
+        runs = _retry(lambda: self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = {_quote(sweep_dir)} and attributes.status = 'RUNNING'",
+            max_results=5000,
+        ))
+        mine = [r for r in runs if r.data.tags.get(HOST_TAG) == host and PID_TAG in r.data.tags]
+        deadline = time.monotonic() + wait_s
+        while any(not _process_gone(r.data.tags[PID_TAG]) for r in mine) and time.monotonic() < deadline:
+            time.sleep(0.2)  # workers of an interrupted launcher may still be exiting
+        closed = []
+        for r in mine:
+            if _process_gone(r.data.tags[PID_TAG]):
+                if r.data.tags.get(ROLE_TAG) == "cell" and not r.data.tags.get("cell_status"):
+                    self.log(r.info.run_id, tags={"cell_status": "killed"})
+                self.end(r.info.run_id, "KILLED")
+                closed.append(r.info.run_id)
+        return closed
 
     def children(self, parent_id: str) -> list[mlflow.entities.Run]:
         return _retry(lambda: self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=5000
         ))
 
-    def finished_cell(self, cell_key: str, version: str) -> mlflow.entities.Run | None:
-        """A FINISHED cell of this experiment with the same config identity and code version."""
+    def finished_cell(self, cell_key: str) -> mlflow.entities.Run | None:
+        """A FINISHED, ok cell of this experiment with the same identity (config, code, dataset, device)."""
         runs = _retry(lambda: self.client.search_runs(
             [self.experiment_id],
             filter_string=(
                 f"tags.`{ROLE_TAG}` = 'cell' and tags.cell_key = '{cell_key}' "
-                f"and tags.code_version = '{version}' and attributes.status = 'FINISHED' "
-                "and tags.cell_status = 'ok'"
+                "and attributes.status = 'FINISHED' and tags.cell_status = 'ok'"
             ),
             order_by=["attributes.start_time DESC"],
             max_results=1,

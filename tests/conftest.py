@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+import morphogen_exp.config  # noqa: F401  (registers the config schema in Hydra's ConfigStore)
+from morphogen_exp.session import Session
 
 
 @pytest.fixture(scope="session")
@@ -19,13 +27,6 @@ def fixtures_dir() -> Path:
 
 # --------------------------------------------------------------------------- orchestrator helpers
 
-import os
-import subprocess
-import sys
-
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
-
 REPO = Path(__file__).resolve().parents[1]
 TEST_CONF = REPO / "tests" / "support" / "conf"
 # Test doubles (a strategy that corrupts an answer, one that sleeps) load like any out-of-tree strategy.
@@ -37,6 +38,12 @@ sys.path.insert(0, str(REPO))
 def jax_cache(tmp_path_factory) -> Path:
     """One persistent XLA cache for the whole session: each program compiles once, not per process."""
     return tmp_path_factory.mktemp("jax-cache")
+
+
+@pytest.fixture(scope="session")
+def sess() -> Session:
+    """One process session for the in-process tests: the tiny database and its programs are shared."""
+    return Session()
 
 
 @pytest.fixture
@@ -90,6 +97,9 @@ def mlflow_runs(workdir: Path, experiment: str = "morphogen_exp"):
     """All runs of the experiment in the test's store, as MLflow entities (the real store, no mocks)."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/outputs/mlflow.db")
+    db = workdir / "outputs" / "mlflow.db"
+    if not db.exists():  # never create the store from the test (the CLI creates it atomically)
+        return []
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     exp = client.get_experiment_by_name(experiment)
     return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)

@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from morphogen_exp import app
 from morphogen_exp.config import ConfigError
+from morphogen_exp.session import Session
 
 from .conftest import mlflow_runs
 
 
-@pytest.fixture(autouse=True)
-def _fresh_failures():
-    app.FAILED_CELLS.clear()
-    yield
-    app.FAILED_CELLS.clear()
-
-
 @pytest.mark.parametrize("strategy", ["full_batch", "micro_batch", "multi_stream", "graph_replay", "tiled"])
-def test_each_strategy_cell_is_exact_and_recorded(make_cfg, workdir, strategy):
+def test_each_strategy_cell_is_exact_and_recorded(make_cfg, workdir, sess, strategy):
     # q=8 > micro_batch's threshold, a multiple of tiled's tile and of multi_stream's lanes
-    out = app.run(make_cfg(f"strategy={strategy}", "q=8"))
+    out = app.run(make_cfg(f"strategy={strategy}", "q=8"), sess)
     assert out.status == "ok", out.error
     (run,) = mlflow_runs(workdir)
     m, t = run.data.metrics, run.data.tags
@@ -42,50 +38,51 @@ def test_each_strategy_cell_is_exact_and_recorded(make_cfg, workdir, strategy):
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/outputs/mlflow.db")
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "timings.json"} <= arts
-    timings = json.loads(client.download_artifacts(run.info.run_id, "timings.json", str(workdir)) and (workdir / "timings.json").read_text())
+    local = client.download_artifacts(run.info.run_id, "timings.json", str(workdir))
+    timings = json.loads(Path(local).read_text())
     assert len(timings["batch_ms"]) == 2 and len(timings["single_ms"]) == 2
 
 
-def test_large_database_oracle_numpy_dpf_and_device_fold(make_cfg, workdir):
+def test_large_database_oracle_numpy_dpf_and_device_fold(make_cfg, workdir, sess):
     # Above numpy_reference_max_pages the oracle is numpy's DPF with the pages folded on the device
     # (mainnet: 64 GiB of pages are out of the host's reach); on tiny both oracles can run and agree.
-    out = app.run(make_cfg("strategy=full_batch", "q=2", "parity.numpy_reference_max_pages=64"))
+    out = app.run(make_cfg("strategy=full_batch", "q=2", "parity.numpy_reference_max_pages=64"), sess)
     assert out.status == "ok", out.error
     (run,) = mlflow_runs(workdir)
     assert run.data.metrics["parity_numpy_checked"] == 1 and run.data.metrics["parity_numpy_eq"] == 1
     assert run.data.tags["parity_numpy_note"].startswith("numpy DPF, pages folded on the device")
 
-    from morphogen_exp import datasets, parity
+    from morphogen_exp import parity
     from morphogen_exp.queries import make_queries
 
     cfg = app.parse(make_cfg(), known_strategies=(), known_engines=())
-    ds = datasets.load(cfg.dataset, cfg.seed)
+    ds = sess.database(cfg.dataset, cfg.seed)
     keys = make_queries(ds.domain_bits, ds.num_pages, cfg.seed, 2).keys[0][1]
-    assert parity._numpy_dpf_answer(ds, keys).tobytes() == parity._numpy_answer(ds, keys).tobytes()
+    assert parity._numpy_dpf_answer(ds, keys, {}).tobytes() == parity._numpy_answer(ds, keys, {}).tobytes()
 
 
-def test_corrupted_answer_fails_the_cell_loudly(make_cfg, workdir):
-    out = app.run(make_cfg("strategy=corrupt", "q=2"))
+def test_corrupted_answer_fails_the_cell_loudly(make_cfg, workdir, sess):
+    out = app.run(make_cfg("strategy=corrupt", "q=2"), sess)
     assert out.status == "failed" and "ParityError" in out.error and "queries [1]" in out.error
     (run,) = mlflow_runs(workdir)
     assert run.info.status == "FAILED"
     assert run.data.tags["error_class"] == "ParityError"
     assert run.data.metrics["parity_batch_eq_single"] == 0 and run.data.metrics["checksum_match"] == 0
-    assert app.FAILED_CELLS and "corrupt-q2" in app.FAILED_CELLS[0]
+    assert out.name == "corrupt-q2"
 
 
-def test_cell_past_its_time_limit_fails_with_the_reason(make_cfg, workdir):
-    out = app.run(make_cfg("strategy=sleepy", "strategy.seconds=30", "q=1", "bench.cell_timeout_s=3"))
+def test_cell_past_its_time_limit_fails_with_the_reason(make_cfg, workdir, sess):
+    out = app.run(make_cfg("strategy=sleepy", "strategy.seconds=30", "q=1", "bench.cell_timeout_s=3"), sess)
     assert out.status == "failed" and "CellTimeout" in out.error
     (run,) = mlflow_runs(workdir)
     assert run.info.status == "FAILED" and run.data.tags["error_class"] == "CellTimeout"
     assert "bench.cell_timeout_s=3" in run.data.tags["error_message"]
 
 
-def test_cell_over_memory_cap_is_recorded_as_does_not_fit(make_cfg, workdir):
+def test_cell_over_memory_cap_is_recorded_as_does_not_fit(make_cfg, workdir, sess):
     # tiny is 1.2 MB; 32 live queries' masks need ~4 MB more: 3 MB fits q=1 only.
-    assert app.run(make_cfg("q=1", "bench.memory_cap_gib=0.003")).status == "ok"
-    out = app.run(make_cfg("q=32", "bench.memory_cap_gib=0.003"))
+    assert app.run(make_cfg("q=1", "bench.memory_cap_gib=0.003"), sess).status == "ok"
+    out = app.run(make_cfg("q=32", "bench.memory_cap_gib=0.003"), sess)
     assert out.status == "does_not_fit" and "GiB" in out.error
     runs = {r.data.tags["q"]: r for r in mlflow_runs(workdir)}
     assert runs["32"].data.tags["cell_status"] == "does_not_fit"
@@ -97,7 +94,11 @@ def test_cell_over_memory_cap_is_recorded_as_does_not_fit(make_cfg, workdir):
     [
         ("q=0", "q must be in 1..32"),
         ("q=33", "q must be in 1..32"),
-        ("q=abc", "q must be an integer"),
+        ("bench.max_noise=0", "bench.max_noise must be a positive number"),
+        ("bench.confidence=1.0", "bench.confidence must be strictly between 0 and 1"),
+        ("bench.max_time_s=-1", "bench.max_time_s must be a positive number"),
+        ("engine.tile_pages=3", "engine.tile_pages must be a power of two"),
+        ("decision.rank_by=nope", "decision.rank_by='nope' is not a metric"),
         ("bench.iterations=0", "bench.iterations must be in"),
         ("bench.warmup=-1", "bench.warmup must be in"),
         ("engine.name=cuda", "unknown engine 'cuda'; valid: xla, pallas"),
@@ -105,30 +106,30 @@ def test_cell_over_memory_cap_is_recorded_as_does_not_fit(make_cfg, workdir):
         ("strategy.tile=0", "strategy.tile must be an integer >= 1"),
     ],
 )
-def test_bad_settings_raise_one_line_config_errors(make_cfg, workdir, override, message):
+def test_bad_settings_raise_one_line_config_errors(make_cfg, workdir, sess, override, message):
     cfg = make_cfg("strategy=tiled", override)
     with pytest.raises(ConfigError, match=message) as err:
-        app.run(cfg)
+        app.run(cfg, sess)
     assert "\n" not in str(err.value)
     if not override.startswith("strategy."):
         assert mlflow_runs(workdir) == []  # rejected before anything was recorded
 
 
-def test_graph_replay_command_buffer_knob_reaches_xla(make_cfg, workdir):
+def test_graph_replay_command_buffer_knob_reaches_xla(make_cfg, workdir, sess):
     # XLA parses the option on every backend: a valid set compiles (applied on a GPU), a bad one
     # is a one-line setting to fix, recorded on its run.
-    out = app.run(make_cfg("strategy=graph_replay", "q=2", "strategy.command_buffer=[FUSION,CUSTOM_CALL,WHILE]"))
+    out = app.run(make_cfg("strategy=graph_replay", "q=2", "strategy.command_buffer=[FUSION,CUSTOM_CALL,WHILE]"), sess)
     assert out.status == "ok", out.error
     (run,) = mlflow_runs(workdir)
     assert run.data.tags["strategy_info.command_buffer_types"] == "FUSION,CUSTOM_CALL,WHILE"
     with pytest.raises(ConfigError, match="strategy.command_buffer='GRAPHS'.*not a valid enum value") as err:
-        app.run(make_cfg("strategy=graph_replay", "q=2", "strategy.command_buffer=GRAPHS"))
+        app.run(make_cfg("strategy=graph_replay", "q=2", "strategy.command_buffer=GRAPHS"), sess)
     assert "\n" not in str(err.value)
 
 
-def test_pallas_engine_cell_is_exact(make_cfg, workdir):
+def test_pallas_engine_cell_is_exact(make_cfg, workdir, sess):
     """engine=pallas through the whole cell (interpret mode on CPU): same answers as the oracle."""
-    out = app.run(make_cfg("engine=pallas", "q=2"))
+    out = app.run(make_cfg("engine=pallas", "q=2"), sess)
     assert out.status == "ok", out.error
     (run,) = mlflow_runs(workdir)
     assert run.data.tags["engine"] == "pallas"
@@ -140,11 +141,157 @@ def test_a_new_database_releases_the_previous_one(make_cfg, workdir):
     import gc
     import weakref
 
-    from morphogen_exp import datasets
-
-    assert app.run(make_cfg("q=1", "dataset.num_pages=300")).status == "ok"
-    old = weakref.ref(datasets.load.cache_info() and app._CONTEXT_DATASET[0])
-    assert app.run(make_cfg("q=1", "dataset.num_pages=200")).status == "ok"
+    own = Session()
+    assert app.run(make_cfg("q=1", "dataset.num_pages=300"), own).status == "ok"
+    old = weakref.ref(own.dataset)
+    assert app.run(make_cfg("q=1", "dataset.num_pages=200"), own).status == "ok"
     gc.collect()
     assert old() is None
-    assert app._CONTEXT_DATASET[0].num_pages == 200 and len(app._CONTEXTS) == 1
+    assert own.dataset is not None and own.dataset.num_pages == 200 and len(own.contexts) == 1
+
+
+# --------------------------------------------------------------------------- one schema, strict types
+
+def test_booleans_are_parsed_strictly_never_by_truthiness(make_cfg):
+    from morphogen_exp.config import one_line, parse
+
+    assert parse(make_cfg("resume=no")).resume is False
+    assert parse(make_cfg("resume=true")).resume is True
+    assert parse(make_cfg("decision.require_parity=yes")).decision["require_parity"] is True
+    assert parse(make_cfg("decision.require_parity=false")).decision["require_parity"] is False
+    for bad in ("parity.xor_check=maybe", "resume=sometimes", "engine.unroll=abc", "q=abc"):
+        with pytest.raises(Exception) as err:
+            make_cfg(bad)
+        assert one_line(err.value).startswith(bad + ": Value '")
+        assert "not a valid bool" in one_line(err.value) or "could not be converted to Integer" in one_line(err.value)
+
+
+def test_schema_declares_defaults_once_and_yaml_only_chooses(make_cfg):
+    from dataclasses import asdict
+
+    from morphogen_exp.config import BenchConfig, DecisionConfig, ParityConfig, parse
+
+    rc = parse(make_cfg())
+    assert dict(rc.decision) == asdict(DecisionConfig()) | {"prefer": list(rc.decision["prefer"])}
+    assert rc.decision["tie_within"] == DecisionConfig().tie_within
+    assert asdict(rc.parity) == asdict(ParityConfig())
+    b = asdict(rc.bench)
+    assert {k: b[k] for k in ("max_noise", "min_time_s", "max_time_s", "confidence")} == {
+        "max_noise": 0.01, "min_time_s": 0.0, "max_time_s": 20.0, "confidence": 0.95}
+    assert asdict(BenchConfig()) | {"compilation_cache_dir": b["compilation_cache_dir"], "iterations": 2, "warmup": 0} == b
+
+
+def test_a_new_dataset_yaml_is_accepted(make_cfg, workdir):
+    extra = workdir / "outputs"  # on the search path (file://outputs), like any config folder a user adds
+    (extra / "dataset").mkdir(parents=True)
+    (extra / "dataset" / "custom.yaml").write_text("name: custom\nnum_pages: 77\npath: null\n")
+    rc = app.validate(make_cfg("dataset=custom"))
+    assert rc.dataset.name == "custom" and rc.dataset.num_pages == 77
+
+
+def test_mainnet_is_the_originals_shape_and_its_memory_estimate_is_right(make_cfg, workdir, sess):
+    from morphogen_exp import datasets, memory
+
+    rc = app.validate(make_cfg("dataset=mainnet"))
+    assert rc.dataset.num_pages == 16817159 and datasets.domain_bits_for(rc.dataset.num_pages) == 25
+    assert memory.dataset_bytes(rc.dataset.num_pages) == 68_883_083_264  # 68.88 GB
+    out = app.run(make_cfg("dataset=mainnet", "q=1", "bench.memory_cap_gib=64"), sess)  # refused before allocating
+    assert out.status == "does_not_fit"
+    (run,) = mlflow_runs(workdir)
+    assert run.data.metrics["memory_estimate_gib"] > 68_883_083_264 / 2**30
+    assert app.validate(make_cfg("dataset=mainnet", "dataset.num_pages=16777216")).dataset.num_pages == 1 << 24
+
+
+# --------------------------------------------------------------------------- identity (resume, config_id)
+
+def test_cell_identity_covers_dataset_contents_and_device(make_cfg, workdir, monkeypatch):
+    a, b = workdir / "a.bin", workdir / "b.bin"
+    a.write_bytes(bytes(4096 * 3))
+    b.write_bytes(bytes(4096) + b"\x01" + bytes(4096 * 2 - 1))  # same size, other contents
+    ia = app.identity_tags(app.validate(make_cfg(f"dataset.path={a}", "q=1")))
+    ib = app.identity_tags(app.validate(make_cfg(f"dataset.path={b}", "q=1")))
+    assert ia["dataset.fingerprint"] != ib["dataset.fingerprint"] and ia["cell_key"] != ib["cell_key"]
+    q2 = app.identity_tags(app.validate(make_cfg(f"dataset.path={a}", "q=2")))
+    assert q2["config_id"] == ia["config_id"] and q2["cell_key"] != ia["cell_key"]  # config_id is without q
+    tile = app.identity_tags(app.validate(make_cfg(f"dataset.path={a}", "q=1", "strategy=tiled", "strategy.tile=2")))
+    assert tile["config_id"] != ia["config_id"]
+    real = app.device_tags()
+    monkeypatch.setattr(app, "device_tags", lambda: {**real, "device_kind": "NVIDIA H100 80GB HBM3"})
+    other = app.identity_tags(app.validate(make_cfg(f"dataset.path={a}", "q=1")))
+    assert other["cell_key"] != ia["cell_key"] and other["config_id"] == ia["config_id"]
+
+
+# --------------------------------------------------------------------------- runs never left RUNNING
+
+def test_failure_while_logging_config_ends_the_run(make_cfg, workdir, sess, monkeypatch):
+    from morphogen_exp.tracking import Tracker
+
+    real = Tracker.log_text
+
+    def broken(self, run_id, text, artifact_file):
+        if artifact_file == "config.yaml":
+            raise OSError(28, "No space left on device")
+        return real(self, run_id, text, artifact_file)
+
+    monkeypatch.setattr(Tracker, "log_text", broken)
+    out = app.run(make_cfg("q=1"), sess)
+    assert out.status == "failed" and "No space left" in out.error
+    (run,) = mlflow_runs(workdir)
+    assert run.info.status == "FAILED" and run.data.tags["error_class"] == "OSError"
+
+
+def test_stale_runs_of_a_sweep_are_closed_only_when_their_process_is_gone(workdir):
+    import subprocess
+    import sys
+
+    from morphogen_exp.config import MlflowConfig
+    from morphogen_exp.tracking import PARENT_TAG, PID_TAG, Tracker
+
+    tr = Tracker(MlflowConfig(f"sqlite:///{workdir}/outputs/mlflow.db", "morphogen_exp"))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    sweep = str(workdir / "it's a sweep")  # a quote in the folder name
+    gone = tr.start_run("gone", {PARENT_TAG: sweep, "morphogen.role": "cell"})
+    tr.log(gone, tags={PID_TAG: dead.stdout.strip()})
+    tr.start_run("alive", {PARENT_TAG: sweep})  # this process: alive
+    other = tr.start_run("other sweep", {PARENT_TAG: str(workdir / "other")})
+    tr.log(other, tags={PID_TAG: dead.stdout.strip()})
+    assert tr.close_stale(sweep) == [gone]
+    status = {r.info.run_name: (r.info.status, r.data.tags.get("cell_status")) for r in mlflow_runs(workdir)}
+    assert status == {"gone": ("KILLED", "killed"), "alive": ("RUNNING", None), "other sweep": ("RUNNING", None)}
+
+
+def test_interrupted_store_creation_leaves_no_store(workdir, monkeypatch):
+    import mlflow.store.db.utils as dbutils
+
+    from morphogen_exp.config import MlflowConfig
+    from morphogen_exp.tracking import Tracker
+
+    db = workdir / "outputs" / "fresh.db"
+    cfg = MlflowConfig(f"sqlite:///{db}", "morphogen_exp")
+    real = dbutils._upgrade_db
+
+    def interrupted(engine):
+        real(engine)
+        raise KeyboardInterrupt  # Ctrl-C after the migrations began
+
+    monkeypatch.setattr(dbutils, "_upgrade_db", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Tracker(cfg)
+    assert not db.exists() and not list(db.parent.glob(".fresh.db.creating-*"))
+    monkeypatch.setattr(dbutils, "_upgrade_db", real)
+    assert Tracker(cfg).experiment_id  # the next run creates it whole
+    assert os.path.getsize(db) > 0
+
+
+def test_half_created_store_says_what_to_do(workdir):
+    import sqlite3
+
+    from morphogen_exp.config import MlflowConfig
+    from morphogen_exp.tracking import Tracker
+
+    db = workdir / "outputs" / "broken.db"
+    with sqlite3.connect(db) as con:  # what an interrupted in-place migration leaves behind
+        con.execute("CREATE TABLE _alembic_tmp_experiments (x INTEGER)")
+    with pytest.raises(ConfigError, match=r"half-created by an interrupted run; move it away \(mv ") as err:
+        Tracker(MlflowConfig(f"sqlite:///{db}", "morphogen_exp"))
+    assert "\n" not in str(err.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import sqlite3
 import time
@@ -84,6 +85,52 @@ def test_failed_cell_does_not_stop_the_sweep(cli, workdir):
                       ("corrupt", "1"): "FAILED", ("corrupt", "2"): "FAILED"}
     report = (_sweep_dir(workdir) / "report.md").read_text()
     assert "cell failed at q=1" in report and "| corrupt | NO-GO |" in report
+    # the rules the decision used are stored with the sweep as data, before the first cell ran
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/outputs/mlflow.db")
+    rules = json.loads(Path(client.download_artifacts(parent.info.run_id, "decision.json", str(workdir))).read_text())
+    assert rules["rank_by"] == "batch_qps" and rules["require_parity"] is True and rules["prefer"][0] == "full_batch"
+    assert parent.data.params["decision.rank_by"] == "batch_qps"
+    assert parent.data.tags["cells_expected"] == "4"
+
+
+def _sweep_summary(workdir: Path, sweep: str) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """A sweep's cells (strategy, q, status) and its decision (verdict per strategy, ship, fallback)."""
+    rows = list(csv.DictReader((workdir / "outputs" / "multirun" / sweep / "matrix.csv").open()))
+    report = (workdir / "outputs" / "multirun" / sweep / "report.md").read_text()
+    decision = report[report.index("## Decision"):].split("\n## ")[0].splitlines()
+    verdicts = [" | ".join(line.split(" | ")[:2]) for line in decision if line.startswith("| ") and "GO" in line]
+    ship = [line for line in decision if line.startswith(("- **Ship**", "- **Fallback**"))]
+    assert len(verdicts) == 2 and len(ship) == 2, decision
+    return sorted((r["our_strategy"], r["q"], r["status"]) for r in rows), verdicts + ship
+
+
+@pytest.mark.slow
+def test_joblib_launcher_sweep_matches_the_basic_launcher(cli, workdir):
+    """Cells in other processes: attached to the sweep run, same report, same exit status."""
+    args = ("-m", "strategy=full_batch,corrupt", "q=1,2")
+    basic = cli(*args, "hydra.sweep.dir=outputs/multirun/basic")
+    joblib = cli(*args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=outputs/multirun/joblib")
+    assert basic.returncode == joblib.returncode == 1, joblib.stderr[-3000:]
+    assert "2 cell(s) failed" in joblib.stderr and "ParityError" in joblib.stderr
+    runs = mlflow_runs(workdir)
+    parents = {Path(r.data.tags["morphogen.sweep_dir"]).name: r for r in runs if r.data.tags.get("morphogen.role") == "sweep"}
+    assert set(parents) == {"basic", "joblib"}
+    for name, parent in parents.items():
+        cells = _cells(runs, parent.info.run_id)
+        assert len(cells) == 4 and parent.info.status == "FAILED", name
+    pids = {r.data.tags["morphogen.pid"] for r in _cells(runs, parents["joblib"].info.run_id)}
+    assert parents["joblib"].data.tags["morphogen.pid"] not in pids  # the cells really ran in other processes
+    assert _sweep_summary(workdir, "basic") == _sweep_summary(workdir, "joblib")
+
+
+def test_a_knob_sweep_keeps_one_cell_per_configuration(cli, workdir):
+    res = cli("-m", "strategy=tiled", "strategy.tile=1,2", "q=2")
+    assert res.returncode == 0, res.stderr[-2000:]
+    cells = [r for r in mlflow_runs(workdir) if r.data.tags.get("morphogen.role") == "cell"]
+    assert sorted(r.data.params["strategy.tile"] for r in cells) == ["1", "2"]
+    assert len({r.data.tags["config_id"] for r in cells}) == 2 and len({r.data.tags["cell_key"] for r in cells}) == 2
 
 
 def test_sigterm_mid_sweep_kills_active_run_and_report_rebuilds(cli, workdir):
@@ -116,6 +163,46 @@ def test_sigterm_mid_sweep_kills_active_run_and_report_rebuilds(cli, workdir):
     assert "cell killed at q=1" in text and "| full_batch |" in text
 
 
+def _start_and_wait_for_sleepy(cli, workdir, *args: str):
+    proc = cli("-m", "strategy=full_batch,sleepy", "q=1", *args, background=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if [r for r in mlflow_runs(workdir) if r.data.tags.get("strategy") == "sleepy"]:
+            time.sleep(2)
+            return proc
+        time.sleep(1)
+    proc.kill()
+    raise AssertionError(f"the sleepy cell never started: {proc.communicate()[1][-2000:]}")
+
+
+@pytest.mark.slow
+def test_killed_sweep_runs_are_closed_by_the_next_run_of_that_sweep(cli, workdir):
+    proc = _start_and_wait_for_sleepy(cli, workdir, "hydra.sweep.dir=outputs/multirun/k")
+    proc.send_signal(signal.SIGKILL)  # no handler runs: the sweep and the sleepy cell stay RUNNING
+    proc.communicate(timeout=60)
+    assert {r.info.status for r in mlflow_runs(workdir) if r.data.tags.get("strategy") != "full_batch"} == {"RUNNING"}
+    again = cli("-m", "strategy=full_batch", "q=1", "resume=true", "hydra.sweep.dir=outputs/multirun/k")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "closed 2 stale RUNNING run(s)" in again.stderr + again.stdout
+    runs = mlflow_runs(workdir)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    old_sleepy = [r for r in runs if r.data.tags.get("strategy") == "sleepy"]
+    assert [(r.info.status, r.data.tags["cell_status"]) for r in old_sleepy] == [("KILLED", "killed")]
+
+
+@pytest.mark.slow
+def test_two_ctrl_c_in_a_row_leave_nothing_running(cli, workdir):
+    proc = _start_and_wait_for_sleepy(cli, workdir)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    status = {r.data.tags.get("strategy") or r.data.tags.get("morphogen.role"): r.info.status for r in mlflow_runs(workdir)}
+    assert status == {"full_batch": "FINISHED", "sleepy": "KILLED", "sweep": "KILLED"}
+
+
 def test_resume_skips_finished_cells(cli, workdir):
     first = cli("-m", "strategy=full_batch", "q=1,2", "hydra.sweep.dir=outputs/multirun/first")
     assert first.returncode == 0, first.stderr[-2000:]
@@ -132,11 +219,25 @@ def test_resume_skips_finished_cells(cli, workdir):
     assert "Cells: 3 (3 ok)" in (workdir / "outputs/multirun/second/report.md").read_text()
 
 
+def test_resume_reruns_a_cell_whose_dataset_file_changed(cli, workdir):
+    data = workdir / "m.bin"
+    data.write_bytes(bytes(4096 * 4))
+    first = cli("-m", "q=1", "dataset.path=m.bin", "hydra.sweep.dir=outputs/multirun/a")
+    assert first.returncode == 0, first.stderr[-2000:]
+    data.write_bytes(bytes(4096 * 2) + b"\xff" * 4096 + bytes(4096))  # same size, other pages
+    second = cli("-m", "q=1", "dataset.path=m.bin", "resume=true", "hydra.sweep.dir=outputs/multirun/b")
+    assert second.returncode == 0, second.stderr[-2000:]
+    cells = [r for r in mlflow_runs(workdir) if r.data.tags.get("morphogen.role") == "cell"]
+    assert len(cells) == 2 and not any("resumed_from" in r.data.tags for r in cells)
+    assert len({r.data.tags["dataset.fingerprint"] for r in cells}) == 2
+    assert len({r.data.tags["config_id"] for r in cells}) == 1  # the same configuration, measured on other data
+
+
 def test_two_sweeps_share_one_sqlite_store(cli, workdir):
     procs = [cli("-m", "strategy=full_batch,multi_stream", "q=1,2", f"hydra.sweep.dir=outputs/multirun/w{i}",
                  background=True) for i in range(2)]
     results = [p.communicate(timeout=900) for p in procs]
-    for p, (_, err) in zip(procs, results):
+    for p, (_, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err[-3000:]
         assert "database is locked" not in err
     runs = mlflow_runs(workdir)
@@ -151,7 +252,13 @@ def test_two_sweeps_share_one_sqlite_store(cli, workdir):
     [
         (["q=0"], "error: q must be in 1..32"),
         (["q=40"], "error: q must be in 1..32"),
-        (["q=1.5"], "error: q must be an integer"),
+        (["q=1.5"], "error: q=1.5: Value '1.5' of type 'float' could not be converted to Integer"),
+        (["resume=maybe"], "error: resume=maybe: Value 'maybe' is not a valid bool"),
+        (["parity.xor_check=maybe"], "error: parity.xor_check=maybe: Value 'maybe' is not a valid bool"),
+        (["decision.require_parity=perhaps"], "is not a valid bool"),
+        (["engine.unroll=abc"], "error: engine.unroll=abc: Value 'abc' is not a valid bool"),
+        (["decision.rank_by=nope"], "error: decision.rank_by='nope' is not a metric to rank by"),
+        (["bench.confidence=1.5"], "error: bench.confidence must be strictly between 0 and 1"),
         (["bench.iterations=0"], "error: bench.iterations must be in"),
         (["bench.warmup=-2"], "error: bench.warmup must be in"),
         (["dataset.path=missing.bin"], "does not exist"),
@@ -168,18 +275,46 @@ def test_bad_input_one_line_error_exit_2(cli, workdir, args, message):
     assert res.returncode == 2, res.stderr[-2000:]
     assert message in res.stderr
     assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
-    assert len([l for l in res.stderr.splitlines() if l.startswith("error:")]) == 1
+    assert len([line for line in res.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+@pytest.mark.parametrize("args, message, valid", [
+    (["strategy=warp"], "Available options in 'strategy'", "full_batch"),
+    (["dataset=huge"], "Available options in 'dataset'", "tiny"),
+    (["engine=cuda"], "Available options in 'engine'", "xla"),
+])
+def test_unknown_choice_lists_valid_ones(cli, args, message, valid):
+    res = cli(*args)
+    assert res.returncode == 2, res.stderr[-2000:]
+    (line,) = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert message in line and valid in line
+    assert "Traceback" not in res.stderr
 
 
 @pytest.mark.parametrize("args, message", [
-    (["strategy=warp"], "Available options in 'strategy'"),
-    (["dataset=huge"], "Available options in 'dataset'"),
-    (["engine=cuda"], "Available options in 'engine'"),
+    (["-m", "q=1,40"], "1 of 2 cells have a setting to fix, none ran: [q=40] q must be in 1..32"),
+    (["-m", "strategy=warp,full_batch", "q=1"], "[strategy=warp] In 'config': Could not find 'strategy/warp'"),
+    (["-m", "engine.unroll=abc,null", "q=1"], "[engine.unroll=abc] engine.unroll=abc: Value 'abc' is not a valid bool"),
+    (["-m", "decision.rank_by=nope", "q=1,2"], "decision.rank_by='nope' is not a metric to rank by"),
+    (["-m", "strategy=tiled", "strategy.tile=0,2", "q=2"], "[strategy.tile=0] strategy.tile must be an integer >= 1"),
+    (["-m", "q=1,40", "hydra/launcher=joblib"], "[q=40] q must be in 1..32"),
 ])
-def test_unknown_choice_lists_valid_ones(cli, args, message):
+def test_sweep_validates_every_cell_before_any_runs(cli, workdir, args, message):
     res = cli(*args)
-    assert res.returncode != 0 and message in res.stderr and "full_batch" in res.stderr or "tiny" in res.stderr or "xla" in res.stderr
+    assert res.returncode == 2, res.stderr[-2000:]
+    (line,) = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert message in line
     assert "Traceback" not in res.stderr
+    assert mlflow_runs(workdir) == []  # no sweep run, no cell run: nothing for a decision to hide
+
+
+def test_unwritable_sweep_folder_is_a_setting_to_fix(cli, workdir):
+    (workdir / "afile").write_text("")
+    res = cli("-m", "q=1", "hydra.sweep.dir=afile/sweep")
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "error: hydra.sweep.dir" in res.stderr and "is not writable" in res.stderr
+    assert all(r.info.status != "RUNNING" for r in mlflow_runs(workdir))
+    assert mlflow_runs(workdir) == []
 
 
 def test_dataset_file_too_large_for_device_is_reported(cli, workdir):

@@ -79,3 +79,13 @@ def knob(knobs: Mapping[str, Any], name: str, lo: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise ConfigError(f"strategy.{name} must be an integer >= {lo}, got {value!r}")
     return value
+
+
+def check_knobs(name: str, knobs: Mapping[str, Any], q: int) -> None:
+    """Build the strategy once on a stub context (no device, nothing compiled): a bad knob raises its
+    ConfigError here, when a sweep validates its cells, instead of when the cell runs."""
+    def nothing(pages: Any, keys: Any) -> Any:
+        return None
+
+    stub = BuildContext(pages=None, num_pages=1, spec=None, single=nothing, single_jit=nothing, devices=())  # type: ignore[arg-type]
+    _REGISTRY[name](knobs, q, stub)

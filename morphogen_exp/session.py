@@ -1,0 +1,73 @@
+"""The state of one process, with one owner: the resident database, the compiled contexts built on
+it, the oracle's answers, the MLflow trackers, and (in the process that frames a multirun) the sweep.
+
+The Hydra entry point takes `current()` and passes it explicitly; nothing else reads it. What must
+outlive the process (the sweep's parent run id, cell outcomes) is in the sweep dir and MLflow, never
+only here, so a launcher that runs cells in other processes sees the same sweep."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import datasets, memory
+from .config import DatasetConfig, MlflowConfig
+from .tracking import Tracker
+
+
+@dataclass
+class SweepRef:
+    """The multirun a cell belongs to: its folder and its parent run (read from the folder)."""
+
+    sweep_dir: str
+    parent_id: str | None
+
+
+@dataclass
+class Session:
+    dataset: datasets.Dataset | None = None
+    contexts: dict[Any, Any] = field(default_factory=dict)          # EngineSpec -> BuildContext, on `dataset`
+    oracle: dict[tuple, np.ndarray] = field(default_factory=dict)  # oracle answers by value (parity.py)
+    trackers: dict[tuple[str, str], Tracker] = field(default_factory=dict)
+    sweep: tuple[Tracker, SweepRef] | None = None                  # set where the multirun is framed (interrupts)
+
+    def database(self, cfg: DatasetConfig, seed: int) -> datasets.Dataset:
+        """The dataset, built once per process. A different one releases the old database and every
+        context compiled on it first (one resident at a time: a 64 GiB one leaves room for no other)."""
+        key = (cfg.name, cfg.num_pages, str(Path(cfg.path).expanduser().resolve()) if cfg.path else None, seed)
+        if self.dataset is None or self._dataset_key != key:
+            self.dataset, self.contexts = None, {}
+            self.dataset = datasets.load(cfg, seed)
+            self._dataset_key = key
+        return self.dataset
+
+    def context(self, spec: Any, make: Callable[[datasets.Dataset, Any], Any]) -> Any:
+        """One context per engine on the resident database: compiled functions shared by its cells."""
+        assert self.dataset is not None, "load the database first"
+        if spec not in self.contexts:
+            self.contexts[spec] = make(self.dataset, spec)
+        return self.contexts[spec]
+
+    def tracker(self, cfg: MlflowConfig) -> Tracker:
+        key = (cfg.tracking_uri, cfg.experiment)
+        if key not in self.trackers:
+            self.trackers[key] = Tracker(cfg)
+        return self.trackers[key]
+
+    _dataset_key: tuple | None = None
+
+
+_CURRENT: Session | None = None
+
+
+def current() -> Session:
+    """This process's session (created on first use, before the device backend starts)."""
+    global _CURRENT
+    if _CURRENT is None:
+        memory.configure_process()  # read when the backend starts: before any device use, in any worker
+        _CURRENT = Session()
+    return _CURRENT
