@@ -6,6 +6,7 @@ setting to fix (one line on stderr, nothing run), 130 interrupted (finished cell
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -19,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from . import app, session
+from . import app, rollout, session
 from .callbacks import sweep_ref
 from .config import ConfigError, one_line
 from .tracking import shielded
@@ -33,7 +34,8 @@ def hydra_entry(cfg: DictConfig) -> dict[str, Any]:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     try:
-        out = app.run(cfg, session.current(), sweep_ref(hc.sweep.dir) if multirun else None)
+        ref = dataclasses.replace(sweep_ref(hc.sweep.dir), index=hc.job.num + 1) if multirun else None
+        out = app.run(cfg, session.current(), ref)
     except ConfigError as err:
         if not multirun:
             print(f"error: {err}", file=sys.stderr)
@@ -73,6 +75,11 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _sigterm)
     user_full_error = "HYDRA_FULL_ERROR" in os.environ
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra's errors come to us: one line, exit 2
+    try:
+        rollout.preflight(sys.argv[1:])  # a guard named by +rollout= must exist before Hydra composes
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     try:
         hydra_entry()
     except KeyboardInterrupt:

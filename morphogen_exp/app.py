@@ -22,14 +22,15 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from . import datasets, memory, parity, strategies
+from . import datasets, devstate, memory, parity, stats, strategies
 from .config import ConfigError, RunConfig, digest, flatten, parse
 from .decision import DecisionRules
-from .pir import EngineSpec, available_engines, get_ops, make_answer_fn, query_scan, registered_engines, tile_size
+from .pir import EngineSpec, available_engines, get_ops, make_answer_fn, query_scan, registered_engines, scan_bytes_read, tile_size
+from .progress import Progress
 from .queries import make_queries
 from .session import Session, SweepRef
 from .strategies.base import BuildContext, check_knobs
-from .timing import measure, time_limit
+from .timing import SamplingPolicy, measure, time_limit
 from .tracking import PARENT_TAG, ROLE_TAG, Tracker, code_version, shielded
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def _new_context(dataset: datasets.Dataset, spec: EngineSpec) -> BuildContext:
     )
 
 
-def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str) -> dict[str, float]:
+def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str, progress: Progress) -> dict[str, float]:
     """Time the single-query loop and the strategy's batch path, check parity, log everything."""
     spec = EngineSpec(rc.engine.name, rc.engine.tile_pages, rc.engine.unroll, mask_budget_mib=rc.engine.mask_budget_mib)
     num_pages = datasets.plan_pages(rc.dataset)
@@ -102,6 +103,7 @@ def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str)
 
     # The database must fit before it is built (a 64 GiB one on a smaller card is "does not fit").
     memory.check_fits(what, memory.dataset_bytes(num_pages) + memory.working_set_bytes(1, tile), rc.bench.memory_cap_gib)
+    progress.phase("building data")
     ds = session.database(rc.dataset, rc.seed)
     ctx = session.context(spec, _new_context)
     path = builder(rc.strategy.knobs, rc.q, ctx)
@@ -117,33 +119,48 @@ def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str)
         # The serving baseline: one query at a time, each answered (synced) before the next.
         return jnp.stack([jax.block_until_ready(ctx.single_jit(ds.words, kb)) for kb in singles0])
 
-    w, it = rc.bench.warmup, rc.bench.iterations
-    single_t, single_out = measure(single_loop, warmup=w, iterations=it)
-    batch_t, batch_out = measure(lambda: path.run(kb0), warmup=w, iterations=it)
+    progress.phase("compiling")  # both paths once, apart from the timed samples
+    t0 = time.perf_counter()
+    jax.block_until_ready(ctx.single_jit(ds.words, singles0[0]))
+    single_compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    jax.block_until_ready(path.run(kb0))
+    batch_compile_s = time.perf_counter() - t0
 
+    b = rc.bench
+    policy = SamplingPolicy(warmup=b.warmup, min_samples=b.iterations, max_noise=b.max_noise, min_time_s=b.min_time_s,
+                            max_time_s=b.max_time_s, confidence=b.confidence)
+    with devstate.watch() as watched:
+        progress.phase("timing single")
+        single_t, single_out = measure(single_loop, policy=policy)
+        progress.phase("timing batch")
+        batch_t, batch_out = measure(lambda: path.run(kb0), policy=policy)
+
+    progress.phase("parity")
     party1 = None
     if rc.parity.xor_check:
         party1 = np.stack([np.asarray(ctx.single_jit(ds.words, kb)) for kb in kb1.unstack()])
     rep = parity.check(rc.parity, ds, qs, np.asarray(single_out), np.asarray(batch_out), party1, session.oracle)
 
-    single_ms, batch_ms = single_t.p50_ms, batch_t.p50_ms
-    db_gb = ds.nbytes / 1e9
+    progress.phase("logging")
+    pass_gb = scan_bytes_read(num_pages, spec, 3 * path.live_queries, domain_bits) / 1e9  # one database pass
+    state_tags, state_metrics = devstate.split(devstate.snapshot())
     metrics = {
         "q": rc.q,
-        "single_ms_per_batch": single_ms,
-        "batch_ms_per_batch": batch_ms,
-        "batch_vs_single_speedup": single_ms / batch_ms,
-        "single_qps": rc.q / (single_ms / 1e3),
-        "batch_qps": rc.q / (batch_ms / 1e3),
-        # database bytes behind each answered query, per second: how close batching gets to reading once
-        "batch_effective_gbps": rc.q * db_gb / (batch_ms / 1e3),
-        "single_effective_gbps": rc.q * db_gb / (single_ms / 1e3),
-        "compile_s": batch_t.first_call_s,
+        **stats.cell_metrics(rc.q, single_t, batch_t, b.confidence),
+        # database bytes actually read per second: one pass per scan (a batch makes path.passes, the loop q)
+        "batch_effective_gbps": path.passes * pass_gb / (batch_t.p50_ms / 1e3),
+        "single_effective_gbps": rc.q * pass_gb / (single_t.p50_ms / 1e3),
+        "batch_passes": path.passes,
+        "compile_s": batch_compile_s,
+        "single_compile_s": single_compile_s,
         "tile_pages": tile(3 * path.live_queries),  # the batch path's scan step
         "live_queries": path.live_queries,
         **single_t.as_metrics("single"),
         **batch_t.as_metrics("batch"),
         **rep.as_metrics(),
+        **state_metrics,
+        **{f"device.{k}": v for k, v in watched.changes.items()},
     }
     tags = {
         "checksum_single": rep.checksum_single,
@@ -152,13 +169,12 @@ def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str)
         "parity_numpy_note": rep.numpy_note or "checked",
         **{f"strategy_info.{k}": v for k, v in path.info.items()},
         **{f"dataset.{k}": v for k, v in ds.describe().items()},
+        **state_tags,
     }
     tracker.log(run_id, metrics=metrics, tags=tags)
     tracker.log_series(run_id, "single_ms_iter", list(single_t.times_ms))
     tracker.log_series(run_id, "batch_ms_iter", list(batch_t.times_ms))
-    tracker.log_text(run_id, json.dumps({"single_ms": single_t.times_ms, "batch_ms": batch_t.times_ms,
-                                         "single_first_call_s": single_t.first_call_s,
-                                         "batch_first_call_s": batch_t.first_call_s}, indent=1), "timings.json")
+    tracker.log_text(run_id, json.dumps({"single": single_t.as_dict(), "batch": batch_t.as_dict()}, indent=1), "timings.json")
     if not rep.ok:
         raise parity.ParityError("; ".join(rep.failures))
     return metrics
@@ -218,8 +234,15 @@ def run(cfg: DictConfig, session: Session, sweep: SweepRef | None = None) -> Cel
     try:  # from here on every way out ends the run
         tracker.log(run_id, params=flatten(rc.resolved))
         tracker.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        with time_limit(rc.bench.cell_timeout_s):
-            metrics = measure_cell(rc, session, tracker, run_id)
+        tracker.log_dataset(run_id, rc.dataset.name, ident["dataset.fingerprint"],
+                            str(rc.dataset.path) if rc.dataset.path else f"synthetic(seed={rc.seed})",
+                            {"num_pages": datasets.plan_pages(rc.dataset), "page_bytes": 4096})
+        progress = session.progress(sweep)
+        interval = rc.bench.system_metrics_s
+        with progress.cell(sweep.index if sweep and sweep.index else 1, f"{name} on {rc.dataset.name}/{rc.engine.name}"), \
+                devstate.system_metrics(run_id, rc.mlflow.tracking_uri, sampling_interval_s=interval or 1.0, enabled=bool(interval)), \
+                time_limit(rc.bench.cell_timeout_s):
+            metrics = measure_cell(rc, session, tracker, run_id, progress)
     except memory.DoesNotFit as err:
         tracker.log(run_id, tags={"cell_status": "does_not_fit", "error_message": str(err)},
                     metrics={"memory_estimate_gib": err.need / memory.GIB})

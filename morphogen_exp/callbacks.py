@@ -26,13 +26,15 @@ from .tracking import PARENT_TAG, ROLE_TAG, Tracker, code_version, shielded
 
 log = logging.getLogger(__name__)
 PARENT_FILE = "parent_run_id"
+CELLS_FILE = "cells_expected"
 
 
 def sweep_ref(sweep_dir: str) -> session.SweepRef:
     """The sweep a cell belongs to, from its folder (written before the first cell, in any process)."""
     d = Path(sweep_dir).resolve()
-    f = d / PARENT_FILE
-    return session.SweepRef(str(d), f.read_text().strip() if f.exists() else None)
+    f, n = d / PARENT_FILE, d / CELLS_FILE
+    cells = int(n.read_text()) if n.exists() and n.read_text().strip().isdigit() else None
+    return session.SweepRef(str(d), f.read_text().strip() if f.exists() else None, cells)
 
 
 def job_overrides(config: DictConfig) -> list[list[str]]:
@@ -93,6 +95,7 @@ class SweepCallback(Callback):
             tracker = session.current().tracker(MlflowConfig(first.mlflow.tracking_uri, first.mlflow.experiment))
             sweep_dir.mkdir(parents=True, exist_ok=True)
             (sweep_dir / PARENT_FILE).write_text("")  # writable before a parent run exists
+            (sweep_dir / CELLS_FILE).write_text(f"{n_cells}\n")
         except ConfigError as err:  # fail before any cell compiles anything
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
@@ -131,7 +134,7 @@ class SweepCallback(Callback):
         assert parent is not None
         problems, code = outcome_problems(tracker, parent)
         try:
-            files = report.build(tracker, parent, Path(ref.sweep_dir), rollout_dir=Path("outputs"))
+            files = report.build(tracker, parent, Path(ref.sweep_dir), publish=True)
             log.info("report: %s", files.markdown)
             print(f"report: {files.markdown}")
         except Exception as err:  # the cells are recorded; a report bug must not hide them

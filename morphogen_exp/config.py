@@ -61,7 +61,8 @@ class BenchConfig:
     max_noise: float = 0.01              # stop once the median's relative noise is below this (> 0)...
     confidence: float = 0.95             # ...at this confidence (0 < c < 1)
     min_time_s: float = 0.0              # time each path at least this long
-    max_time_s: float = 20.0             # cap per timed path
+    max_time_s: float = 3.0              # cap per timed path (GPU matrices: 30, scripts/device_matrix.sh)
+    system_metrics_s: float | None = 5.0 # MLflow system metrics (CPU, GPU) sampled this often per cell; null: off
     cell_timeout_s: float | None = None
     memory_cap_gib: float | None = None
     compilation_cache_dir: str | None = None
@@ -183,6 +184,7 @@ def _check_bench(b: BenchConfig) -> None:
     if b.max_time_s < b.min_time_s:
         raise ConfigError(f"bench.max_time_s ({b.max_time_s}) must be >= bench.min_time_s ({b.min_time_s})")
     _positive(b.cell_timeout_s, "bench.cell_timeout_s")
+    _positive(b.system_metrics_s, "bench.system_metrics_s")
     _positive(b.memory_cap_gib, "bench.memory_cap_gib")
 
 

@@ -180,12 +180,15 @@ def _flush_last_samples(monitor: Any) -> None:
 
 @contextmanager
 def system_metrics(run_id: str, tracking_uri: str, *, sampling_interval_s: float = 5.0,
-                   samples_before_logging: int = 1) -> Iterator[None]:
+                   samples_before_logging: int = 1, enabled: bool = True) -> Iterator[None]:
     """Log MLflow's own system metrics (`system/cpu_utilization_percentage`, ..., `system/gpu_0_*` when
     nvidia-ml-py finds a GPU) to `run_id` while the block runs, with no active fluent run; the samples of
     each interval are averaged into one step. The run must be RUNNING. MLflow's environment variables
     (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, ...) override the arguments. A monitor that cannot start
     or stop only logs a warning."""
+    if not enabled:
+        yield
+        return
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
         monitor = SystemMetricsMonitor(run_id, sampling_interval=sampling_interval_s, samples_before_logging=samples_before_logging,

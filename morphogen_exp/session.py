@@ -16,6 +16,7 @@ import numpy as np
 
 from . import datasets, memory
 from .config import DatasetConfig, MlflowConfig
+from .progress import Progress
 from .tracking import Tracker
 
 
@@ -25,6 +26,8 @@ class SweepRef:
 
     sweep_dir: str
     parent_id: str | None
+    cells: int | None = None   # how many cells the sweep has (progress)
+    index: int | None = None   # this cell's number, from 1
 
 
 @dataclass
@@ -52,6 +55,12 @@ class Session:
             self.contexts[spec] = make(self.dataset, spec)
         return self.contexts[spec]
 
+    def progress(self, sweep: SweepRef | None) -> Progress:
+        """The status line of this process's cells (cell k of n, phase, ETA); quiet off a terminal."""
+        if self._progress is None:
+            self._progress = Progress(sweep.cells if sweep else 1)
+        return self._progress
+
     def tracker(self, cfg: MlflowConfig) -> Tracker:
         key = (cfg.tracking_uri, cfg.experiment)
         if key not in self.trackers:
@@ -59,6 +68,7 @@ class Session:
         return self.trackers[key]
 
     _dataset_key: tuple | None = None
+    _progress: Progress | None = None
 
 
 _CURRENT: Session | None = None

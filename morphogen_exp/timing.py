@@ -6,6 +6,7 @@ format them."""
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 import time
@@ -90,6 +91,10 @@ class TimingSummary:
     @property
     def p90_ms(self) -> float:
         return float(np.percentile(self.times_ms, 90))
+
+    def as_dict(self) -> dict[str, object]:
+        """Everything recorded, samples included (the cell's timings.json)."""
+        return {**dataclasses.asdict(self), "samples": self.samples, "p50_ms": self.p50_ms}
 
     def as_metrics(self, prefix: str) -> dict[str, float]:
         t = np.asarray(self.times_ms)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import json
 import os
 import signal
 import socket
@@ -98,7 +99,11 @@ def _quote(value: str) -> str:
 
 @functools.cache
 def code_version() -> str:
-    """The git commit of this code (+dirty.<digest> with uncommitted changes), else the package version."""
+    """The git commit of this code (+dirty.<digest> with uncommitted changes), else the package version.
+    MORPHOGEN_CODE_VERSION, when set, wins: a copy of the tree without current git metadata (a GPU
+    machine's) is told which commit it runs."""
+    if os.environ.get("MORPHOGEN_CODE_VERSION"):
+        return os.environ["MORPHOGEN_CODE_VERSION"]
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
@@ -116,6 +121,11 @@ def code_version() -> str:
             return "pkg-" + version("morphogen_exp")
         except Exception:
             return "unknown"
+
+
+def _is_commit(version: str) -> bool:
+    head = version.split("+")[0]
+    return len(head) == 40 and all(c in "0123456789abcdef" for c in head)
 
 
 class Tracker:
@@ -173,11 +183,16 @@ class Tracker:
         if exp is not None:
             return exp.experiment_id
         loc = artifacts.resolve().as_uri() if artifacts is not None else None
-        return self.client.create_experiment(self.cfg.experiment, artifact_location=loc)
+        # A training-style experiment: MLflow 3's UI then opens it on its runs table, not the GenAI overview.
+        return self.client.create_experiment(self.cfg.experiment, artifact_location=loc,
+                                             tags={"mlflow.experimentKind": "custom_model_development"})
 
     # --- runs ---
     def start_run(self, name: str, tags: Mapping[str, Any], parent_id: str | None = None) -> str:
-        tags = {**tags, PID_TAG: os.getpid(), HOST_TAG: socket.gethostname()}
+        version = code_version()
+        source = {"mlflow.source.name": "python -m morphogen_exp", "mlflow.source.type": "LOCAL",
+                  **({"mlflow.source.git.commit": version.split("+")[0]} if _is_commit(version) else {})}
+        tags = {**source, **tags, PID_TAG: os.getpid(), HOST_TAG: socket.gethostname()}
         tags = {k: str(v) for k, v in tags.items()}
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
@@ -192,6 +207,15 @@ class Tracker:
         for i in range(0, max(len(p), len(m), len(t), 1), 100):  # MLflow's batch limits
             mi, pi, ti = m[i : i + 100], p[i : i + 100], t[i : i + 100]
             _retry(lambda: self.client.log_batch(run_id, metrics=mi, params=pi, tags=ti))  # noqa: B023 (called at once)
+
+    def log_dataset(self, run_id: str, name: str, digest: str, source: str, profile: Mapping[str, Any]) -> None:
+        """The cell's database as an MLflow dataset input (the UI's Datasets column)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        ds = Dataset(name=name, digest=digest[:36], source_type="local" if source.startswith("/") else "code",
+                     source=source, schema=json.dumps({"page_bytes": 4096}), profile=json.dumps(dict(profile)))
+        inp = DatasetInput(ds, tags=[InputTag("mlflow.data.context", "benchmark")])
+        _retry(lambda: self.client.log_inputs(run_id, datasets=[inp]))
 
     def log_series(self, run_id: str, key: str, values: list[float]) -> None:
         now = int(time.time() * 1000)

@@ -43,10 +43,12 @@ class BuildContext:
 class BatchPath:
     """A strategy's batch path: `run(keys (Q, 3, ...)) -> answers (Q, 3, 1024)`, asynchronous
     (callers block). `live_queries` bounds how many queries' keys are in flight at once (memory
-    estimate); `info` is what the strategy wants recorded (e.g. what XLA captured)."""
+    estimate); `passes` is how many times one batch reads the database (bytes read = passes x one
+    scan's bytes); `info` is what the strategy wants recorded (e.g. what XLA captured)."""
 
     run: Callable[[KeyBatch], Any]
     live_queries: int
+    passes: int = 1
     info: dict[str, Any] = field(default_factory=dict)
 
 

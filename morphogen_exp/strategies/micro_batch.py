@@ -25,4 +25,5 @@ def build(knobs, q: int, ctx: BuildContext) -> BatchPath:
         parts = [fn(ctx.pages, kb) for kb in keys.chunks(chunk)]
         return jnp.concatenate(parts, axis=0)
 
-    return BatchPath(run=run, live_queries=min(q, chunk), info={"chunks": -(-q // chunk)})
+    chunks = -(-q // chunk)
+    return BatchPath(run=run, live_queries=min(q, chunk), passes=chunks, info={"chunks": chunks})

@@ -38,5 +38,6 @@ def build(knobs, q: int, ctx: BuildContext) -> BatchPath:
     return BatchPath(
         run=run,
         live_queries=min(q, streams),
+        passes=q,  # every query is its own scan
         info={"lanes": streams, "devices_used": n_dev, "overlap": "dispatch only" if n_dev == 1 else "devices"},
     )

@@ -19,4 +19,5 @@ def _tiled(ctx: BuildContext, tile: int):
 def build(knobs, q: int, ctx: BuildContext) -> BatchPath:
     tile = knob(knobs, "tile")
     fn = _tiled(ctx, tile)
-    return BatchPath(run=lambda keys: fn(ctx.pages, keys), live_queries=min(q, tile), info={"tiles": -(-q // tile)})
+    tiles = -(-q // tile)
+    return BatchPath(run=lambda keys: fn(ctx.pages, keys), live_queries=min(q, tile), passes=tiles, info={"tiles": tiles})
