@@ -40,7 +40,13 @@ def test_each_strategy_cell_is_exact_and_recorded(make_cfg, workdir, sess, strat
     assert {"config.yaml", "timings.json"} <= arts
     local = client.download_artifacts(run.info.run_id, "timings.json", str(workdir))
     timings = json.loads(Path(local).read_text())
-    assert len(timings["batch_ms"]) == 2 and len(timings["single_ms"]) == 2
+    for path in ("single", "batch"):  # every sample is kept, as many as the stopping rule took
+        assert len(timings[path]["times_ms"]) == m[f"{path}_samples"] >= 2
+        assert timings[path]["p50_lo_ms"] <= m[f"{path}_ms_p50"] <= timings[path]["p50_hi_ms"]
+    assert m["batch_ms_per_batch_lo"] <= m["batch_ms_per_batch"] <= m["batch_ms_per_batch_hi"]
+    assert m["batch_passes"] == {"full_batch": 1, "graph_replay": 1, "tiled": 2, "micro_batch": 4, "multi_stream": 8}[strategy]
+    assert run.data.tags["mlflow.source.name"] == "python -m morphogen_exp"
+    assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["tiny"]
 
 
 def test_large_database_oracle_numpy_dpf_and_device_fold(make_cfg, workdir, sess):
