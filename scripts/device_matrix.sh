@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # One call of the GPU machine (the device tool): a stage of the measurements, results under $OUT.
-#   bench                 engine kernels alone at mainnet volume (xla and pallas), with the ceilings
+#   bench                 engine kernels alone at mainnet volume (pallas), with the ceilings
 #   small | mainnet       the 30-cell sweep on that dataset with $ENGINE (default pallas); extra
 #                         arguments are more overrides (tiny works too: a CPU dry run, SKIP_WHEELS=1)
-# Run from the repo root with `carry: [".whl"]` (../shared/tools/device-wheels.sh fills it), e.g.
-#   ENGINE=xla bash scripts/device_matrix.sh small
+# Run from the repo root with `carry: [".whl"]` (../shared/tools/device-wheels.sh fills it) and the commit
+# being measured named (the device copy's git view can lag):
+#   MORPHOGEN_CODE_VERSION=$(git rev-parse HEAD) SWEEP=mainnet-A bash scripts/device_matrix.sh mainnet
 # Each stage ends inside a 10-minute call: the sweep stops at $SWEEP_TIMEOUT s (default 540; cells end
-# KILLED) and the report is then rebuilt from the cells that finished. A call brings back only a few
-# files, so a sweep stage returns two: <stage>-<engine>-report.md and <stage>-<engine>.tgz (the sweep
-# folder: report, CSV, plots, rollout guard, logs; and the MLflow store, to rebuild or resume from).
+# KILLED). RESUME=1 re-runs the same sweep folder with resume=true (carry outputs/mlflow.db and
+# outputs/multirun/$SWEEP back in): finished cells are copied, the rest run. A call brings back a few
+# files: <sweep>-report.md, <sweep>.log and <sweep>.tgz (the sweep folder and the MLflow store).
 set -uo pipefail
-stage=${1:?usage: device_matrix.sh bench|small|mainnet}
+stage=${1:?usage: device_matrix.sh bench|small|mainnet [overrides...]}
 engine=${ENGINE:-pallas}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 if [ -z "${SKIP_WHEELS:-}" ]; then
@@ -18,24 +19,28 @@ if [ -z "${SKIP_WHEELS:-}" ]; then
     && export PYTHONPATH=/tmp/site:$PWD || exit 1
 fi
 export PYTHONUNBUFFERED=1
+echo "code: ${MORPHOGEN_CODE_VERSION:-unnamed (set MORPHOGEN_CODE_VERSION)}"
 case $stage in
   bench)
     { nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
       python3 -m morphogen_exp.bench ceilings
-      timeout 480 python3 -m morphogen_exp.bench engine --pages 16777216 --keys 3,96 --engines xla,pallas \
-        --tile-pages 65536 --repeats 5 --csv "$out/bench.csv"; } 2>&1 | grep -v INFO > "$out/bench.log"
-    tail -5 "$out/bench.log" ;;
+      timeout 480 python3 -m morphogen_exp.bench breakdown --pages 16817159 --keys 3 --engine "$engine" \
+        --tiles 4194304 --repeats 5 --csv "$out/breakdown.csv"; } 2>&1 | grep -v INFO | tee "$out/bench.log" ;;
   tiny|small|mainnet)
-    dir=outputs/multirun/$stage-$engine
-    { nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
+    sweep=${SWEEP:-$stage-$engine}
+    dir=outputs/multirun/$sweep
+    mkdir -p "$dir"   # the log's folder exists before anything writes to it
+    resume=(); [ -n "${RESUME:-}" ] && resume=(resume=true)
+    { nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader
       timeout "${SWEEP_TIMEOUT:-540}" python3 -m morphogen_exp -m 'strategy=glob(*)' q=1,2,4,8,16,32 \
-        dataset="$stage" engine="$engine" bench.warmup=1 bench.iterations=2 hydra.sweep.dir="$dir" "${@:2}"
+        dataset="$stage" engine="$engine" bench.warmup=1 bench.max_time_s=30 hydra.sweep.dir="$dir" \
+        "${resume[@]}" "${@:2}"
+      echo "sweep exit status: $?"
       [ -f "$dir/report.md" ] || python3 -m morphogen_exp.report --sweep-dir "$dir"
-    } 2>&1 | grep -v INFO > "$dir.log"
-    cp "$dir.log" "$dir/sweep.log" 2>/dev/null
-    cp "$dir/report.md" "$out/$stage-$engine-report.md" 2>/dev/null
-    tar czf "$out/$stage-$engine.tgz" --exclude='*/.hydra' "$dir" outputs/mlflow.db
-    tail -5 "$dir.log" ;;
+    } 2>&1 | grep -v -E "INFO|^\s*$" | tee -a "$dir/sweep.log" | tail -40
+    cp "$dir/sweep.log" "$out/$sweep.log"
+    cp "$dir/report.md" "$out/$sweep-report.md" 2>/dev/null
+    tar czf "$out/$sweep.tgz" --exclude='*/.hydra' "$dir" outputs/mlflow.db ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
-ls "$out"
+ls -la "$out"
