@@ -72,6 +72,7 @@ def _interrupted() -> None:
 
 
 def main() -> None:
+    session.current()  # the process's memory settings before anything (the sweep callback) starts the backend
     signal.signal(signal.SIGTERM, _sigterm)
     user_full_error = "HYDRA_FULL_ERROR" in os.environ
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra's errors come to us: one line, exit 2
