@@ -183,7 +183,7 @@ def test_schema_declares_defaults_once_and_yaml_only_chooses(make_cfg):
     assert asdict(rc.parity) == asdict(ParityConfig())
     b = asdict(rc.bench)
     assert {k: b[k] for k in ("max_noise", "min_time_s", "max_time_s", "confidence")} == {
-        "max_noise": 0.01, "min_time_s": 0.0, "max_time_s": 20.0, "confidence": 0.95}
+        "max_noise": 0.01, "min_time_s": 0.0, "max_time_s": 3.0, "confidence": 0.95}
     assert asdict(BenchConfig()) | {"compilation_cache_dir": b["compilation_cache_dir"], "iterations": 2, "warmup": 0} == b
 
 
