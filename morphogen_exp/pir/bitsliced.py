@@ -127,13 +127,15 @@ def _put_rows(buf: jax.Array, rows: jax.Array, start: jax.Array) -> jax.Array:
     return lax.dynamic_update_slice_in_dim(buf, rows, start, axis=0)
 
 
-def bitslice_rows(read: Callable[[int, int], jax.Array | np.ndarray], num_pages: int, group_pages: int = GROUP_PAGES,
+def bitslice_rows(read: Callable[[int, int], jax.Array | np.ndarray], num_pages: int, group_pages: int | None = None,
                   chunks_per_step: int = 64) -> BitslicedDB:
     """The layout transform built group by group: ``read(lo, hi)`` gives raw rows [lo, hi) as a
     (hi - lo, 1024) uint32 array (numpy or device; each group is generated, streamed or sliced by the
     caller), each group is bit-sliced on the default device and written into one preallocated
     buffer. The raw database is never resident: peak = the bit-sliced buffer + one raw group + its
-    sliced copy (``build_scratch_bytes``). Equal to ``bitslice_pages`` of the whole matrix."""
+    sliced copy (``build_scratch_bytes``). Equal to ``bitslice_pages`` of the whole matrix.
+    group_pages: pages per group (rounded down to whole chunks of 256), default GROUP_PAGES."""
+    group_pages = GROUP_PAGES if group_pages is None else group_pages
     if num_pages < 1:
         raise ValueError(f"{num_pages=} must be >= 1")
     if group_pages < CHUNK_PAGES:
@@ -172,8 +174,9 @@ def padded_pages(num_pages: int) -> int:
     return -(-num_pages // CHUNK_PAGES) * CHUNK_PAGES
 
 
-def build_scratch_bytes(group_pages: int = GROUP_PAGES) -> int:
+def build_scratch_bytes(group_pages: int | None = None) -> int:
     """Device bytes ``bitslice_rows`` needs beside its output: one raw group and its sliced copy."""
+    group_pages = GROUP_PAGES if group_pages is None else group_pages
     return 2 * (group_pages // CHUNK_PAGES * CHUNK_PAGES) * PAGE_WORDS * 4
 
 

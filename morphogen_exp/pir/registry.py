@@ -22,7 +22,8 @@ import numpy as np
 from .chacha_jax import default_unroll
 from .xla_ops import default_doubling_levels, expand_levels_xla, masked_xor_xla
 
-__all__ = ["EngineSpec", "EngineOps", "LayoutFn", "RowReader", "register_ops", "unregister_ops", "registered_engines", "available_engines", "get_ops"]
+__all__ = ["EngineSpec", "EngineOps", "LayoutFn", "RowReader", "register_ops", "unregister_ops", "registered_engines",
+           "available_engines", "get_ops"]
 
 
 def _is_int(x: object) -> bool:
