@@ -83,13 +83,13 @@ def engine_database_bytes(num_pages: int, engine: str) -> int:
     return dataset_bytes(num_pages)
 
 
-def engine_build_bytes(engine: str) -> int:
+def engine_build_bytes(num_pages: int, engine: str) -> int:
     """Scratch of building the engine's layout beside it (0 for raw pages): the bit-sliced build
     streams one raw group and its sliced copy at a time, the raw database is never resident."""
     if engine == BITSLICED:
         from .pir.bitsliced import build_scratch_bytes
 
-        return build_scratch_bytes()
+        return build_scratch_bytes(num_pages)
     return 0
 
 
@@ -110,4 +110,4 @@ def engine_need_bytes(num_pages: int, live_queries: int, tile_pages: Callable[[i
     """A cell's device bytes on ``engine``: its database, plus the larger of the layout's build scratch
     (before any scan) and the scans' working set with the engine's scratch."""
     scan = working_set_bytes(live_queries, tile_pages) + engine_scratch_bytes(live_queries, tile_pages, engine)
-    return engine_database_bytes(num_pages, engine) + max(engine_build_bytes(engine), scan)
+    return engine_database_bytes(num_pages, engine) + max(engine_build_bytes(num_pages, engine), scan)

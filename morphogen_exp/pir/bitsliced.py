@@ -174,10 +174,10 @@ def padded_pages(num_pages: int) -> int:
     return -(-num_pages // CHUNK_PAGES) * CHUNK_PAGES
 
 
-def build_scratch_bytes(group_pages: int | None = None) -> int:
+def build_scratch_bytes(num_pages: int, group_pages: int | None = None) -> int:
     """Device bytes ``bitslice_rows`` needs beside its output: one raw group and its sliced copy."""
     group_pages = GROUP_PAGES if group_pages is None else group_pages
-    return 2 * (group_pages // CHUNK_PAGES * CHUNK_PAGES) * PAGE_WORDS * 4
+    return 2 * min(group_pages // CHUNK_PAGES * CHUNK_PAGES, padded_pages(num_pages)) * PAGE_WORDS * 4
 
 
 def unslice_pages(db: BitslicedDB) -> jax.Array:
