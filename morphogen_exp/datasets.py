@@ -1,7 +1,10 @@
 """Page matrices on the device: deterministic synthetic pages built on the device from a seed, or a
 raw matrix file (like the original's mainnet_compact.bin) memory-mapped and streamed in chunks.
 
-The device copy is `(N, 1024) uint32` (a 4096-byte page as little-endian words). The host side can
+The device copy is `(N, 1024) uint32` (a 4096-byte page as little-endian words), or an engine's own
+layout of it (`load(..., layout=)`: built from the raw rows group by group, the raw matrix never
+resident; `Dataset.raw_rows` regenerates raw rows on the device for checks that must not go through
+the layout). The host side can
 always produce any page independently of the device (`host_pages`), which is what parity checks
 compare against: the synthetic generator has a numpy twin, a file is read back from disk.
 """
@@ -11,6 +14,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import ConfigError, DatasetConfig
+from .pir.registry import LayoutFn
 
 PAGE_BYTES = 4096
 PAGE_WORDS = PAGE_BYTES // 4
@@ -57,15 +63,39 @@ def _synthetic_words_device(num_pages: int, seed: int) -> jax.Array:
     return _fmix32(_fmix32(i ^ jnp.uint32(seed & 0xFFFFFFFF), jnp) ^ (w * jnp.uint32(0x9E3779B1)), jnp)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _synthetic_rows_device(start: jax.Array, size: int, seed: int) -> jax.Array:
+    """Rows [start, start + size) of _synthetic_words_device, generated alone (a streamed build)."""
+    i = jax.lax.broadcasted_iota(jnp.uint32, (size, PAGE_WORDS), 0) + start.astype(jnp.uint32)
+    w = jax.lax.broadcasted_iota(jnp.uint32, (size, PAGE_WORDS), 1)
+    return _fmix32(_fmix32(i ^ jnp.uint32(seed & 0xFFFFFFFF), jnp) ^ (w * jnp.uint32(0x9E3779B1)), jnp)
+
+
+RAW = "raw"
+
+
 @dataclass(frozen=True, eq=False)
 class Dataset:
     """A page matrix resident on the device, and how to read any page back on the host."""
 
     name: str
     num_pages: int
-    words: jax.Array      # (N, 1024) u32 on the device
+    words: jax.Array      # (N, 1024) u32 on the device, or the engine's layout of them (see `layout`)
     seed: int
     path: Path | None = None
+    layout: str = RAW     # "raw", or the layout function that built `words` (module.name)
+    layout_build_s: float = 0.0  # seconds the layout took to build (0 for raw pages)
+
+    @property
+    def is_raw(self) -> bool:
+        return self.layout == RAW
+
+    def raw_rows(self, lo: int, hi: int) -> jax.Array:
+        """Raw words of pages [lo, hi) on the device, (hi - lo, 1024) u32: a slice of `words` when they
+        are the raw pages, else regenerated from the seed or read from the file (never the layout)."""
+        if self.is_raw:
+            return self.words[lo:hi]
+        return read_rows(self.path, self.seed)(lo, hi)
 
     @property
     def domain_bits(self) -> int:
@@ -96,6 +126,7 @@ class Dataset:
             "domain_bits": self.domain_bits,
             "gib": round(self.nbytes / 2**30, 3),
             "source": str(self.path) if self.path else f"synthetic(seed={self.seed})",
+            "layout": self.layout,
         }
 
 
@@ -122,6 +153,24 @@ def _write_rows(buf: jax.Array, chunk: jax.Array, start: jax.Array) -> jax.Array
     return jax.lax.dynamic_update_slice(buf, chunk, (start, jnp.int32(0)))
 
 
+def _file_rows(raw: np.memmap, lo: int, hi: int) -> np.ndarray:
+    """Pages [lo, hi) of a raw matrix file as (hi - lo, 1024) u32 words (the last page zero-padded)."""
+    chunk = np.zeros((hi - lo) * PAGE_BYTES, dtype=np.uint8)
+    part = raw[lo * PAGE_BYTES : hi * PAGE_BYTES]
+    chunk[: len(part)] = part
+    return chunk.view("<u4").reshape(-1, PAGE_WORDS)
+
+
+def read_rows(path: Path | None, seed: int) -> Callable[[int, int], jax.Array]:
+    """read(lo, hi) -> raw words of pages [lo, hi) on the default device: generated there from the
+    seed (synthetic) or read from the file. What a streamed layout build and the layout-independent
+    parity fold read."""
+    if path is None:
+        return lambda lo, hi: _synthetic_rows_device(jnp.int32(lo), hi - lo, seed)
+    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    return lambda lo, hi: jax.device_put(_file_rows(raw, lo, hi))
+
+
 def _load_file(path: Path, device: jax.Device) -> jax.Array:
     """Stream a raw matrix to the device in 64 MiB chunks (zero-padding the last page)."""
     n = _file_pages(path)
@@ -129,10 +178,7 @@ def _load_file(path: Path, device: jax.Device) -> jax.Array:
     buf = jax.device_put(jnp.zeros((n, PAGE_WORDS), jnp.uint32), device)
     for start in range(0, n, _STREAM_PAGES):
         stop = min(n, start + _STREAM_PAGES)
-        chunk = np.zeros((stop - start) * PAGE_BYTES, dtype=np.uint8)
-        part = raw[start * PAGE_BYTES : stop * PAGE_BYTES]
-        chunk[: len(part)] = part
-        words = jax.device_put(chunk.view("<u4").reshape(-1, PAGE_WORDS), device)
+        words = jax.device_put(_file_rows(raw, start, stop), device)
         buf = _write_rows(buf, words, jnp.int32(start))  # in place (donated); a ragged last chunk compiles once more
     return buf
 
@@ -155,9 +201,24 @@ def fingerprint(cfg: DatasetConfig, seed: int) -> str:
     return f"file:size={size}:sha256={h.hexdigest()[:16]}"
 
 
-def load(cfg: DatasetConfig, seed: int) -> Dataset:
-    """Build (or load) the dataset on the device (the session keeps it for every cell of a sweep)."""
+def _load_layout(cfg: DatasetConfig, seed: int, layout: LayoutFn, device: jax.Device) -> Dataset:
+    """The dataset in an engine's layout, built from raw rows generated / read group by group."""
+    path = Path(cfg.path).expanduser().resolve() if cfg.path else None
+    n = _file_pages(path) if path else cfg.num_pages
+    t0 = time.perf_counter()
+    with jax.default_device(device):
+        words = jax.block_until_ready(layout(read_rows(path, seed), n))
+    name = f"{getattr(layout, '__module__', '?')}.{getattr(layout, '__qualname__', '?')}"
+    return Dataset(cfg.name, n, words, seed, path, name, time.perf_counter() - t0)
+
+
+def load(cfg: DatasetConfig, seed: int, layout: LayoutFn | None = None) -> Dataset:
+    """Build (or load) the dataset on the device (the session keeps it for every cell of a sweep):
+    the raw pages, or with ``layout`` (an engine's, pir EngineOps.layout) that engine's database,
+    built in groups so the raw pages are never resident, its build time in ``layout_build_s``."""
     device = jax.local_devices()[0]
+    if layout is not None:
+        return _load_layout(cfg, seed, layout, device)
     if cfg.path:
         path = Path(cfg.path).expanduser().resolve()
         words = _load_file(path, device)

@@ -66,3 +66,48 @@ def check_fits(what: str, need: int, cap_gib: float | None) -> None:
     limit = device_limit_bytes(cap_gib)
     if limit is not None and need > limit:
         raise DoesNotFit(what, need, limit)
+
+
+# --- engines with their own database layout (pir EngineOps.layout): what they hold beyond the above ---
+
+BITSLICED = "bitsliced"
+
+
+def engine_database_bytes(num_pages: int, engine: str) -> int:
+    """The database as the engine scans it: the raw pages, or the bit-sliced layout (rounded up to
+    chunks of 256 pages, pir/bitsliced.py): the same size give or take a chunk."""
+    if engine == BITSLICED:
+        from .pir.bitsliced import padded_pages
+
+        return padded_pages(num_pages) * PAGE_BYTES
+    return dataset_bytes(num_pages)
+
+
+def engine_build_bytes(num_pages: int, engine: str) -> int:
+    """Scratch of building the engine's layout beside it (0 for raw pages): the bit-sliced build
+    streams one raw group and its sliced copy at a time, the raw database is never resident."""
+    if engine == BITSLICED:
+        from .pir.bitsliced import build_scratch_bytes
+
+        return build_scratch_bytes(num_pages)
+    return 0
+
+
+def engine_scratch_bytes(live_queries: int, tile_pages: Callable[[int], int], engine: str) -> int:
+    """Per-tile scratch of the engine's masked XOR beyond ``working_set_bytes``: the bit-sliced CUDA op
+    copies the tile's masks into per-bit page vectors (keys padded to its key groups of 8): a second
+    set of masks. 0 for the raw-page engines."""
+    if engine != BITSLICED:
+        return 0
+    from .pir.bmma import key_group
+
+    keys = 3 * live_queries
+    _, key_tiles = key_group(keys)
+    return tile_pages(keys) * 16 * 8 * key_tiles
+
+
+def engine_need_bytes(num_pages: int, live_queries: int, tile_pages: Callable[[int], int], engine: str) -> int:
+    """A cell's device bytes on ``engine``: its database, plus the larger of the layout's build scratch
+    (before any scan) and the scans' working set with the engine's scratch."""
+    scan = working_set_bytes(live_queries, tile_pages) + engine_scratch_bytes(live_queries, tile_pages, engine)
+    return engine_database_bytes(num_pages, engine) + max(engine_build_bytes(num_pages, engine), scan)

@@ -4,7 +4,9 @@
 2. single == the numpy reference (pir.reference, no JAX) on the first queries. Up to
    parity.numpy_reference_max_pages the whole answer is numpy's; above it (64 GiB of pages would take
    the host hours) numpy evaluates the DPF keys over the whole domain and a plain jnp fold, written
-   here apart from the engine, XORs the device's pages under those masks;
+   here apart from the engine, XORs the device's raw pages under those masks (an engine with its own
+   database layout, e.g. bitsliced: raw pages regenerated group by group from the dataset's own
+   generator or file, `Dataset.raw_rows`, never read through the engine's layout);
 3. server0 XOR server1 == the true target pages, read from the dataset's host twin (not the device);
 plus the original's checksum columns (sum of answer bytes) beside these stronger checks."""
 
@@ -89,10 +91,18 @@ _FOLD_PAGES = 1 << 20  # pages per device fold step: (K, 2^20, 4) masks = 16 MiB
 
 @functools.partial(jax.jit, static_argnums=2)
 def _fold(words: jax.Array, start: jax.Array, size: int, masks: jax.Array) -> jax.Array:
-    """XOR over pages [start, start + size) of page AND mask: (K, 1024) u32. Plain jnp on purpose."""
+    """XOR over raw pages [start, start + size) of ``words`` of page AND mask: (K, 1024) u32. Plain jnp on purpose."""
     pages = jax.lax.dynamic_slice_in_dim(words, start, size, axis=0).reshape(size, 256, 4)
     prod = pages[None] & masks[:, :, None, :]
     return jax.lax.reduce(prod, jnp.uint32(0), jax.lax.bitwise_xor, (1,)).reshape(masks.shape[0], 1024)
+
+
+def _raw_pages(dataset: Dataset, start: int, size: int) -> tuple[jax.Array, jax.Array]:
+    """(raw words holding pages [start, start + size), the row of page ``start`` in them): the resident
+    raw database itself, or those pages alone regenerated / re-read when the device holds a layout."""
+    if dataset.is_raw:
+        return dataset.words, jnp.int32(start)
+    return dataset.raw_rows(start, start + size), jnp.int32(0)
 
 
 def _numpy_dpf_answer(dataset: Dataset, keys: tuple, cache: OracleCache) -> np.ndarray:
@@ -104,7 +114,7 @@ def _numpy_dpf_answer(dataset: Dataset, keys: tuple, cache: OracleCache) -> np.n
         acc = np.zeros((len(keys), 1024), np.uint32)
         for start in range(0, n, _FOLD_PAGES):
             size = min(_FOLD_PAGES, n - start)
-            part = _fold(dataset.words, jnp.int32(start), size, jax.device_put(masks[:, start : start + size]))
+            part = _fold(*_raw_pages(dataset, start, size), size, jax.device_put(masks[:, start : start + size]))
             acc ^= np.asarray(part)
         return words_to_bytes(acc)
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import datasets, memory
 from .config import DatasetConfig, MlflowConfig
+from .pir.registry import LayoutFn
 from .progress import Progress
 from .tracking import Tracker
 
@@ -38,13 +39,14 @@ class Session:
     trackers: dict[tuple[str, str], Tracker] = field(default_factory=dict)
     sweep: tuple[Tracker, SweepRef] | None = None                  # set where the multirun is framed (interrupts)
 
-    def database(self, cfg: DatasetConfig, seed: int) -> datasets.Dataset:
-        """The dataset, built once per process. A different one releases the old database and every
-        context compiled on it first (one resident at a time: a 64 GiB one leaves room for no other)."""
-        key = (cfg.name, cfg.num_pages, str(Path(cfg.path).expanduser().resolve()) if cfg.path else None, seed)
+    def database(self, cfg: DatasetConfig, seed: int, layout: LayoutFn | None = None) -> datasets.Dataset:
+        """The dataset in the engine's layout (None: raw pages), built once per process. A different
+        one (dataset or layout) releases the old database and every context compiled on it first (one
+        resident at a time: a 64 GiB one leaves room for no other)."""
+        key = (cfg.name, cfg.num_pages, str(Path(cfg.path).expanduser().resolve()) if cfg.path else None, seed, layout)
         if self.dataset is None or self._dataset_key != key:
             self.dataset, self.contexts = None, {}
-            self.dataset = datasets.load(cfg, seed)
+            self.dataset = datasets.load(cfg, seed, layout)
             self._dataset_key = key
         return self.dataset
 

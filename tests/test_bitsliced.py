@@ -11,12 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from morphogen_exp.pir import EngineSpec, KeyBatch, bmma, full_eval_jax, make_answer_fn, register_ops
+from morphogen_exp import pir
+from morphogen_exp.pir import EngineSpec, KeyBatch, bmma, full_eval_jax, get_ops, register_ops
 from morphogen_exp.pir.bitsliced import (
     CHUNK_PAGES,
     BitslicedDB,
     bitslice_host,
     bitslice_pages,
+    bitslice_rows,
     chunk_span,
     masked_xor_bitsliced,
     transpose32,
@@ -123,19 +125,34 @@ def _fixture_keys(fixtures_dir: Path) -> list[tuple[Key, Key, int]]:
              c["target"]) for c in cases if c["domain_bits"] == DOMAIN_BITS and c["target"] < N_PAGES]
 
 
-def test_scan_with_bitsliced_op_on_reference_vectors(db: BitslicedDB, fixtures_dir: Path) -> None:
-    """The engine scan driving masked_xor_bitsliced (as the lead registers it) on the original's keys:
-    equal to the numpy answer, and server 0 XOR server 1 is the target page."""
-    register_ops("bitsliced", expand_levels_xla, masked_xor_xla,
-                 lambda words, off, masks: masked_xor_bitsliced(words, off, masks, impl="jnp"))
+def test_registered_engine_answers_reference_vectors(fixtures_dir: Path) -> None:
+    """pir.answer(engine="bitsliced") (the registered engine: its layout built by pir.answer, the jnp GF(2)
+    product, the XLA expansion on CPU) on the original's keys, one scan of all of them: equal to the
+    numpy answer, and server 0 XOR server 1 is the target page (the fixture's truth)."""
     cases = _fixture_keys(fixtures_dir)
     assert len(cases) >= 3
     keys = [key for k0, k1, _ in cases for key in (k0, k1)]  # K = 2 * cases (6 or more)
-    fn = make_answer_fn(N_PAGES, EngineSpec(name="bitsliced", tile_pages=256, unroll=False))
-    out = np.asarray(fn(db.words, KeyBatch.from_keys(keys).to_device())).view(np.uint8).reshape(len(keys), 4096)
+    out = pir.answer(PAGES_U8, keys, backend="jax", engine="bitsliced")
     np.testing.assert_array_equal(out, answer_numpy(PAGES_U8, keys))
     for i, (_, _, target) in enumerate(cases):
         np.testing.assert_array_equal(out[2 * i] ^ out[2 * i + 1], PAGES_U8[target])
+
+
+def test_registered_engine_wiring() -> None:
+    """The registry's "bitsliced": its own layout (the bit-sliced words, rows padded to 256), read in
+    place; the expansion is XLA's off the GPU (bit for bit the "xla" engine's full evaluation)."""
+    ops = get_ops("bitsliced")
+    assert ops.layout is not None and ops.masked_xor_at is not None
+    words = ops.prepare(jnp.asarray(PAGES_W), N_PAGES)
+    np.testing.assert_array_equal(np.asarray(words), _layout_numpy(PAGES_W))
+    raw = jnp.asarray(PAGES_W)
+    assert get_ops("xla").prepare(raw, N_PAGES) is raw  # no layout: the raw pages themselves
+    keys = KeyBatch.from_keys(generate_keys(DOMAIN_BITS, 3, np.random.default_rng(3))).to_device()
+    np.testing.assert_array_equal(np.asarray(full_eval_jax(keys, EngineSpec("bitsliced", unroll=False))),
+                                  np.asarray(full_eval_jax(keys, EngineSpec("xla", unroll=False))))
+    with pytest.raises(ValueError, match="needs a masked_xor_at_fn"):
+        register_ops("bitsliced_broken", expand_levels_xla, masked_xor_xla, None, ops.layout)
+    assert "bitsliced_broken" not in pir.registered_engines()
 
 
 def test_bad_inputs_name_what_to_fix(db: BitslicedDB) -> None:
@@ -190,3 +207,18 @@ def test_bmma_source_compiles_for_sm90a(monkeypatch, tmp_path) -> None:
     assert lib.is_file() and lib.parent.parent == tmp_path
     mtime = lib.stat().st_mtime_ns
     assert bmma.build() == lib and lib.stat().st_mtime_ns == mtime
+
+
+def test_rows_build_in_groups_equals_one_shot_build(db: BitslicedDB) -> None:
+    """The streamed build (device rows read group by group, a ragged last group) == bitslice_pages."""
+    raw, calls = jnp.asarray(PAGES_W), []
+
+    def read(lo: int, hi: int) -> jax.Array:
+        calls.append((lo, hi))
+        return raw[lo:hi]
+
+    built = bitslice_rows(read, N_PAGES, group_pages=600)  # rounded down to 512: groups [0, 512), [512, 700)
+    assert calls == [(0, 512), (512, N_PAGES)]
+    np.testing.assert_array_equal(np.asarray(built.words), np.asarray(db.words))
+    with pytest.raises(ValueError, match=r"read\(0, 256\) gave \(255, 1024\)"):
+        bitslice_rows(lambda lo, hi: raw[lo: hi - 1], 300, group_pages=256)

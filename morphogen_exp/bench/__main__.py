@@ -1,6 +1,6 @@
 """Engine benchmarks: kernels alone, no Hydra, no MLflow (runs on a bare GPU image).
 
-    python -m morphogen_exp.bench engine --pages 65536 --keys 3,96 --engines xla,pallas
+    python -m morphogen_exp.bench engine --pages 65536 --keys 3,96 --engines xla,pallas,bitsliced
     python -m morphogen_exp.bench ceilings             # device copy GB/s and integer ops/s
     python -m morphogen_exp.bench breakdown --pages 16777216 --keys 3,96 --tiles 65536,262144
                                                        # where a scan's time goes, per tile size
@@ -8,7 +8,8 @@
     python -m morphogen_exp.bench ggm --pages 1048576 --keys 96 --tile 65536 --grid "levels=1,2 num_warps=4,8"
 
 engine: for each engine and key count, full-domain evaluation alone, then the one-pass scan, each with
-compile time apart and medians over repeats with rotating keys (nothing is served from a cache of an
+compile time apart (and the engine's own database layout, if it has one, built once apart:
+layout_build_s), medians over repeats with rotating keys (nothing is served from a cache of an
 identical previous input); GB/s counts the bytes the scan reads (pir.scan_bytes_read), set against a
 device copy measured in the same run. blocks / ggm search the Pallas kernels' block shapes at the
 scan's real shape, each checked bit for bit against the XLA op (kernels.py)."""
@@ -28,21 +29,24 @@ from ..memory import configure_process
 from ..pir import EngineSpec, full_eval_jax, get_ops, make_answer_fn, scan_bytes_read, tile_size
 from ..pir.pallas_ggm import GGMBlock
 from ..pir.pallas_scan import ScanBlock
-from .common import copy_gbps, int_ops_per_s, keybatches, pages, timed, write_csv
+from .common import copy_gbps, database, int_ops_per_s, keybatches, timed, write_csv
 from .kernels import bench_blocks, bench_breakdown, bench_ggm, parse_grid
 
 
 def bench_engine(num_pages: int, key_counts: list[int], engines: list[str], tile_pages: int | None,
                  unroll: bool | None, repeats: int) -> list[dict[str, Any]]:
-    words = pages(num_pages)
-    cgb, n = copy_gbps(words), domain_bits_for(num_pages)
-    rows = []
-    for engine in engines:
+    n, rows = domain_bits_for(num_pages), []
+    for engine in engines:  # one database at a time: an engine's layout and the raw pages need not both fit
+        words, layout_s = database(num_pages, engine)
+        cgb = copy_gbps(words)
+        if layout_s:
+            print(f"{engine}: database layout built in {layout_s:.2f} s (once, apart from the timings)", flush=True)
         for k in key_counts:
             spec = EngineSpec(engine, tile_pages or EngineSpec.tile_pages, unroll)
             kbs = keybatches(num_pages, k, sets=3)
             common = dict(device=jax.local_devices()[0].device_kind, jax_version=jax.__version__, engine=engine,
-                          pages=num_pages, keys=k, tile_pages=tile_size(num_pages, n, spec, k), unroll=spec.resolved_unroll)
+                          pages=num_pages, keys=k, tile_pages=tile_size(num_pages, n, spec, k), unroll=spec.resolved_unroll,
+                          layout_build_s=layout_s)
             blocks = k * 2 * ((1 << n) - 1)  # ChaCha8 blocks of K full trees (2 per node)
             if k * (1 << n) * 16 <= 8 * 2**30:  # full-domain evaluation, where the leaves fit comfortably
                 t = timed(functools.partial(full_eval_jax, spec=spec), [(kb,) for kb in kbs], repeats)
@@ -53,11 +57,12 @@ def bench_engine(num_pages: int, key_counts: list[int], engines: list[str], tile
             rows.append(dict(**common, what="scan", **t, gbps=scan_bytes_read(num_pages, spec, k) / (t["median_ms"] / 1e3) / 1e9,
                              gblocks_s=blocks / (t["median_ms"] / 1e3) / 1e9, copy_gbps=cgb))
             print(_fmt(rows[-1]), flush=True)
+        del words
     return rows
 
 
 def _fmt(r: dict[str, Any]) -> str:
-    return (f"{r['device']:>22} {r['engine']:>6} {r['what']:>9} pages={r['pages']:<9} K={r['keys']:<3} T={r['tile_pages']:<7} "
+    return (f"{r['device']:>22} {r['engine']:>9} {r['what']:>9} pages={r['pages']:<9} K={r['keys']:<3} T={r['tile_pages']:<7} "
             f"unroll={int(r['unroll'])} compile={r['compile_s']:7.2f}s median={r['median_ms']:9.3f} ms "
             f"{r['gbps']:8.1f} GB/s {r['gblocks_s']:7.2f} Gblk/s (copy {r['copy_gbps']:.0f} GB/s)")
 

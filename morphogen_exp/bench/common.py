@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,14 +13,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..datasets import _fmix32, _synthetic_words_device, domain_bits_for
-from ..pir import KeyBatch, generate_keys
+from ..datasets import _fmix32, _synthetic_words_device, domain_bits_for, read_rows
+from ..pir import KeyBatch, generate_keys, get_ops
 from ..timing import measure
 
 
 def pages(num_pages: int, seed: int = 7) -> jax.Array:
     """The synthetic database the orchestrator uses, (num_pages, 1024) u32, built on the device."""
     return jax.block_until_ready(_synthetic_words_device(num_pages, seed))
+
+
+def database(num_pages: int, engine: str, seed: int = 7) -> tuple[jax.Array, float]:
+    """The synthetic database as ``engine``'s scan reads it: the raw pages (``pages``), or the
+    engine's own layout built from them group by group, the raw pages never resident (a 64 GiB one
+    fits an 80 GB card); and the seconds that layout took to build (0.0 for raw pages)."""
+    ops = get_ops(engine)
+    if ops.layout is None:
+        return pages(num_pages, seed), 0.0
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(ops.layout(read_rows(None, seed), num_pages))
+    return out, time.perf_counter() - t0
 
 
 def mix(x: jax.Array) -> jax.Array:

@@ -29,7 +29,7 @@ from ..pir import PAGE_WORDS, EngineSpec, get_ops, make_answer_fn, register_ops,
 from ..pir.pallas_ggm import GGMBlock, expand_levels_pallas
 from ..pir.pallas_scan import ScanBlock, masked_xor_pallas
 from ..pir.xla_ops import expand_levels_xla, masked_xor_xla
-from .common import copy_gbps, keybatches, mix, pages, read_gbps, timed
+from .common import copy_gbps, database, keybatches, mix, pages, read_gbps, timed
 
 PARTS = ("xor_only", "expand_only", "top_only", "scan")
 
@@ -86,7 +86,7 @@ def _run(name: str, num_pages: int, tile: int, words: jax.Array, kbs: list, repe
 
 def bench_breakdown(num_pages: int, key_counts: list[int], engine: str, tiles: list[int], repeats: int) -> list[dict]:
     """The scan and its parts at each tile size; rows carry the copy and read rates of the same run."""
-    words = pages(num_pages)
+    words, _ = database(num_pages, engine)  # the engine's own layout, if it has one: the parts read it as its scan does
     dev, cgb, rgb = jax.local_devices()[0].device_kind, copy_gbps(words[: 1 << 19]), read_gbps(words[: 1 << 20])
     print(f"{dev}: copy {cgb:.0f} GB/s (2 GiB, read+write), read {rgb:.0f} GB/s (4 GiB)", flush=True)
     rows = []

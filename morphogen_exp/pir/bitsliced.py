@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,9 +31,13 @@ from jax import lax
 
 __all__ = [
     "CHUNK_PAGES",
+    "GROUP_PAGES",
     "BitslicedDB",
     "bitslice_pages",
     "bitslice_host",
+    "bitslice_rows",
+    "build_scratch_bytes",
+    "padded_pages",
     "masked_xor_bitsliced",
     "masked_xor_bitsliced_jnp",
     "unslice_pages",
@@ -40,6 +45,7 @@ __all__ = [
 ]
 
 CHUNK_PAGES = 256
+GROUP_PAGES = 1 << 18  # pages per step of a streamed layout build (1 GiB raw): bounds its scratch
 PAGE_WORDS = 1024
 _IMPLS = ("auto", "jnp", "bmma")
 # (shift, mask of the bit columns kept by the lower row) of the 5 stages of a 32x32 bit transpose
@@ -121,26 +127,57 @@ def _put_rows(buf: jax.Array, rows: jax.Array, start: jax.Array) -> jax.Array:
     return lax.dynamic_update_slice_in_dim(buf, rows, start, axis=0)
 
 
+def bitslice_rows(read: Callable[[int, int], jax.Array | np.ndarray], num_pages: int, group_pages: int | None = None,
+                  chunks_per_step: int = 64) -> BitslicedDB:
+    """The layout transform built group by group: ``read(lo, hi)`` gives raw rows [lo, hi) as a
+    (hi - lo, 1024) uint32 array (numpy or device; each group is generated, streamed or sliced by the
+    caller), each group is bit-sliced on the default device and written into one preallocated
+    buffer. The raw database is never resident: peak = the bit-sliced buffer + one raw group + its
+    sliced copy (``build_scratch_bytes``). Equal to ``bitslice_pages`` of the whole matrix.
+    group_pages: pages per group (rounded down to whole chunks of 256), default GROUP_PAGES."""
+    group_pages = GROUP_PAGES if group_pages is None else group_pages
+    if num_pages < 1:
+        raise ValueError(f"{num_pages=} must be >= 1")
+    if group_pages < CHUNK_PAGES:
+        raise ValueError(f"{group_pages=} must be >= {CHUNK_PAGES}")
+    group = group_pages // CHUNK_PAGES * CHUNK_PAGES  # groups start on chunk boundaries
+    buf = jnp.zeros((padded_pages(num_pages), PAGE_WORDS), jnp.uint32)
+    for lo in range(0, num_pages, group):
+        hi = min(num_pages, lo + group)
+        words = read(lo, hi)
+        if tuple(words.shape) != (hi - lo, PAGE_WORDS) or words.dtype != np.uint32:
+            raise ValueError(f"read({lo}, {hi}) gave {tuple(words.shape)} {words.dtype}, expected "
+                             f"({hi - lo}, {PAGE_WORDS}) uint32")
+        sliced = _bitslice(jax.device_put(words), hi - lo, chunks_per_step)
+        buf = _put_rows(buf, sliced, jnp.int32(lo))
+    return BitslicedDB(buf, int(num_pages))
+
+
 def bitslice_host(pages: np.ndarray, group_pages: int = 1 << 20, chunks_per_step: int = 64) -> BitslicedDB:
     """The layout transform of a host page matrix, (N, 4096) uint8 or (N, 1024) uint32 (a memmap
-    works), streamed to the default device ``group_pages`` at a time into one preallocated buffer:
-    the device never holds the raw database, so a 64 GiB database fits an 80 GB card (peak: the
-    bit-sliced buffer plus about two groups)."""
+    works), streamed to the default device ``group_pages`` at a time (``bitslice_rows``): the device
+    never holds the raw database, so a 64 GiB database fits an 80 GB card."""
     if not isinstance(pages, np.ndarray) or pages.ndim != 2 or (pages.dtype, pages.shape[1]) not in (
             (np.dtype(np.uint8), 4 * PAGE_WORDS), (np.dtype(np.uint32), PAGE_WORDS)) or pages.shape[0] < 1:
         raise ValueError(f"pages must be a numpy (N >= 1, 4096) uint8 or (N, 1024) uint32 array, got "
                          f"{getattr(pages, 'shape', None)} {getattr(pages, 'dtype', None)}")
-    if group_pages < CHUNK_PAGES:
-        raise ValueError(f"{group_pages=} must be >= {CHUNK_PAGES}")
-    n = pages.shape[0]
-    group = group_pages // CHUNK_PAGES * CHUNK_PAGES  # groups start on chunk boundaries
-    buf = jnp.zeros((-(-n // CHUNK_PAGES) * CHUNK_PAGES, PAGE_WORDS), jnp.uint32)
-    for lo in range(0, n, group):
-        part = np.ascontiguousarray(pages[lo: lo + group])
-        words = part.view("<u4").reshape(part.shape[0], PAGE_WORDS).astype(np.uint32, copy=False)
-        sliced = _bitslice(jax.device_put(words), words.shape[0], chunks_per_step)
-        buf = _put_rows(buf, sliced, jnp.int32(lo))
-    return BitslicedDB(buf, n)
+
+    def read(lo: int, hi: int) -> np.ndarray:
+        part = np.ascontiguousarray(pages[lo:hi])
+        return part.view("<u4").reshape(hi - lo, PAGE_WORDS).astype(np.uint32, copy=False)
+
+    return bitslice_rows(read, pages.shape[0], group_pages, chunks_per_step)
+
+
+def padded_pages(num_pages: int) -> int:
+    """Rows of the bit-sliced database of ``num_pages`` pages: rounded up to whole chunks of 256."""
+    return -(-num_pages // CHUNK_PAGES) * CHUNK_PAGES
+
+
+def build_scratch_bytes(num_pages: int, group_pages: int | None = None) -> int:
+    """Device bytes ``bitslice_rows`` needs beside its output: one raw group and its sliced copy."""
+    group_pages = GROUP_PAGES if group_pages is None else group_pages
+    return 2 * min(group_pages // CHUNK_PAGES * CHUNK_PAGES, padded_pages(num_pages)) * PAGE_WORDS * 4
 
 
 def unslice_pages(db: BitslicedDB) -> jax.Array:

@@ -47,7 +47,7 @@ def answer_jax(pages: np.ndarray, keys: Sequence[Key], spec: EngineSpec | None =
     ``spec`` names (default: EngineSpec(), engine "xla") on the default JAX device; same contract
     and validation as the numpy reference ``answer_numpy``."""
     spec = EngineSpec() if spec is None else spec
-    get_ops(spec.name)  # an unknown engine fails before any work
+    ops = get_ops(spec.name)  # an unknown engine fails before any work
     _check_pages(pages)
     kb = KeyBatch.from_keys(keys)
     n_pages, n = pages.shape[0], kb.domain_bits
@@ -55,5 +55,6 @@ def answer_jax(pages: np.ndarray, keys: Sequence[Key], spec: EngineSpec | None =
         raise ValueError(
             f"{n_pages} pages exceed the DPF domain 2^{n} = {1 << n}: use keys with domain_bits >= {(n_pages - 1).bit_length()}"
         )
-    out = make_answer_fn(n_pages, spec)(jax.device_put(pages_to_words(pages)), kb.to_device())
+    words = ops.prepare(jax.device_put(pages_to_words(pages)), n_pages)  # the engine's own layout, if it has one
+    out = make_answer_fn(n_pages, spec)(words, kb.to_device())
     return words_to_bytes(jax.device_get(out))

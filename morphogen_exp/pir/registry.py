@@ -1,7 +1,8 @@
 """Engines by name: the static ``EngineSpec`` and the registry of op sets (``EngineOps``).
 
 An op set is the two engine-interface ops (docs/engine-interface.md): ``expand_levels`` and
-``masked_xor``, plus an optional in-place ``masked_xor_at``. "xla" is registered here; other engines
+``masked_xor``, plus an optional in-place ``masked_xor_at`` and an optional ``layout`` (the engine's
+own database layout, built once per database: ``EngineOps.prepare``). "xla" is registered here; other engines
 register on import (``_LAZY_ENGINE_MODULES`` names the module that registers each). Compiled scans
 are cached per op set (scan.py keys its caches on the ``EngineOps`` value), so re-registering a
 name never serves a program traced with the old ops. Apart from those program caches, the registry
@@ -21,7 +22,8 @@ import numpy as np
 from .chacha_jax import default_unroll
 from .xla_ops import default_doubling_levels, expand_levels_xla, masked_xor_xla
 
-__all__ = ["EngineSpec", "EngineOps", "register_ops", "unregister_ops", "registered_engines", "available_engines", "get_ops"]
+__all__ = ["EngineSpec", "EngineOps", "LayoutFn", "RowReader", "register_ops", "unregister_ops", "registered_engines",
+           "available_engines", "get_ops"]
 
 
 def _is_int(x: object) -> bool:
@@ -73,6 +75,13 @@ class EngineSpec:
         return default_doubling_levels(self.resolved_unroll) if self.doubling_levels is None else self.doubling_levels
 
 
+# read(lo, hi) -> rows [lo, hi) of the raw database, (hi - lo, 1024) uint32 (a device or numpy array).
+RowReader = Callable[[int, int], jax.Array | np.ndarray]
+# layout(read, num_pages) -> the engine's database on the device, built from the raw rows read by ``read``
+# (in as many pieces as it likes: the raw database need never be resident), handed to the scan as pages_words.
+LayoutFn = Callable[[RowReader, int], jax.Array]
+
+
 # Optional keywords of an expand_levels op that the scan fills from the EngineSpec.
 _SPEC_KWARGS = ("unroll", "doubling_levels")
 
@@ -87,6 +96,16 @@ class EngineOps:
     # Optional: masked_xor_at(pages_words, page_offset, masks) reads the tile in place; without it
     # the scan slices the tile first (free for XLA, which fuses the slice; a copy before a kernel).
     masked_xor_at: Callable[[jax.Array, jax.Array | int, jax.Array], jax.Array] | None = None
+    # Optional: the engine's own database layout (None: the raw (N, 1024) pages are scanned as they are).
+    layout: LayoutFn | None = None
+
+    def prepare(self, pages_words: jax.Array, num_pages: int) -> jax.Array:
+        """The database the scan of this op set reads, from a resident raw one: ``pages_words`` itself,
+        or the engine's layout of its first ``num_pages`` rows (a new array: build it once per
+        database, time it apart like a compile)."""
+        if self.layout is None:
+            return pages_words
+        return self.layout(lambda lo, hi: pages_words[lo:hi], num_pages)
 
     def expand(self, spec: EngineSpec, *args: jax.Array) -> jax.Array:
         """``expand_levels(*args)`` with the spec's values for the keywords this op accepts."""
@@ -96,7 +115,7 @@ class EngineOps:
 
 _OPS: dict[str, EngineOps] = {}
 # Engines living in other modules, imported on first use so EngineSpec(name=...) just works.
-_LAZY_ENGINE_MODULES = {"pallas": "morphogen_exp.pir.pallas_ops"}
+_LAZY_ENGINE_MODULES = {"pallas": "morphogen_exp.pir.pallas_ops", "bitsliced": "morphogen_exp.pir.bitsliced_ops"}
 
 
 def register_ops(
@@ -104,19 +123,25 @@ def register_ops(
     expand_levels_fn: Callable[..., jax.Array],
     masked_xor_fn: Callable[[jax.Array, jax.Array], jax.Array],
     masked_xor_at_fn: Callable[[jax.Array, jax.Array | int, jax.Array], jax.Array] | None = None,
+    layout_fn: LayoutFn | None = None,
 ) -> EngineOps:
     """Register an op set under ``name`` (re-registering replaces it) and return it.
 
     Signatures (docs/engine-interface.md): ``expand_levels_fn(seeds, ts, seed_cw, t_cw, final_cw)``,
     optionally with keywords ``unroll`` / ``doubling_levels`` (then the EngineSpec's values are
     passed), and ``masked_xor_fn(pages, masks)``. Both must be traceable under jit and vmap.
+    ``masked_xor_at_fn(pages_words, page_offset, masks)`` reads the tile in place; ``layout_fn(read,
+    num_pages)`` builds the engine's own database (then the scan's pages_words is that array, and
+    ``masked_xor_at_fn`` must be given: a tile cut from a layout is not a tile of pages).
     """
+    if layout_fn is not None and masked_xor_at_fn is None:
+        raise ValueError(f"engine {name!r}: a layout_fn needs a masked_xor_at_fn (the scan reads the layout in place)")
     params = inspect.signature(expand_levels_fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         kwargs = frozenset(_SPEC_KWARGS)
     else:
         kwargs = frozenset(k for k in _SPEC_KWARGS if k in params)
-    ops = EngineOps(expand_levels_fn, masked_xor_fn, kwargs, masked_xor_at_fn)
+    ops = EngineOps(expand_levels_fn, masked_xor_fn, kwargs, masked_xor_at_fn, layout_fn)
     _OPS[name] = ops
     return ops
 
