@@ -111,17 +111,24 @@ def _verdict(r: dict, up: bool, tol: float) -> str:
     better, worse = (FASTER, SLOWER) if up else (SLOWER, FASTER)
     if pd.isna(lo) or pd.isna(hi):  # point estimates
         return SAME if abs(ratio - 1) <= tol else better if ratio > 1 else worse
+    if (1 - tol) <= lo and hi <= (1 + tol):  # the whole interval inside the tolerance: no difference that matters
+        return SAME
     if lo > 1:
         return better
     if hi < 1:
         return worse
-    return SAME if (1 - tol) <= lo and hi <= (1 + tol) else UNDECIDED
+    return UNDECIDED
 
 
 def regressions(cmp: Comparison, pct: float) -> pd.DataFrame:
     """Cells slower beyond their interval and by more than pct percent."""
     t = cmp.table
     return t[(t["verdict"] == SLOWER) & (-t["change_pct"] > pct)]
+
+
+def _names(a: Path, b: Path) -> tuple[str, str]:
+    """How the two sides are named: their file names, or their folders when the file names match."""
+    return (a.name, b.name) if a.name != b.name else (f"{a.parent.name}/{a.name}", f"{b.parent.name}/{b.name}")
 
 
 def to_markdown(cmp: Comparison, metric: str, base_name: str, cand_name: str) -> str:
@@ -161,9 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--same-within and --fail-on-regression take a percentage >= 0")
         if args.out is not None and not os.access(args.out.parent if str(args.out.parent) else Path("."), os.W_OK):
             raise ValueError(f"--out {args.out}: its folder is missing or not writable")
-        cmp = compare(read_matrix(args.baseline), read_matrix(args.candidate), args.metric, args.same_within / 100,
-                      (args.baseline.name, args.candidate.name))
-        text = to_markdown(cmp, args.metric, args.baseline.name, args.candidate.name)
+        names = _names(args.baseline, args.candidate)
+        same_within = args.same_within if args.fail_on_regression is None else min(args.same_within, args.fail_on_regression)
+        cmp = compare(read_matrix(args.baseline), read_matrix(args.candidate), args.metric, same_within / 100, names)
+        text = to_markdown(cmp, args.metric, *names)
         if args.out:
             args.out.write_text(text)
         else:

@@ -56,7 +56,8 @@ def test_the_original_on_one_side_takes_the_interval_from_ours(fixtures_dir, tmp
 
 @pytest.mark.parametrize("cand, verdict", [((110.0, 1.0), "faster"), ((90.0, 1.0), "slower"), ((100.5, 0.5), "same"),
                                            ((101.0, 5.0), "not enough evidence"), ((101.0, None), "same"),
-                                           ((110.0, None), "faster")])
+                                           ((110.0, None), "faster"),
+                                           ((100.9, 0.1), "same")])  # a real +0.9%: its interval is inside the 2% band
 def test_verdicts_from_the_ratio_interval(tmp_path, cand, verdict):
     base = compare.read_matrix(_ours(tmp_path / "a.csv", {("tiled[tile=4]", 32): (100.0, 0.5 if cand[1] else None)}))
     other = compare.read_matrix(_ours(tmp_path / "b.csv", {("tiled[tile=4]", 32): cand}))
@@ -77,6 +78,13 @@ def test_fail_on_regression_needs_noise_and_the_threshold(tmp_path, capsys):
     assert err.count("\n") == 1 and "full_batch q=32 (-7.0%)" in err and "tiled" not in err  # tiled: within noise
     assert compare.main([str(a), str(b), "--fail-on-regression", "10"]) == 0  # slower, but less than 10%
     assert compare.main([str(a), str(a), "--fail-on-regression", "0"]) == 0
+
+
+def test_a_small_real_regression_fails_when_the_threshold_is_below_the_same_band(tmp_path, capsys):
+    a = _ours(tmp_path / "a.csv", {("full_batch", 32): (100.0, 0.1)})
+    b = _ours(tmp_path / "b.csv", {("full_batch", 32): (98.5, 0.1)})  # -1.5%, well beyond its noise
+    assert compare.main([str(a), str(b)]) == 0 and "| same |" in capsys.readouterr().out  # inside the 2% band
+    assert compare.main([str(a), str(b), "--fail-on-regression", "1"]) == 1  # ...but 1% was asked for
 
 
 def _write(tmp_path: Path, name: str, text: str) -> str:
