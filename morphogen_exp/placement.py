@@ -14,6 +14,7 @@ placement, so strategies are unchanged. Per-device memory: the shard, or the who
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,12 +55,17 @@ def _mesh(devices: tuple[jax.Device, ...]) -> Mesh:
 
 
 def ensure_distributed(cfg: PlacementConfig) -> None:
-    """`jax.distributed.initialize()` once, before the backend starts, when the config asks: it
-    finds the coordinator, process count and id itself under SLURM and Open MPI (docs/multi-gpu.md)."""
+    """`jax.distributed.initialize()` once, before the backend starts, when the config asks. Under
+    SLURM and Open MPI JAX finds the coordinator, process count and id itself; elsewhere set
+    JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+    CPU processes exchange the partial answers through gloo (tests; GPUs use NCCL)."""
     if not cfg.distributed or _distributed_state["up"]:
         return
+    env = {k: int(os.environ[v]) for k, v in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"))
+           if os.environ.get(v)}
     try:
-        jax.distributed.initialize()
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=os.environ.get("JAX_COORDINATOR_ADDRESS"), **env)
     except Exception as err:  # no cluster environment, or the backend already started
         raise ConfigError(f"placement.distributed=true: jax.distributed.initialize() failed ({str(err).splitlines()[0]}); "
                           "run under SLURM / Open MPI or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import functools
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,47 @@ def check_multi_device(num_devices: int) -> None:
         assert np.array_equal(one, want[0]), f"{name} over {num_devices}: one query differs from numpy"
         assert np.array_equal(batch, want), f"{name} over {num_devices}: the batch differs from numpy"
     print(f"ok {num_devices}")
+
+
+def check_two_processes(process_id: int) -> None:
+    """Run as one of two processes (JAX_* env set by the test): placement.distributed=true joins
+    them; the sharded database is built in place and the scan over both processes' shards is exact."""
+    import jax
+
+    from morphogen_exp.config import DatasetConfig, PlacementConfig
+    from morphogen_exp.datasets import synthetic_words_numpy
+    from morphogen_exp.pir import EngineSpec, KeyBatch
+    from morphogen_exp.pir.reference import answer_numpy
+
+    placements.ensure_distributed(PlacementConfig("sharded", None, True))
+    plc = placements.resolve(PlacementConfig("sharded"))
+    assert jax.process_count() == 2 and len(plc.devices) == 2 and len(jax.local_devices()) == 1
+    ds = placements.load(DatasetConfig("tiny", N_PAGES, None), 0, plc)
+    ctx = placements.new_context(ds, EngineSpec(tile_pages=64), plc)
+    _, _, keys = _case()
+    out = ctx.single_jit(ctx.pages, KeyBatch.from_keys(keys[:3]))
+    got = np.asarray(out.addressable_shards[0].data).view(np.uint8).reshape(3, 4096)
+    pages = synthetic_words_numpy(0, np.arange(N_PAGES)).view(np.uint8).reshape(N_PAGES, 4096)
+    assert np.array_equal(got, answer_numpy(pages, keys[:3])), f"process {process_id}: differs from numpy"
+    print(f"ok process {process_id}")
+
+
+def test_sharded_over_two_processes_with_jax_distributed():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = {**os.environ, **_devices_env(1), "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2"}
+    procs = [subprocess.Popen([sys.executable, "-c", f"from tests.test_placement import check_two_processes; check_two_processes({i})"],
+                              cwd=REPO, env={**base, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for i, (p, (out, err)) in enumerate(zip(procs, outs, strict=True)):
+        assert p.returncode == 0 and f"ok process {i}" in out, err[-3000:]
 
 
 @pytest.mark.parametrize("num_devices", [2, 3])
