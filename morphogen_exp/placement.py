@@ -61,11 +61,13 @@ def ensure_distributed(cfg: PlacementConfig) -> None:
     CPU processes exchange the partial answers through gloo (tests; GPUs use NCCL)."""
     if not cfg.distributed or _distributed_state["up"]:
         return
-    env = {k: int(os.environ[v]) for k, v in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"))
-           if os.environ.get(v)}
+    def env_int(name: str) -> int | None:
+        return int(os.environ[name]) if os.environ.get(name) else None
+
     try:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator_address=os.environ.get("JAX_COORDINATOR_ADDRESS"), **env)
+        jax.distributed.initialize(coordinator_address=os.environ.get("JAX_COORDINATOR_ADDRESS"),
+                                   num_processes=env_int("JAX_NUM_PROCESSES"), process_id=env_int("JAX_PROCESS_ID"))
     except Exception as err:  # no cluster environment, or the backend already started
         raise ConfigError(f"placement.distributed=true: jax.distributed.initialize() failed ({str(err).splitlines()[0]}); "
                           "run under SLURM / Open MPI or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID") from None
