@@ -95,6 +95,13 @@ def _fold(words: jax.Array, start: jax.Array, size: int, masks: jax.Array) -> ja
     return jax.lax.reduce(prod, jnp.uint32(0), jax.lax.bitwise_xor, (1,)).reshape(masks.shape[0], 1024)
 
 
+def _row_blocks(words: jax.Array) -> list[tuple[int, jax.Array]]:
+    """(first row, rows on one device) of a database split by rows over devices (placement=sharded),
+    else [(0, one device's copy)]: folding a sharded array by dynamic slices would gather it whole."""
+    blocks = {s.index[0].start or 0: s.data for s in words.addressable_shards}
+    return sorted(blocks.items()) if len(blocks) > 1 else [(0, next(iter(blocks.values())))]
+
+
 def _numpy_dpf_answer(dataset: Dataset, keys: tuple, cache: OracleCache) -> np.ndarray:
     """Answers (K, 4096) u8 from numpy's full-domain DPF outputs and a device fold of the pages."""
 
@@ -102,10 +109,11 @@ def _numpy_dpf_answer(dataset: Dataset, keys: tuple, cache: OracleCache) -> np.n
         n = dataset.num_pages
         masks = np.stack([full_eval(k)[:n] for k in keys]).view("<u4")  # (K, N, 4): 16 output bytes per page
         acc = np.zeros((len(keys), 1024), np.uint32)
-        for start in range(0, n, _FOLD_PAGES):
-            size = min(_FOLD_PAGES, n - start)
-            part = _fold(dataset.words, jnp.int32(start), size, jax.device_put(masks[:, start : start + size]))
-            acc ^= np.asarray(part)
+        for base, local in _row_blocks(dataset.words):  # a sharded database: each device folds its own rows
+            for start in range(base, min(n, base + local.shape[0]), _FOLD_PAGES):
+                size = min(_FOLD_PAGES, n - start, base + local.shape[0] - start)
+                part = _fold(local, jnp.int32(start - base), size, jax.device_put(masks[:, start : start + size]))
+                acc ^= np.asarray(part)
         return words_to_bytes(acc)
 
     return _cached("dpf", dataset, keys, compute, cache)

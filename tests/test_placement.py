@@ -74,6 +74,11 @@ def check_multi_device(num_devices: int) -> None:
         batch = np.asarray(jax.jit(jax.vmap(ctx.single, in_axes=(None, 0)))(ctx.pages, kb)).view(np.uint8).reshape(3, 3, 4096)
         assert np.array_equal(one, want[0]), f"{name} over {num_devices}: one query differs from numpy"
         assert np.array_equal(batch, want), f"{name} over {num_devices}: the batch differs from numpy"
+        # The large-database oracle folds each device's own rows (no gather of the whole database).
+        from morphogen_exp.parity import _numpy_dpf_answer
+
+        folded = _numpy_dpf_answer(Dataset("t", N_PAGES, pw, 0), tuple(queries[1]), {})
+        assert np.array_equal(folded, want[1]), f"{name} over {num_devices}: the oracle's device fold differs"
     print(f"ok {num_devices}")
 
 
