@@ -29,6 +29,8 @@ from .conftest import REPO, mlflow_runs
 N_PAGES, DOMAIN = 301, 9  # ragged over 2 (151 + 150) and 3 (101 + 101 + 99) devices
 GB80 = 80 * 10**9  # an 80 GB card
 HUGE = 1 << 25  # 2^25 pages = 128 GiB: the database after growth
+STRATEGY_KNOBS = {"full_batch": {}, "micro_batch": {"threshold": 1, "chunk": 2}, "multi_stream": {"streams": 4},
+                  "graph_replay": {}, "tiled": {"tile": 2}}
 
 
 def _devices_env(n: int) -> dict[str, str]:
@@ -49,7 +51,8 @@ def _case() -> tuple[np.ndarray, list, list]:
 
 def check_multi_device(num_devices: int) -> None:
     """Run in a subprocess with `num_devices` CPU devices: sharded and replicated placements answer
-    one query (jit) and a vmapped batch exactly as the numpy reference does."""
+    one query (jit), a vmapped batch, every strategy's batch path (2 devices) and the oracle's
+    device fold exactly as the numpy reference does."""
     import jax
 
     from morphogen_exp.pir import EngineSpec, KeyBatch, pages_to_words
@@ -74,6 +77,13 @@ def check_multi_device(num_devices: int) -> None:
         batch = np.asarray(jax.jit(jax.vmap(ctx.single, in_axes=(None, 0)))(ctx.pages, kb)).view(np.uint8).reshape(3, 3, 4096)
         assert np.array_equal(one, want[0]), f"{name} over {num_devices}: one query differs from numpy"
         assert np.array_equal(batch, want), f"{name} over {num_devices}: the batch differs from numpy"
+        if num_devices == 2:  # every strategy's batch path under the placement (Q=3: replicated pads to 4)
+            from morphogen_exp import strategies
+
+            for strategy, knobs in STRATEGY_KNOBS.items():
+                path = strategies.registered()[strategy](knobs, 3, ctx)
+                got = np.asarray(path.run(kb)).view(np.uint8).reshape(3, 3, 4096)
+                assert np.array_equal(got, want), f"{strategy} under {name}: differs from numpy"
         # The large-database oracle folds each device's own rows (no gather of the whole database).
         from morphogen_exp.parity import _numpy_dpf_answer
 
