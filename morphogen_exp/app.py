@@ -23,13 +23,14 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from . import datasets, devstate, memory, parity, stats, strategies
+from . import placement as placements
 from .config import ConfigError, RunConfig, digest, flatten, parse
 from .decision import DecisionRules
-from .pir import EngineSpec, available_engines, get_ops, make_answer_fn, query_scan, registered_engines, scan_bytes_read, tile_size
+from .pir import EngineSpec, available_engines, get_ops, registered_engines, scan_bytes_read, tile_size
 from .progress import Progress
 from .queries import make_queries
 from .session import Session, SweepRef
-from .strategies.base import BuildContext, check_knobs
+from .strategies.base import check_knobs
 from .timing import SamplingPolicy, measure, time_limit
 from .tracking import PARENT_TAG, ROLE_TAG, Tracker, code_version, shielded
 
@@ -76,20 +77,13 @@ def validate(cfg: DictConfig) -> RunConfig:
             get_ops(rc.engine.name)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+    if get_ops(rc.engine.name).layout is not None and rc.placement.name != "single":
+        raise ConfigError(f"engine={rc.engine.name} holds the database in its own layout and runs with placement=single "
+                          f"only, got placement={rc.placement.name}")
     datasets.plan_pages(rc.dataset)  # a bad dataset.path fails here, before any tracking or compiling
     check_knobs(rc.strategy.name, rc.strategy.knobs, rc.q)
     DecisionRules.from_mapping(rc.decision)
     return rc
-
-
-def _new_context(dataset: datasets.Dataset, spec: EngineSpec) -> BuildContext:
-    return BuildContext(
-        pages=dataset.words,
-        num_pages=dataset.num_pages,
-        spec=spec,
-        single=query_scan(dataset.num_pages, spec),  # vmapped by strategies: one pass per (sub)batch
-        single_jit=make_answer_fn(dataset.num_pages, spec),
-    )
 
 
 def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str, progress: Progress) -> dict[str, float]:
@@ -101,15 +95,24 @@ def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str,
     what = f"{rc.strategy.name} q={rc.q} on {rc.dataset.name}"
     builder = strategies.registered()[rc.strategy.name]
 
-    # The database must fit before it is built (a 64 GiB one on a smaller card is "does not fit").
-    memory.check_fits(what, memory.engine_need_bytes(num_pages, 1, tile, spec.name), rc.bench.memory_cap_gib)
+    plc = placements.resolve(rc.placement)  # more devices than exist: a setting to fix
+    tracker.log(run_id, tags=plc.tags())
+    layout = get_ops(spec.name).layout  # an engine with its own database layout (bitsliced): placement=single
+
+    def fits(live_queries: int) -> int:  # per device: its shard (sharded) or the whole database, plus the working set
+        if layout is not None:
+            need = memory.engine_need_bytes(num_pages, live_queries, tile, spec.name)
+            memory.check_fits(what, need, rc.bench.memory_cap_gib)
+            return need
+        ws = memory.working_set_bytes(live_queries, tile)
+        return placements.check_fits(what, num_pages, plc.name, len(plc.devices), ws, rc.bench.memory_cap_gib)
+
+    fits(1)  # the database must fit before it is built (a 64 GiB one on a smaller card is "does not fit")
     progress.phase("building data")
-    ds = session.database(rc.dataset, rc.seed, get_ops(spec.name).layout)  # in the engine's layout, built once
-    ctx = session.context(spec, _new_context)
+    ds = session.database(rc.dataset, rc.seed, layout, None if plc.name == "single" else plc)  # built once
+    ctx = session.context((spec, plc), lambda dataset, key: placements.new_context(dataset, *key))
     path = builder(rc.strategy.knobs, rc.q, ctx)
-    need = memory.engine_need_bytes(num_pages, path.live_queries, tile, spec.name)
-    tracker.log(run_id, metrics={"memory_estimate_gib": need / memory.GIB})
-    memory.check_fits(what, need, rc.bench.memory_cap_gib)
+    tracker.log(run_id, metrics={"memory_estimate_gib": fits(path.live_queries) / memory.GIB})
 
     qs = make_queries(ds.domain_bits, ds.num_pages, rc.seed, rc.q)
     kb0, kb1 = (jax.device_put(b) for b in qs.batches)
@@ -210,6 +213,7 @@ def _resume(rc: RunConfig, tracker: Tracker, ident: dict[str, str], sweep: Sweep
 def run(cfg: DictConfig, session: Session, sweep: SweepRef | None = None) -> CellOutcome:
     """Run one cell. Raises ConfigError (before anything is recorded) for settings to fix."""
     rc = validate(cfg)
+    placements.ensure_distributed(rc.placement)  # before the backend starts (multi-host)
     tracker = session.tracker(rc.mlflow)
     enable_compilation_cache(rc.bench.compilation_cache_dir)
     ident = identity_tags(rc)
@@ -227,6 +231,7 @@ def run(cfg: DictConfig, session: Session, sweep: SweepRef | None = None) -> Cel
         "q": rc.q,
         "dataset": rc.dataset.name,
         "engine": rc.engine.name,
+        "placement": rc.placement.name,
         **ident,
         **({PARENT_TAG: sweep.sweep_dir} if sweep else {}),
     }

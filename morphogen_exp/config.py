@@ -54,6 +54,18 @@ class EngineConfig:
     mask_budget_mib: int | None = None
 
 
+PLACEMENTS = ("single", "replicated", "sharded")
+
+
+@dataclass
+class PlacementConfig:
+    """Where the database lives (placement.py): one device, a copy per device, or its pages split over devices."""
+
+    name: str = "single"          # single | replicated | sharded
+    devices: int | None = None    # how many devices (null: 1 for single, every device for the others)
+    distributed: bool = False     # jax.distributed.initialize() first (multi-host: SLURM / Open MPI detected)
+
+
 @dataclass
 class BenchConfig:
     warmup: int = 1                      # untimed calls after the first (compiling) call
@@ -105,6 +117,7 @@ class Schema:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     strategy: dict[str, Any] = field(default_factory=dict)  # name, original, guard_env + the strategy's own knobs
     engine: EngineConfig = field(default_factory=EngineConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     parity: ParityConfig = field(default_factory=ParityConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
@@ -136,6 +149,7 @@ class RunConfig:
     parity: ParityConfig
     mlflow: MlflowConfig
     decision: Mapping[str, Any]
+    placement: PlacementConfig
     resolved: Mapping[str, Any]  # the whole resolved config, for MLflow params and artifacts
 
     def identity(self, with_q: bool = True) -> dict[str, Any]:
@@ -198,6 +212,16 @@ def _check_engine(e: EngineConfig, known_engines: tuple[str, ...]) -> None:
         _int(e.mask_budget_mib, "engine.mask_budget_mib", 1)
 
 
+def _check_placement(p: PlacementConfig) -> None:
+    if p.name not in PLACEMENTS:
+        raise ConfigError(f"unknown placement {p.name!r}; valid: {', '.join(PLACEMENTS)}")
+    if p.devices is not None:
+        _int(p.devices, "placement.devices", 1, hint=" (or null: every device)")
+        if p.name == "single" and p.devices != 1:
+            raise ConfigError(f"placement=single uses one device, got placement.devices={p.devices}; "
+                              "use placement=replicated or placement=sharded for more")
+
+
 def _strategy(st: dict[str, Any], known_strategies: tuple[str, ...]) -> StrategyConfig:
     name = st.pop("name", None)
     if known_strategies and name not in known_strategies:
@@ -253,6 +277,7 @@ def parse(cfg: DictConfig, known_strategies: tuple[str, ...] = (), known_engines
         raise ConfigError("dataset.name must be set (the conf/dataset/<name>.yaml that chose it)")
     _int(s.dataset.num_pages, "dataset.num_pages", 1, 1 << 32)
     _check_engine(s.engine, known_engines)
+    _check_placement(s.placement)
     _int(s.parity.numpy_reference_queries, "parity.numpy_reference_queries", 0)
     _int(s.parity.numpy_reference_max_pages, "parity.numpy_reference_max_pages", 0)
     if not s.mlflow.tracking_uri:
@@ -262,7 +287,7 @@ def parse(cfg: DictConfig, known_strategies: tuple[str, ...] = (), known_engines
     decision = _plain(OmegaConf.structured(s.decision))
     return RunConfig(q=s.q, seed=s.seed, resume=s.resume, dataset=s.dataset,
                      strategy=_strategy(dict(s.strategy), known_strategies), engine=s.engine, bench=s.bench,
-                     parity=s.parity, mlflow=s.mlflow, decision=decision, resolved=resolved)
+                     parity=s.parity, mlflow=s.mlflow, decision=decision, resolved=resolved, placement=s.placement)
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

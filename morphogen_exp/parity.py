@@ -98,11 +98,16 @@ def _fold(words: jax.Array, start: jax.Array, size: int, masks: jax.Array) -> ja
 
 
 def _raw_pages(dataset: Dataset, start: int, size: int) -> tuple[jax.Array, jax.Array]:
-    """(raw words holding pages [start, start + size), the row of page ``start`` in them): the resident
-    raw database itself, or those pages alone regenerated / re-read when the device holds a layout."""
-    if dataset.is_raw:
-        return dataset.words, jnp.int32(start)
+    """(raw words holding pages [start, start + size), the row of page ``start`` in them): pages
+    regenerated / re-read when the device holds an engine's layout instead of the raw database."""
     return dataset.raw_rows(start, start + size), jnp.int32(0)
+
+
+def _row_blocks(words: jax.Array) -> list[tuple[int, jax.Array]]:
+    """(first row, rows on one device) of a database split by rows over devices (placement=sharded),
+    else [(0, one device's copy)]: folding a sharded array by dynamic slices would gather it whole."""
+    blocks = {s.index[0].start or 0: s.data for s in words.addressable_shards}
+    return sorted(blocks.items()) if len(blocks) > 1 else [(0, next(iter(blocks.values())))]
 
 
 def _numpy_dpf_answer(dataset: Dataset, keys: tuple, cache: OracleCache) -> np.ndarray:
@@ -112,10 +117,16 @@ def _numpy_dpf_answer(dataset: Dataset, keys: tuple, cache: OracleCache) -> np.n
         n = dataset.num_pages
         masks = np.stack([full_eval(k)[:n] for k in keys]).view("<u4")  # (K, N, 4): 16 output bytes per page
         acc = np.zeros((len(keys), 1024), np.uint32)
-        for start in range(0, n, _FOLD_PAGES):
-            size = min(_FOLD_PAGES, n - start)
-            part = _fold(*_raw_pages(dataset, start, size), size, jax.device_put(masks[:, start : start + size]))
-            acc ^= np.asarray(part)
+        if not dataset.is_raw:  # an engine's layout on the device: fold raw pages regenerated apart from it
+            for start in range(0, n, _FOLD_PAGES):
+                size = min(_FOLD_PAGES, n - start)
+                part = _fold(*_raw_pages(dataset, start, size), size, jax.device_put(masks[:, start : start + size]))
+                acc ^= np.asarray(part)
+        for base, local in (_row_blocks(dataset.words) if dataset.is_raw else []):  # sharded: each device its rows
+            for start in range(base, min(n, base + local.shape[0]), _FOLD_PAGES):
+                size = min(_FOLD_PAGES, n - start, base + local.shape[0] - start)
+                part = _fold(local, jnp.int32(start - base), size, jax.device_put(masks[:, start : start + size]))
+                acc ^= np.asarray(part)
         return words_to_bytes(acc)
 
     return _cached("dpf", dataset, keys, compute, cache)

@@ -82,7 +82,11 @@ def guard_mapping(params: Mapping[str, Any]) -> dict[str, Any]:
                      and k[len("strategy."):] not in _NOT_KNOBS})
     engine_cfg = _nested({k[len("engine."):]: typed(v) for k, v in params.items()
                           if k.startswith("engine.") and k != "engine.name"})
-    out: dict[str, Any] = {"defaults": [{"override /strategy": strategy}, {"override /engine": engine}, "_self_"]}
+    placement = str(params.get("placement.name", "single"))  # and its device count: placement.devices below
+    out: dict[str, Any] = {"defaults": [{"override /strategy": strategy}, {"override /engine": engine},
+                                        {"override /placement": placement}, "_self_"]}
+    if "placement.devices" in params:
+        out["placement"] = {"devices": typed(params["placement.devices"])}
     if knobs:
         out["strategy"] = knobs
     if engine_cfg:

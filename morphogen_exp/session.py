@@ -34,24 +34,32 @@ class SweepRef:
 @dataclass
 class Session:
     dataset: datasets.Dataset | None = None
-    contexts: dict[Any, Any] = field(default_factory=dict)          # EngineSpec -> BuildContext, on `dataset`
+    contexts: dict[Any, Any] = field(default_factory=dict)          # (EngineSpec, Placement) -> BuildContext, on `dataset`
     oracle: dict[tuple, np.ndarray] = field(default_factory=dict)  # oracle answers by value (parity.py)
     trackers: dict[tuple[str, str], Tracker] = field(default_factory=dict)
     sweep: tuple[Tracker, SweepRef] | None = None                  # set where the multirun is framed (interrupts)
 
-    def database(self, cfg: DatasetConfig, seed: int, layout: LayoutFn | None = None) -> datasets.Dataset:
-        """The dataset in the engine's layout (None: raw pages), built once per process. A different
-        one (dataset or layout) releases the old database and every context compiled on it first (one
-        resident at a time: a 64 GiB one leaves room for no other)."""
-        key = (cfg.name, cfg.num_pages, str(Path(cfg.path).expanduser().resolve()) if cfg.path else None, seed, layout)
+    def database(self, cfg: DatasetConfig, seed: int, layout: LayoutFn | None = None,
+                 placement: Any = None) -> datasets.Dataset:
+        """The dataset in the engine's layout (None: raw pages) and placement (placement.load; None: one
+        device), built once per process. A different one releases the old database and every context
+        compiled on it first (one resident at a time: a 64 GiB one leaves room for no other)."""
+        key = (cfg.name, cfg.num_pages, str(Path(cfg.path).expanduser().resolve()) if cfg.path else None, seed, layout,
+               placement)
         if self.dataset is None or self._dataset_key != key:
             self.dataset, self.contexts = None, {}
-            self.dataset = datasets.load(cfg, seed, layout)
+            if placement is None:
+                self.dataset = datasets.load(cfg, seed, layout)
+            else:
+                from . import placement as placements  # imports the strategies' base; only cells need it
+
+                assert layout is None, "an engine layout runs with placement=single (app.validate)"
+                self.dataset = placements.load(cfg, seed, placement)
             self._dataset_key = key
         return self.dataset
 
     def context(self, spec: Any, make: Callable[[datasets.Dataset, Any], Any]) -> Any:
-        """One context per engine on the resident database: compiled functions shared by its cells."""
+        """One context per key (engine, placement) on the resident database: compiled functions shared by its cells."""
         assert self.dataset is not None, "load the database first"
         if spec not in self.contexts:
             self.contexts[spec] = make(self.dataset, spec)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import json
+import logging
 import os
 import signal
 import socket
@@ -37,6 +38,7 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 PARENT_TAG = "morphogen.sweep_dir"
 ROLE_TAG = "morphogen.role"  # "sweep" | "cell"
 PID_TAG, HOST_TAG = "morphogen.pid", "morphogen.host"  # the process that opened a run
@@ -128,6 +130,14 @@ def _is_commit(version: str) -> bool:
     return len(head) == 40 and all(c in "0123456789abcdef" for c in head)
 
 
+def _warn_local_artifacts(experiment: str, uri: str, location: str) -> None:
+    """A shared server whose experiment keeps artifacts at a local path: other machines cannot open them."""
+    if location.startswith(("/", "file:")):
+        log.warning("experiment %r on %s stores artifacts at the local path %s: runs from other machines will not open "
+                    "in the UI; start the server with --serve-artifacts (new experiments then use mlflow-artifacts:/) "
+                    "and pick a new mlflow.experiment", experiment, uri, location)
+
+
 class Tracker:
     """The MLflow store of one config: checked on construction, before anything compiles."""
 
@@ -158,7 +168,10 @@ class Tracker:
                         con.execute("PRAGMA journal_mode=WAL")
                 return exp_id
             self.client = MlflowClient(tracking_uri=uri)
-            return self._get_or_create_experiment(artifacts=None)
+            exp_id = self._get_or_create_experiment(artifacts=None)  # a server picks it: mlflow-artifacts:/ when it serves them
+            if uri.startswith(("http://", "https://")):
+                _warn_local_artifacts(self.cfg.experiment, uri, self.client.get_experiment(exp_id).artifact_location)
+            return exp_id
         except ConfigError:
             raise
         except Exception as err:

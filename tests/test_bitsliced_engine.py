@@ -168,3 +168,12 @@ def test_raw_rows_of_a_raw_database_are_its_words(engine):
     """raw_rows is the same function of the pages whatever the layout (what the fold relies on)."""
     ds = datasets.load(TINY, 2, get_ops(engine).layout)
     np.testing.assert_array_equal(np.asarray(ds.raw_rows(10, 300)), datasets.synthetic_words_numpy(2, np.arange(10, 300)))
+
+
+def test_a_layout_engine_with_another_placement_is_a_setting_to_fix(make_cfg):
+    from morphogen_exp import app
+    from morphogen_exp.config import ConfigError
+
+    with pytest.raises(ConfigError, match="placement=single only"):
+        app.validate(make_cfg("engine=bitsliced", "placement=sharded"))
+    assert app.validate(make_cfg("engine=bitsliced")).placement.name == "single"

@@ -26,7 +26,8 @@ from .keybatch import PAGE_BYTES, PAGE_WORDS, KeyBatch
 from .registry import EngineOps, EngineSpec, get_ops
 from .xla_ops import descend_left, expand_nodes_xla
 
-__all__ = ["ScanPlan", "scan_plan", "tile_size", "scan_bytes_read", "scan", "query_scan", "make_answer_fn", "full_eval_jax"]
+__all__ = ["ScanPlan", "scan_plan", "tile_size", "scan_bytes_read", "scan", "query_scan", "make_answer_fn", "full_eval_jax",
+           "shard_bounds", "scan_range", "sharded_query_scan"]
 
 
 def _next_pow2(x: int) -> int:
@@ -167,7 +168,11 @@ def query_scan(num_pages: int, spec: EngineSpec) -> Callable[[jax.Array, KeyBatc
 
 @functools.cache
 def _query_scan(num_pages: int, spec: EngineSpec, ops: EngineOps) -> Callable[[jax.Array, KeyBatch], jax.Array]:
-    base = functools.partial(_scan, num_pages=num_pages, spec=spec, ops=ops)
+    return _one_pass_vmap(functools.partial(_scan, num_pages=num_pages, spec=spec, ops=ops))
+
+
+def _one_pass_vmap(base: Callable[[jax.Array, KeyBatch], jax.Array]) -> Callable[[jax.Array, KeyBatch], jax.Array]:
+    """``base`` whose vmap over a query axis of the keys flattens the queries into one batch of keys."""
 
     @jax.custom_batching.custom_vmap
     def fn(pages_words: jax.Array, keys: KeyBatch) -> jax.Array:
@@ -186,6 +191,102 @@ def _query_scan(num_pages: int, spec: EngineSpec, ops: EngineOps) -> Callable[[j
         return out.reshape(axis_size, per_query, out.shape[-1]), True
 
     return fn
+
+
+# --------------------------------------------------------------------------- a page range, and sharded scans
+
+def _scan_range(pages_words: jax.Array, keys: KeyBatch, start: int, count: int, spec: EngineSpec, ops: EngineOps) -> jax.Array:
+    """Answers of K keys over global pages [start, start + count), held as rows [0, count) of
+    ``pages_words`` (a shard). The shard's own plan: tile T = tile_size(count); an unaligned head
+    inside tile start // T (that tile's subtree expanded, its last pages used), full tiles, and the
+    ragged tail as in ``_scan``. Every key is expanded to the tile roots of the whole domain once."""
+    n = keys.domain_bits
+    if count == 0:
+        return jnp.zeros((keys.num_keys, PAGE_WORDS), jnp.uint32)
+    if start + count > 1 << n:
+        raise ValueError(f"pages [{start}, {start + count}) exceed the DPF domain 2^{n}")
+    _check(pages_words, count, n)
+    root_seed, root_t, seed_cw, t_cw, final_cw = (jnp.asarray(f) for f in keys)
+    tile = tile_size(count, n, spec, keys.num_keys)
+    d, end = n - _log2(tile), start + count
+    top_seeds, top_ts = expand_nodes_xla(root_seed[:, None, :], root_t[:, None], seed_cw[:, :d], t_cw[:, :d],
+                                         unroll=spec.resolved_unroll, doubling_levels=0)
+
+    def leaves(seeds: jax.Array, ts: jax.Array, depth: int) -> jax.Array:
+        return ops.expand(spec, seeds, ts, seed_cw[:, depth:], t_cw[:, depth:], final_cw)
+
+    def masked_xor(row: jax.Array | int, masks: jax.Array) -> jax.Array:
+        if ops.masked_xor_at is not None:
+            return ops.masked_xor_at(pages_words, row, masks)
+        return ops.masked_xor(lax.dynamic_slice_in_dim(pages_words, row, masks.shape[1], axis=0), masks)
+
+    acc = jnp.zeros((root_t.shape[0], PAGE_WORDS), jnp.uint32)
+    first = -(-start // tile)  # the first tile that starts inside the range
+    head_end = min(end, first * tile)
+    if head_end > start:  # pages before the first aligned tile: part of tile start // tile
+        j = start // tile
+        masks = leaves(top_seeds[:, j : j + 1], top_ts[:, j : j + 1], d)[:, start - j * tile : head_end - j * tile]
+        acc = acc ^ masked_xor(0, masks)
+    if head_end == end:
+        return acc
+    num_full, tail = divmod(end - first * tile, tile)
+    base_row = first * tile - start
+
+    def body(i: jax.Array, a: jax.Array) -> jax.Array:
+        j = first + i
+        node = (lax.dynamic_slice_in_dim(top_seeds, j, 1, axis=1), lax.dynamic_slice_in_dim(top_ts, j, 1, axis=1))
+        return a ^ masked_xor(base_row + i * tile, leaves(*node, d))
+
+    if num_full:
+        acc = lax.fori_loop(0, num_full, body, acc)
+    if tail:
+        j, td = first + num_full, n - _log2(_next_pow2(tail))
+        seeds, ts = descend_left(top_seeds[:, j], top_ts[:, j], seed_cw[:, d:td], t_cw[:, d:td])
+        acc = acc ^ masked_xor(base_row + num_full * tile, leaves(seeds[:, None], ts[:, None], td)[:, :tail])
+    return acc
+
+
+def scan_range(pages_words: jax.Array, keys: KeyBatch, *, start: int, count: int, spec: EngineSpec) -> jax.Array:
+    """Server answers of K keys over global pages [start, start + count) held as rows [0, count) of
+    ``pages_words``: (K, 1024) uint32. Pure (start, count, spec static); XOR over a partition of
+    [0, N) equals ``scan`` over N pages."""
+    return _scan_range(pages_words, keys, start, count, spec, get_ops(spec.name))
+
+
+def shard_bounds(num_pages: int, num_shards: int) -> tuple[tuple[int, int], ...]:
+    """(start, count) of each shard: ceil(N / D) rows per device, the last shard ragged (or empty)."""
+    if num_shards < 1:
+        raise ValueError(f"{num_shards=} must be >= 1")
+    rows = -(-num_pages // num_shards)
+    return tuple((i * rows, max(0, min(rows, num_pages - i * rows))) for i in range(num_shards))
+
+
+def sharded_query_scan(num_pages: int, spec: EngineSpec, mesh: jax.sharding.Mesh, axis: str) -> Callable[[jax.Array, KeyBatch], jax.Array]:
+    """``query_scan`` over pages sharded by rows along mesh axis ``axis`` ((D * ceil(N/D), 1024),
+    NamedSharding P(axis); rows past N are never read). Each device scans its own page range with
+    its own plan (``shard_bounds``; the branch is chosen by the device's index), for all keys; the
+    partial answers are all-gathered and XOR-reduced, so the answer is exact and replicated.
+    vmap over queries is one pass (per device) like ``query_scan``."""
+    return _sharded_query_scan(num_pages, spec, get_ops(spec.name), mesh, axis)
+
+
+def xor_reduce(parts: jax.Array, axis: int = 0) -> jax.Array:
+    """XOR of ``parts`` along ``axis`` (exact; a psum would add)."""
+    return lax.reduce(parts, jnp.uint32(0), lax.bitwise_xor, (axis,))
+
+
+@functools.cache
+def _sharded_query_scan(num_pages: int, spec: EngineSpec, ops: EngineOps, mesh: jax.sharding.Mesh, axis: str
+                        ) -> Callable[[jax.Array, KeyBatch], jax.Array]:
+    from jax.sharding import PartitionSpec as P
+
+    branches = [functools.partial(_scan_range, start=s, count=c, spec=spec, ops=ops) for s, c in shard_bounds(num_pages, mesh.shape[axis])]
+
+    def local(pages_local: jax.Array, keys: KeyBatch) -> jax.Array:
+        part = lax.switch(lax.axis_index(axis), branches, pages_local, keys)
+        return xor_reduce(lax.all_gather(part, axis), 0)
+
+    return _one_pass_vmap(jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P()), out_specs=P(), check_vma=False))
 
 
 def make_answer_fn(num_pages: int, spec: EngineSpec) -> Callable[[jax.Array, KeyBatch], jax.Array]:

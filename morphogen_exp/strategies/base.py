@@ -28,8 +28,17 @@ class BuildContext:
     spec: EngineSpec
     single: SingleFn            # traceable single-query function
     single_jit: Callable[[jax.Array, KeyBatch], jax.Array]  # the same, jitted and shared by all cells
-    devices: tuple[jax.Device, ...] = field(default_factory=lambda: tuple(jax.local_devices()))
+    devices: tuple[jax.Device, ...] = field(default_factory=lambda: tuple(jax.local_devices()[:1]))  # the placement's
+    placement: str = "single"   # single | replicated | sharded (placement.py): `single` / `single_jit` already do it
     cache: dict[Any, Any] = field(default_factory=dict)  # strategies' compiled functions, per context
+
+    def lane_pages(self) -> tuple[Any, ...]:
+        """The database as per-query lanes may use it, one entry per independent device group: each
+        device's own copy (replicated), else the one placed array (single: one device; sharded: every
+        device takes part in every query)."""
+        if self.placement != "replicated" or self.pages is None:
+            return (self.pages,)
+        return self.memo("lane_pages", lambda: tuple(s.data for s in sorted(self.pages.addressable_shards, key=lambda s: s.device.id)))
 
     def memo(self, key: Any, make: Callable[[], Any]) -> Any:
         """One object per key for this context (jitted programs, replicas): shared by every cell on

@@ -1,0 +1,226 @@
+"""Where the database lives and how a batch uses the devices: `single`, `replicated` or `sharded`.
+
+- single: one device holds the database and runs everything (the default).
+- replicated: every device holds the whole database; a vmap over queries (every strategy's batch
+  path) is split over the devices with shard_map, each device answering its share in one pass.
+- sharded: the pages are split over the devices by rows (ceil(N/D) each, pir/scan.py
+  `sharded_query_scan`); every device scans its range for all keys, the partial answers are XORed.
+
+A placement builds the database already laid out (never a whole copy on one device first: the
+2^25-page database fits only sharded) and a BuildContext whose `single` / `single_jit` do the
+placement, so strategies are unchanged. Per-device memory: the shard, or the whole database.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from . import datasets, memory
+from .config import ConfigError, DatasetConfig, PlacementConfig
+from .pir import EngineSpec, KeyBatch, make_answer_fn, query_scan
+from .pir.scan import sharded_query_scan
+from .strategies.base import BuildContext
+
+AXIS = "dev"  # the mesh axis the pages (sharded) or the queries (replicated) are split along
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A resolved placement: its name and the devices it uses (hashable: a session cache key)."""
+
+    name: str
+    devices: tuple[jax.Device, ...]
+
+    @property
+    def mesh(self) -> Mesh:
+        return _mesh(self.devices)
+
+    def tags(self) -> dict[str, str]:
+        return {"placement": self.name, "devices_used": str(len(self.devices))}
+
+
+@functools.cache
+def _mesh(devices: tuple[jax.Device, ...]) -> Mesh:
+    return Mesh(np.array(devices), (AXIS,))
+
+
+def ensure_distributed(cfg: PlacementConfig) -> None:
+    """`jax.distributed.initialize()` once, before the backend starts, when the config asks. Under
+    SLURM and Open MPI JAX finds the coordinator, process count and id itself; elsewhere set
+    JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+    CPU processes exchange the partial answers through gloo (tests; GPUs use NCCL)."""
+    if not cfg.distributed or _distributed_state["up"]:
+        return
+    def env_int(name: str) -> int | None:
+        return int(os.environ[name]) if os.environ.get(name) else None
+
+    try:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=os.environ.get("JAX_COORDINATOR_ADDRESS"),
+                                   num_processes=env_int("JAX_NUM_PROCESSES"), process_id=env_int("JAX_PROCESS_ID"))
+    except Exception as err:  # no cluster environment, or the backend already started
+        raise ConfigError(f"placement.distributed=true: jax.distributed.initialize() failed ({str(err).splitlines()[0]}); "
+                          "run under SLURM / Open MPI or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID") from None
+    _distributed_state["up"] = True
+
+
+_distributed_state = {"up": False}
+
+
+def resolve(cfg: PlacementConfig) -> Placement:
+    """The devices a placement uses; ConfigError (a setting to fix) when it needs more than exist."""
+    if cfg.name == "single":
+        return Placement("single", (jax.local_devices()[0],))
+    available = jax.devices()
+    want = len(available) if cfg.devices is None else cfg.devices
+    if want > len(available):
+        raise ConfigError(f"placement={cfg.name} needs placement.devices={want} devices, this process sees {len(available)} "
+                          f"({available[0].platform}); lower placement.devices or run on a machine with more")
+    return Placement(cfg.name, tuple(available[:want]))
+
+
+# --------------------------------------------------------------------------- memory
+
+def device_dataset_bytes(num_pages: int, name: str, num_devices: int) -> int:
+    """Database bytes on each device: its shard (sharded), else the whole database."""
+    if name == "sharded":
+        return -(-num_pages // num_devices) * datasets.PAGE_BYTES
+    return memory.dataset_bytes(num_pages)
+
+
+def check_fits(what: str, num_pages: int, name: str, num_devices: int, working_set: int, cap_gib: float | None,
+               limit_bytes: int | None = None) -> int:
+    """Raise memory.DoesNotFit when one device's share (database part + working set) exceeds the
+    device's limit (``limit_bytes``, else the first device's allocator limit) or the cap. Returns the
+    per-device estimate."""
+    need = device_dataset_bytes(num_pages, name, num_devices) + working_set
+    limit = memory.device_limit_bytes(cap_gib)
+    if limit_bytes is not None:  # a known device size (tests; a card not started yet)
+        limit = limit_bytes if limit is None else min(limit, limit_bytes)
+    if limit is not None and need > limit:
+        where = f"per device ({name} over {num_devices})" if num_devices > 1 else "on one device"
+        raise memory.DoesNotFit(f"{what} {where}", need, limit)
+    return need
+
+
+# --------------------------------------------------------------------------- the database, laid out
+
+def padded_rows(num_pages: int, plc: Placement) -> int:
+    """Rows of the device array: D * ceil(N / D) when sharded (rows past N are never read), else N."""
+    return -(-num_pages // len(plc.devices)) * len(plc.devices) if plc.name == "sharded" else num_pages
+
+
+def sharding(plc: Placement) -> NamedSharding:
+    return NamedSharding(plc.mesh, P(AXIS) if plc.name == "sharded" else P())
+
+
+def load(cfg: DatasetConfig, seed: int, plc: Placement) -> datasets.Dataset:
+    """The dataset laid out for the placement, built in place on every device (no whole copy first)."""
+    if plc.name == "single":
+        return datasets.load(cfg, seed)
+    if cfg.path:
+        path = Path(cfg.path).expanduser().resolve()
+        n = datasets.plan_pages(cfg)
+        return datasets.Dataset(cfg.name, n, _load_file(path, n, plc), seed, path)
+    rows = padded_rows(cfg.num_pages, plc)
+    build = jax.jit(lambda: datasets._synthetic_words_device(rows, seed), out_shardings=sharding(plc))  # noqa: SLF001
+    return datasets.Dataset(cfg.name, cfg.num_pages, jax.block_until_ready(build()), seed)
+
+
+def _load_file(path: Path, n: int, plc: Placement) -> jax.Array:
+    """Each device's rows streamed from the file to that device (its shard, or the whole file)."""
+    rows = padded_rows(n, plc)
+    if plc.name == "sharded":
+        per = rows // len(plc.devices)
+        ranges = [(i * per, per) for i in range(len(plc.devices))]
+    else:
+        ranges = [(0, n)] * len(plc.devices)
+    parts = [_file_rows(path, start, count, n, dev) for (start, count), dev in zip(ranges, plc.devices, strict=True)]
+    return jax.make_array_from_single_device_arrays((rows, datasets.PAGE_WORDS), sharding(plc), parts)
+
+
+def _file_rows(path: Path, start: int, count: int, n: int, device: jax.Device) -> jax.Array:
+    """Rows [start, start + count) of the file as (count, 1024) u32 on ``device``; zeros past its end."""
+    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    buf = jax.device_put(jnp.zeros((count, datasets.PAGE_WORDS), jnp.uint32), device)
+    chunk_rows = 1 << 14
+    for off in range(0, count, chunk_rows):
+        stop = min(count, off + chunk_rows)
+        chunk = np.zeros((stop - off) * datasets.PAGE_BYTES, dtype=np.uint8)
+        lo, hi = min(n, start + off), min(n, start + stop)
+        part = raw[lo * datasets.PAGE_BYTES : hi * datasets.PAGE_BYTES]
+        chunk[: len(part)] = part
+        words = jax.device_put(chunk.view("<u4").reshape(-1, datasets.PAGE_WORDS), device)
+        buf = datasets._write_rows(buf, words, jnp.int32(off))  # noqa: SLF001  (in place, donated)
+    return buf
+
+
+# --------------------------------------------------------------------------- the strategies' context
+
+def new_context(dataset: datasets.Dataset, spec: EngineSpec, plc: Placement) -> BuildContext:
+    """The context whose `single` / `single_jit` run under the placement (strategies need no change)."""
+    n = dataset.num_pages
+    if plc.name == "single":
+        single, single_jit = query_scan(n, spec), make_answer_fn(n, spec)
+    elif plc.name == "sharded":
+        single = sharded_query_scan(n, spec, plc.mesh, AXIS)
+        single_jit = jax.jit(single)
+    else:
+        single = replicated_query_scan(n, spec, plc.mesh)
+        single_jit = _on_one_copy(jax.jit(single), dataset.words)
+    return BuildContext(pages=dataset.words, num_pages=n, spec=spec, single=single, single_jit=single_jit,
+                        devices=plc.devices, placement=plc.name)
+
+
+def _on_one_copy(jitted: Callable[[jax.Array, KeyBatch], jax.Array], words: jax.Array) -> Callable[[jax.Array, KeyBatch], jax.Array]:
+    """One query against the replicated database runs on the first device's copy (the serving
+    baseline: one device answers it), not redundantly on all; any other array passes through."""
+    home = min(words.addressable_shards, key=lambda s: s.device.id).data
+
+    def run(pages: jax.Array, keys: KeyBatch) -> jax.Array:
+        return jitted(home if pages is words else pages, keys)
+
+    return run
+
+
+def replicated_query_scan(num_pages: int, spec: EngineSpec, mesh: Mesh):
+    """``query_scan`` on a database replicated over ``mesh``: one query runs as it is (the same on
+    every device); a vmap over Q queries pads Q to a multiple of D (repeating the last query), gives
+    each device Q/D of them (shard_map) and runs them as one pass there."""
+    return _replicated(num_pages, spec, mesh)
+
+
+@functools.cache
+def _replicated(num_pages: int, spec: EngineSpec, mesh: Mesh):
+    base = query_scan(num_pages, spec)
+    d = mesh.shape[AXIS]
+    split = jax.shard_map(lambda pages, keys: jax.vmap(base, in_axes=(None, 0))(pages, keys),
+                          mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS), check_vma=False)
+
+    @jax.custom_batching.custom_vmap
+    def fn(pages: jax.Array, keys: KeyBatch) -> jax.Array:
+        return base(pages, keys)
+
+    @fn.def_vmap
+    def _split(axis_size, in_batched, pages, keys):
+        pages_batched, keys_batched = in_batched
+        if pages_batched:  # several databases: nothing to share
+            axes = jax.tree.map(lambda b: 0 if b else None, keys_batched)
+            return jax.vmap(base, in_axes=(0, axes))(pages, keys), True
+        keys = jax.tree.map(lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *x.shape)), keys, keys_batched)
+        pad = -axis_size % d
+        if pad:
+            keys = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]), keys)
+        return split(pages, keys)[:axis_size], True
+
+    return fn
