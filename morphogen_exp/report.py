@@ -315,7 +315,7 @@ latency_budget_ms={rules.latency_budget_ms}, ranked by {rules.rank_by} at q={dec
 
 ## Notes
 - multi_stream on one device: XLA runs a process's executables on the device's one compute stream; what
-  overlaps is host dispatch with device work, not kernels. Lanes map to devices when several exist.
+  overlaps is host dispatch with device work, not kernels. Lanes map to devices under placement=replicated.
 - Batch and single paths answer the same queries; every cell compares them bit for bit before it is recorded.
 """
 
