@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 from . import datasets, memory
 from .config import ConfigError, DatasetConfig, PlacementConfig
 from .pir import EngineSpec, KeyBatch, make_answer_fn, query_scan
-from .pir.scan import sharded_query_scan
+from .pir.scan import per_database, queries_batched, sharded_query_scan
 from .strategies.base import BuildContext
 
 AXIS = "dev"  # the mesh axis the pages (sharded) or the queries (replicated) are split along
@@ -215,9 +215,8 @@ def _replicated(num_pages: int, spec: EngineSpec, mesh: Mesh):
     def _split(axis_size, in_batched, pages, keys):
         pages_batched, keys_batched = in_batched
         if pages_batched:  # several databases: nothing to share
-            axes = jax.tree.map(lambda b: 0 if b else None, keys_batched)
-            return jax.vmap(base, in_axes=(0, axes))(pages, keys), True
-        keys = jax.tree.map(lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *x.shape)), keys, keys_batched)
+            return per_database(base, pages, keys, keys_batched), True
+        keys = queries_batched(axis_size, keys, keys_batched)
         pad = -axis_size % d
         if pad:
             keys = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]), keys)

@@ -171,6 +171,17 @@ def _query_scan(num_pages: int, spec: EngineSpec, ops: EngineOps) -> Callable[[j
     return _one_pass_vmap(functools.partial(_scan, num_pages=num_pages, spec=spec, ops=ops))
 
 
+def per_database(base: Callable[[jax.Array, KeyBatch], jax.Array], pages: jax.Array, keys: KeyBatch,
+                 keys_batched: KeyBatch) -> jax.Array:
+    """A custom_vmap rule's answer when the databases themselves are batched: a plain vmap of ``base``."""
+    return jax.vmap(base, in_axes=(0, jax.tree.map(lambda b: 0 if b else None, keys_batched)))(pages, keys)
+
+
+def queries_batched(axis_size: int, keys: KeyBatch, keys_batched: KeyBatch) -> KeyBatch:
+    """Every field of ``keys`` with the vmapped query axis in front (unbatched fields broadcast)."""
+    return jax.tree.map(lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *x.shape)), keys, keys_batched)
+
+
 def _one_pass_vmap(base: Callable[[jax.Array, KeyBatch], jax.Array]) -> Callable[[jax.Array, KeyBatch], jax.Array]:
     """``base`` whose vmap over a query axis of the keys flattens the queries into one batch of keys."""
 
@@ -182,9 +193,8 @@ def _one_pass_vmap(base: Callable[[jax.Array, KeyBatch], jax.Array]) -> Callable
     def _one_pass(axis_size, in_batched, pages_words, keys):
         pages_batched, keys_batched = in_batched
         if pages_batched:  # several databases: nothing to share
-            axes = jax.tree.map(lambda b: 0 if b else None, keys_batched)
-            return jax.vmap(base, in_axes=(0, axes))(pages_words, keys), True
-        keys = jax.tree.map(lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *x.shape)), keys, keys_batched)
+            return per_database(base, pages_words, keys, keys_batched), True
+        keys = queries_batched(axis_size, keys, keys_batched)
         per_query = keys.root_t.shape[1]
         flat = jax.tree.map(lambda x: x.reshape(axis_size * per_query, *x.shape[2:]), keys)
         out = fn(pages_words, flat)  # nested vmaps flatten again, level by level
