@@ -137,6 +137,8 @@ class SweepCallback(Callback):
             files = report.build(tracker, parent, Path(ref.sweep_dir), publish=True)
             log.info("report: %s", files.markdown)
             print(f"report: {files.markdown}")
+            print(f"review: mlflow ui --backend-store-uri {tracker.cfg.tracking_uri}  then open "
+                  f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs")
         except Exception as err:  # the cells are recorded; a report bug must not hide them
             problems.append(f"report: {type(err).__name__}: {err}")
             code = max(code, 1)

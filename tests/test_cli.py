@@ -39,6 +39,8 @@ def test_full_sweep_all_strategies_on_tiny(cli, workdir):
         (s, q) for s in STRATEGIES for q in (1, 2, 4, 8, 16, 32)}
     assert all(r.info.status == "FINISHED" and r.data.metrics["parity_ok"] == 1 for r in cells)
     assert parent.info.status == "FINISHED"
+    # where to review it: the runs table of this experiment (MLflow 3's bare experiment URL may open GenAI)
+    assert f"#/experiments/{parent.info.experiment_id}/runs" in res.stdout
 
     sweep = _sweep_dir(workdir)
     report = (sweep / "report.md").read_text()
