@@ -228,7 +228,14 @@ class Tracker:
         ds = Dataset(name=name, digest=digest[:36], source_type="local" if source.startswith("/") else "code",
                      source=source, schema=json.dumps({"page_bytes": 4096}), profile=json.dumps(dict(profile)))
         inp = DatasetInput(ds, tags=[InputTag("mlflow.data.context", "benchmark")])
-        _retry(lambda: self.client.log_inputs(run_id, datasets=[inp]))
+        for attempt in range(3):  # two cells may register the same dataset at once: the loser finds it next time
+            try:
+                _retry(lambda: self.client.log_inputs(run_id, datasets=[inp]))
+                return
+            except Exception as err:  # the input is a convenience for the UI: it never fails a cell
+                if attempt == 2:
+                    log.warning("dataset input not logged to run %s: %s", run_id, str(err).splitlines()[0][:200])
+                time.sleep(0.2 * (attempt + 1))
 
     def log_series(self, run_id: str, key: str, values: list[float]) -> None:
         now = int(time.time() * 1000)

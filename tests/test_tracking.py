@@ -1,0 +1,42 @@
+"""The MLflow tracker's conveniences never fail a cell: a dataset input that two cells register at once."""
+
+from __future__ import annotations
+
+import logging
+
+from morphogen_exp.config import MlflowConfig
+from morphogen_exp.tracking import Tracker
+
+
+def _tracker(tmp_path) -> Tracker:
+    return Tracker(MlflowConfig(f"sqlite:///{tmp_path}/mlflow.db", "t"))
+
+
+def test_a_dataset_input_lost_to_a_concurrent_writer_is_logged_on_retry(tmp_path, monkeypatch):
+    tr = _tracker(tmp_path)
+    run = tr.start_run("cell", {})
+    real, calls = tr.client.log_inputs, []
+
+    def racing(*args, **kwargs):  # what a shared server answered when two workers inserted the same dataset
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("BAD_REQUEST: (sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tr.client, "log_inputs", racing)
+    tr.log_dataset(run, "tiny", "abc123", "synthetic(seed=0)", {"num_pages": 300})
+    assert len(calls) == 2
+    assert [i.dataset.name for i in tr.client.get_run(run).inputs.dataset_inputs] == ["tiny"]
+
+
+def test_a_dataset_input_that_keeps_failing_only_warns(tmp_path, monkeypatch, caplog):
+    tr = _tracker(tmp_path)
+    run = tr.start_run("cell", {})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("store says no")
+
+    monkeypatch.setattr(tr.client, "log_inputs", broken)
+    with caplog.at_level(logging.WARNING):
+        tr.log_dataset(run, "tiny", "abc123", "synthetic(seed=0)", {"num_pages": 300})
+    assert "dataset input not logged" in caplog.text and "store says no" in caplog.text
