@@ -36,6 +36,7 @@ def test_ours_against_the_original_matrix(fixtures_dir, tmp_path, capsys):
     row = cmp.table[(cmp.table.strategy == "multi_stream_4") & (cmp.table.q == 32)].iloc[0]
     assert row.value_b == pytest.approx(33.75) and row.ratio == pytest.approx(row.value_c / 33.75)
     assert cmp.intervals == "intervals from candidate; baseline has none (point values)"  # the example has them
+    assert "no intervals on either side" in compare.compare(original, original, "batch_qps").intervals
     out = tmp_path / "cmp.md"
     assert compare.main([str(fixtures_dir / "original-task30-h100-matrix.csv"), str(EXAMPLE), "--out", str(out)]) == 0
     assert "| multi_stream_4 | 32 | 33.75 |" in out.read_text()
