@@ -53,38 +53,39 @@ class DecisionRules:
         unknown = sorted(set(m) - known)
         if unknown:
             raise ConfigError(f"unknown decision setting(s) {unknown}; valid: {sorted(known)}")
+        default = cls()  # a setting the mapping leaves out keeps the rules' own default (declared once, above)
 
-        def boolean(name: str, default: bool) -> bool:
-            v = m.get(name, default)
+        def boolean(name: str) -> bool:
+            v = m.get(name, getattr(default, name))
             if not isinstance(v, bool):
                 raise ConfigError(f"decision.{name} must be true or false, got {v!r}")
             return v
 
-        def number(name: str, default: float | None, lo: float = 0.0, optional: bool = False) -> Any:
-            v = m.get(name, default)
+        def number(name: str, lo: float = 0.0, optional: bool = False) -> Any:
+            v = m.get(name, getattr(default, name))
             if v is None and optional:
                 return None
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo:
                 raise ConfigError(f"decision.{name} must be a number >= {lo:g}{' or null' if optional else ''}, got {v!r}")
             return v
 
-        rank_by = m.get("rank_by", "batch_qps")
+        rank_by = m.get("rank_by", default.rank_by)
         if rank_by not in RANKABLE:
             raise ConfigError(f"decision.rank_by={rank_by!r} is not a metric to rank by; valid: {', '.join(RANKABLE)}")
-        prefer = m.get("prefer") or ()
+        prefer = m.get("prefer") or default.prefer
         if isinstance(prefer, str) or not all(isinstance(p, str) for p in prefer):
             raise ConfigError(f"decision.prefer must be a list of strategy names, got {prefer!r}")
-        from_q = m.get("speedup_from_q", 4)
+        from_q = m.get("speedup_from_q", default.speedup_from_q)
         if isinstance(from_q, bool) or not isinstance(from_q, int) or from_q < 1:
             raise ConfigError(f"decision.speedup_from_q must be an integer >= 1, got {from_q!r}")
-        tie = number("tie_within", 0.0)
+        tie = number("tie_within")
         if tie >= 1:
             raise ConfigError(f"decision.tie_within must be a fraction below 1 (0.02 = 2%), got {tie!r}")
         return cls(
-            require_parity=boolean("require_parity", True),
-            min_speedup=float(number("min_speedup", 1.0)),
+            require_parity=boolean("require_parity"),
+            min_speedup=float(number("min_speedup")),
             speedup_from_q=from_q,
-            latency_budget_ms=number("latency_budget_ms", None, optional=True),
+            latency_budget_ms=number("latency_budget_ms", optional=True),
             rank_by=rank_by,
             tie_within=float(tie),
             prefer=tuple(prefer),
