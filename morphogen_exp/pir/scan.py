@@ -110,39 +110,10 @@ def _check(pages_words: jax.Array, num_pages: int, n: int) -> None:
 
 
 def _scan(pages_words: jax.Array, keys: KeyBatch, num_pages: int, spec: EngineSpec, ops: EngineOps) -> jax.Array:
-    n = keys.domain_bits
-    _check(pages_words, num_pages, n)
-    root_seed, root_t, seed_cw, t_cw, final_cw = (jnp.asarray(f) for f in keys)
-    plan = scan_plan(num_pages, n, spec, keys.num_keys)
-    d, tile = plan.depth, plan.tile
-
-    # Every key to depth d once. Always the XLA compact form: 2^d nodes per key is small next to
-    # the tiles' 2^n leaves, and it adds only one ChaCha8 pair to the program.
-    top_seeds, top_ts = expand_nodes_xla(root_seed[:, None, :], root_t[:, None], seed_cw[:, :d], t_cw[:, :d],
-                                         unroll=spec.resolved_unroll, doubling_levels=0)
-
-    def leaves(seeds: jax.Array, ts: jax.Array, depth: int) -> jax.Array:
-        """The DPF outputs under K nodes (K, 1, 4), (K, 1) at ``depth``: (K, 2^(n - depth), 4)."""
-        return ops.expand(spec, seeds, ts, seed_cw[:, depth:], t_cw[:, depth:], final_cw)
-
-    def masked_xor(start: jax.Array | int, masks: jax.Array) -> jax.Array:
-        """masked_xor of pages [start, start + masks.shape[1]), read in place where the op can."""
-        if ops.masked_xor_at is not None:
-            return ops.masked_xor_at(pages_words, start, masks)
-        return ops.masked_xor(lax.dynamic_slice_in_dim(pages_words, start, masks.shape[1], axis=0), masks)
-
-    def body(j: jax.Array, acc: jax.Array) -> jax.Array:
-        node = (lax.dynamic_slice_in_dim(top_seeds, j, 1, axis=1), lax.dynamic_slice_in_dim(top_ts, j, 1, axis=1))
-        return acc ^ masked_xor(j * tile, leaves(*node, d))
-
-    acc = jnp.zeros((root_t.shape[0], PAGE_WORDS), jnp.uint32)
-    if plan.num_full:
-        acc = lax.fori_loop(0, plan.num_full, body, acc)
-    if plan.tail:
-        j, td = plan.num_full, plan.tail_depth
-        seeds, ts = descend_left(top_seeds[:, j], top_ts[:, j], seed_cw[:, d:td], t_cw[:, d:td])
-        acc = acc ^ masked_xor(j * tile, leaves(seeds[:, None], ts[:, None], td)[:, : plan.tail])
-    return acc
+    """Every key to the tile roots once, then the full tiles in a loop and the ragged tail as its own step
+    (scan_plan): the page range [0, num_pages) of ``_scan_range``, which also serves shards."""
+    _check(pages_words, num_pages, keys.domain_bits)
+    return _scan_range(pages_words, keys, 0, num_pages, spec, ops)
 
 
 def scan(pages_words: jax.Array, keys: KeyBatch, *, num_pages: int, spec: EngineSpec) -> jax.Array:
@@ -209,7 +180,8 @@ def _scan_range(pages_words: jax.Array, keys: KeyBatch, start: int, count: int, 
     """Answers of K keys over global pages [start, start + count), held as rows [0, count) of
     ``pages_words`` (a shard). The shard's own plan: tile T = tile_size(count); an unaligned head
     inside tile start // T (that tile's subtree expanded, its last pages used), full tiles, and the
-    ragged tail as in ``_scan``. Every key is expanded to the tile roots of the whole domain once."""
+    ragged tail as its own step (a subtree of next_pow2(tail) leaves). Every key is expanded to the tile
+    roots of the whole domain once."""
     n = keys.domain_bits
     if count == 0:
         return jnp.zeros((keys.num_keys, PAGE_WORDS), jnp.uint32)
