@@ -104,7 +104,7 @@ def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str,
             need = memory.engine_need_bytes(num_pages, live_queries, tile, spec.name)
             memory.check_fits(what, need, rc.bench.memory_cap_gib)
             return need
-        ws = memory.working_set_bytes(live_queries, tile)
+        ws = memory.engine_working_set_bytes(live_queries, tile, spec.name)
         return placements.check_fits(what, num_pages, plc.name, len(plc.devices), ws, rc.bench.memory_cap_gib)
 
     fits(1)  # the database must fit before it is built (a 64 GiB one on a smaller card is "does not fit")

@@ -71,6 +71,9 @@ def check_fits(what: str, need: int, cap_gib: float | None) -> None:
 # --- engines with their own database layout (pir EngineOps.layout): what they hold beyond the above ---
 
 BITSLICED = "bitsliced"
+FUSED = "fused"
+_FUSED_SUBTREE_LEAVES = 256  # pir/fused.py SUBTREE_LEVELS: the fused engine keeps one root per 256 leaves
+_FUSED_PARTIALS_PER_KEY = 3 * 132 * 4096  # one (1024,) u32 partial answer per kernel block (3 per SM)
 
 
 def engine_database_bytes(num_pages: int, engine: str) -> int:
@@ -99,15 +102,24 @@ def engine_scratch_bytes(live_queries: int, tile_pages: Callable[[int], int], en
     set of masks. 0 for the raw-page engines."""
     if engine != BITSLICED:
         return 0
-    from .pir.bmma import key_group
+    from .pir.cuda import key_group
 
     keys = 3 * live_queries
     _, key_tiles = key_group(keys)
     return tile_pages(keys) * 16 * 8 * key_tiles
 
 
+def engine_working_set_bytes(live_queries: int, tile_pages: Callable[[int], int], engine: str) -> int:
+    """``working_set_bytes`` as the engine keeps it: the fused engine stores no masks (one subtree root per
+    256 leaves instead, and its kernel's partial answers); the bit-sliced one adds its per-bit copy."""
+    if engine == FUSED:
+        roots = working_set_bytes(live_queries, lambda k: max(1, tile_pages(k) // _FUSED_SUBTREE_LEAVES))
+        return roots + 3 * live_queries * _FUSED_PARTIALS_PER_KEY
+    return working_set_bytes(live_queries, tile_pages) + engine_scratch_bytes(live_queries, tile_pages, engine)
+
+
 def engine_need_bytes(num_pages: int, live_queries: int, tile_pages: Callable[[int], int], engine: str) -> int:
     """A cell's device bytes on ``engine``: its database, plus the larger of the layout's build scratch
     (before any scan) and the scans' working set with the engine's scratch."""
-    scan = working_set_bytes(live_queries, tile_pages) + engine_scratch_bytes(live_queries, tile_pages, engine)
+    scan = engine_working_set_bytes(live_queries, tile_pages, engine)
     return engine_database_bytes(num_pages, engine) + max(engine_build_bytes(num_pages, engine), scan)

@@ -1,5 +1,5 @@
 """Bit-sliced database and the GF(2) masked XOR (pir/bitsliced.py), bit for bit against numpy and the
-reference vectors; the CUDA kernel's build helper (pir/bmma) without a GPU."""
+reference vectors; the CUDA kernel's build helper (pir/cuda) without a GPU."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from morphogen_exp import pir
-from morphogen_exp.pir import EngineSpec, KeyBatch, bmma, full_eval_jax, get_ops, register_ops
+from morphogen_exp.pir import EngineSpec, KeyBatch, cuda, full_eval_jax, get_ops, register_ops
 from morphogen_exp.pir.bitsliced import (
     CHUNK_PAGES,
     BitslicedDB,
@@ -178,35 +178,35 @@ def test_chunk_span_covers_any_offset() -> None:
 
 
 def test_bmma_key_groups() -> None:
-    assert bmma.key_group(3) == (1, 1)
-    assert bmma.key_group(24) == (3, 3)
-    assert bmma.key_group(96) == (4, 12)
-    assert bmma.key_group(40) == (3, 6)  # 5 key tiles: 3+3 pads less than 4+4
+    assert cuda.key_group(3) == (1, 1)
+    assert cuda.key_group(24) == (3, 3)
+    assert cuda.key_group(96) == (4, 12)
+    assert cuda.key_group(40) == (3, 6)  # 5 key tiles: 3+3 pads less than 4+4
 
 
 def test_bmma_without_gpu_or_nvcc_says_so(monkeypatch, tmp_path) -> None:
     if jax.default_backend() == "gpu":
         pytest.skip("a GPU is present")
-    with pytest.raises(bmma.BmmaUnavailable, match="GPU backend"):
+    with pytest.raises(cuda.CudaUnavailable, match="GPU backend"):
         masked_xor_bitsliced(jnp.zeros((256, 1024), jnp.uint32), 0, jnp.zeros((1, 4, 4), jnp.uint32), impl="bmma")
-    monkeypatch.setenv("MORPHOGEN_BMMA_CACHE", str(tmp_path))
+    monkeypatch.setenv("MORPHOGEN_CUDA_CACHE", str(tmp_path))
     monkeypatch.delenv("MORPHOGEN_NVCC", raising=False)
-    monkeypatch.setattr(bmma, "_CUDA_HOMES", ())
-    monkeypatch.setattr(bmma, "_DEFAULT_CUDA_HOME", str(tmp_path / "none"))
-    monkeypatch.setattr(bmma.shutil, "which", lambda _name: None)
-    with pytest.raises(bmma.BmmaUnavailable, match="nvcc not found"):
-        bmma.build()
+    monkeypatch.setattr(cuda, "_CUDA_HOMES", ())
+    monkeypatch.setattr(cuda, "_DEFAULT_CUDA_HOME", str(tmp_path / "none"))
+    monkeypatch.setattr(cuda.shutil, "which", lambda _name: None)
+    with pytest.raises(cuda.CudaUnavailable, match="nvcc not found"):
+        cuda.build()
 
 
 @pytest.mark.skipif(not any(Path(p).is_file() for p in ("/usr/local/cuda/bin/nvcc",)) and
-                    bmma.shutil.which("nvcc") is None, reason="no nvcc here")
+                    cuda.shutil.which("nvcc") is None, reason="no nvcc here")
 def test_bmma_source_compiles_for_sm90a(monkeypatch, tmp_path) -> None:
     """The CUDA source builds (no GPU needed); a second call reuses the cached library."""
-    monkeypatch.setenv("MORPHOGEN_BMMA_CACHE", str(tmp_path))
-    lib = bmma.build()
+    monkeypatch.setenv("MORPHOGEN_CUDA_CACHE", str(tmp_path))
+    lib = cuda.build()
     assert lib.is_file() and lib.parent.parent == tmp_path
     mtime = lib.stat().st_mtime_ns
-    assert bmma.build() == lib and lib.stat().st_mtime_ns == mtime
+    assert cuda.build() == lib and lib.stat().st_mtime_ns == mtime
 
 
 def test_rows_build_in_groups_equals_one_shot_build(db: BitslicedDB) -> None:

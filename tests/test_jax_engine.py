@@ -262,7 +262,7 @@ def _fixture_keys(fixtures_dir: Path, n: int) -> tuple[list[int], list[Key], lis
     return [c["target"] for c in cases], keys[0], keys[1]
 
 
-@pytest.mark.parametrize("engine", ["xla", "pallas", "bitsliced"])  # pallas: its kernels in interpret mode on a CPU
+@pytest.mark.parametrize("engine", ["xla", "pallas", "bitsliced", "fused"])  # pallas: its kernels in interpret mode on a CPU
 def test_answer_by_engine_name_matches_fixtures_and_reference(fixtures_dir: Path, engine: str) -> None:
     """pir.answer(..., backend="jax", engine=NAME) on the original's keys, over a ragged database of 21
     pages (domain 2^5): equal to the numpy oracle, and the two parties' answers XOR to the target pages."""

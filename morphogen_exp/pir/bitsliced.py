@@ -1,4 +1,4 @@
-"""Bit-sliced database and the masked XOR as a GF(2) matrix product (plain JAX; the GPU kernel is pir/bmma).
+"""Bit-sliced database and the masked XOR as a GF(2) matrix product (plain JAX; the GPU kernel is pir/cuda).
 
 For key k, mask bit j (0..127) and repeat r (0..255), answer bit b = r*128 + j is the parity over
 pages i of mask_k(i)[j] AND page_i[b] (page bit b meets mask bit b % 128). Stored bit-sliced (for
@@ -14,7 +14,7 @@ per lane. Register reg = qh*2 + hi holds bit position b = (rt*16 + hi*8 + g)*128
 pages 32*(qh*4 + tig) + [0, 32) of the chunk (bit i = page 32*q + i).
 
 ``masked_xor_bitsliced(db, page_offset, masks)`` is the engines' ``masked_xor_at`` contract
-(docs/engine-interface.md) on this layout; on a GPU with the kernel built it calls pir/bmma,
+(docs/engine-interface.md) on this layout; on a GPU with the kernel built it calls pir/cuda,
 elsewhere the jnp formulation below (what CPU tests check bit for bit against the numpy oracle).
 """
 
@@ -247,7 +247,7 @@ def masked_xor_bitsliced(
     if masks.ndim != 3 or masks.shape[2] != 4 or masks.dtype != jnp.uint32 or masks.shape[1] < 1:
         raise ValueError(f"masks must be (K, T >= 1, 4) uint32, got {masks.shape} {masks.dtype}")
     if impl == "bmma" or (impl == "auto" and jax.default_backend() == "gpu"):
-        from morphogen_exp.pir.bmma import masked_xor_bmma  # noqa: PLC0415  (needs CUDA only here)
+        from morphogen_exp.pir.cuda import masked_xor_bmma  # noqa: PLC0415  (needs CUDA only here)
 
         return masked_xor_bmma(words, page_offset, masks)
     return masked_xor_bitsliced_jnp(words, page_offset, masks)

@@ -1,8 +1,9 @@
 """Engines by name: the static ``EngineSpec`` and the registry of op sets (``EngineOps``).
 
 An op set is the two engine-interface ops (docs/engine-interface.md): ``expand_levels`` and
-``masked_xor``, plus an optional in-place ``masked_xor_at`` and an optional ``layout`` (the engine's
-own database layout, built once per database: ``EngineOps.prepare``). "xla" is registered here; other engines
+``masked_xor``, plus an optional in-place ``masked_xor_at``, an optional fused ``expand_xor_at`` (a tile's
+masks expanded and used in one kernel, never stored) and an optional ``layout`` (the engine's own
+database layout, built once per database: ``EngineOps.prepare``). "xla" is registered here; other engines
 register on import (``_LAZY_ENGINE_MODULES`` names the module that registers each). Compiled scans
 are cached per op set (scan.py keys its caches on the ``EngineOps`` value), so re-registering a
 name never serves a program traced with the old ops. Apart from those program caches, the registry
@@ -22,7 +23,7 @@ import numpy as np
 from .chacha_jax import default_unroll
 from .xla_ops import default_doubling_levels, expand_levels_xla, masked_xor_xla
 
-__all__ = ["EngineSpec", "EngineOps", "LayoutFn", "RowReader", "register_ops", "unregister_ops", "registered_engines",
+__all__ = ["EngineSpec", "EngineOps", "ExpandXorFn", "LayoutFn", "RowReader", "register_ops", "unregister_ops", "registered_engines",
            "available_engines", "get_ops"]
 
 
@@ -80,6 +81,10 @@ RowReader = Callable[[int, int], jax.Array | np.ndarray]
 # layout(read, num_pages) -> the engine's database on the device, built from the raw rows read by ``read``
 # (in as many pieces as it likes: the raw database need never be resident), handed to the scan as pages_words.
 LayoutFn = Callable[[RowReader, int], jax.Array]
+# expand_xor_at(spec, pages_words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count) -> (K, 1024): what
+# masked_xor_at(pages_words, row, expand_levels(seeds, ts, seed_cw, t_cw, final_cw)[:, lo:lo + count]) gives,
+# in one step (row: int32 scalar, may be traced; lo, count: static ints).
+ExpandXorFn = Callable[..., jax.Array]
 
 
 # Optional keywords of an expand_levels op that the scan fills from the EngineSpec.
@@ -98,6 +103,8 @@ class EngineOps:
     masked_xor_at: Callable[[jax.Array, jax.Array | int, jax.Array], jax.Array] | None = None
     # Optional: the engine's own database layout (None: the raw (N, 1024) pages are scanned as they are).
     layout: LayoutFn | None = None
+    # Optional: the tile's expansion and masked XOR fused (ExpandXorFn); without it ``expand_xor`` composes the two.
+    expand_xor_at: ExpandXorFn | None = None
 
     def prepare(self, pages_words: jax.Array, num_pages: int) -> jax.Array:
         """The database the scan of this op set reads, from a resident raw one: ``pages_words`` itself,
@@ -112,10 +119,25 @@ class EngineOps:
         values = {"unroll": spec.resolved_unroll, "doubling_levels": spec.resolved_doubling_levels}
         return self.expand_levels(*args, **{k: values[k] for k in self.expand_kwargs})
 
+    def expand_xor(self, spec: EngineSpec, pages_words: jax.Array, row: jax.Array | int, seeds: jax.Array, ts: jax.Array,
+                   seed_cw: jax.Array, t_cw: jax.Array, final_cw: jax.Array, lo: int, count: int) -> jax.Array:
+        """XOR over pages [row, row + count) of page & mask, the masks being leaves [lo, lo + count) of the
+        subtrees (seeds, ts) expanded by seed_cw.shape[1] levels: (K, 1024) u32. The engine's fused op if it
+        has one, else its expansion then its masked XOR (the tile read in place where it can)."""
+        if self.expand_xor_at is not None:
+            return self.expand_xor_at(spec, pages_words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count)
+        masks = self.expand(spec, seeds, ts, seed_cw, t_cw, final_cw)
+        if (lo, count) != (0, masks.shape[1]):
+            masks = masks[:, lo : lo + count]
+        if self.masked_xor_at is not None:
+            return self.masked_xor_at(pages_words, row, masks)
+        return self.masked_xor(jax.lax.dynamic_slice_in_dim(pages_words, row, count, axis=0), masks)
+
 
 _OPS: dict[str, EngineOps] = {}
 # Engines living in other modules, imported on first use so EngineSpec(name=...) just works.
-_LAZY_ENGINE_MODULES = {"pallas": "morphogen_exp.pir.pallas_ops", "bitsliced": "morphogen_exp.pir.bitsliced_ops"}
+_LAZY_ENGINE_MODULES = {"pallas": "morphogen_exp.pir.pallas_ops", "bitsliced": "morphogen_exp.pir.bitsliced_ops",
+                        "fused": "morphogen_exp.pir.fused"}
 
 
 def register_ops(
@@ -124,6 +146,7 @@ def register_ops(
     masked_xor_fn: Callable[[jax.Array, jax.Array], jax.Array],
     masked_xor_at_fn: Callable[[jax.Array, jax.Array | int, jax.Array], jax.Array] | None = None,
     layout_fn: LayoutFn | None = None,
+    expand_xor_at_fn: ExpandXorFn | None = None,
 ) -> EngineOps:
     """Register an op set under ``name`` (re-registering replaces it) and return it.
 
@@ -133,6 +156,7 @@ def register_ops(
     ``masked_xor_at_fn(pages_words, page_offset, masks)`` reads the tile in place; ``layout_fn(read,
     num_pages)`` builds the engine's own database (then the scan's pages_words is that array, and
     ``masked_xor_at_fn`` must be given: a tile cut from a layout is not a tile of pages).
+    ``expand_xor_at_fn`` (ExpandXorFn) fuses a tile's expansion and masked XOR; the scan then calls it instead.
     """
     if layout_fn is not None and masked_xor_at_fn is None:
         raise ValueError(f"engine {name!r}: a layout_fn needs a masked_xor_at_fn (the scan reads the layout in place)")
@@ -141,7 +165,7 @@ def register_ops(
         kwargs = frozenset(_SPEC_KWARGS)
     else:
         kwargs = frozenset(k for k in _SPEC_KWARGS if k in params)
-    ops = EngineOps(expand_levels_fn, masked_xor_fn, kwargs, masked_xor_at_fn, layout_fn)
+    ops = EngineOps(expand_levels_fn, masked_xor_fn, kwargs, masked_xor_at_fn, layout_fn, expand_xor_at_fn)
     _OPS[name] = ops
     return ops
 

@@ -194,21 +194,15 @@ def _scan_range(pages_words: jax.Array, keys: KeyBatch, start: int, count: int, 
     top_seeds, top_ts = expand_nodes_xla(root_seed[:, None, :], root_t[:, None], seed_cw[:, :d], t_cw[:, :d],
                                          unroll=spec.resolved_unroll, doubling_levels=0)
 
-    def leaves(seeds: jax.Array, ts: jax.Array, depth: int) -> jax.Array:
-        return ops.expand(spec, seeds, ts, seed_cw[:, depth:], t_cw[:, depth:], final_cw)
-
-    def masked_xor(row: jax.Array | int, masks: jax.Array) -> jax.Array:
-        if ops.masked_xor_at is not None:
-            return ops.masked_xor_at(pages_words, row, masks)
-        return ops.masked_xor(lax.dynamic_slice_in_dim(pages_words, row, masks.shape[1], axis=0), masks)
+    def tile_xor(row: jax.Array | int, seeds: jax.Array, ts: jax.Array, depth: int, lo: int, count: int) -> jax.Array:
+        return ops.expand_xor(spec, pages_words, row, seeds, ts, seed_cw[:, depth:], t_cw[:, depth:], final_cw, lo, count)
 
     acc = jnp.zeros((root_t.shape[0], PAGE_WORDS), jnp.uint32)
     first = -(-start // tile)  # the first tile that starts inside the range
     head_end = min(end, first * tile)
     if head_end > start:  # pages before the first aligned tile: part of tile start // tile
         j = start // tile
-        masks = leaves(top_seeds[:, j : j + 1], top_ts[:, j : j + 1], d)[:, start - j * tile : head_end - j * tile]
-        acc = acc ^ masked_xor(0, masks)
+        acc = acc ^ tile_xor(0, top_seeds[:, j : j + 1], top_ts[:, j : j + 1], d, start - j * tile, head_end - start)
     if head_end == end:
         return acc
     num_full, tail = divmod(end - first * tile, tile)
@@ -217,14 +211,14 @@ def _scan_range(pages_words: jax.Array, keys: KeyBatch, start: int, count: int, 
     def body(i: jax.Array, a: jax.Array) -> jax.Array:
         j = first + i
         node = (lax.dynamic_slice_in_dim(top_seeds, j, 1, axis=1), lax.dynamic_slice_in_dim(top_ts, j, 1, axis=1))
-        return a ^ masked_xor(base_row + i * tile, leaves(*node, d))
+        return a ^ tile_xor(base_row + i * tile, *node, d, 0, tile)
 
     if num_full:
         acc = lax.fori_loop(0, num_full, body, acc)
     if tail:
         j, td = first + num_full, n - _log2(_next_pow2(tail))
         seeds, ts = descend_left(top_seeds[:, j], top_ts[:, j], seed_cw[:, d:td], t_cw[:, d:td])
-        acc = acc ^ masked_xor(base_row + num_full * tile, leaves(seeds[:, None], ts[:, None], td)[:, :tail])
+        acc = acc ^ tile_xor(base_row + num_full * tile, seeds[:, None], ts[:, None], td, 0, tail)
     return acc
 
 

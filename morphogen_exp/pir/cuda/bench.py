@@ -1,4 +1,4 @@
-"""``python -m morphogen_exp.pir.bmma.bench [--pages-log2 20,22] [--keys 3,96] [--out DIR]``: on a GPU, check
+"""``python -m morphogen_exp.pir.cuda.bench [--pages-log2 20,22] [--keys 3,96] [--out DIR]``: on a GPU, check
 the binary-MMA masked XOR bit for bit (small ragged cases against numpy, the XLA op and the jnp
 formulation; the scan on DPF keys against the numpy server answer; big tiles against the XLA op) and time
 it beside the Pallas and XLA masked XOR and a copy, each kernel alone (median of device-synchronized
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from morphogen_exp.pir.bitsliced import bitslice_pages, masked_xor_bitsliced
-from morphogen_exp.pir.bmma import build, masked_xor_bmma
+from morphogen_exp.pir.cuda import build, masked_xor_bmma
 
 
 def _fmix32(x: jax.Array) -> jax.Array:

@@ -1,10 +1,14 @@
-"""Binary tensor-core (mma.m16n8k256 .b1 .and.popc) masked XOR on a bit-sliced database, through jax.ffi.
+"""The engine's CUDA kernels, reached through jax.ffi: built with nvcc on first use, one library.
 
-``masked_xor_bmma(words, page_offset, masks)`` is ``masked_xor_at`` (docs/engine-interface.md) on the
-layout of pir/bitsliced.py. The CUDA source (bmma.cu, beside this file) is compiled with nvcc on first
-use into a cache folder keyed by the source's hash (``$MORPHOGEN_BMMA_CACHE``, default
-``~/.cache/morphogen_exp/bmma``) and registered as an XLA FFI target on the CUDA platform. Importing
-this module needs neither CUDA nor nvcc; calling it without them raises ``BmmaUnavailable`` (one line).
+- ``masked_xor_bmma(words, page_offset, masks)`` (bmma.cu): ``masked_xor_at`` (docs/engine-interface.md)
+  on the bit-sliced layout of pir/bitsliced.py, on the binary tensor cores (mma.m16n8k256 .b1 .and.popc);
+- ``expand_xor_fused`` (fused.cu, see pir/fused.py): the last GGM levels of a tile expanded in shared
+  memory and the masked XOR of the raw pages in the same kernel (the masks never reach HBM).
+
+Every ``*.cu`` beside this file (with the shared ``dpf.cuh``) is compiled into one shared library in a
+cache folder keyed by the sources' hash (``$MORPHOGEN_CUDA_CACHE``, default ``~/.cache/morphogen_exp/cuda``)
+and its handlers registered as XLA FFI targets on the CUDA platform. Importing this module needs neither
+CUDA nor nvcc; calling a kernel without them raises ``CudaUnavailable`` (one line).
 """
 
 from __future__ import annotations
@@ -23,17 +27,20 @@ import numpy as np
 
 from morphogen_exp.pir.bitsliced import CHUNK_PAGES, PAGE_WORDS, chunk_span
 
-__all__ = ["BmmaUnavailable", "build", "find_nvcc", "key_group", "masked_xor_bmma"]
+__all__ = ["CudaUnavailable", "build", "find_nvcc", "key_group", "masked_xor_bmma", "register"]
 
-TARGET = "morphogen_bmma_masked_xor"
-SOURCE = Path(__file__).with_name("bmma.cu")
-# Hopper's own target (HOPPER.md: the -gencode form); $MORPHOGEN_BMMA_ARCH overrides (e.g. sm_80).
+HERE = Path(__file__).parent
+SOURCES = tuple(sorted(HERE.glob("*.cu")))
+HEADERS = tuple(sorted(HERE.glob("*.cuh")))
+# FFI target name -> the handler symbol the library exports
+TARGETS = {"morphogen_bmma_masked_xor": "MorphogenBmmaMaskedXor", "morphogen_expand_xor_fused": "MorphogenExpandXorFused"}
+# Hopper's own target (HOPPER.md: the -gencode form); $MORPHOGEN_CUDA_ARCH overrides (e.g. sm_80).
 DEFAULT_ARCH = "sm_90a"
 _CUDA_HOMES = ("CUDA_HOME", "CUDA_PATH")  # environment variables naming a CUDA toolkit
 _DEFAULT_CUDA_HOME = "/usr/local/cuda"
 
 
-class BmmaUnavailable(RuntimeError):
+class CudaUnavailable(RuntimeError):
     """The kernel cannot be built or run here (no nvcc, no CUDA backend, a failed build)."""
 
 
@@ -46,13 +53,13 @@ def find_nvcc() -> str:
     for c in cands:
         if c and Path(c).is_file() and os.access(c, os.X_OK):
             return c
-    raise BmmaUnavailable("nvcc not found: install the CUDA toolkit (or pip install nvidia-cuda-nvcc-cu12), "
+    raise CudaUnavailable("nvcc not found: install the CUDA toolkit (or pip install nvidia-cuda-nvcc-cu12), "
                           "or set MORPHOGEN_NVCC to its path")
 
 
 def _cache_dir() -> Path:
-    env = os.environ.get("MORPHOGEN_BMMA_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "morphogen_exp" / "bmma"
+    env = os.environ.get("MORPHOGEN_CUDA_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "morphogen_exp" / "cuda"
 
 
 def _arch_flags(arch: str) -> list[str]:
@@ -61,34 +68,37 @@ def _arch_flags(arch: str) -> list[str]:
 
 
 def build(force: bool = False) -> Path:
-    """Compile bmma.cu into a shared library (cached by source, arch and JAX include dir); its path."""
-    arch = os.environ.get("MORPHOGEN_BMMA_ARCH", DEFAULT_ARCH)
+    """Compile the *.cu sources into one shared library (cached by sources, arch and JAX include dir); its path."""
+    arch = os.environ.get("MORPHOGEN_CUDA_ARCH", DEFAULT_ARCH)
     include = jax.ffi.include_dir()
-    digest = hashlib.sha256(SOURCE.read_bytes() + f"{arch}|{include}|{jax.__version__}".encode()).hexdigest()
-    lib = _cache_dir() / digest[:16] / "libmorphogen_bmma.so"
+    text = b"".join(f.name.encode() + f.read_bytes() for f in (*SOURCES, *HEADERS))
+    digest = hashlib.sha256(text + f"{arch}|{include}|{jax.__version__}".encode()).hexdigest()
+    lib = _cache_dir() / digest[:16] / "libmorphogen_cuda.so"
     if lib.is_file() and not force:
         return lib
     nvcc = find_nvcc()
     lib.parent.mkdir(parents=True, exist_ok=True)
     tmp = lib.with_suffix(f".{os.getpid()}.tmp")
     cmd = [nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", *_arch_flags(arch),
-           f"-I{include}", str(SOURCE), "-o", str(tmp)]
+           f"-I{include}", f"-I{HERE}", *map(str, SOURCES), "-o", str(tmp)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         (lib.parent / "build.log").write_text(res.stdout + res.stderr)
-        raise BmmaUnavailable(f"nvcc failed building {SOURCE.name} (exit {res.returncode}); "
+        raise CudaUnavailable(f"nvcc failed building {', '.join(f.name for f in SOURCES)} (exit {res.returncode}); "
                               f"log: {lib.parent / 'build.log'}")
     tmp.replace(lib)  # atomic: concurrent builders never load a half-written library
     return lib
 
 
 @functools.cache
-def _register() -> None:
+def register() -> None:
+    """Build (if needed) and load the library, and register every handler as an FFI target (once)."""
     if jax.default_backend() != "gpu":
-        raise BmmaUnavailable(f"the bmma kernel needs a CUDA GPU backend; {jax.default_backend()=}: "
+        raise CudaUnavailable(f"the CUDA kernels need a CUDA GPU backend; {jax.default_backend()=}: "
                               "use impl='jnp' or run on a GPU host")
     lib = ctypes.cdll.LoadLibrary(str(build()))
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.MorphogenBmmaMaskedXor), platform="CUDA")
+    for target, symbol in TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="CUDA")
 
 
 def key_group(num_keys: int) -> tuple[int, int]:
@@ -107,12 +117,12 @@ def masked_xor_bmma(
     """words (256*C, 1024) u32 bit-sliced, the tile's first page (int32 scalar), masks (K, T, 4) u32
     -> (K, 1024) u32: XOR over the tile's pages of page & mask, on the binary tensor cores.
     stages (benchmarks only): 1 runs only the mask transpose, 2 only the MMA scan; 3 both."""
-    _register()
+    register()
     k, t, _ = masks.shape
     nch = chunk_span(t, words.shape[0] // CHUNK_PAGES)
     kg, ktp = key_group(k)
     call = jax.ffi.ffi_call(
-        TARGET,
+        "morphogen_bmma_masked_xor",
         (jax.ShapeDtypeStruct((k, PAGE_WORDS), jnp.uint32),
          jax.ShapeDtypeStruct((nch * 128 * ktp * 64,), jnp.uint32)),  # masks as per-bit page vectors
         vmap_method="sequential",

@@ -1,0 +1,100 @@
+// The GGM tree of the DPF keys on the GPU: ChaCha8, one node into its two children, and a block-wide
+// expansion of small subtrees in shared memory. Bit for bit the numpy original (pir/prg.py,
+// pir/reference.py) and the XLA engine (pir/xla_ops.py): a node (seed, t) gives ChaCha8 blocks 0 and 1
+// of key seed||seed (zero nonce); left/right child seeds are block0 words 0..3 / 4..7 and the t bits
+// bit 0 of block1 words 0 / 1, each XORed with the level's correction words where the parent's t is 1;
+// a leaf's output (the page mask) is its seed XOR final_cw where its t is 1.
+#pragma once
+#include <cstdint>
+
+namespace dpf {
+
+__device__ __forceinline__ uint32_t rotl(uint32_t x, int r) { return __funnelshift_l(x, x, r); }
+
+#define DPF_QR(a, b, c, d)                                    \
+  a += b; d ^= a; d = ::dpf::rotl(d, 16);                     \
+  c += d; b ^= c; b = ::dpf::rotl(b, 12);                     \
+  a += b; d ^= a; d = ::dpf::rotl(d, 8);                      \
+  c += d; b ^= c; b = ::dpf::rotl(b, 7);
+
+constexpr uint32_t kSigma0 = 0x61707865u, kSigma1 = 0x3320646Eu, kSigma2 = 0x79622D32u, kSigma3 = 0x6B206574u;
+
+// The first NW words of ChaCha8 block `ctr` of key seed||seed, zero nonce.
+template <int NW>
+__device__ __forceinline__ void chacha8(const uint4& s, uint32_t ctr, uint32_t (&out)[NW]) {
+  uint32_t x0 = kSigma0, x1 = kSigma1, x2 = kSigma2, x3 = kSigma3;
+  uint32_t x4 = s.x, x5 = s.y, x6 = s.z, x7 = s.w, x8 = s.x, x9 = s.y, x10 = s.z, x11 = s.w;
+  uint32_t x12 = ctr, x13 = 0, x14 = 0, x15 = 0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {  // 4 double rounds = 8 rounds
+    DPF_QR(x0, x4, x8, x12) DPF_QR(x1, x5, x9, x13) DPF_QR(x2, x6, x10, x14) DPF_QR(x3, x7, x11, x15)
+    DPF_QR(x0, x5, x10, x15) DPF_QR(x1, x6, x11, x12) DPF_QR(x2, x7, x8, x13) DPF_QR(x3, x4, x9, x14)
+  }
+  const uint32_t y[8] = {x0 + kSigma0, x1 + kSigma1, x2 + kSigma2, x3 + kSigma3, x4 + s.x, x5 + s.y, x6 + s.z, x7 + s.w};
+#pragma unroll
+  for (int i = 0; i < NW; ++i) out[i] = y[i];
+}
+
+#undef DPF_QR
+
+__device__ __forceinline__ uint4 xor_and(const uint4& a, const uint4& b, uint32_t on) {
+  return make_uint4(a.x ^ (b.x & on), a.y ^ (b.y & on), a.z ^ (b.z & on), a.w ^ (b.w & on));
+}
+
+// One GGM level: node (seed, t in {0, 1}) with this level's corrections -> both children.
+__device__ __forceinline__ void expand_node(const uint4& seed, uint32_t t, const uint4& cw, const uint2& tcw,
+                                            uint4& left, uint32_t& tl, uint4& right, uint32_t& tr) {
+  uint32_t b0[8], b1[2];
+  chacha8<8>(seed, 0u, b0);
+  chacha8<2>(seed, 1u, b1);
+  const uint32_t on = 0u - (t & 1u);
+  left = xor_and(make_uint4(b0[0], b0[1], b0[2], b0[3]), cw, on);
+  right = xor_and(make_uint4(b0[4], b0[5], b0[6], b0[7]), cw, on);
+  tl = (b1[0] & 1u) ^ (tcw.x & on & 1u);
+  tr = (b1[1] & 1u) ^ (tcw.y & on & 1u);
+}
+
+// Shared-memory heap of KB subtrees of at most 2^kMaxLevels leaves: node h of key k has children 2h
+// and 2h + 1; the root is h = 1, the leaves of an L-level subtree h = 2^L .. 2^(L+1) - 1.
+constexpr int kMaxLevels = 8;
+constexpr int kHeap = 2 << kMaxLevels;
+
+template <int KB>
+struct Subtrees {
+  uint4 seed[KB][kHeap];
+  uint32_t t[KB][kHeap];
+};
+
+// Block-wide: the subtree roots (already in seed[k][1], t[k][1]) expanded `levels` levels down, then the
+// leaves turned into page masks (final correction). Keys k >= nk are left alone. Ends synchronized.
+// scw (K, levels) u4, tcw (K, levels) u2 and fcw (K,) u4 are the corrections of global keys key0 + k.
+template <int KB>
+__device__ __forceinline__ void expand_subtrees(Subtrees<KB>& st, int levels, int key0, int nk,
+                                                const uint4* __restrict__ scw, const uint2* __restrict__ tcw,
+                                                const uint4* __restrict__ fcw) {
+  __syncthreads();
+  for (int l = 0; l < levels; ++l) {
+    const int width = 1 << l, items = nk << l;
+    for (int i = threadIdx.x; i < items; i += blockDim.x) {
+      const int k = i >> l, h = width + (i & (width - 1));
+      const int key = key0 + k;
+      uint4 left, right;
+      uint32_t tl, tr;
+      expand_node(st.seed[k][h], st.t[k][h], __ldg(scw + (size_t)key * levels + l), __ldg(tcw + (size_t)key * levels + l),
+                  left, tl, right, tr);
+      st.seed[k][2 * h] = left;
+      st.seed[k][2 * h + 1] = right;
+      st.t[k][2 * h] = tl;
+      st.t[k][2 * h + 1] = tr;
+    }
+    __syncthreads();
+  }
+  const int width = 1 << levels, items = nk << levels;
+  for (int i = threadIdx.x; i < items; i += blockDim.x) {
+    const int k = i >> levels, h = width + (i & (width - 1));
+    st.seed[k][h] = xor_and(st.seed[k][h], __ldg(fcw + key0 + k), 0u - st.t[k][h]);
+  }
+  __syncthreads();
+}
+
+}  // namespace dpf

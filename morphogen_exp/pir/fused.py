@@ -1,0 +1,103 @@
+"""Engine "fused": each scan step's last GGM levels and its masked XOR in one CUDA kernel (pir/cuda/fused.cu).
+
+The raw database is scanned in place, like engine "pallas". For a tile, every key is expanded in XLA
+down to subtree roots ``SUBTREE_LEVELS`` (8) above the leaves; the kernel then expands each subtree of
+256 leaves in shared memory and XORs its 256 pages (1 MiB) into per-block accumulators for up to 4 keys
+at once (more keys: more key blocks, each re-reading the pages), so the page masks never go through HBM
+and the ChaCha8 work of one resident block overlaps the page reads of the others. Per-block partial
+answers are XOR-reduced in XLA. It is made for small batches, where the scan is read-bound (Q=1: 3 keys):
+its cost grows with the key count like the Pallas scan's, without the tensor cores of "bitsliced".
+
+On a backend without CUDA (CPU, CI) the same step is the XLA expansion then the XLA masked XOR, so the
+engine's wiring is checked everywhere; the kernel itself is checked on a GPU against the numpy oracle
+(tests marked gpu, ``python -m morphogen_exp.pir.cuda.bench``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .keybatch import PAGE_WORDS
+from .pallas_ops import expand_levels_fn as expand_levels_pallas_fn
+from .registry import EngineSpec, get_ops, register_ops
+from .xla_ops import expand_levels_xla, expand_nodes_xla, masked_xor_xla
+
+__all__ = ["ENGINE_NAME", "SUBTREE_LEVELS", "expand_xor_fused", "expand_xor_at_fn", "grid_blocks"]
+
+ENGINE_NAME = "fused"
+SUBTREE_LEVELS = 8  # leaves per subtree = 2^8: one shared-memory heap per key (dpf.cuh kMaxLevels)
+MAX_KEYS_PER_BLOCK = 4
+_BLOCKS_PER_SM = 3  # the kernel's __launch_bounds__ minimum
+
+
+def _gpu() -> bool:
+    return jax.default_backend() == "gpu"
+
+
+@functools.cache
+def _sm_count() -> int:
+    return int(getattr(jax.devices()[0], "core_count", 0) or 132)
+
+
+def grid_blocks(num_subtrees: int) -> int:
+    """Blocks of one launch: every SM busy with resident blocks, no more blocks than subtrees."""
+    return max(1, min(num_subtrees, _BLOCKS_PER_SM * _sm_count()))
+
+
+def keys_per_block(num_keys: int) -> int:
+    """Keys of one block (1..4): as few key blocks as possible, then as even as possible."""
+    blocks = -(-num_keys // MAX_KEYS_PER_BLOCK)
+    return -(-num_keys // blocks)
+
+
+def expand_xor_fused(pages_words: jax.Array, row: jax.Array | int, roots: jax.Array, root_t: jax.Array, seed_cw: jax.Array,
+                     t_cw: jax.Array, final_cw: jax.Array, lo: int, count: int) -> jax.Array:
+    """The CUDA kernel: subtree roots (K, S, 4), (K, S) expanded by L = seed_cw.shape[1] <= 8 levels; leaves
+    [lo, lo + count) of the S * 2^L mask rows [row, row + count) of pages_words (P, 1024) -> (K, 1024) u32."""
+    from .cuda import register  # noqa: PLC0415  (needs CUDA only here)
+
+    register()
+    k, s = root_t.shape
+    levels = seed_cw.shape[1]
+    if levels > SUBTREE_LEVELS:
+        raise ValueError(f"subtrees of {levels} levels: the kernel expands at most {SUBTREE_LEVELS}")
+    g = grid_blocks(s)
+    call = jax.ffi.ffi_call("morphogen_expand_xor_fused", jax.ShapeDtypeStruct((g, k, PAGE_WORDS), jnp.uint32),
+                            vmap_method="sequential")
+    partial = call(pages_words, jnp.asarray(row, jnp.int32).reshape(()), roots, root_t.astype(jnp.uint32), seed_cw,
+                   t_cw.astype(jnp.uint32), final_cw, lo=np.int64(lo), count=np.int64(count),
+                   kb=np.int32(keys_per_block(k)))
+    return jax.lax.reduce(partial, jnp.uint32(0), jax.lax.bitwise_xor, (0,))
+
+
+def expand_xor_at_fn(spec: EngineSpec, pages_words: jax.Array, row: jax.Array | int, seeds: jax.Array, ts: jax.Array,
+                     seed_cw: jax.Array, t_cw: jax.Array, final_cw: jax.Array, lo: int, count: int) -> jax.Array:
+    """ExpandXorFn (registry.py): the nodes (K, R) are expanded in XLA to the subtree roots whose leaves
+    meet [lo, lo + count), then the kernel does the rest; on a backend without CUDA, the XLA ops."""
+    if not _gpu():
+        return get_ops("xla").expand_xor(spec, pages_words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count)
+    levels = seed_cw.shape[1]
+    sub = min(levels, SUBTREE_LEVELS)
+    top = levels - sub
+    r0, r1 = lo >> levels, (lo + count - 1) >> levels  # nodes whose leaves are used
+    roots, root_t = expand_nodes_xla(seeds[:, r0 : r1 + 1], ts[:, r0 : r1 + 1], seed_cw[:, :top], t_cw[:, :top],
+                                     unroll=spec.resolved_unroll, doubling_levels=0)
+    lo -= r0 << levels
+    s0, s1 = lo >> sub, (lo + count - 1) >> sub  # subtrees whose leaves are used
+    return expand_xor_fused(pages_words, row, roots[:, s0 : s1 + 1], root_t[:, s0 : s1 + 1], seed_cw[:, top:],
+                            t_cw[:, top:], final_cw, lo - (s0 << sub), count)
+
+
+def expand_levels_fn(seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array, final_cw: jax.Array, *,
+                     unroll: bool | None = None, doubling_levels: int | None = None) -> jax.Array:
+    """Leaves (K, R * 2**L, 4) outside the scan (full evaluations): the Pallas GGM kernel on a GPU, else XLA."""
+    if _gpu():
+        return expand_levels_pallas_fn(seeds, ts, seed_cw, t_cw, final_cw)
+    return expand_levels_xla(seeds, ts, seed_cw, t_cw, final_cw, unroll=unroll, doubling_levels=doubling_levels)
+
+
+register_ops(ENGINE_NAME, expand_levels_fn, masked_xor_xla, expand_xor_at_fn=expand_xor_at_fn)

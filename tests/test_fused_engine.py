@@ -1,0 +1,89 @@
+"""Engine "fused" (pir/fused.py, pir/cuda/fused.cu) against the numpy oracle.
+
+On CPU: the engine's wiring, and the index arithmetic of its GPU path (which nodes are expanded to which
+subtree roots, which leaves of them mask which rows) with the CUDA kernel replaced by its contract written
+in XLA. On a GPU (run there: ``pytest tests/test_fused_engine.py``): the kernel itself, bit for bit."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from morphogen_exp import memory
+from morphogen_exp.pir import EngineSpec, KeyBatch, answer_jax, answer_numpy, fused, generate_keys, pages_to_words
+from morphogen_exp.pir.scan import scan_range, tile_size
+from morphogen_exp.pir.xla_ops import expand_levels_xla, masked_xor_xla
+
+GPU = jax.default_backend() == "gpu"
+RNG = np.random.default_rng(11)
+PAGES = RNG.integers(0, 256, size=(3000, 4096), dtype=np.uint8)
+DOMAIN = 12  # 4096 leaves: tiles of 1024 pages have 2 levels above the 256-leaf subtrees
+
+
+def _keys(num_keys: int, n: int = 3000, domain: int = DOMAIN, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    return [generate_keys(domain, int(t), rng)[int(t) % 2] for t in rng.integers(0, n, num_keys)]
+
+
+def _kernel_contract(pages_words, row, roots, root_t, seed_cw, t_cw, final_cw, lo, count):
+    """What expand_xor_fused computes, in XLA: leaves [lo, lo + count) of the subtrees mask rows from row."""
+    masks = expand_levels_xla(roots, root_t, seed_cw, t_cw, final_cw)[:, lo : lo + count]
+    return masked_xor_xla(jax.lax.dynamic_slice_in_dim(pages_words, row, count, axis=0), masks)
+
+
+@pytest.fixture
+def contract_kernel(monkeypatch):
+    """The GPU path of the engine on this machine, with the kernel replaced by its contract."""
+    if not GPU:
+        monkeypatch.setattr(fused, "_gpu", lambda: True)
+        monkeypatch.setattr(fused, "expand_xor_fused", _kernel_contract)
+
+
+SPEC = EngineSpec("fused", tile_pages=1024, unroll=False)  # 2 full tiles, a 952-page tail: head, loop and tail steps
+
+
+@pytest.mark.parametrize("num_keys", [1, 3])
+def test_scan_equals_numpy_with_full_tiles_and_a_ragged_tail(contract_kernel, num_keys: int) -> None:
+    keys = _keys(num_keys)
+    np.testing.assert_array_equal(answer_jax(PAGES, keys, SPEC), answer_numpy(PAGES, keys))
+
+
+@pytest.mark.parametrize(("start", "count"), [(300, 1500), (1, 255), (2047, 2)])
+def test_page_range_at_unaligned_starts_equals_numpy(contract_kernel, start: int, count: int) -> None:
+    """A shard's range: an unaligned head inside a tile, then tiles and a tail; rows [0, count) hold pages from start."""
+    keys = _keys(3, seed=start)
+    words = jnp.asarray(pages_to_words(PAGES[start : start + count]))
+    got = scan_range(words, KeyBatch.from_keys(keys).to_device(), start=start, count=count, spec=SPEC)
+    only = np.zeros_like(PAGES)
+    only[start : start + count] = PAGES[start : start + count]
+    want = answer_numpy(only, keys)
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint8).reshape(3, 4096), want)
+
+
+def test_key_blocks_and_grid() -> None:
+    assert [fused.keys_per_block(k) for k in (1, 3, 4, 5, 6, 13, 96)] == [1, 3, 4, 3, 3, 4, 4]
+    assert fused.grid_blocks(5) == 5 and fused.grid_blocks(10**6) >= 100
+
+
+def test_memory_estimate_stores_no_masks() -> None:
+    """At mainnet Q=32 the fused engine holds subtree roots, not 96 keys x 2^22 masks: it fits where masks would not."""
+    n = 16_817_159
+    spec = EngineSpec("fused", tile_pages=4194304)
+    tile = lambda k: tile_size(n, 25, spec, k)  # noqa: E731
+    fused_ws = memory.engine_working_set_bytes(32, tile, "fused")
+    assert fused_ws < 2 * memory.GIB < memory.working_set_bytes(32, tile)
+    assert memory.engine_working_set_bytes(32, tile, "pallas") == memory.working_set_bytes(32, tile)
+
+
+@pytest.mark.skipif(not GPU, reason="the CUDA kernel needs a GPU")
+@pytest.mark.parametrize(("num_pages", "num_keys", "tile"), [(1, 1, 4096), (255, 3, 4096), (257, 5, 4096),
+                                                             (3000, 13, 1024), (3000, 3, 64), (70000, 3, 1 << 15)])
+def test_kernel_equals_numpy(num_pages: int, num_keys: int, tile: int) -> None:
+    """The kernel on the device: ragged subtrees, several key blocks (13 keys), tiles below a subtree (64)."""
+    rng = np.random.default_rng(num_pages)
+    pages = rng.integers(0, 256, size=(num_pages, 4096), dtype=np.uint8)
+    domain = max(1, (num_pages - 1).bit_length()) + 1
+    keys = _keys(num_keys, num_pages, domain, seed=num_pages)
+    np.testing.assert_array_equal(answer_jax(pages, keys, EngineSpec("fused", tile_pages=tile)), answer_numpy(pages, keys))
