@@ -34,7 +34,7 @@ from .kernels import bench_blocks, bench_breakdown, bench_ggm, parse_grid
 
 
 def bench_engine(num_pages: int, key_counts: list[int], engines: list[str], tile_pages: int | None,
-                 unroll: bool | None, repeats: int) -> list[dict[str, Any]]:
+                 unroll: bool | None, repeats: int, full_eval: bool = True) -> list[dict[str, Any]]:
     n, rows = domain_bits_for(num_pages), []
     for engine in engines:  # one database at a time: an engine's layout and the raw pages need not both fit
         words, layout_s = database(num_pages, engine)
@@ -48,7 +48,7 @@ def bench_engine(num_pages: int, key_counts: list[int], engines: list[str], tile
                           pages=num_pages, keys=k, tile_pages=tile_size(num_pages, n, spec, k), unroll=spec.resolved_unroll,
                           layout_build_s=layout_s)
             blocks = k * 2 * ((1 << n) - 1)  # ChaCha8 blocks of K full trees (2 per node)
-            if k * (1 << n) * 16 <= 8 * 2**30:  # full-domain evaluation, where the leaves fit comfortably
+            if full_eval and k * (1 << n) * 16 <= 8 * 2**30:  # full-domain evaluation, where the leaves fit comfortably
                 t = timed(functools.partial(full_eval_jax, spec=spec), [(kb,) for kb in kbs], repeats)
                 rows.append(dict(**common, what="full_eval", **t, gbps=k * (1 << n) * 16 / (t["median_ms"] / 1e3) / 1e9,
                                  gblocks_s=blocks / (t["median_ms"] / 1e3) / 1e9, copy_gbps=cgb))
@@ -82,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--engines", default="xla")
     e.add_argument("--tile-pages", type=int, default=None)
     e.add_argument("--unroll", choices=["auto", "yes", "no"], default="auto")
+    e.add_argument("--scan-only", action="store_true", help="skip the full-domain evaluation (a database near the card's size)")
     c = sub.add_parser("ceilings", help="device copy GB/s and integer ops/s, the two ceilings")
     c.add_argument("--words", type=int, default=1 << 29, help="u32 words per probe (2 GiB: smaller misses the roofline)")
     b = sub.add_parser("breakdown", help="the scan and its parts (masked-XOR alone, expansion alone) per tile size")
@@ -150,7 +151,8 @@ def _run(args: argparse.Namespace) -> int:
         rows = bench_breakdown(args.pages, _ints(args.keys, "--keys"), args.engine, _ints(args.tiles, "--tiles"), args.repeats)
     else:
         unroll = {"auto": None, "yes": True, "no": False}[args.unroll]
-        rows = bench_engine(args.pages, _ints(args.keys, "--keys"), args.engines.split(","), args.tile_pages, unroll, args.repeats)
+        rows = bench_engine(args.pages, _ints(args.keys, "--keys"), args.engines.split(","), args.tile_pages, unroll, args.repeats,
+                            full_eval=not args.scan_only)
     write_csv(args.csv, rows)
     return 0
 
