@@ -65,6 +65,7 @@ def test_page_range_at_unaligned_starts_equals_numpy(contract_kernel, start: int
 def test_key_blocks_and_grid() -> None:
     assert [fused.keys_per_block(k) for k in (1, 3, 4, 5, 6, 13, 96)] == [1, 3, 4, 3, 3, 4, 4]
     assert fused.grid_blocks(5) == 5 and fused.grid_blocks(10**6) >= 100
+    assert fused.grid_blocks(10**6, key_blocks=4) == fused.grid_blocks(10**6) // 4
 
 
 def test_memory_estimate_stores_no_masks() -> None:

@@ -3,7 +3,8 @@
 The raw database is scanned in place, like engine "pallas". For a tile, every key is expanded in XLA
 down to subtree roots ``SUBTREE_LEVELS`` (8) above the leaves; the kernel then expands each subtree of
 256 leaves in shared memory and XORs its 256 pages (1 MiB) into per-block accumulators for up to 4 keys
-at once (more keys: more key blocks, each re-reading the pages), so the page masks never go through HBM
+at once (more keys: more key blocks side by side, the pages read from HBM once and from L2 by the others),
+so the page masks never go through HBM
 and the ChaCha8 work of one resident block overlaps the page reads of the others. Per-block partial
 answers are XOR-reduced in XLA. It is made for small batches, where the scan is read-bound (Q=1: 3 keys):
 its cost grows with the key count like the Pallas scan's, without the tensor cores of "bitsliced".
@@ -43,9 +44,10 @@ def _sm_count() -> int:
     return int(getattr(jax.devices()[0], "core_count", 0) or 132)
 
 
-def grid_blocks(num_subtrees: int) -> int:
-    """Blocks of one launch: every SM busy with resident blocks, no more blocks than subtrees."""
-    return max(1, min(num_subtrees, _BLOCKS_PER_SM * _sm_count()))
+def grid_blocks(num_subtrees: int, key_blocks: int = 1) -> int:
+    """Block groups of one launch (a group = one block per key block, walking the same subtrees): all
+    blocks resident at once on every SM, no more groups than subtrees."""
+    return max(1, min(num_subtrees, _BLOCKS_PER_SM * _sm_count() // key_blocks))
 
 
 def keys_per_block(num_keys: int) -> int:
@@ -65,12 +67,13 @@ def expand_xor_fused(pages_words: jax.Array, row: jax.Array | int, roots: jax.Ar
     levels = seed_cw.shape[1]
     if levels > SUBTREE_LEVELS:
         raise ValueError(f"subtrees of {levels} levels: the kernel expands at most {SUBTREE_LEVELS}")
-    g = grid_blocks(s)
+    kb = keys_per_block(k)
+    g = grid_blocks(s, -(-k // kb))
     call = jax.ffi.ffi_call("morphogen_expand_xor_fused", jax.ShapeDtypeStruct((g, k, PAGE_WORDS), jnp.uint32),
                             vmap_method="sequential")
     partial = call(pages_words, jnp.asarray(row, jnp.int32).reshape(()), roots, root_t.astype(jnp.uint32), seed_cw,
                    t_cw.astype(jnp.uint32), final_cw, lo=np.int64(lo), count=np.int64(count),
-                   kb=np.int32(keys_per_block(k)))
+                   kb=np.int32(kb))
     return jax.lax.reduce(partial, jnp.uint32(0), jax.lax.bitwise_xor, (0,))
 
 

@@ -6,7 +6,7 @@
 // s32 (the row of leaf `lo`), roots (K, S, 4) u32 and root_t (K, S) u32 (subtree roots, `levels` above the
 // leaves), scw (K, levels, 4), tcw (K, levels, 2), fcw (K, 4) u32; attributes lo, count (leaves
 // [lo, lo + count) of the S * 2^levels are used, leaf lo + i masking row row + i) and kb (keys per
-// block: 1..4); output partial (G, K, 1024) u32: block x's XOR of its pages, to be XOR-reduced over G.
+// block: 1..4); output partial (G, K, 1024) u32: block group g's XOR of its pages, XOR-reduced over G after.
 #include <cstdint>
 #include <string>
 #include <cuda_runtime.h>
@@ -21,8 +21,10 @@ namespace {
 constexpr int kThreads = 256;  // thread i holds page words 4i .. 4i + 3 (one uint4) of every page
 constexpr int kUnroll = 8;     // page loads in flight per thread
 
-// Grid (G, key blocks). Block x takes subtrees x, x + G, ... of [0, S); for each, the KB keys' subtrees are
-// expanded into masks, then the subtree's pages inside [lo, lo + count) are streamed once for all KB keys.
+// Grid (G * key blocks): block b is key block b % nkb of group g = b / nkb, and takes subtrees g, g + G, ...
+// of [0, S); for each, the KB keys' subtrees are expanded into masks, then the subtree's pages inside
+// [lo, lo + count) are streamed once for its KB keys. The key blocks of a group are launched side by side
+// and walk the same subtrees, so with more than 4 keys the pages come from HBM once and from L2 after.
 template <int KB>
 __global__ void __launch_bounds__(kThreads, 3) expand_xor_fused(
     const uint4* __restrict__ pages, const int* __restrict__ row, const uint4* __restrict__ roots,
@@ -30,13 +32,14 @@ __global__ void __launch_bounds__(kThreads, 3) expand_xor_fused(
     const uint4* __restrict__ fcw, int K, int S, int levels, long long lo, long long count,
     uint4* __restrict__ partial) {
   __shared__ dpf::Subtrees<KB> st;
-  const int key0 = blockIdx.y * KB, nk = min(KB, K - key0);
+  const int nkb = (K + KB - 1) / KB, group = blockIdx.x / nkb, groups = gridDim.x / nkb;
+  const int key0 = (blockIdx.x % nkb) * KB, nk = min(KB, K - key0);
   const long long row0 = *row;
   uint4 acc[KB];
 #pragma unroll
   for (int k = 0; k < KB; ++k) acc[k] = make_uint4(0, 0, 0, 0);
 
-  for (int s = blockIdx.x; s < S; s += gridDim.x) {
+  for (int s = group; s < S; s += groups) {
     const long long first = (long long)s << levels;
     const long long p0 = max(first, lo), p1 = min(first + (1ll << levels), lo + count);
     if (p0 >= p1) continue;  // uniform over the block
@@ -74,7 +77,7 @@ __global__ void __launch_bounds__(kThreads, 3) expand_xor_fused(
   }
 #pragma unroll
   for (int k = 0; k < KB; ++k)
-    if (k < nk) partial[((size_t)blockIdx.x * K + key0 + k) * kThreads + threadIdx.x] = acc[k];
+    if (k < nk) partial[((size_t)group * K + key0 + k) * kThreads + threadIdx.x] = acc[k];
 }
 
 template <int KB>
@@ -100,7 +103,7 @@ ffi::Error ExpandXorFusedImpl(cudaStream_t stream, ffi::Buffer<ffi::U32> pages, 
   if (kb < 1 || kb > 4) return ffi::Error::InvalidArgument("fused: kb must be 1, 2, 3 or 4");
   if (lo < 0 || count < 1 || lo + count > ((int64_t)S << levels))
     return ffi::Error::InvalidArgument("fused: leaves [lo, lo + count) must lie in the S subtrees");
-  const dim3 grid(static_cast<unsigned>(od[0]), static_cast<unsigned>((K + kb - 1) / kb));
+  const dim3 grid(static_cast<unsigned>(od[0] * ((K + kb - 1) / kb)));
   const auto* p4 = reinterpret_cast<const uint4*>(pages.typed_data());
   const auto* r4 = reinterpret_cast<const uint4*>(roots.typed_data());
   const auto* c4 = reinterpret_cast<const uint4*>(scw.typed_data());
