@@ -72,7 +72,7 @@ def check_fits(what: str, need: int, cap_gib: float | None) -> None:
 
 BITSLICED = "bitsliced"
 FUSED = "fused"
-_FUSED_SUBTREE_LEAVES = 256  # pir/fused.py SUBTREE_LEVELS: the fused engine keeps one root per 256 leaves
+_FUSED_SUBTREE_LEAVES = 256  # SUBTREE_LEVELS of pir/fused.py, pir/bitsliced_ops.py: one root per 256 leaves kept
 _FUSED_PARTIALS_PER_KEY = 3 * 132 * 4096  # one (1024,) u32 partial answer per kernel block (3 per SM)
 
 
@@ -97,9 +97,9 @@ def engine_build_bytes(num_pages: int, engine: str) -> int:
 
 
 def engine_scratch_bytes(live_queries: int, tile_pages: Callable[[int], int], engine: str) -> int:
-    """Per-tile scratch of the engine's masked XOR beyond ``working_set_bytes``: the bit-sliced CUDA op
-    copies the tile's masks into per-bit page vectors (keys padded to its key groups of 8): a second
-    set of masks. 0 for the raw-page engines."""
+    """Per-tile scratch of the engine's scan step beyond its stored masks or roots: the bit-sliced CUDA op's
+    per-bit page vectors, which its expansion writes and its binary-MMA scan reads (16 bytes per page and
+    key, keys padded to its key groups of 8). 0 for the raw-page engines."""
     if engine != BITSLICED:
         return 0
     from .pir.cuda import key_group
@@ -110,10 +110,13 @@ def engine_scratch_bytes(live_queries: int, tile_pages: Callable[[int], int], en
 
 
 def engine_working_set_bytes(live_queries: int, tile_pages: Callable[[int], int], engine: str) -> int:
-    """``working_set_bytes`` as the engine keeps it: the fused engine stores no masks (one subtree root per
-    256 leaves instead, and its kernel's partial answers); the bit-sliced one adds its per-bit copy."""
-    if engine == FUSED:
+    """``working_set_bytes`` as the engine keeps it: the fused and bit-sliced engines store no masks (one
+    subtree root per 256 leaves instead); the fused kernel adds its partial answers, the bit-sliced op the
+    per-bit page vectors its expansion writes (``engine_scratch_bytes``)."""
+    if engine in (FUSED, BITSLICED):
         roots = working_set_bytes(live_queries, lambda k: max(1, tile_pages(k) // _FUSED_SUBTREE_LEAVES))
+        if engine == BITSLICED:
+            return roots + engine_scratch_bytes(live_queries, tile_pages, engine)
         return roots + 3 * live_queries * _FUSED_PARTIALS_PER_KEY
     return working_set_bytes(live_queries, tile_pages) + engine_scratch_bytes(live_queries, tile_pages, engine)
 

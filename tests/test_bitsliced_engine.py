@@ -24,7 +24,7 @@ from morphogen_exp.session import Session
 from .conftest import mlflow_runs
 
 LAYOUT = get_ops("bitsliced").layout
-SPEC = EngineSpec("bitsliced", 4194304, None, mask_budget_mib=768)  # conf/engine/bitsliced.yaml
+SPEC = EngineSpec("bitsliced", 4194304, None, mask_budget_mib=1536)  # conf/engine/bitsliced.yaml
 TINY = DatasetConfig(name="tiny", num_pages=300)
 
 
@@ -115,13 +115,16 @@ def test_memory_estimate_knows_the_layout_and_its_scratch(make_cfg, workdir, ses
     assert memory.engine_database_bytes(n, "bitsliced") == 65_693 * 256 * 4096  # padded to 256 pages (65,692 chunks and 7 pages)
     assert memory.engine_database_bytes(n, "xla") == memory.dataset_bytes(n)
     tile = lambda k: tile_size(n, 25, SPEC, k)  # noqa: E731
-    assert tile(96) == 1 << 19 and tile(3) == 1 << 22
-    base = memory.working_set_bytes(32, tile)
+    assert tile(96) == 1 << 20 and tile(3) == 1 << 22
+    roots = memory.working_set_bytes(32, lambda k: tile(k) // 256)  # one subtree root per 256 leaves, no masks
     scratch = memory.engine_scratch_bytes(32, tile, "bitsliced")
-    assert scratch == 96 * (1 << 19) * 16  # the bit-vector copy: one more set of the tile's masks (96 = 12 key tiles)
+    assert scratch == 96 * (1 << 20) * 16  # the per-bit page vectors the expansion writes (96 = 12 key tiles)
     assert memory.engine_scratch_bytes(1, tile, "bitsliced") == 8 * (1 << 22) * 16  # 3 keys padded to 8
+    assert memory.engine_working_set_bytes(32, tile, "bitsliced") == roots + scratch < memory.working_set_bytes(32, tile)
     need = memory.engine_need_bytes(n, 32, tile, "bitsliced")
-    assert need == memory.engine_database_bytes(n, "bitsliced") + base + scratch
+    build = memory.engine_build_bytes(n, "bitsliced")
+    assert build > roots + scratch  # the layout's 2 GiB build scratch outweighs a Q=32 scan's 1.5 GiB of vectors
+    assert need == memory.engine_database_bytes(n, "bitsliced") + build
     assert need < 75 * memory.GIB  # fits an 80 GB card at 0.95 of its memory; raw + layout would not
     assert memory.dataset_bytes(n) + memory.engine_database_bytes(n, "bitsliced") > 80 * memory.GIB
     assert memory.engine_build_bytes(n, "bitsliced") == 2 * (1 << 18) * 4096  # one raw group + its sliced copy

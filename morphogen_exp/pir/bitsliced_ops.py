@@ -6,6 +6,10 @@ name is asked for): the database in the layout of pir/bitsliced.py, built once p
   would run in interpret mode on CPU: slow, and nothing the CPU tests need);
 - ``masked_xor_at``: ``masked_xor_bitsliced`` on the layout (the CUDA binary-MMA kernel on a GPU,
   the jnp formulation elsewhere);
+- ``expand_xor_at`` (what the scan calls for each head, tile and tail): on a GPU, every key expanded in XLA
+  to the subtree roots 8 levels above the tile's leaves, then one CUDA call (``expand_xor_bmma``) whose
+  expansion writes the per-bit page vectors the binary-MMA scan reads, so the masks never reach HBM;
+  elsewhere the XLA expansion then the jnp GF(2) product (the two ops above, composed);
 - ``masked_xor`` (a raw tile, the two-argument contract): the XLA op; the scan never calls it, as
   it reads the layout in place through ``masked_xor_at``.
 
@@ -14,16 +18,20 @@ Importing this module compiles nothing and needs no CUDA.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 
 from .bitsliced import bitslice_rows, masked_xor_bitsliced
 from .pallas_ops import expand_levels_fn as expand_levels_pallas_fn
-from .registry import RowReader, register_ops
-from .xla_ops import expand_levels_xla, masked_xor_xla
+from .registry import EngineSpec, RowReader, get_ops, register_ops
+from .xla_ops import expand_levels_xla, expand_nodes_xla, masked_xor_xla
 
-__all__ = ["ENGINE_NAME", "expand_levels_fn", "masked_xor_at_fn", "layout_fn"]
+__all__ = ["ENGINE_NAME", "SUBTREE_LEVELS", "expand_levels_fn", "expand_xor_at_fn", "expand_xor_kernel", "layout_fn",
+           "masked_xor_at_fn", "subtree_roots"]
 
 ENGINE_NAME = "bitsliced"
+SUBTREE_LEVELS = 8  # the kernel's subtrees: 256 leaves, one chunk of the layout (bmma.cu kSubLevels)
 
 
 def _gpu() -> bool:
@@ -45,10 +53,53 @@ def masked_xor_at_fn(words: jax.Array, page_offset: jax.Array | int, masks: jax.
     return masked_xor_bitsliced(words, page_offset, masks, impl="auto")
 
 
+def expand_xor_kernel(words: jax.Array, row: jax.Array | int, roots: jax.Array, root_t: jax.Array, seed_cw: jax.Array,
+                      t_cw: jax.Array, final_cw: jax.Array, lo: int, count: int) -> jax.Array:
+    """The CUDA op (pir/cuda ``expand_xor_bmma``): leaves [lo, lo + count) of the subtrees (roots, root_t)
+    expanded by seed_cw.shape[1] <= 8 levels mask DB pages [row, row + count) of the layout: (K, 1024) u32."""
+    from .cuda import expand_xor_bmma  # noqa: PLC0415  (needs CUDA only here)
+
+    return expand_xor_bmma(words, row, roots, root_t, seed_cw, t_cw, final_cw, lo, count)
+
+
+def subtree_roots(spec: EngineSpec, seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array, lo: int,
+                  count: int) -> tuple[jax.Array, jax.Array, int, int]:
+    """The nodes (K, R) whose subtrees' leaves [lo, lo + count) a step uses, expanded in XLA to the roots of
+    the subtrees of min(L, 8) levels that hold those leaves: (roots (K, S, 4), root_t (K, S), lo within them,
+    levels left below them)."""
+    levels = seed_cw.shape[1]
+    sub = min(levels, SUBTREE_LEVELS)
+    top = levels - sub
+    r0, r1 = lo >> levels, (lo + count - 1) >> levels  # nodes whose leaves are used
+    roots, root_t = expand_nodes_xla(seeds[:, r0 : r1 + 1], ts[:, r0 : r1 + 1], seed_cw[:, :top], t_cw[:, :top],
+                                     unroll=spec.resolved_unroll, doubling_levels=0)
+    lo -= r0 << levels
+    s0, s1 = lo >> sub, (lo + count - 1) >> sub  # subtrees whose leaves are used
+    return roots[:, s0 : s1 + 1], root_t[:, s0 : s1 + 1], lo - (s0 << sub), sub
+
+
+def _gpu_expand_xor(spec: EngineSpec, words: jax.Array, row: jax.Array | int, seeds: jax.Array, ts: jax.Array,
+                    seed_cw: jax.Array, t_cw: jax.Array, final_cw: jax.Array, lo: int, count: int) -> jax.Array:
+    roots, root_t, sub_lo, sub = subtree_roots(spec, seeds, ts, seed_cw, t_cw, lo, count)
+    top = seed_cw.shape[1] - sub
+    return expand_xor_kernel(words, row, roots, root_t, seed_cw[:, top:], t_cw[:, top:], final_cw, sub_lo, count)
+
+
+def expand_xor_at_fn(spec: EngineSpec, words: jax.Array, row: jax.Array | int, seeds: jax.Array, ts: jax.Array,
+                     seed_cw: jax.Array, t_cw: jax.Array, final_cw: jax.Array, lo: int, count: int) -> jax.Array:
+    """ExpandXorFn (registry.py) on the layout: on a GPU, the subtree roots in XLA, then the CUDA op (the
+    expansion writes the per-bit page vectors, the binary-MMA scan reads them); elsewhere the expansion then
+    ``masked_xor_at`` (the XLA expansion, the jnp GF(2) product)."""
+    if _gpu():
+        return _gpu_expand_xor(spec, words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count)
+    composed = dataclasses.replace(get_ops(ENGINE_NAME), expand_xor_at=None)
+    return composed.expand_xor(spec, words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count)
+
+
 def layout_fn(read: RowReader, num_pages: int) -> jax.Array:
     """The bit-sliced database of raw rows [0, num_pages) read group by group (bitslice_rows):
     (num_pages rounded up to 256, 1024) u32 on the default device."""
     return bitslice_rows(read, num_pages).words
 
 
-register_ops(ENGINE_NAME, expand_levels_fn, masked_xor_xla, masked_xor_at_fn, layout_fn)
+register_ops(ENGINE_NAME, expand_levels_fn, masked_xor_xla, masked_xor_at_fn, layout_fn, expand_xor_at_fn)

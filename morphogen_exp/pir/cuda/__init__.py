@@ -2,6 +2,8 @@
 
 - ``masked_xor_bmma(words, page_offset, masks)`` (bmma.cu): ``masked_xor_at`` (docs/engine-interface.md)
   on the bit-sliced layout of pir/bitsliced.py, on the binary tensor cores (mma.m16n8k256 .b1 .and.popc);
+- ``expand_xor_bmma(words, row, roots, ...)`` (bmma.cu): the same scan, its per-bit page vectors written by
+  the expansion of the tile's subtree roots (the masks never reach HBM; see pir/bitsliced_ops.py);
 - ``expand_xor_fused`` (fused.cu, see pir/fused.py): the last GGM levels of a tile expanded in shared
   memory and the masked XOR of the raw pages in the same kernel (the masks never reach HBM).
 
@@ -27,13 +29,15 @@ import numpy as np
 
 from morphogen_exp.pir.bitsliced import CHUNK_PAGES, PAGE_WORDS, chunk_span
 
-__all__ = ["CudaUnavailable", "build", "find_nvcc", "key_group", "masked_xor_bmma", "register"]
+__all__ = ["CudaUnavailable", "build", "expand_xor_bmma", "find_nvcc", "key_group", "masked_xor_bmma", "register",
+           "scratch_words"]
 
 HERE = Path(__file__).parent
 SOURCES = tuple(sorted(HERE.glob("*.cu")))
 HEADERS = tuple(sorted(HERE.glob("*.cuh")))
 # FFI target name -> the handler symbol the library exports
-TARGETS = {"morphogen_bmma_masked_xor": "MorphogenBmmaMaskedXor", "morphogen_expand_xor_fused": "MorphogenExpandXorFused"}
+TARGETS = {"morphogen_bmma_masked_xor": "MorphogenBmmaMaskedXor", "morphogen_expand_xor_fused": "MorphogenExpandXorFused",
+           "morphogen_bmma_expand_xor": "MorphogenBmmaExpandXor"}
 # Hopper's own target (HOPPER.md: the -gencode form); $MORPHOGEN_CUDA_ARCH overrides (e.g. sm_80).
 DEFAULT_ARCH = "sm_90a"
 _CUDA_HOMES = ("CUDA_HOME", "CUDA_PATH")  # environment variables naming a CUDA toolkit
@@ -119,15 +123,43 @@ def masked_xor_bmma(
     stages (benchmarks only): 1 runs only the mask transpose, 2 only the MMA scan; 3 both."""
     register()
     k, t, _ = masks.shape
-    nch = chunk_span(t, words.shape[0] // CHUNK_PAGES)
-    kg, ktp = key_group(k)
+    kg, _ = key_group(k)
     call = jax.ffi.ffi_call(
         "morphogen_bmma_masked_xor",
         (jax.ShapeDtypeStruct((k, PAGE_WORDS), jnp.uint32),
-         jax.ShapeDtypeStruct((nch * 128 * ktp * 64,), jnp.uint32)),  # masks as per-bit page vectors
+         jax.ShapeDtypeStruct((scratch_words(k, t, words.shape[0]),), jnp.uint32)),  # masks as per-bit page vectors
         vmap_method="sequential",
     )
     out, _ = call(words, jnp.asarray(page_offset, jnp.int32).reshape(()), masks, kg=np.int32(kg),
                   stages=np.int32(stages))
     return out
 
+
+
+def scratch_words(num_keys: int, tile_pages: int, db_rows: int) -> int:
+    """u32 words of the per-bit page vectors of one call: (chunks read, 128 bits, padded key tiles, 64)."""
+    return chunk_span(tile_pages, db_rows // CHUNK_PAGES) * 128 * key_group(num_keys)[1] * 64
+
+
+def expand_xor_bmma(words: jax.Array, row: jax.Array | int, roots: jax.Array, root_t: jax.Array, seed_cw: jax.Array,
+                    t_cw: jax.Array, final_cw: jax.Array, lo: int, count: int, stages: int = 3) -> jax.Array:
+    """words (256*C, 1024) u32 bit-sliced; subtree roots (K, S, 4) u32 and root_t (K, S), each expanded by
+    L = seed_cw.shape[1] <= 8 levels (t_cw (K, L, 2), final_cw (K, 4)); leaves [lo, lo + count) of the S * 2^L
+    mask DB pages [row, row + count) -> (K, 1024) u32, their masked XOR. One FFI call: the expansion writes
+    the per-bit page vectors (bmma.cu expand_to_bitvectors), then the binary-MMA scan reads them.
+    stages (benchmarks only): 1 runs only the expansion, 2 only the MMA scan; 3 both."""
+    register()
+    k, s = root_t.shape
+    if seed_cw.shape[1] > 8 or not 0 <= lo or count < 1 or lo + count > s << seed_cw.shape[1]:
+        raise ValueError(f"leaves [{lo}, {lo + count}) of {s} subtrees of {seed_cw.shape[1]} (<= 8) levels")
+    kg, _ = key_group(k)
+    call = jax.ffi.ffi_call(
+        "morphogen_bmma_expand_xor",
+        (jax.ShapeDtypeStruct((k, PAGE_WORDS), jnp.uint32),
+         jax.ShapeDtypeStruct((scratch_words(k, count, words.shape[0]),), jnp.uint32)),
+        vmap_method="sequential",
+    )
+    out, _ = call(words, jnp.asarray(row, jnp.int32).reshape(()), roots, root_t.astype(jnp.uint32), seed_cw,
+                  t_cw.astype(jnp.uint32), final_cw, lo=np.int64(lo), count=np.int64(count), kg=np.int32(kg),
+                  stages=np.int32(stages))
+    return out

@@ -2,7 +2,9 @@
 the binary-MMA masked XOR bit for bit (small ragged cases against numpy, the XLA op and the jnp
 formulation; the scan on DPF keys against the numpy server answer; big tiles against the XLA op) and time
 it beside the Pallas and XLA masked XOR and a copy, each kernel alone (median of device-synchronized
-repeats). Writes results.json and prints a table; docs/bitsliced.md records what it said."""
+repeats). The expansion that writes the bit vectors (``expand_xor_bmma``): small cases against its jnp
+contract, big tiles against the old path (Pallas expansion of the same roots, then ``masked_xor_bmma``),
+both timed. Writes results.json and prints a table; docs/bitsliced.md records what it said."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from morphogen_exp.pir.bitsliced import bitslice_pages, masked_xor_bitsliced
-from morphogen_exp.pir.cuda import build, masked_xor_bmma
+from morphogen_exp.pir.cuda import build, expand_xor_bmma, masked_xor_bmma
 
 
 def _fmix32(x: jax.Array) -> jax.Array:
@@ -79,6 +81,39 @@ def _small_checks(res: dict[str, Any]) -> None:
             bad.append({"k": k, "t": t, "off": off, "wrong_words": int((got != ref).sum())})
     res["small_checks_failed"] = bad
     print(f"small ragged checks: {'all exact' if not bad else bad}", flush=True)
+
+
+def _random_roots(k: int, t: int, seed: int) -> tuple[jax.Array, ...]:
+    """Roots of the t / 256 subtrees of 8 levels under a tile of t pages, with random corrections: (roots,
+    root_t, scw, tcw, fcw) for ``expand_xor_bmma`` (any 128-bit seeds are valid GGM nodes)."""
+    s = max(1, t // 256)
+    return (_random_u32((k, s, 4), seed), _random_u32((k, s), seed + 1) & jnp.uint32(1), _random_u32((k, 8, 4), seed + 2),
+            _random_u32((k, 8, 2), seed + 3) & jnp.uint32(1), _random_u32((k, 4), seed + 4))
+
+
+def _expand_small_checks(res: dict[str, Any]) -> None:
+    from morphogen_exp.pir.bitsliced import masked_xor_bitsliced_jnp  # noqa: PLC0415
+    from morphogen_exp.pir.xla_ops import expand_levels_xla  # noqa: PLC0415
+
+    n = 5000
+    db = bitslice_pages(_random_u32((n, 1024), 7), n)
+    bad = []
+    # (K, row, lo, count, levels): aligned (row - lo = 0 mod 256), unaligned, ragged, < 8 levels, 96 keys
+    for k, row, lo, count, levels in [(1, 0, 0, 256, 8), (3, 512, 0, 1000, 8), (13, 1024, 256, 3000, 8),
+                                      (96, 256, 0, 4096, 8), (3, 5, 0, 999, 8), (40, 700, 300, 1500, 8),
+                                      (6, 4000, 3, 20, 5), (2, 4999, 1, 1, 1)]:
+        s = -(-(lo + count) // (1 << levels))
+        roots, root_t, scw, tcw, fcw = _random_roots(k, s * 256, 100 + k)
+        roots, root_t, scw, tcw = roots[:, :s], root_t[:, :s], scw[:, :levels], tcw[:, :levels]
+        got = np.asarray(jax.jit(expand_xor_bmma, static_argnames=("lo", "count"))(
+            db.words, jnp.int32(row), roots, root_t, scw, tcw, fcw, lo=lo, count=count))
+        masks = expand_levels_xla(roots, root_t, scw, tcw, fcw)[:, lo : lo + count]
+        ref = np.asarray(masked_xor_bitsliced_jnp(db.words, jnp.int32(row), masks))
+        if not np.array_equal(got, ref):
+            bad.append({"k": k, "row": row, "lo": lo, "count": count, "levels": levels,
+                        "wrong_words": int((got != ref).sum())})
+    res["expand_small_checks_failed"] = bad
+    print(f"expand_xor_bmma small checks: {'all exact' if not bad else bad}", flush=True)
 
 
 def _scan_check(res: dict[str, Any]) -> None:
@@ -138,6 +173,7 @@ def _big(res: dict[str, Any], log2: int, keys: list[int], reps: int) -> None:
         for st, name in ((1, "bmma_transpose_only"), (2, "bmma_mma_only")):
             fn = jax.jit(lambda w, m, st=st: masked_xor_bmma(w, jnp.int32(0), m, stages=st))
             kr[name] = _time(functools.partial(fn, db.words, masks), reps)
+        _time_expand(kr, db.words, k, t, reps)
         kr["xla"] = _time(functools.partial(xla, pages, masks), max(3, reps // 4))
         kr["and_bits"] = k * t * 32768
         kr["bmma_tand_per_s"] = kr["and_bits"] / kr["bmma"]["ms_median"] / 1e9
@@ -146,6 +182,21 @@ def _big(res: dict[str, Any], log2: int, keys: list[int], reps: int) -> None:
         row[f"K={k}"] = kr
         print(f"2^{log2} pages K={k}: {json.dumps(kr)}", flush=True)
     res[f"2^{log2}"] = row
+
+
+def _time_expand(kr: dict[str, Any], words: jax.Array, k: int, t: int, reps: int) -> None:
+    """The tile's step from subtree roots: new (expansion writes the bit vectors) vs old (Pallas masks, then
+    the transpose and the MMA scan), checked equal; and the new expansion alone."""
+    from morphogen_exp.pir.pallas_ops import expand_levels_fn  # noqa: PLC0415
+
+    args = _random_roots(k, t, 3000 + k)
+    new = jax.jit(lambda w, r, rt, c, tc, f: expand_xor_bmma(w, 0, r, rt, c, tc, f, lo=0, count=t))
+    only = jax.jit(lambda w, r, rt, c, tc, f: expand_xor_bmma(w, 0, r, rt, c, tc, f, lo=0, count=t, stages=1))
+    old = jax.jit(lambda w, r, rt, c, tc, f: masked_xor_bmma(w, 0, expand_levels_fn(r, rt, c, tc, f)))
+    kr["expand_bmma_equals_old_path"] = bool(np.array_equal(np.asarray(new(words, *args)), np.asarray(old(words, *args))))
+    kr["expand_bmma"] = _time(functools.partial(new, words, *args), reps)
+    kr["expand_bmma_expansion_only"] = _time(functools.partial(only, words, *args), reps)
+    kr["old_pallas_expand_then_bmma"] = _time(functools.partial(old, words, *args), reps)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,12 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     res["build_s"] = time.perf_counter() - t0
     print(json.dumps(res), flush=True)
     stages: list[tuple[str, Callable[[], None]]] = [("small", lambda: _small_checks(res)),
-                                                   ("scan", lambda: _scan_check(res))]
+                                                   ("scan", lambda: _scan_check(res)),
+                                                   ("expand_small", lambda: _expand_small_checks(res))]
     keys = [int(k) for k in a.keys.split(",")]
     for lg in (int(x) for x in a.pages_log2.split(",")):
         stages.append((f"big{lg}", functools.partial(_big, res, lg, keys, a.reps)))
     for name, fn in stages:
-        if name.startswith("big") and name != stages[2][0] and time.perf_counter() - start > a.budget_s:
+        if name.startswith("big") and name != stages[3][0] and time.perf_counter() - start > a.budget_s:
             res[f"{name}_skipped"] = "time budget"
             continue
         try:

@@ -9,10 +9,18 @@
 // out bit (k, b = r*128 + j) = parity over pages i of mask_k(i) bit j AND page_i bit b: for every j a
 // GF(2) product (256 r x pages) @ (pages x K), as mma.m16n8k256 .and.popc (A = database rows r, 256 pages
 // per k-step; B = key columns; the s32 count's low bit is the answer bit).
+//
+// XLA FFI handler "MorphogenBmmaExpandXor" (issue 11: the masks never reach HBM): the same scan, but the
+// per-bit page vectors are written by `expand_to_bitvectors` straight from subtree roots (the tile's last
+// GGM levels expanded per warp, dpf.cuh), instead of from stored masks. Inputs words, row () s32 (the DB
+// page of leaf `lo`), roots (K, S, 4) u32, root_t (K, S) u32, scw (K, L <= 8, 4), tcw (K, L, 2), fcw (K, 4)
+// u32; outputs out (K, 1024) and scratch as above; attributes lo, count (leaves [lo, lo + count) of the
+// S * 2^L mask DB pages [row, row + count)), kg and stages (bit 0: the expansion, bit 1: the MMA scan).
 #include <cstdint>
 #include <string>
 #include <cuda_runtime.h>
 
+#include "dpf.cuh"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -72,6 +80,212 @@ __global__ void __launch_bounds__(256) masks_to_bitvectors(const uint4* __restri
   for (int e = threadIdx.x; e < kJ * 64; e += blockDim.x) {
     const int j = e >> 6, x = e & 63;
     dst[(size_t)j * ktp * 64 + x] = s[j * 65 + x];
+  }
+}
+
+// ------------------------------------------------------------------ the expansion writes the bit vectors
+
+constexpr int kGroup = 8;      // chunks (= 256-leaf subtrees when aligned) per block of expand_to_bitvectors
+constexpr int kSubLevels = 8;  // levels of a 256-leaf subtree
+constexpr int kTopLevels = 5;  // levels expanded for the group's 8 subtrees together; 32 nodes per subtree below
+
+// One warp's shared memory: the group's level-5 nodes, and a 256-entry buffer that holds the group's
+// upper levels (ping-pong halves), then one subtree's levels 6 and 7 and its leaves (the page masks).
+struct WarpSmem {
+  uint4 node[kGroup * 32];
+  uint4 leaf[kChunk];
+  uint8_t node_t[kGroup * 32];
+  uint8_t leaf_t[kChunk];
+};
+constexpr int kExpandSmem = 8 * sizeof(WarpSmem);  // 69,632 bytes: 3 blocks per SM
+
+// One GGM level of `items` nodes of this warp, 32 per round: node i at src (seed, t) -> children 2i, 2i + 1
+// at dst; `last`: they are leaves (the final correction applied, no t kept). All loads of a round precede
+// its stores (__syncwarp), so dst may overlap entries of src that this or an earlier round read.
+__device__ __forceinline__ void warp_level(const uint4* src, const uint8_t* src_t, uint4* dst, uint8_t* dst_t,
+                                           int items, const uint4& cw, const uint2& tc, bool last,
+                                           const uint4& fcw, int lane) {
+#pragma unroll 1
+  for (int i0 = 0; i0 < items; i0 += 32) {
+    const int i = i0 + lane;
+    const bool on = i < items;
+    uint4 seed = make_uint4(0, 0, 0, 0);
+    uint32_t t = 0;
+    if (on) {
+      seed = src[i];
+      t = src_t[i];
+    }
+    __syncwarp();
+    if (on) {
+      uint4 l, r;
+      uint32_t tl, tr;
+      dpf::expand_node(seed, t, cw, tc, l, tl, r, tr);
+      if (last) {
+        l = dpf::xor_and(l, fcw, 0u - tl);
+        r = dpf::xor_and(r, fcw, 0u - tr);
+      } else {
+        dst_t[2 * i] = static_cast<uint8_t>(tl);
+        dst_t[2 * i + 1] = static_cast<uint8_t>(tr);
+      }
+      dst[2 * i] = l;
+      dst[2 * i + 1] = r;
+    }
+  }
+  __syncwarp();
+}
+
+// The page mask of leaf `pos` of a `levels`-level subtree (root seed, t): its path walked from the root.
+__device__ __forceinline__ uint4 walk_leaf(uint4 seed, uint32_t t, int pos, int levels, const uint4* __restrict__ cw,
+                                           const uint2* __restrict__ tc, const uint4& fcw) {
+#pragma unroll 1
+  for (int l = 0; l < levels; ++l) {
+    uint4 left, right;
+    uint32_t tl, tr;
+    dpf::expand_node(seed, t, __ldg(cw + l), __ldg(tc + l), left, tl, right, tr);
+    const bool go_right = (pos >> (levels - 1 - l)) & 1;
+    seed = go_right ? right : left;
+    t = go_right ? tr : tl;
+  }
+  return dpf::xor_and(seed, fcw, 0u - t);
+}
+
+// Lane holds the masks of pages 32q + lane (q = 0..7) of one chunk for one key (warp g): transposed to the
+// per-bit page vectors of bits j = 32 wi + lane and stored where masks_to_bitvectors puts them (dst: the
+// chunk's key tile): word g*8 + (q & 3)*2 + (q >> 2) of row j; 32 contiguous bytes per lane and j.
+__device__ __forceinline__ void store_bitvectors(const uint4 (&m)[8], uint32_t* __restrict__ dst, int g, int lane,
+                                                 int ktp) {
+#pragma unroll
+  for (int wi = 0; wi < 4; ++wi) {
+    uint32_t v[8];
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+      const uint32_t x = wi == 0 ? m[q].x : wi == 1 ? m[q].y : wi == 2 ? m[q].z : m[q].w;
+      v[q] = transpose32(x, lane);
+    }
+    uint4* p = reinterpret_cast<uint4*>(dst + (size_t)(wi * 32 + lane) * ktp * 64 + g * 8);
+    p[0] = make_uint4(v[0], v[4], v[1], v[5]);
+    p[1] = make_uint4(v[2], v[6], v[3], v[7]);
+  }
+}
+
+__device__ __forceinline__ void store_zero(uint32_t* __restrict__ dst, int g, int lane, int ktp) {
+  const uint4 z = make_uint4(0, 0, 0, 0);
+#pragma unroll
+  for (int wi = 0; wi < 4; ++wi) {
+    uint4* p = reinterpret_cast<uint4*>(dst + (size_t)(wi * 32 + lane) * ktp * 64 + g * 8);
+    p[0] = z;
+    p[1] = z;
+  }
+}
+
+// The chunk's 256 masks are in leaf[0..256) (page p0 + i masked by leaf[i]): those of pages outside
+// [off, off + count) zeroed, transposed and stored.
+__device__ __forceinline__ void emit_chunk(const WarpSmem& w, int p0, int off, int count,
+                                           uint32_t* __restrict__ dst, int g, int lane, int ktp) {
+  uint4 m[8];
+#pragma unroll
+  for (int q = 0; q < 8; ++q) {
+    const int p = p0 + q * 32 + lane;
+    m[q] = (p >= off && p < off + count) ? w.leaf[q * 32 + lane] : make_uint4(0, 0, 0, 0);
+  }
+  __syncwarp();  // every lane has read the leaves before the next subtree overwrites them
+  store_bitvectors(m, dst, g, lane, ktp);
+}
+
+// Subtree roots -> the per-bit page vectors mt[ci][j][kt][64] that masks_to_bitvectors would write for
+// masks = leaves [lo, lo + count) of the S * 2^levels, leaf lo + i masking DB page off + i (off = *offset).
+// Block (chunk group, kt): chunks kGroup*x .. + kGroup of the nch read, warp g = key kt*8 + g; pages outside
+// [off, off + count) and keys >= K get 0. Aligned case (levels = 8, (lo - off) % 256 = 0; uniform): chunk ci is
+// one subtree; the warp expands its group's 8 subtrees' top 5 levels together (9 rounds of 32 lanes instead of
+// 5 per subtree), then each subtree's last 3 levels (7 rounds), so about 8.1 ChaCha8 pairs per lane and chunk
+// (255/32 = 7.97 at best). Otherwise (shard heads, small tails: rare) each lane walks its leaves' paths from
+// their subtree roots: `levels` pairs per leaf, 8x the work at levels = 8.
+__global__ void __launch_bounds__(256, 3) expand_to_bitvectors(
+    const uint4* __restrict__ roots, const uint32_t* __restrict__ root_t, const uint4* __restrict__ scw,
+    const uint2* __restrict__ tcw, const uint4* __restrict__ fcw, const int* __restrict__ offset, int K, int S,
+    int levels, long long lo, int count, int db_chunks, int nch, int ktp, uint32_t* __restrict__ mt) {
+  extern __shared__ uint4 smem_raw[];
+  WarpSmem& w = reinterpret_cast<WarpSmem*>(smem_raw)[threadIdx.x >> 5];
+  const int lane = threadIdx.x & 31, g = threadIdx.x >> 5, kt = blockIdx.y, k = kt * 8 + g;
+  const int c0 = blockIdx.x * kGroup, c1 = min(c0 + kGroup, nch);
+  const int off = *offset;
+  const int first_page = first_chunk(off, db_chunks, nch) * kChunk;
+  const long long delta = lo - off;  // DB page p is masked by leaf p + delta
+  auto dst_of = [&](int ci) { return mt + ((size_t)ci * kJ * ktp + kt) * 64; };
+  auto page0 = [&](int ci) { return first_page + ci * kChunk; };
+  auto live = [&](int ci) { return page0(ci) < off + count && page0(ci) + kChunk > off; };
+
+  if (k >= K) {  // padding keys of the last key tile: zero vectors
+    for (int ci = c0; ci < c1; ++ci) store_zero(dst_of(ci), g, lane, ktp);
+    return;
+  }
+  const uint4* cw = scw + (size_t)k * levels;
+  const uint2* tc = tcw + (size_t)k * levels;
+  const uint4 kf = __ldg(fcw + k);
+
+  if (levels != kSubLevels || (delta & (kChunk - 1)) != 0) {  // unaligned: walk each leaf's path
+#pragma unroll 1
+    for (int ci = c0; ci < c1; ++ci) {
+      if (!live(ci)) {
+        store_zero(dst_of(ci), g, lane, ktp);
+        continue;
+      }
+#pragma unroll 1
+      for (int q = 0; q < 8; ++q) {
+        const int p = page0(ci) + q * 32 + lane;
+        uint4 m = make_uint4(0, 0, 0, 0);
+        if (p >= off && p < off + count) {
+          const long long leaf = p + delta;
+          const size_t r = (size_t)k * S + (size_t)(leaf >> levels);
+          m = walk_leaf(roots[r], root_t[r] & 1u, (int)(leaf & ((1ll << levels) - 1)), levels, cw, tc, kf);
+        }
+        w.leaf[q * 32 + lane] = m;  // read back by this lane only
+      }
+      emit_chunk(w, page0(ci), off, count, dst_of(ci), g, lane, ktp);
+    }
+    return;
+  }
+
+  // Aligned. Level 0: the group's subtree roots (zeros for chunks without tile pages: expanded, never used).
+  if (lane < kGroup) {
+    const int ci = c0 + lane;
+    uint4 seed = make_uint4(0, 0, 0, 0);
+    uint32_t t = 0;
+    if (ci < c1 && live(ci)) {
+      const size_t r = (size_t)k * S + (size_t)((page0(ci) + delta) >> kSubLevels);
+      seed = roots[r];
+      t = root_t[r] & 1u;
+    }
+    w.leaf[lane] = seed;
+    w.leaf_t[lane] = static_cast<uint8_t>(t);
+  }
+  __syncwarp();
+  // Levels 0..4 of the 8 subtrees (8 << l nodes at level l, node i of subtree i >> l) in leaf[0..128) /
+  // leaf[128..256) by parity; level 5 into node[subtree*32 + position].
+#pragma unroll 1
+  for (int l = 0; l < kTopLevels; ++l) {
+    const int in = (l & 1) * 128, out = ((l + 1) & 1) * 128;
+    const bool to_node = l == kTopLevels - 1;
+    warp_level(w.leaf + in, w.leaf_t + in, to_node ? w.node : w.leaf + out, to_node ? w.node_t : w.leaf_t + out,
+               kGroup << l, __ldg(cw + l), __ldg(tc + l), false, kf, lane);
+  }
+  // Each subtree: levels 5 -> 6 (leaf[64..128)), 6 -> 7 (leaf[128..256)), 7 -> leaves (leaf[0..256)), emitted.
+#pragma unroll 1
+  for (int ci = c0; ci < c1; ++ci) {
+    if (!live(ci)) {
+      store_zero(dst_of(ci), g, lane, ktp);
+      continue;
+    }
+#pragma unroll 1
+    for (int d = 0; d < kSubLevels - kTopLevels; ++d) {
+      const bool last = d == kSubLevels - kTopLevels - 1;
+      const uint4* src = d == 0 ? w.node + (ci - c0) * 32 : w.leaf + (32 << d);
+      const uint8_t* src_t = d == 0 ? w.node_t + (ci - c0) * 32 : w.leaf_t + (32 << d);
+      const int out = last ? 0 : 64 << d;
+      warp_level(src, src_t, w.leaf + out, w.leaf_t + out, 32 << d, __ldg(cw + kTopLevels + d),
+                 __ldg(tc + kTopLevels + d), last, kf, lane);
+    }
+    emit_chunk(w, page0(ci), off, count, dst_of(ci), g, lane, ktp);
   }
 }
 
@@ -140,6 +354,24 @@ __global__ void __launch_bounds__(256, 2) bmma_scan(const uint4* __restrict__ wo
 
 int chunk_span(int T, int db_chunks) { return min(db_chunks, (T + kChunk - 1) / kChunk + 1); }
 
+// bmma_scan over the nch chunks from first_chunk(*off) (tile pages [*off, *off + T)) into out (zeroed).
+void launch_scan(cudaStream_t stream, ffi::Buffer<ffi::U32>& words, const int* off, int K, int T, int db_chunks,
+                 int nch, int ktp, int kg, const uint32_t* scratch, uint32_t* o) {
+  const int groups = ktp / kg;
+  const int target_blocks = 8 * 132;
+  int splits = (target_blocks + groups * 64 - 1) / (groups * 64);
+  splits = max(1, min(splits, nch));
+  const int per_split = (nch + splits - 1) / splits;
+  splits = (nch + per_split - 1) / per_split;
+  const dim3 grid(groups, kJ / 2, splits);
+  const auto* w4 = reinterpret_cast<const uint4*>(words.typed_data());
+  const auto* m2 = reinterpret_cast<const uint2*>(scratch);
+  if (kg == 1) bmma_scan<1><<<grid, 256, 0, stream>>>(w4, m2, off, K, T, db_chunks, nch, ktp, per_split, o);
+  else if (kg == 2) bmma_scan<2><<<grid, 256, 0, stream>>>(w4, m2, off, K, T, db_chunks, nch, ktp, per_split, o);
+  else if (kg == 3) bmma_scan<3><<<grid, 256, 0, stream>>>(w4, m2, off, K, T, db_chunks, nch, ktp, per_split, o);
+  else bmma_scan<4><<<grid, 256, 0, stream>>>(w4, m2, off, K, T, db_chunks, nch, ktp, per_split, o);
+}
+
 ffi::Error BmmaMaskedXorImpl(cudaStream_t stream, ffi::Buffer<ffi::U32> words, ffi::Buffer<ffi::S32> offset,
                              ffi::Buffer<ffi::U32> masks, ffi::ResultBuffer<ffi::U32> out,
                              ffi::ResultBuffer<ffi::U32> scratch, int32_t kg, int32_t stages) {
@@ -162,23 +394,54 @@ ffi::Error BmmaMaskedXorImpl(cudaStream_t stream, ffi::Buffer<ffi::U32> words, f
     masks_to_bitvectors<<<dim3(nch, ktp), 256, 0, stream>>>(reinterpret_cast<const uint4*>(masks.typed_data()),
                                                           off, K, T, db_chunks, nch, ktp,
                                                           scratch->typed_data());
-  const int groups = ktp / kg;
-  const int target_blocks = 8 * 132;
-  int splits = (target_blocks + groups * 64 - 1) / (groups * 64);
-  splits = max(1, min(splits, nch));
-  const int per_split = (nch + splits - 1) / splits;
-  splits = (nch + per_split - 1) / per_split;
-  const dim3 grid(groups, kJ / 2, splits);
-  const auto* w4 = reinterpret_cast<const uint4*>(words.typed_data());
-  const auto* m2 = reinterpret_cast<const uint2*>(scratch->typed_data());
-  uint32_t* o = out->typed_data();
-  if (!(stages & 2)) {
-  } else if (kg == 1) bmma_scan<1><<<grid, 256, 0, stream>>>(w4, m2, off, K, T, db_chunks, nch, ktp, per_split, o);
-  else if (kg == 2) bmma_scan<2><<<grid, 256, 0, stream>>>(w4, m2, off, K, T, db_chunks, nch, ktp, per_split, o);
-  else if (kg == 3) bmma_scan<3><<<grid, 256, 0, stream>>>(w4, m2, off, K, T, db_chunks, nch, ktp, per_split, o);
-  else bmma_scan<4><<<grid, 256, 0, stream>>>(w4, m2, off, K, T, db_chunks, nch, ktp, per_split, o);
+  if (stages & 2) launch_scan(stream, words, off, K, T, db_chunks, nch, ktp, kg, scratch->typed_data(), out->typed_data());
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return ffi::Error::Internal(std::string("bmma launch: ") + cudaGetErrorString(err));
+  return ffi::Error::Success();
+}
+
+ffi::Error BmmaExpandXorImpl(cudaStream_t stream, ffi::Buffer<ffi::U32> words, ffi::Buffer<ffi::S32> row,
+                             ffi::Buffer<ffi::U32> roots, ffi::Buffer<ffi::U32> root_t, ffi::Buffer<ffi::U32> scw,
+                             ffi::Buffer<ffi::U32> tcw, ffi::Buffer<ffi::U32> fcw, ffi::ResultBuffer<ffi::U32> out,
+                             ffi::ResultBuffer<ffi::U32> scratch, int64_t lo, int64_t count, int32_t kg,
+                             int32_t stages) {
+  const auto wd = words.dimensions(), rd = roots.dimensions(), td = root_t.dimensions(), cd = scw.dimensions();
+  const auto tcd = tcw.dimensions(), fd = fcw.dimensions();
+  if (wd.size() != 2 || wd[1] != 1024 || wd[0] % kChunk != 0)
+    return ffi::Error::InvalidArgument("bmma: words must be (256*C, 1024) u32");
+  if (rd.size() != 3 || rd[2] != 4) return ffi::Error::InvalidArgument("bmma: roots must be (K, S, 4) u32");
+  const int K = static_cast<int>(rd[0]), S = static_cast<int>(rd[1]);
+  if (td.size() != 2 || td[0] != K || td[1] != S) return ffi::Error::InvalidArgument("bmma: root_t must be (K, S) u32");
+  if (cd.size() != 3 || cd[0] != K || cd[2] != 4 || cd[1] > kSubLevels)
+    return ffi::Error::InvalidArgument("bmma: scw must be (K, levels <= 8, 4) u32");
+  const int levels = static_cast<int>(cd[1]);
+  if (tcd.size() != 3 || tcd[0] != K || tcd[1] != levels || tcd[2] != 2)
+    return ffi::Error::InvalidArgument("bmma: tcw must be (K, levels, 2) u32");
+  if (fd.size() != 2 || fd[0] != K || fd[1] != 4) return ffi::Error::InvalidArgument("bmma: fcw must be (K, 4) u32");
+  if (kg < 1 || kg > 4) return ffi::Error::InvalidArgument("bmma: kg must be 1, 2, 3 or 4");
+  if (lo < 0 || count < 1 || count > (1ll << 30) || lo + count > ((int64_t)S << levels))
+    return ffi::Error::InvalidArgument("bmma: leaves [lo, lo + count) must lie in the S subtrees (count <= 2^30)");
+  const int T = static_cast<int>(count);
+  const int db_chunks = static_cast<int>(wd[0] / kChunk);
+  const int nch = chunk_span(T, db_chunks);
+  const int kt = (K + 7) / 8, ktp = (kt + kg - 1) / kg * kg;
+  if (scratch->element_count() < (size_t)nch * kJ * ktp * 64)
+    return ffi::Error::InvalidArgument("bmma: scratch too small for (nch, 128, KTp, 64)");
+  const int* off = row.typed_data();
+
+  cudaMemsetAsync(out->typed_data(), 0, (size_t)K * 1024 * sizeof(uint32_t), stream);
+  if (stages & 1) {
+    cudaFuncSetAttribute(expand_to_bitvectors, cudaFuncAttributeMaxDynamicSharedMemorySize, kExpandSmem);
+    const dim3 grid((nch + kGroup - 1) / kGroup, ktp);
+    expand_to_bitvectors<<<grid, 256, kExpandSmem, stream>>>(
+        reinterpret_cast<const uint4*>(roots.typed_data()), root_t.typed_data(),
+        reinterpret_cast<const uint4*>(scw.typed_data()), reinterpret_cast<const uint2*>(tcw.typed_data()),
+        reinterpret_cast<const uint4*>(fcw.typed_data()), off, K, S, levels, lo, T, db_chunks, nch, ktp,
+        scratch->typed_data());
+  }
+  if (stages & 2) launch_scan(stream, words, off, K, T, db_chunks, nch, ktp, kg, scratch->typed_data(), out->typed_data());
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return ffi::Error::Internal(std::string("bmma expand launch: ") + cudaGetErrorString(err));
   return ffi::Error::Success();
 }
 
@@ -192,5 +455,22 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MorphogenBmmaMaskedXor, BmmaMaskedXorImpl,
                                   .Arg<ffi::Buffer<ffi::U32>>()
                                   .Ret<ffi::Buffer<ffi::U32>>()
                                   .Ret<ffi::Buffer<ffi::U32>>()
+                                  .Attr<int32_t>("kg")
+                                  .Attr<int32_t>("stages"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MorphogenBmmaExpandXor, BmmaExpandXorImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Ret<ffi::Buffer<ffi::U32>>()
+                                  .Ret<ffi::Buffer<ffi::U32>>()
+                                  .Attr<int64_t>("lo")
+                                  .Attr<int64_t>("count")
                                   .Attr<int32_t>("kg")
                                   .Attr<int32_t>("stages"));
