@@ -4,7 +4,7 @@
 #   small | mainnet       the 30-cell sweep on that dataset with $ENGINE (default pallas); extra
 #                         arguments are more overrides (tiny works too: a CPU dry run, SKIP_WHEELS=1)
 # Run from the repo root with `carry: [".whl"]` (../shared/tools/device-wheels.sh fills it) and the commit
-# being measured named (the device copy's git view can lag):
+# being measured named, written out from your checkout (the device copy's git view lags; required):
 #   MORPHOGEN_CODE_VERSION=$(git rev-parse HEAD) SWEEP=mainnet-A bash scripts/device_matrix.sh mainnet
 # Each stage ends inside a 10-minute call: the sweep stops at $SWEEP_TIMEOUT s (default 540; cells end
 # KILLED). RESUME=1 re-runs the same sweep folder with resume=true (carry outputs/mlflow.db and
@@ -19,7 +19,12 @@ if [ -z "${SKIP_WHEELS:-}" ]; then
     && export PYTHONPATH=/tmp/site:$PWD || exit 1
 fi
 export PYTHONUNBUFFERED=1
-echo "code: ${MORPHOGEN_CODE_VERSION:-unnamed (set MORPHOGEN_CODE_VERSION)}"
+# The device copy's git view lags the tree it was sent (git rev-parse there names an older commit): the
+# commit measured must come from the checkout, spelled out in the command.
+if [ -z "${MORPHOGEN_CODE_VERSION:-}" ] && [ "$stage" != tiny ]; then
+  echo "error: set MORPHOGEN_CODE_VERSION=<commit> from your checkout (git rev-parse HEAD there, not on the device)"; exit 2
+fi
+echo "code: ${MORPHOGEN_CODE_VERSION:-unnamed}"
 case $stage in
   bench)
     { nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
