@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from .config import ConfigError
+from .config import ConfigError, DecisionConfig
 
 # Metrics a sweep may be ranked by, and whether larger is better.
 RANKABLE = {"batch_qps": True, "batch_vs_single_speedup": True, "batch_ms_per_batch": False,
@@ -33,12 +33,14 @@ GO, NO_GO, UNDECIDED = "GO", "NO-GO", "not enough evidence"
 
 @dataclass(frozen=True)
 class DecisionRules:
-    require_parity: bool = True
-    min_speedup: float = 1.0
-    speedup_from_q: int = 4
-    latency_budget_ms: float | None = None
-    rank_by: str = "batch_qps"
-    tie_within: float = 0.0         # point estimates only: GO configurations within this fraction of the best are tied...
+    """The rules a decision applies; defaults are the config schema's (config.DecisionConfig), declared once there."""
+
+    require_parity: bool = DecisionConfig.require_parity
+    min_speedup: float = DecisionConfig.min_speedup
+    speedup_from_q: int = DecisionConfig.speedup_from_q
+    latency_budget_ms: float | None = DecisionConfig.latency_budget_ms
+    rank_by: str = DecisionConfig.rank_by
+    tie_within: float = DecisionConfig.tie_within  # point estimates only: GO configurations within this fraction of the best are tied...
     prefer: tuple[str, ...] = ()    # ...(intervals: overlapping ones are) and a tie ships the strategy listed first here
 
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from morphogen_exp.config import ConfigError
+from morphogen_exp.config import ConfigError, DecisionConfig
 from morphogen_exp.decision import GO, NO_GO, UNDECIDED, DecisionRules, config_labels, decide
 
 PREFER = ("full_batch", "tiled", "graph_replay")
@@ -75,7 +75,8 @@ def test_point_estimates_keep_the_fixed_rules() -> None:
     d = decide(m, DecisionRules(tie_within=0.02, prefer=PREFER))
     assert not d.intervals and d.selected == "full_batch" and "within 2% (point estimates)" in d.tie_note
     assert "Intervals were not available" in d.summary()
-    assert decide(m, DecisionRules()).selected == "graph_replay"  # no tolerance: the best point wins
+    assert DecisionRules().tie_within == DecisionConfig().tie_within == 0.02  # one default, the schema's
+    assert decide(m, DecisionRules(tie_within=0.0)).selected == "graph_replay"  # no tolerance: the best point wins
     slow = _matrix({"multi_stream": (500.0, 0)}, speedup_at_4={"multi_stream": (0.99, 0)}, intervals=False)
     assert decide(slow, DecisionRules()).verdicts["multi_stream"].status == NO_GO
 
