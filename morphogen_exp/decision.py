@@ -333,6 +333,42 @@ def _against(e: Estimate, threshold: float, above: bool, what: str, v: Verdict) 
         v.undecided.append(f"{what}: the interval straddles it, re-run with more samples")
 
 
+def _tied(best: Estimate, s: Estimate, rules: DecisionRules) -> bool:
+    """A tie with the best: overlapping intervals, or (point estimates) within decision.tie_within."""
+    if best.interval and s.interval:
+        return best.overlaps(s)
+    return rules.tie_within > 0 and abs(s.value - best.value) <= abs(best.value) * rules.tie_within
+
+
+@dataclass(frozen=True)
+class BestAtQ:
+    """The best configuration at one q by the ranking metric, and those whose estimates tie with it."""
+
+    q: int
+    config: str
+    score: Estimate
+    tied: tuple[str, ...]
+
+
+def best_per_q(df: pd.DataFrame, rules: DecisionRules) -> list[BestAtQ]:
+    """For every q, the cell that ranks first on ``rules.rank_by`` among the ok cells (with exact parity when
+    the rules require it), and the configurations tied with it. The decision ships one configuration for all
+    q; this says where another one is faster (an engine that wins small batches, another large ones)."""
+    sign = -1.0 if RANKABLE[rules.rank_by] else 1.0
+    out = []
+    ok = df[df["status"] == "ok"]
+    if rules.require_parity:
+        ok = ok[ok["parity_ok"].map(_num) == 1]
+    for q, g in ok.groupby("q"):
+        scored = [(r["config"], e) for r in g.to_dict("records") if (e := estimate(r, rules.rank_by)) is not None]
+        if not scored:
+            continue
+        scored.sort(key=lambda ce: sign * ce[1].value)
+        (config, best), rest = scored[0], scored[1:]
+        out.append(BestAtQ(int(q), config, best, tuple(c for c, e in rest if _tied(best, e, rules))))
+    return out
+
+
 def _rank(go: list[Verdict], rules: DecisionRules) -> tuple[list[Verdict], str]:
     """GO configurations best first; those tied with the best are ordered by decision.prefer."""
     sign = -1.0 if RANKABLE[rules.rank_by] else 1.0
@@ -341,13 +377,7 @@ def _rank(go: list[Verdict], rules: DecisionRules) -> tuple[list[Verdict], str]:
         return ranked, ""
     best = ranked[0].score
     assert best is not None
-
-    def tied(s: Estimate) -> bool:
-        if best.interval and s.interval:
-            return best.overlaps(s)
-        return rules.tie_within > 0 and abs(s.value - best.value) <= abs(best.value) * rules.tie_within
-
-    group = [v for v in ranked if v is ranked[0] or tied(v.score)]  # type: ignore[arg-type]
+    group = [v for v in ranked if v is ranked[0] or _tied(best, v.score, rules)]  # type: ignore[arg-type]
     if len(group) < 2:
         return ranked, ""
     order = {name: i for i, name in enumerate(rules.prefer)}

@@ -27,7 +27,7 @@ import pandas as pd
 
 from . import rollout
 from .config import ConfigError
-from .decision import Decision, DecisionRules, config_id, config_labels, decide, estimate, mapping_from_params, with_assignments
+from .decision import Decision, DecisionRules, best_per_q, config_id, config_labels, decide, estimate, mapping_from_params, with_assignments
 
 ORIGINAL_COLUMNS = [
     "strategy", "policy", "adaptive_threshold", "gpu_streams", "gpu_cuda_graph", "gpu_batch_tile_size", "q",
@@ -236,6 +236,20 @@ def _yerr(g: pd.DataFrame, col: str) -> list[list[float]] | None:
     return [(g[col] - g[lo]).clip(lower=0).fillna(0).tolist(), (g[hi] - g[col]).clip(lower=0).fillna(0).tolist()]
 
 
+def _best_per_q_table(df: pd.DataFrame, decision: Decision, rules: DecisionRules) -> str:
+    rows = best_per_q(df, rules)
+    if df["config"].nunique() < 2 or not rows:
+        return "One configuration: nothing to compare per q."
+    lines = [f"| q | best by {rules.rank_by} | value | tied with it |", "|---:|---|---:|---|"]
+    lines += [f"| {b.q} | {b.config}{' (ships)' if b.config == decision.selected else ''} | {b.score.format()} | "
+              f"{', '.join(b.tied) or '—'} |" for b in rows]
+    others = sorted({b.config for b in rows if b.config != decision.selected and decision.selected not in b.tied})
+    if decision.selected and others:
+        lines.append(f"\nAt some q another configuration is ahead of the one that ships ({', '.join(others)}): "
+                     "a per-q choice (say, by the batch size at serving time) would be faster there.")
+    return "\n".join(lines)
+
+
 def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: Mapping[str, Any]) -> str:
     first = df.iloc[0]
     configs = []
@@ -292,6 +306,9 @@ Single-query loop (same cells, ms per Q queries):
 
 ## Queries per second (batch path)
 {_pivot(df, 'batch_qps', '.4g')}
+
+## Best configuration per q (ok cells{', exact parity' if rules.require_parity else ''})
+{_best_per_q_table(df, decision, rules)}
 
 ## Sampling (samples, relative noise reached, whether the time cap stopped it)
 {_sampling_table(df)}

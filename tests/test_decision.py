@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from morphogen_exp.config import ConfigError, DecisionConfig
-from morphogen_exp.decision import GO, NO_GO, UNDECIDED, DecisionRules, config_labels, decide
+from morphogen_exp.decision import GO, NO_GO, UNDECIDED, DecisionRules, best_per_q, config_labels, decide
 
 PREFER = ("full_batch", "tiled", "graph_replay")
 
@@ -132,3 +132,18 @@ def test_rules_parse_strictly_and_take_overrides() -> None:
         DecisionRules().overridden(["rank_by=nope"])
     with pytest.raises(ConfigError, match="must be NAME=VALUE"):
         DecisionRules().overridden(["rank_by"])
+
+
+def test_best_per_q_names_the_engine_that_wins_each_batch_size() -> None:
+    """Two engines: one wins small batches, the other large ones (as fused and bitsliced do on mainnet); ties overlap;
+    a cell without exact parity never counts as best."""
+    rows = [_cell("full_batch[engine=fused]", 1, 40.0, 1.0, 0.2), _cell("full_batch[engine=bitsliced]", 1, 35.0, 1.0, 0.2),
+            _cell("full_batch[engine=fused]", 4, 107.0, 2.7, 1.0), _cell("full_batch[engine=bitsliced]", 4, 107.5, 2.7, 1.0),
+            _cell("full_batch[engine=fused]", 32, 97.0, 2.4, 1.0), _cell("full_batch[engine=bitsliced]", 32, 277.0, 3.0, 2.0),
+            _cell("tiled[engine=fused]", 32, 400.0, 3.0, 1.0, parity_ok=0)]
+    best = {b.q: b for b in best_per_q(pd.DataFrame(rows), DecisionRules())}
+    assert best[1].config == "full_batch[engine=fused]" and best[1].tied == ()
+    assert best[4].config == "full_batch[engine=bitsliced]" and best[4].tied == ("full_batch[engine=fused]",)
+    assert best[32].config == "full_batch[engine=bitsliced]" and best[32].score.format() == "277 [275, 279]"
+    by_latency = best_per_q(pd.DataFrame(rows), DecisionRules(rank_by="batch_ms_per_batch", require_parity=False))
+    assert {b.q: b.config for b in by_latency}[32] == "tiled[engine=fused]"  # lowest latency wins; parity not required

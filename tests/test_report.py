@@ -108,6 +108,7 @@ def test_every_cell_is_a_row_and_every_configuration_is_ranked(sweeps, tile_swee
     md = files.markdown.read_text()
     assert "Cells: 8 (8 ok); configurations: 4" in md and "146 [145, 147]" in md and "Intervals were not available" not in md
     assert "batch 40×, ±0.4%" in md and "tiled[tile=2]" in md
+    assert "| 32 | tiled[tile=2] (ships) | 146 [145, 147] | tiled[tile=4] |" in md and "a per-q choice" not in md
     tags = sweeps.client.get_run(parent).data.tags
     assert tags["decision.selected"] == "tiled[tile=2]" and tags["decision.fallback"] == "tiled[tile=4]"
     assert tags["mlflow.note.content"].startswith("Ship tiled[tile=2] (batch_qps 146 [145, 147] at q=32)")
@@ -115,6 +116,16 @@ def test_every_cell_is_a_row_and_every_configuration_is_ranked(sweeps, tile_swee
     assert guard == (guard_store / "selected.yaml").read_text() == files.rollout.read_text()
     assert "- override /strategy: tiled" in guard and "tile: 2" in guard
     assert "MORPHOGEN_GPU_BATCH_TILE_SIZE=2" in files.env.read_text()
+
+
+def test_a_configuration_ahead_at_some_q_is_named(sweeps, tmp_path, guard_store) -> None:
+    """full_batch ships (best at q=32) but tiled is ahead at q=4: the per-q table says so."""
+    cells = [(["strategy=full_batch"], 4, _metrics(10.0, 0.1), {}), (["strategy=tiled"], 4, _metrics(12.0, 0.1), {}),
+             (["strategy=full_batch"], 32, _metrics(150.0, 1.0), {}), (["strategy=tiled"], 32, _metrics(120.0, 1.0), {})]
+    parent = sweeps.sweep(tmp_path / "per-q", cells)
+    md = report.build(report.Store(sweeps.client, sweeps.exp), parent, tmp_path).markdown.read_text()
+    assert "| 4 | tiled | 12 [11.9, 12.1] | — |" in md and "| 32 | full_batch (ships) | 150 [149, 151] | — |" in md
+    assert "ahead of the one that ships (tiled): a per-q choice" in md
 
 
 def test_old_runs_without_intervals_or_decision_json_keep_the_point_rules(sweeps, tmp_path, guard_store) -> None:
