@@ -72,7 +72,7 @@ def check_fits(what: str, need: int, cap_gib: float | None) -> None:
 
 BITSLICED = "bitsliced"
 FUSED = "fused"
-_FUSED_SUBTREE_LEAVES = 256  # SUBTREE_LEVELS of pir/fused.py, pir/bitsliced_ops.py: one root per 256 leaves kept
+_FUSED_SUBTREE_LEAVES = 256  # 2^SUBTREE_LEVELS (pir/xla_ops.py): one root kept per 256 leaves
 _FUSED_PARTIALS_PER_KEY = 3 * 132 * 4096  # one (1024,) u32 partial answer per kernel block (3 per SM)
 
 

@@ -25,13 +25,12 @@ import jax
 from .bitsliced import bitslice_rows, masked_xor_bitsliced
 from .pallas_ops import expand_levels_fn as expand_levels_pallas_fn
 from .registry import EngineSpec, RowReader, get_ops, register_ops
-from .xla_ops import expand_levels_xla, expand_nodes_xla, masked_xor_xla
+from .xla_ops import SUBTREE_LEVELS, expand_levels_xla, masked_xor_xla, subtree_roots
 
 __all__ = ["ENGINE_NAME", "SUBTREE_LEVELS", "expand_levels_fn", "expand_xor_at_fn", "expand_xor_kernel", "layout_fn",
-           "masked_xor_at_fn", "subtree_roots"]
+           "masked_xor_at_fn"]
 
 ENGINE_NAME = "bitsliced"
-SUBTREE_LEVELS = 8  # the kernel's subtrees: 256 leaves, one chunk of the layout (bmma.cu kSubLevels)
 
 
 def _gpu() -> bool:
@@ -62,25 +61,9 @@ def expand_xor_kernel(words: jax.Array, row: jax.Array | int, roots: jax.Array, 
     return expand_xor_bmma(words, row, roots, root_t, seed_cw, t_cw, final_cw, lo, count)
 
 
-def subtree_roots(spec: EngineSpec, seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array, lo: int,
-                  count: int) -> tuple[jax.Array, jax.Array, int, int]:
-    """The nodes (K, R) whose subtrees' leaves [lo, lo + count) a step uses, expanded in XLA to the roots of
-    the subtrees of min(L, 8) levels that hold those leaves: (roots (K, S, 4), root_t (K, S), lo within them,
-    levels left below them)."""
-    levels = seed_cw.shape[1]
-    sub = min(levels, SUBTREE_LEVELS)
-    top = levels - sub
-    r0, r1 = lo >> levels, (lo + count - 1) >> levels  # nodes whose leaves are used
-    roots, root_t = expand_nodes_xla(seeds[:, r0 : r1 + 1], ts[:, r0 : r1 + 1], seed_cw[:, :top], t_cw[:, :top],
-                                     unroll=spec.resolved_unroll, doubling_levels=0)
-    lo -= r0 << levels
-    s0, s1 = lo >> sub, (lo + count - 1) >> sub  # subtrees whose leaves are used
-    return roots[:, s0 : s1 + 1], root_t[:, s0 : s1 + 1], lo - (s0 << sub), sub
-
-
 def _gpu_expand_xor(spec: EngineSpec, words: jax.Array, row: jax.Array | int, seeds: jax.Array, ts: jax.Array,
                     seed_cw: jax.Array, t_cw: jax.Array, final_cw: jax.Array, lo: int, count: int) -> jax.Array:
-    roots, root_t, sub_lo, sub = subtree_roots(spec, seeds, ts, seed_cw, t_cw, lo, count)
+    roots, root_t, sub_lo, sub = subtree_roots(seeds, ts, seed_cw, t_cw, lo, count, unroll=spec.resolved_unroll)
     top = seed_cw.shape[1] - sub
     return expand_xor_kernel(words, row, roots, root_t, seed_cw[:, top:], t_cw[:, top:], final_cw, sub_lo, count)
 

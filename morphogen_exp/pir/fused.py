@@ -25,12 +25,11 @@ import numpy as np
 from .keybatch import PAGE_WORDS
 from .pallas_ops import expand_levels_fn as expand_levels_pallas_fn
 from .registry import EngineSpec, get_ops, register_ops
-from .xla_ops import expand_levels_xla, expand_nodes_xla, masked_xor_xla
+from .xla_ops import SUBTREE_LEVELS, expand_levels_xla, masked_xor_xla, subtree_roots
 
 __all__ = ["ENGINE_NAME", "SUBTREE_LEVELS", "expand_xor_fused", "expand_xor_at_fn", "grid_blocks"]
 
 ENGINE_NAME = "fused"
-SUBTREE_LEVELS = 8  # leaves per subtree = 2^8: one shared-memory heap per key (dpf.cuh kMaxLevels)
 MAX_KEYS_PER_BLOCK = 4
 _BLOCKS_PER_SM = 3  # the kernel's __launch_bounds__ minimum
 
@@ -83,16 +82,9 @@ def expand_xor_at_fn(spec: EngineSpec, pages_words: jax.Array, row: jax.Array | 
     meet [lo, lo + count), then the kernel does the rest; on a backend without CUDA, the XLA ops."""
     if not _gpu():
         return get_ops("xla").expand_xor(spec, pages_words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count)
-    levels = seed_cw.shape[1]
-    sub = min(levels, SUBTREE_LEVELS)
-    top = levels - sub
-    r0, r1 = lo >> levels, (lo + count - 1) >> levels  # nodes whose leaves are used
-    roots, root_t = expand_nodes_xla(seeds[:, r0 : r1 + 1], ts[:, r0 : r1 + 1], seed_cw[:, :top], t_cw[:, :top],
-                                     unroll=spec.resolved_unroll, doubling_levels=0)
-    lo -= r0 << levels
-    s0, s1 = lo >> sub, (lo + count - 1) >> sub  # subtrees whose leaves are used
-    return expand_xor_fused(pages_words, row, roots[:, s0 : s1 + 1], root_t[:, s0 : s1 + 1], seed_cw[:, top:],
-                            t_cw[:, top:], final_cw, lo - (s0 << sub), count)
+    roots, root_t, sub_lo, sub = subtree_roots(seeds, ts, seed_cw, t_cw, lo, count, unroll=spec.resolved_unroll)
+    top = seed_cw.shape[1] - sub
+    return expand_xor_fused(pages_words, row, roots, root_t, seed_cw[:, top:], t_cw[:, top:], final_cw, sub_lo, count)
 
 
 def expand_levels_fn(seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array, final_cw: jax.Array, *,

@@ -15,7 +15,12 @@ from jax import lax
 from .chacha_jax import default_unroll, prg_expand
 from .keybatch import PAGE_WORDS
 
-__all__ = ["default_doubling_levels", "descend_left", "expand_nodes_xla", "expand_levels_xla", "masked_xor_xla"]
+__all__ = ["SUBTREE_LEVELS", "default_doubling_levels", "descend_left", "expand_nodes_xla", "expand_levels_xla", "masked_xor_xla",
+           "subtree_roots"]
+
+# The CUDA scan steps' subtrees (engines fused and bitsliced; pir/cuda/dpf.cuh kMaxLevels): 2^8 = 256 leaves,
+# one shared-memory heap per key, one 256-page chunk of the bit-sliced layout.
+SUBTREE_LEVELS = 8
 
 
 def _on(t: jax.Array) -> jax.Array:
@@ -136,6 +141,22 @@ def masked_xor_xla(pages: jax.Array, masks: jax.Array) -> jax.Array:
     t = pages.shape[0]
     prod = pages.reshape(t, PAGE_WORDS // 4, 4)[None] & masks[:, :, None, :]
     return jnp.bitwise_xor.reduce(prod, axis=1).reshape(masks.shape[0], PAGE_WORDS)
+
+
+def subtree_roots(seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array, lo: int, count: int, *,
+                  unroll: bool) -> tuple[jax.Array, jax.Array, int, int]:
+    """Of the nodes (K, R) a scan step is handed (their leaves L = seed_cw.shape[1] levels down), the ones whose
+    leaves [lo, lo + count) are used, expanded to the roots of the subtrees of min(L, SUBTREE_LEVELS) levels that
+    hold those leaves: (roots (K, S, 4), root_t (K, S), lo within them, levels left below them)."""
+    levels = seed_cw.shape[1]
+    sub = min(levels, SUBTREE_LEVELS)
+    top = levels - sub
+    r0, r1 = lo >> levels, (lo + count - 1) >> levels  # nodes whose leaves are used
+    roots, root_t = expand_nodes_xla(seeds[:, r0 : r1 + 1], ts[:, r0 : r1 + 1], seed_cw[:, :top], t_cw[:, :top],
+                                     unroll=unroll, doubling_levels=0)
+    lo -= r0 << levels
+    s0, s1 = lo >> sub, (lo + count - 1) >> sub  # subtrees whose leaves are used
+    return roots[:, s0 : s1 + 1], root_t[:, s0 : s1 + 1], lo - (s0 << sub), sub
 
 
 def descend_left(seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -57,7 +57,9 @@ def find_nvcc() -> str:
     for c in cands:
         if c and Path(c).is_file() and os.access(c, os.X_OK):
             return c
-    raise CudaUnavailable("nvcc not found: install the CUDA toolkit (or pip install nvidia-cuda-nvcc-cu12), "
+    # pip's nvidia-cuda-nvcc-cu12 (what jax[cuda12] brings) holds ptxas and headers but no nvcc driver (12.9.86, checked)
+    raise CudaUnavailable("nvcc not found: install the CUDA toolkit's compiler (apt install cuda-nvcc-12-x, or "
+                          "conda install -c nvidia cuda-nvcc), "
                           "or set MORPHOGEN_NVCC to its path")
 
 
