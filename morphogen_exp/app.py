@@ -27,6 +27,7 @@ from . import placement as placements
 from .config import ConfigError, RunConfig, digest, flatten, parse
 from .decision import DecisionRules
 from .pir import EngineSpec, available_engines, get_ops, registered_engines, scan_bytes_read, tile_size
+from .pir.cuda import CudaUnavailable
 from .progress import Progress
 from .queries import make_queries
 from .session import Session, SweepRef
@@ -258,6 +259,9 @@ def run(cfg: DictConfig, session: Session, sweep: SweepRef | None = None) -> Cel
     except ConfigError as err:  # a value only the compiler can check: recorded, then reported as a setting to fix
         _end_failed(tracker, run_id, "ConfigError", str(err))
         raise
+    except CudaUnavailable as err:  # the engine's CUDA kernels cannot be built or run here: the same for every cell
+        _end_failed(tracker, run_id, "CudaUnavailable", str(err))
+        raise ConfigError(f"engine={rc.engine.name}: {err}") from None
     except KeyboardInterrupt:
         with shielded():
             tracker.log(run_id, tags={"cell_status": "killed"})

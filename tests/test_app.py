@@ -142,6 +142,18 @@ def test_pallas_engine_cell_is_exact(make_cfg, workdir, sess):
     assert run.data.metrics["parity_numpy_eq"] == 1 and run.data.metrics["parity_xor_eq"] == 1
 
 
+def test_a_cuda_engine_that_cannot_build_here_is_a_setup_to_fix(make_cfg, workdir, sess, monkeypatch):
+    """engine=fused on a GPU host whose kernels cannot be built (no nvcc, no CUDA backend): one line naming the engine
+    and what is missing, the cell recorded FAILED (the sweep stops instead of failing every cell the same way)."""
+    from morphogen_exp.pir import cuda, fused
+
+    monkeypatch.setattr(fused, "_gpu", lambda: True)  # the GPU path on this CPU: register() refuses the backend
+    with pytest.raises(ConfigError, match=r"^engine=fused: the CUDA kernels need a CUDA GPU backend") as err:
+        app.run(make_cfg("engine=fused", "q=1", "strategy=full_batch"), sess)
+    assert "\n" not in str(err.value) and cuda.CudaUnavailable.__name__ in mlflow_runs(workdir)[0].data.tags["error_class"]
+    assert mlflow_runs(workdir)[0].info.status == "FAILED"
+
+
 def test_a_new_database_releases_the_previous_one(make_cfg, workdir):
     """A sweep over datasets must not keep the old database (64 GiB at mainnet) alive on the device."""
     import gc
