@@ -3,6 +3,9 @@
 #   bench                 engine kernels alone at mainnet volume (pallas), with the ceilings
 #   small | mainnet       the 30-cell sweep on that dataset with $ENGINE (default pallas); extra
 #                         arguments are more overrides (tiny works too: a CPU dry run, SKIP_WHEELS=1)
+#   placement             on a machine of several GPUs: the sharded-scan gate (scripts/check_sharded.py), then
+#                         full_batch over placement=single,sharded,replicated at q=1,32 on mainnet, then 2^25 pages
+#                         (128 GiB: "does not fit" on one 80 GB card, sharded on two), with $ENGINE (default pallas)
 # Run from the repo root with `carry: [".whl"]` (../shared/tools/device-wheels.sh fills it) and the commit
 # being measured named, written out from your checkout (the device copy's git view lags; required):
 #   MORPHOGEN_CODE_VERSION=$(git rev-parse HEAD) SWEEP=mainnet-A bash scripts/device_matrix.sh mainnet
@@ -11,7 +14,7 @@
 # outputs/multirun/$SWEEP back in): finished cells are copied, the rest run. A call brings back a few
 # files: <sweep>-report.md, <sweep>.log and <sweep>.tgz (the sweep folder and the MLflow store).
 set -uo pipefail
-stage=${1:?usage: device_matrix.sh bench|small|mainnet [overrides...]}
+stage=${1:?usage: device_matrix.sh bench|small|mainnet|placement [overrides...]}
 engine=${ENGINE:-pallas}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 if [ -z "${SKIP_WHEELS:-}" ]; then
@@ -46,6 +49,21 @@ case $stage in
     cp "$dir/sweep.log" "$out/$sweep.log"
     cp "$dir/report.md" "$out/$sweep-report.md" 2>/dev/null
     tar czf "$out/$sweep.tgz" --exclude='*/.hydra' "$dir" outputs/mlflow.db ;;
+  placement)
+    python3 scripts/check_sharded.py "$engine" || exit 1
+    # DATASET / BIG_PAGES: a CPU dry run (DATASET=tiny BIG_PAGES=700, XLA_FLAGS=--xla_force_host_platform_device_count=2)
+    for part in "${DATASET:-mainnet} placement=single,sharded,replicated q=1,32" \
+                "big placement=sharded,single q=1 dataset.num_pages=${BIG_PAGES:-33554432}"; do
+      set -- $part; name=${SWEEP:-placement-$engine}-$1; shift
+      dir=outputs/multirun/$name; mkdir -p "$dir"
+      { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+        timeout "${SWEEP_TIMEOUT:-270}" python3 -m morphogen_exp -m strategy=full_batch dataset="${DATASET:-mainnet}" engine="$engine" \
+          bench.warmup=1 bench.max_time_s=8 hydra.sweep.dir="$dir" "$@"
+        [ -f "$dir/report.md" ] || python3 -m morphogen_exp.report --sweep-dir "$dir"
+      } 2>&1 | grep -v -E "INFO|^\s*$" | tee "$dir/sweep.log" | tail -20
+      cp "$dir/sweep.log" "$out/$name.log"; cp "$dir/report.md" "$out/$name-report.md" 2>/dev/null
+    done
+    tar czf "$out/placement-$engine.tgz" --exclude='*/.hydra' outputs/multirun outputs/mlflow.db ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
 ls -la "$out"
