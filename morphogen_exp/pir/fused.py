@@ -4,14 +4,15 @@ The raw database is scanned in place, like engine "pallas". For a tile, every ke
 down to subtree roots ``SUBTREE_LEVELS`` (8) above the leaves; the kernel then expands each subtree of
 256 leaves in shared memory and XORs its 256 pages (1 MiB) into per-block accumulators for up to 4 keys
 at once (more keys: more key blocks side by side, the pages read from HBM once and from L2 by the others),
-so the page masks never go through HBM
-and the ChaCha8 work of one resident block overlaps the page reads of the others. Per-block partial
+so the page masks never go through HBM and the ChaCha8 work of one resident block overlaps the page reads
+of the others. Per-block partial
 answers are XOR-reduced in XLA. It is made for small batches, where the scan is read-bound (Q=1: 3 keys):
 its cost grows with the key count like the Pallas scan's, without the tensor cores of "bitsliced".
 
 On a backend without CUDA (CPU, CI) the same step is the XLA expansion then the XLA masked XOR, so the
 engine's wiring is checked everywhere; the kernel itself is checked on a GPU against the numpy oracle
-(tests marked gpu, ``python -m morphogen_exp.pir.cuda.bench``).
+(tests/test_fused_engine.py, its GPU cases skipped elsewhere) and timed by ``python -m morphogen_exp.bench
+engine --engines fused,pallas --scan-only``.
 """
 
 from __future__ import annotations
