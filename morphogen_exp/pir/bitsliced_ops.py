@@ -18,8 +18,6 @@ Importing this module compiles nothing and needs no CUDA.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 
 from .bitsliced import bitslice_rows, masked_xor_bitsliced
@@ -75,8 +73,7 @@ def expand_xor_at_fn(spec: EngineSpec, words: jax.Array, row: jax.Array | int, s
     ``masked_xor_at`` (the XLA expansion, the jnp GF(2) product)."""
     if _gpu():
         return _gpu_expand_xor(spec, words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count)
-    composed = dataclasses.replace(get_ops(ENGINE_NAME), expand_xor_at=None)
-    return composed.expand_xor(spec, words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count)
+    return get_ops(ENGINE_NAME).expand_then_xor(spec, words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count)
 
 
 def layout_fn(read: RowReader, num_pages: int) -> jax.Array:

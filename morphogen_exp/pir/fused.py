@@ -82,7 +82,7 @@ def expand_xor_at_fn(spec: EngineSpec, pages_words: jax.Array, row: jax.Array | 
     """ExpandXorFn (registry.py): the nodes (K, R) are expanded in XLA to the subtree roots whose leaves
     meet [lo, lo + count), then the kernel does the rest; on a backend without CUDA, the XLA ops."""
     if not _gpu():
-        return get_ops("xla").expand_xor(spec, pages_words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count)
+        return get_ops(ENGINE_NAME).expand_then_xor(spec, pages_words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count)
     roots, root_t, sub_lo, sub = subtree_roots(seeds, ts, seed_cw, t_cw, lo, count, unroll=spec.resolved_unroll)
     top = seed_cw.shape[1] - sub
     return expand_xor_fused(pages_words, row, roots, root_t, seed_cw[:, top:], t_cw[:, top:], final_cw, sub_lo, count)

@@ -123,9 +123,16 @@ class EngineOps:
                    seed_cw: jax.Array, t_cw: jax.Array, final_cw: jax.Array, lo: int, count: int) -> jax.Array:
         """XOR over pages [row, row + count) of page & mask, the masks being leaves [lo, lo + count) of the
         subtrees (seeds, ts) expanded by seed_cw.shape[1] levels: (K, 1024) u32. The engine's fused op if it
-        has one, else its expansion then its masked XOR (the tile read in place where it can)."""
+        has one, else ``expand_then_xor``."""
         if self.expand_xor_at is not None:
             return self.expand_xor_at(spec, pages_words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count)
+        return self.expand_then_xor(spec, pages_words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count)
+
+    def expand_then_xor(self, spec: EngineSpec, pages_words: jax.Array, row: jax.Array | int, seeds: jax.Array,
+                        ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array, final_cw: jax.Array, lo: int,
+                        count: int) -> jax.Array:
+        """``expand_xor`` composed from this engine's two ops: its expansion, then its masked XOR (the tile
+        read in place where it can). What a fused engine falls back to where its kernel cannot run."""
         masks = self.expand(spec, seeds, ts, seed_cw, t_cw, final_cw)
         if (lo, count) != (0, masks.shape[1]):
             masks = masks[:, lo : lo + count]
