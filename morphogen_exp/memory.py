@@ -72,8 +72,6 @@ def check_fits(what: str, need: int, cap_gib: float | None) -> None:
 
 BITSLICED = "bitsliced"
 FUSED = "fused"
-_FUSED_SUBTREE_LEAVES = 256  # 2^SUBTREE_LEVELS (pir/xla_ops.py): one root kept per 256 leaves
-_FUSED_PARTIALS_PER_KEY = 3 * 132 * 4096  # one (1024,) u32 partial answer per kernel block (3 per SM)
 
 
 def engine_database_bytes(num_pages: int, engine: str) -> int:
@@ -114,10 +112,14 @@ def engine_working_set_bytes(live_queries: int, tile_pages: Callable[[int], int]
     subtree root per 256 leaves instead); the fused kernel adds its partial answers, the bit-sliced op the
     per-bit page vectors its expansion writes (``engine_scratch_bytes``)."""
     if engine in (FUSED, BITSLICED):
-        roots = working_set_bytes(live_queries, lambda k: max(1, tile_pages(k) // _FUSED_SUBTREE_LEAVES))
+        from .pir.xla_ops import SUBTREE_LEVELS
+
+        roots = working_set_bytes(live_queries, lambda k: max(1, tile_pages(k) >> SUBTREE_LEVELS))
         if engine == BITSLICED:
             return roots + engine_scratch_bytes(live_queries, tile_pages, engine)
-        return roots + 3 * live_queries * _FUSED_PARTIALS_PER_KEY
+        from .pir.fused import grid_blocks  # one (1024,) u32 partial answer per block group and key
+
+        return roots + 3 * live_queries * grid_blocks(1 << 30) * PAGE_BYTES
     return working_set_bytes(live_queries, tile_pages) + engine_scratch_bytes(live_queries, tile_pages, engine)
 
 
