@@ -28,6 +28,22 @@ if [ -z "${MORPHOGEN_CODE_VERSION:-}" ] && [ "$stage" != tiny ]; then
   echo "error: set MORPHOGEN_CODE_VERSION=<commit> from your checkout (git rev-parse HEAD there, not on the device)"; exit 2
 fi
 echo "code: ${MORPHOGEN_CODE_VERSION:-unnamed}"
+
+# sweep NAME TIMEOUT OVERRIDES...: one Hydra sweep into outputs/multirun/NAME (its folder made before anything
+# logs into it), the report built even when the timeout stopped it, the log and report copied to $out.
+sweep() {
+  local name=$1 limit=$2; shift 2
+  local dir=outputs/multirun/$name
+  mkdir -p "$dir"
+  { nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader
+    timeout "$limit" python3 -m morphogen_exp -m engine="$engine" bench.warmup=1 hydra.sweep.dir="$dir" "$@"
+    echo "sweep exit status: $?"
+    [ -f "$dir/report.md" ] || python3 -m morphogen_exp.report --sweep-dir "$dir"
+  } 2>&1 | grep -v -E "INFO|^\s*$" | tee -a "$dir/sweep.log" | tail -40
+  cp "$dir/sweep.log" "$out/$name.log"
+  cp "$dir/report.md" "$out/$name-report.md" 2>/dev/null
+}
+
 case $stage in
   bench)
     { nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
@@ -35,33 +51,18 @@ case $stage in
       timeout 480 python3 -m morphogen_exp.bench breakdown --pages 16817159 --keys 3 --engine "$engine" \
         --tiles 4194304 --repeats 5 --csv "$out/breakdown.csv"; } 2>&1 | grep -v INFO | tee "$out/bench.log" ;;
   tiny|small|mainnet)
-    sweep=${SWEEP:-$stage-$engine}
-    dir=outputs/multirun/$sweep
-    mkdir -p "$dir"   # the log's folder exists before anything writes to it
+    name=${SWEEP:-$stage-$engine}
     resume=(); [ -n "${RESUME:-}" ] && resume=(resume=true)
-    { nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader
-      timeout "${SWEEP_TIMEOUT:-540}" python3 -m morphogen_exp -m 'strategy=glob(*)' q=1,2,4,8,16,32 \
-        dataset="$stage" engine="$engine" bench.warmup=1 bench.max_time_s=30 hydra.sweep.dir="$dir" \
-        "${resume[@]}" "${@:2}"
-      echo "sweep exit status: $?"
-      [ -f "$dir/report.md" ] || python3 -m morphogen_exp.report --sweep-dir "$dir"
-    } 2>&1 | grep -v -E "INFO|^\s*$" | tee -a "$dir/sweep.log" | tail -40
-    cp "$dir/sweep.log" "$out/$sweep.log"
-    cp "$dir/report.md" "$out/$sweep-report.md" 2>/dev/null
-    tar czf "$out/$sweep.tgz" --exclude='*/.hydra' "$dir" outputs/mlflow.db ;;
+    sweep "$name" "${SWEEP_TIMEOUT:-540}" 'strategy=glob(*)' q=1,2,4,8,16,32 dataset="$stage" bench.max_time_s=30 \
+      "${resume[@]}" "${@:2}"
+    tar czf "$out/$name.tgz" --exclude='*/.hydra' "outputs/multirun/$name" outputs/mlflow.db ;;
   placement)
     python3 scripts/check_sharded.py "$engine" || exit 1
     # DATASET / BIG_PAGES: a CPU dry run (DATASET=tiny BIG_PAGES=700, XLA_FLAGS=--xla_force_host_platform_device_count=2)
     for part in "${DATASET:-mainnet} placement=single,sharded,replicated q=1,32" \
                 "big placement=sharded,single q=1 dataset.num_pages=${BIG_PAGES:-33554432}"; do
       set -- $part; name=${SWEEP:-placement-$engine}-$1; shift
-      dir=outputs/multirun/$name; mkdir -p "$dir"
-      { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-        timeout "${SWEEP_TIMEOUT:-270}" python3 -m morphogen_exp -m strategy=full_batch dataset="${DATASET:-mainnet}" engine="$engine" \
-          bench.warmup=1 bench.max_time_s=8 hydra.sweep.dir="$dir" "$@"
-        [ -f "$dir/report.md" ] || python3 -m morphogen_exp.report --sweep-dir "$dir"
-      } 2>&1 | grep -v -E "INFO|^\s*$" | tee "$dir/sweep.log" | tail -20
-      cp "$dir/sweep.log" "$out/$name.log"; cp "$dir/report.md" "$out/$name-report.md" 2>/dev/null
+      sweep "$name" "${SWEEP_TIMEOUT:-270}" strategy=full_batch dataset="${DATASET:-mainnet}" bench.max_time_s=8 "$@"
     done
     tar czf "$out/placement-$engine.tgz" --exclude='*/.hydra' outputs/multirun outputs/mlflow.db ;;
   *) echo "unknown stage $stage"; exit 2 ;;
