@@ -108,9 +108,14 @@ def engine_scratch_bytes(live_queries: int, tile_pages: Callable[[int], int], en
 
 
 def engine_working_set_bytes(live_queries: int, tile_pages: Callable[[int], int], engine: str) -> int:
-    """``working_set_bytes`` as the engine keeps it: the fused and bit-sliced engines store no masks (one
-    subtree root per 256 leaves instead); the fused kernel adds its partial answers, the bit-sliced op the
-    per-bit page vectors its expansion writes (``engine_scratch_bytes``)."""
+    """``working_set_bytes`` as the engine keeps it: the fused kernel (up to its key count) and the bit-sliced
+    engine store no masks (one subtree root per 256 leaves instead); the fused kernel adds its partial answers,
+    the bit-sliced op the per-bit page vectors its expansion writes (``engine_scratch_bytes``)."""
+    if engine == FUSED:
+        from .pir.fused import KERNEL_MAX_KEYS  # above it, the Pallas ops: masks stored like any raw-page engine
+
+        if 3 * live_queries > KERNEL_MAX_KEYS:
+            return working_set_bytes(live_queries, tile_pages)
     if engine in (FUSED, BITSLICED):
         from .pir.xla_ops import SUBTREE_LEVELS
 

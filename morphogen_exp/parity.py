@@ -23,7 +23,7 @@ import numpy as np
 
 from .config import ParityConfig
 from .datasets import Dataset
-from .pir.reference import answer_numpy, full_eval
+from .pir.reference import answer_numpy, eval_prefix
 from .queries import QuerySet
 
 
@@ -115,7 +115,7 @@ def _numpy_dpf_answer(dataset: Dataset, keys: tuple, cache: OracleCache) -> np.n
 
     def compute() -> np.ndarray:
         n = dataset.num_pages
-        masks = np.stack([full_eval(k)[:n] for k in keys]).view("<u4")  # (K, N, 4): 16 output bytes per page
+        masks = np.stack([eval_prefix(k, n) for k in keys]).view("<u4")  # (K, N, 4): 16 output bytes per page
         acc = np.zeros((len(keys), 1024), np.uint32)
         if not dataset.is_raw:  # an engine's layout on the device: fold raw pages regenerated apart from it
             for start in range(0, n, _FOLD_PAGES):

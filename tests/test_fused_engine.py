@@ -73,21 +73,44 @@ def test_key_blocks_and_grid() -> None:
     assert fused.grid_blocks(10**6, key_blocks=4) == fused.grid_blocks(10**6) // 4
 
 
-def test_memory_estimate_stores_no_masks() -> None:
-    """At mainnet Q=32 the fused engine holds subtree roots, not 96 keys x 2^22 masks: it fits where masks would not."""
+def test_memory_estimate_stores_masks_only_above_the_kernels_keys() -> None:
+    """At mainnet the kernel's steps (Q <= 4) hold subtree roots, not masks; from Q=5 the Pallas steps hold masks."""
     n = 16_817_159
-    spec = EngineSpec("fused", tile_pages=4194304)
+    spec = EngineSpec("fused", tile_pages=4194304, mask_budget_mib=1536)
     tile = lambda k: tile_size(n, 25, spec, k)  # noqa: E731
-    fused_ws = memory.engine_working_set_bytes(32, tile, "fused")
-    assert fused_ws < 2 * memory.GIB < memory.working_set_bytes(32, tile)
+    kernel_ws = memory.engine_working_set_bytes(4, tile, "fused")
+    assert kernel_ws < memory.GIB < memory.working_set_bytes(4, tile)
+    assert memory.engine_working_set_bytes(5, tile, "fused") == memory.working_set_bytes(5, tile)
     assert memory.engine_working_set_bytes(32, tile, "pallas") == memory.working_set_bytes(32, tile)
+
+
+def test_more_keys_than_the_kernel_takes_run_the_pallas_ops(monkeypatch) -> None:
+    """Above KERNEL_MAX_KEYS a step goes to the Pallas ops (here their stand-in, xla's), at or below it to the kernel."""
+    seen: list[int] = []
+
+    def kernel(pages_words, row, roots, *rest):
+        seen.append(roots.shape[0])
+        return _kernel_contract(pages_words, row, roots, *rest)
+
+    monkeypatch.setattr(fused, "_gpu", lambda: True)
+    monkeypatch.setattr(fused, "expand_xor_fused", kernel)
+    monkeypatch.setattr(fused, "PALLAS", "xla")  # the Pallas kernels need a GPU; the dispatch is what is tested
+    monkeypatch.setattr(fused, "KERNEL_MAX_KEYS", 2)
+    spec = EngineSpec("fused", tile_pages=512, unroll=False)  # this test's own spec: traced afresh, not from a cache
+    for num_keys, kernel_traces in ((3, 0), (2, 2)):  # traces: the tile loop's body and the tail
+        seen.clear()
+        keys = _keys(num_keys, seed=num_keys)
+        np.testing.assert_array_equal(answer_jax(PAGES, keys, spec), answer_numpy(PAGES, keys))
+        assert seen == [num_keys] * kernel_traces
 
 
 @pytest.mark.skipif(not GPU, reason="the CUDA kernel needs a GPU")
 @pytest.mark.parametrize(("num_pages", "num_keys", "tile"), [(1, 1, 4096), (255, 3, 4096), (257, 5, 4096),
-                                                             (3000, 13, 1024), (3000, 3, 64), (70000, 3, 1 << 15)])
+                                                             (3000, 12, 1024), (3000, 13, 1024), (3000, 3, 64),
+                                                             (70000, 3, 1 << 15)])
 def test_kernel_equals_numpy(num_pages: int, num_keys: int, tile: int) -> None:
-    """The kernel on the device: ragged subtrees, several key blocks (13 keys), tiles below a subtree (64)."""
+    """The kernel on the device: ragged subtrees, several key blocks (12 keys), tiles below a subtree (64); 13 keys:
+    the Pallas steps the engine switches to."""
     rng = np.random.default_rng(num_pages)
     pages = rng.integers(0, 256, size=(num_pages, 4096), dtype=np.uint8)
     domain = max(1, (num_pages - 1).bit_length()) + 1

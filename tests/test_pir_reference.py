@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from morphogen_exp.pir import Key, answer, eval_points, generate_keys
 from morphogen_exp.pir.keys import SplitMix64, generate_keys_from_seeds, key_length
 from morphogen_exp.pir.prg import chacha8_blocks, prg_expand, seed_bytes_to_words, words_to_bytes
-from morphogen_exp.pir.reference import answer_numpy, full_eval
+from morphogen_exp.pir.reference import answer_numpy, eval_prefix, full_eval
 
 ONES = b"\xff" * 16
 ZEROS = b"\x00" * 16
@@ -129,6 +129,17 @@ def test_full_eval_agrees_with_point_eval(dpf_cases: list[dict]) -> None:
     case = next(c for c in dpf_cases if c["domain_bits"] == 10)
     k0, _ = _keys(case)
     np.testing.assert_array_equal(full_eval(k0), eval_points(k0, np.arange(1 << 10)))
+
+
+def test_eval_prefix_on_threads_equals_the_fixture_digest_and_its_prefixes(dpf_cases: list[dict]) -> None:
+    """The parity oracle's threaded evaluation: the whole domain gives the fixtures' digest, a ragged count its prefix."""
+    case = next(c for c in dpf_cases if c["domain_bits"] == 10)
+    k0, _ = _keys(case)
+    whole = eval_prefix(k0, 1 << 10, block_log2=7, workers=3)  # 8 blocks over 3 threads
+    assert hashlib.sha256(whole.tobytes()).hexdigest() == case["full_eval_sha256_key0"]
+    np.testing.assert_array_equal(eval_prefix(k0, 1000, block_log2=7), whole[:1000])
+    with pytest.raises(ValueError, match="count must be in"):
+        eval_prefix(k0, 0)
 
 
 # --------------------------------------------------------------------------- DPF / PIR properties

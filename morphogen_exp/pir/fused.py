@@ -6,8 +6,10 @@ down to subtree roots ``SUBTREE_LEVELS`` (8) above the leaves; the kernel then e
 at once (more keys: more key blocks side by side, the pages read from HBM once and from L2 by the others),
 so the page masks never go through HBM and the ChaCha8 work of one resident block overlaps the page reads
 of the others. Per-block partial
-answers are XOR-reduced in XLA. It is made for small batches, where the scan is read-bound (Q=1: 3 keys):
-its cost grows with the key count like the Pallas scan's, without the tensor cores of "bitsliced".
+answers are XOR-reduced in XLA. It is made for small batches, where the scan is read-bound (Q=1: 3 keys).
+A step of more than ``KERNEL_MAX_KEYS`` keys runs Engine "pallas"'s ops instead (the masks expanded to HBM,
+then its masked XOR): there a block's expansion no longer hides under the page reads and Pallas is faster,
+so one engine is the faster of the two at every batch size.
 
 On a backend without CUDA (CPU, CI) the same step is the XLA expansion then the XLA masked XOR, so the
 engine's wiring is checked everywhere; the kernel itself is checked on a GPU against the numpy oracle
@@ -32,6 +34,11 @@ __all__ = ["ENGINE_NAME", "SUBTREE_LEVELS", "expand_xor_fused", "expand_xor_at_f
 
 ENGINE_NAME = "fused"
 MAX_KEYS_PER_BLOCK = 4
+# Keys per scan step up to which the kernel runs; above, the Pallas ops. Measured on an H100 at mainnet
+# (docs/benchmarks/2026-11-27-h100-mainnet-real-{fused,pallas-A}, full_batch ms): 3/6/12 keys fused 25.2/25.2/37.4
+# vs pallas 26.6/32.6/43.5; 24/48/96 keys fused 76.3/158/331 vs pallas 65.6/112/222.
+KERNEL_MAX_KEYS = 12
+PALLAS = "pallas"
 _BLOCKS_PER_SM = 3  # the kernel's __launch_bounds__ minimum
 
 
@@ -80,9 +87,11 @@ def expand_xor_fused(pages_words: jax.Array, row: jax.Array | int, roots: jax.Ar
 def expand_xor_at_fn(spec: EngineSpec, pages_words: jax.Array, row: jax.Array | int, seeds: jax.Array, ts: jax.Array,
                      seed_cw: jax.Array, t_cw: jax.Array, final_cw: jax.Array, lo: int, count: int) -> jax.Array:
     """ExpandXorFn (registry.py): the nodes (K, R) are expanded in XLA to the subtree roots whose leaves
-    meet [lo, lo + count), then the kernel does the rest; on a backend without CUDA, the XLA ops."""
-    if not _gpu():
-        return get_ops(ENGINE_NAME).expand_then_xor(spec, pages_words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count)
+    meet [lo, lo + count), then the kernel does the rest; more than KERNEL_MAX_KEYS keys, the Pallas ops; on a
+    backend without CUDA, the XLA ops."""
+    if not _gpu() or seeds.shape[0] > KERNEL_MAX_KEYS:
+        ops = get_ops(PALLAS if _gpu() else ENGINE_NAME)
+        return ops.expand_then_xor(spec, pages_words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count)
     roots, root_t, sub_lo, sub = subtree_roots(seeds, ts, seed_cw, t_cw, lo, count, unroll=spec.resolved_unroll)
     top = seed_cw.shape[1] - sub
     return expand_xor_fused(pages_words, row, roots, root_t, seed_cw[:, top:], t_cw[:, top:], final_cw, sub_lo, count)

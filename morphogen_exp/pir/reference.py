@@ -13,7 +13,9 @@ from JAX, so it can check every accelerated engine. The algorithm follows
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -138,6 +140,26 @@ def eval_range(key: Key, start: int, stop: int, chunk_log2: int = DEFAULT_CHUNK_
     seeds, t = _expand_subtrees(key, seeds, t, n - c, c)
     off = start - (block << c)
     return _finalize(key, seeds[off : off + (stop - start)], t[off : off + (stop - start)])
+
+
+def eval_prefix(key: Key, count: int, block_log2: int = 18, workers: int | None = None) -> np.ndarray:
+    """Outputs for indices [0, count) -> (count, 16) uint8, the same values as full_eval(key)[:count]
+    without the leaves past ``count``: aligned blocks of 2^block_log2 indices on a thread pool (numpy's
+    ufuncs release the GIL on arrays this size, so the blocks run on all cores)."""
+    n = key.domain_bits
+    if not 0 < count <= (1 << n):
+        raise ValueError(f"count must be in [1, 2^{n}] = [1, {1 << n}], got {count}")
+    c = min(block_log2, n)
+    out = np.empty((count, OUTPUT_BYTES), dtype=np.uint8)
+
+    def block(start: int) -> None:
+        stop = min(count, start + (1 << c))
+        out[start:stop] = eval_range(key, start, stop, chunk_log2=c)
+
+    starts = range(0, count, 1 << c)
+    with ThreadPoolExecutor(max_workers=workers or min(len(starts), os.cpu_count() or 1)) as pool:
+        list(pool.map(block, starts))  # list(): re-raise a block's error here
+    return out
 
 
 # --------------------------------------------------------------------------- server answer
