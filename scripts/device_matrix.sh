@@ -3,9 +3,10 @@
 #   bench                 engine kernels alone at mainnet volume (pallas), with the ceilings
 #   small | mainnet       the 30-cell sweep on that dataset with $ENGINE (default pallas); extra
 #                         arguments are more overrides (tiny works too: a CPU dry run, SKIP_WHEELS=1)
-#   placement             on a machine of several GPUs: the sharded-scan gate (scripts/check_sharded.py), then
-#                         full_batch over placement=single,sharded,replicated at q=1,32 on mainnet, then 2^25 pages
-#                         (128 GiB: "does not fit" on one 80 GB card, sharded on two), with $ENGINE (default pallas)
+#   placement             on a machine of several GPUs: the sharded-scan gate (scripts/check_sharded.py), then 2^25
+#                         pages (128 GiB: "does not fit" on one 80 GB card, sharded on two; an H200 capped to an
+#                         H100's memory), then every strategy over placement=single,sharded,replicated at q=1,32 on
+#                         mainnet until STAGE_SECONDS (560) run out, with $ENGINE (default pallas)
 # Run from the repo root with `carry: [".whl"]` (../shared/tools/device-wheels.sh fills it) and the commit
 # being measured named, written out from your checkout (the device copy's git view lags; required):
 #   MORPHOGEN_CODE_VERSION=$(git rev-parse HEAD) SWEEP=mainnet-A bash scripts/device_matrix.sh mainnet
@@ -57,12 +58,18 @@ case $stage in
       "${resume[@]}" "${@:2}"
     tar czf "$out/$name.tgz" --exclude='*/.hydra' "outputs/multirun/$name" outputs/mlflow.db ;;
   placement)
+    end=$(( $(date +%s) + ${STAGE_SECONDS:-560} ))  # the call's budget: the big database first, then the matrix
     python3 scripts/check_sharded.py "$engine" || exit 1
+    # An H200 stands in for an 80 GB card with its memory capped to an H100's (labelled by MEMORY_CAP in the log).
+    if nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | grep -q H200; then
+      export XLA_PYTHON_CLIENT_MEM_FRACTION=0.55; echo "MEMORY_CAP: H200 capped to 0.55 of its memory (~77.6 GB)"
+    fi
     # DATASET / BIG_PAGES: a CPU dry run (DATASET=tiny BIG_PAGES=700, XLA_FLAGS=--xla_force_host_platform_device_count=2)
-    for part in "${DATASET:-mainnet} placement=single,sharded,replicated q=1,32" \
-                "big placement=sharded,single q=1 dataset.num_pages=${BIG_PAGES:-33554432}"; do
-      set -- $part; name=${SWEEP:-placement-$engine}-$1; shift
-      sweep "$name" "${SWEEP_TIMEOUT:-270}" strategy=full_batch dataset="${DATASET:-mainnet}" bench.max_time_s=8 "$@"
+    for part in "big 200 strategy=full_batch placement=sharded,single q=1 dataset.num_pages=${BIG_PAGES:-33554432}" \
+                "${DATASET:-mainnet} 0 strategy=${STRATEGIES:-glob(*)} placement=single,sharded,replicated q=1,32"; do
+      set -- $part; name=${SWEEP:-placement-$engine}-$1; limit=$(( end - $(date +%s) ))
+      [ "$2" -gt 0 ] && [ "$2" -lt "$limit" ] && limit=$2; shift 2
+      sweep "$name" "$limit" dataset="${DATASET:-mainnet}" bench.max_time_s=8 "$@"
     done
     tar czf "$out/placement-$engine.tgz" --exclude='*/.hydra' outputs/multirun outputs/mlflow.db ;;
   *) echo "unknown stage $stage"; exit 2 ;;
