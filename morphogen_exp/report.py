@@ -243,9 +243,9 @@ def _best_per_q_table(df: pd.DataFrame, decision: Decision, rules: DecisionRules
     lines = [f"| q | best by {rules.rank_by} | value | tied with it |", "|---:|---|---:|---|"]
     lines += [f"| {b.q} | {b.config}{' (ships)' if b.config == decision.selected else ''} | {b.score.format()} | "
               f"{', '.join(b.tied) or '—'} |" for b in rows]
-    others = sorted({b.config for b in rows if b.config != decision.selected and decision.selected not in b.tied})
-    if decision.selected and others:
-        lines.append(f"\nAt some q another configuration is ahead of the one that ships ({', '.join(others)}): "
+    ahead = [f"q={b.q}: {b.config}" for b in rows if b.config != decision.selected and decision.selected not in b.tied]
+    if decision.selected and ahead:
+        lines.append(f"\nAhead of {decision.selected}, which ships, beyond its interval ({'; '.join(ahead)}): "
                      "a per-q choice (say, by the batch size at serving time) would be faster there.")
     return "\n".join(lines)
 

@@ -125,7 +125,7 @@ def test_a_configuration_ahead_at_some_q_is_named(sweeps, tmp_path, guard_store)
     parent = sweeps.sweep(tmp_path / "per-q", cells)
     md = report.build(report.Store(sweeps.client, sweeps.exp), parent, tmp_path).markdown.read_text()
     assert "| 4 | tiled | 12 [11.9, 12.1] | — |" in md and "| 32 | full_batch (ships) | 150 [149, 151] | — |" in md
-    assert "ahead of the one that ships (tiled): a per-q choice" in md
+    assert "Ahead of full_batch, which ships, beyond its interval (q=4: tiled): a per-q choice" in md
 
 
 def test_old_runs_without_intervals_or_decision_json_keep_the_point_rules(sweeps, tmp_path, guard_store) -> None:
