@@ -8,7 +8,11 @@ Reads our matrix.csv or the original's published CSV (its quoted header lines ar
 matched on the configuration label and q when both sides have one, else on the original's strategy
 name and q. Per cell: candidate / baseline with an interval (from the `_lo` / `_hi` columns of
 whichever side has them) and a verdict: same, faster, slower, or not enough evidence. Exit 1 with
---fail-on-regression PCT when a cell is slower beyond its interval and by more than PCT percent."""
+--fail-on-regression PCT when a cell is slower beyond its interval and by more than PCT percent.
+
+The sides' device, dataset and engine are compared too (the original's CSV names its GPU in a header
+line): a difference is stated above the table, since the ratios measure it as well, and a regression gate
+refuses sides run on different devices or datasets (exit 2) unless --allow-different says so."""
 
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ from pathlib import Path
 import pandas as pd
 
 SAME, FASTER, SLOWER, UNDECIDED = "same", "faster", "slower", "not enough evidence"
+# What a ratio also measures when it differs between the sides; the first two make a regression gate meaningless.
+CONTEXT = ("device_kind", "dataset_fingerprint", "engine")
+GATE_CONTEXT = ("device_kind", "dataset_fingerprint")
 
 
 def higher_is_better(metric: str) -> bool:
@@ -51,7 +58,19 @@ def read_matrix(path: Path) -> pd.DataFrame:
     df["q"] = q.astype(int)
     if "status" in df.columns:  # ours: only cells that ran and passed parity carry comparable numbers
         df = df[df["status"] == "ok"]
+    gpu = next((line.strip('"')[len("gpu_info="):] for line in lines[:header] if line.strip('"').startswith("gpu_info=")), None)
+    if gpu and "device_kind" not in df.columns:  # the original's "gpu_info=NVIDIA H100 80GB HBM3, 81559 MiB"
+        df["device_kind"] = gpu.split(",")[0].strip()
     return df.reset_index(drop=True)
+
+
+def context_differences(base: pd.DataFrame, cand: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """The CONTEXT columns both sides record whose values differ: column -> (baseline's, candidate's)."""
+    def values(df: pd.DataFrame, col: str) -> str:
+        return ", ".join(sorted(map(str, df[col].dropna().unique())))
+
+    return {col: (values(base, col), values(cand, col)) for col in CONTEXT
+            if col in base.columns and col in cand.columns and values(base, col) != values(cand, col)}
 
 
 def _numeric(df: pd.DataFrame, col: str, where: str) -> pd.Series:
@@ -83,6 +102,8 @@ class Comparison:
     table: pd.DataFrame   # key, baseline, candidate, ratio, ratio_lo, ratio_hi, change_pct, verdict
     key: list[str]
     intervals: str        # which side carried intervals, in words
+    differs: dict[str, tuple[str, str]]  # context_differences of the two sides
+    unchecked: list[str]  # CONTEXT columns one side does not record
 
 
 def compare(base: pd.DataFrame, cand: pd.DataFrame, metric: str, same_within: float = 0.02,
@@ -103,7 +124,20 @@ def compare(base: pd.DataFrame, cand: pd.DataFrame, metric: str, same_within: fl
     intervals = (f"intervals from {' and '.join(sides)}" + ("" if len(sides) == 2 else
                  f"; {[n for n in names if n not in sides][0]} has none (point values)") if sides
                  else "no intervals on either side: verdicts from point estimates, no noise to judge by")
-    return Comparison(t.sort_values(key).reset_index(drop=True), key, intervals)
+    unchecked = [col for col in CONTEXT if col not in base.columns or col not in cand.columns]
+    return Comparison(t.sort_values(key).reset_index(drop=True), key, intervals, context_differences(base, cand),
+                      unchecked)
+
+
+def context_line(cmp: Comparison) -> str:
+    """What else differs between the sides, in words (empty when nothing does and everything was checked)."""
+    parts = []
+    if cmp.differs:
+        parts.append("The sides differ in " + "; ".join(f"{col} ({a} vs {b})" for col, (a, b) in cmp.differs.items())
+                     + ": the ratios measure that too.")
+    if cmp.unchecked:
+        parts.append(f"Not recorded on both sides, so not checked: {', '.join(cmp.unchecked)}.")
+    return " ".join(parts)
 
 
 def _verdict(r: dict, up: bool, tol: float) -> str:
@@ -144,7 +178,8 @@ def to_markdown(cmp: Comparison, metric: str, base_name: str, cand_name: str) ->
             f"{fmt(r['value_c'], r['lo_c'], r['hi_c'], '.4g')} | {fmt(r['ratio'], r['ratio_lo'], r['ratio_hi'], '.3f')} | "
             f"{r['change_pct']:+.1f}% | {r['verdict']} |" for r in t.to_dict("records")]
     counts = t["verdict"].value_counts().to_dict()
-    return (f"# {metric}: {cand_name} / {base_name}\n\n"
+    context = context_line(cmp)
+    return (f"# {metric}: {cand_name} / {base_name}\n\n" + (f"{context}\n\n" if context else "") +
             f"{len(t)} cells matched on {' + '.join(cmp.key)}; {cmp.intervals}. "
             f"{', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}. "
             f"({'higher' if higher_is_better(metric) else 'lower'} is better; change > 0: the candidate is better.)\n\n"
@@ -162,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="an interval inside 1 ± PCT%% is 'same' (default 2)")
     ap.add_argument("--fail-on-regression", type=float, metavar="PCT",
                     help="exit 1 when a cell is slower beyond noise and by more than PCT%%")
+    ap.add_argument("--allow-different", action="store_true",
+                    help="gate even when the sides ran on different devices or datasets")
     args = ap.parse_args(argv)
     try:
         if args.same_within < 0 or (args.fail_on_regression is not None and args.fail_on_regression < 0):
@@ -171,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         names = _names(args.baseline, args.candidate)
         same_within = args.same_within if args.fail_on_regression is None else min(args.same_within, args.fail_on_regression)
         cmp = compare(read_matrix(args.baseline), read_matrix(args.candidate), args.metric, same_within / 100, names)
+        blockers = {c: v for c, v in cmp.differs.items() if c in GATE_CONTEXT}
+        if args.fail_on_regression is not None and blockers and not args.allow_different:
+            what = "; ".join(f"{c} ({a} vs {b})" for c, (a, b) in blockers.items())
+            raise ValueError(f"the sides differ in {what}: a regression gate compares like with like; rerun the "
+                             "baseline there, or pass --allow-different to gate anyway")
         text = to_markdown(cmp, args.metric, *names)
         if args.out:
             args.out.write_text(text)

@@ -16,11 +16,13 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "docs" / "example-report" / "matrix.csv"
 
 
-def _ours(path: Path, cells: dict[tuple[str, int], tuple[float, float | None]], metric: str = "batch_qps") -> Path:
-    """A matrix.csv of ours: config -> value and the interval's half-width (None: no interval columns)."""
+def _ours(path: Path, cells: dict[tuple[str, int], tuple[float, float | None]], metric: str = "batch_qps",
+          **context: str) -> Path:
+    """A matrix.csv of ours: config -> value and the interval's half-width (None: no interval columns); context:
+    columns every row carries (device_kind=..., engine=...)."""
     rows = []
     for (config, q), (v, half) in cells.items():
-        row = {"strategy": config.split("[")[0], "q": q, metric: v, "config": config, "status": "ok"}
+        row = {"strategy": config.split("[")[0], "q": q, metric: v, "config": config, "status": "ok", **context}
         if half is not None:
             row |= {f"{metric}_lo": v - half, f"{metric}_hi": v + half}
         rows.append(row)
@@ -40,6 +42,9 @@ def test_ours_against_the_original_matrix(fixtures_dir, tmp_path, capsys):
     out = tmp_path / "cmp.md"
     assert compare.main([str(fixtures_dir / "original-task30-h100-matrix.csv"), str(EXAMPLE), "--out", str(out)]) == 0
     assert "| multi_stream_4 | 32 | 33.75 |" in out.read_text()
+    assert original["device_kind"].unique().tolist() == ["NVIDIA H100 80GB HBM3"]  # from its gpu_info header line
+    assert cmp.differs == {"device_kind": ("NVIDIA H100 80GB HBM3", "cpu")}  # the example report ran on CPU
+    assert cmp.unchecked == ["dataset_fingerprint", "engine"]  # the original records neither
 
 
 def test_the_original_on_one_side_takes_the_interval_from_ours(fixtures_dir, tmp_path):
@@ -86,6 +91,23 @@ def test_a_small_real_regression_fails_when_the_threshold_is_below_the_same_band
     b = _ours(tmp_path / "b.csv", {("full_batch", 32): (98.5, 0.1)})  # -1.5%, well beyond its noise
     assert compare.main([str(a), str(b)]) == 0 and "| same |" in capsys.readouterr().out  # inside the 2% band
     assert compare.main([str(a), str(b), "--fail-on-regression", "1"]) == 1  # ...but 1% was asked for
+
+
+def test_a_gate_across_devices_or_datasets_is_refused_unless_allowed(tmp_path, capsys):
+    a = _ours(tmp_path / "a.csv", {("full_batch", 32): (100.0, 0.5)}, device_kind="H100", dataset_fingerprint="d",
+              engine="pallas")
+    b = _ours(tmp_path / "b.csv", {("full_batch", 32): (90.0, 0.5)}, device_kind="H200", dataset_fingerprint="d",
+              engine="fused")
+    assert compare.main([str(a), str(b)]) == 0  # a plain comparison states the difference above the table
+    out = capsys.readouterr().out
+    assert "The sides differ in device_kind (H100 vs H200); engine (pallas vs fused)" in out
+    assert compare.main([str(a), str(b), "--fail-on-regression", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "differ in device_kind (H100 vs H200): a regression gate" in err and "engine" not in err
+    assert compare.main([str(a), str(b), "--fail-on-regression", "3", "--allow-different"]) == 1  # gated: -10%
+    same = _ours(tmp_path / "c.csv", {("full_batch", 32): (90.0, 0.5)}, device_kind="H100", dataset_fingerprint="d",
+                 engine="fused")
+    assert compare.main([str(a), str(same), "--fail-on-regression", "3"]) == 1  # only the engine differs: gated
 
 
 def _write(tmp_path: Path, name: str, text: str) -> str:
