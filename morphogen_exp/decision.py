@@ -242,6 +242,8 @@ class Decision:
     rank_by: str
     intervals: bool                 # every ok cell carried intervals (else: point estimates, today's rules)
     tie_note: str = ""
+    devices_note: str = ""          # the ok cells ran on several device kinds or several cards, in words
+    devices_mixed: bool = False     # several device kinds: no decision
 
     def summary(self) -> str:
         """One paragraph: what ships, why, and what could not be decided (the sweep run's description)."""
@@ -250,6 +252,8 @@ class Decision:
             score = self.verdicts[self.selected].score
             head = (f"Ship {self.selected} ({self.rank_by} {score.format() if score else '?'} at q={self.rank_q}); "
                     f"fallback: {self.fallback or 'the single-query loop'}.")
+        elif self.devices_mixed:
+            head = f"No decision: {self.devices_note}."
         else:
             head = "No configuration is GO: keep the single-query loop."
         parts = [head, f"{counts[GO]} GO, {counts[NO_GO]} NO-GO, {counts[UNDECIDED]} not enough evidence."]
@@ -258,8 +262,26 @@ class Decision:
                 f"{v.config}: {v.undecided[0]}" for v in self.verdicts.values() if v.status == UNDECIDED) + ".")
         if self.tie_note:
             parts.append(self.tie_note + ".")
+        if self.devices_note and self.selected:
+            parts.append(self.devices_note + ".")
         parts.append("Intervals used." if self.intervals else "Intervals were not available: point estimates, fixed rules.")
         return " ".join(parts)
+
+
+def devices_note(ok: pd.DataFrame) -> tuple[str, bool]:
+    """(what the ok cells' devices say, whether it forbids a decision): timings compare only within one device
+    kind, and are only as alike as the cards when a sweep was resumed on another machine of the same kind."""
+    def distinct(col: str) -> list[str]:
+        return sorted(ok[col].dropna().astype(str).unique()) if col in ok.columns else []
+
+    kinds, cards = distinct("device_kind"), distinct("device_uuid")
+    if len(kinds) > 1:
+        return (f"the cells ran on {len(kinds)} device kinds ({', '.join(kinds)}), and timings compare only within one: "
+                "re-run the sweep on one kind of device"), True
+    if len(cards) > 1:
+        return (f"The cells ran on {len(cards)} cards of that kind ({', '.join(c[-8:] for c in cards)}): the ranking "
+                "holds only as far as the cards read alike; re-run on one machine to be sure"), False
+    return "", False
 
 
 def decide(df: pd.DataFrame, rules: DecisionRules) -> Decision:
@@ -287,8 +309,11 @@ def decide(df: pd.DataFrame, rules: DecisionRules) -> Decision:
             v.failures.append(f"no {rules.rank_by} at q={rank_q} to rank by")
         verdicts[v.config] = v
     ranked, tie_note = _rank([v for v in verdicts.values() if v.go], rules)
+    note, mixed = devices_note(ok)
+    if mixed:
+        ranked, tie_note = [], ""
     return Decision(verdicts, ranked[0].config if ranked else None, ranked[1].config if len(ranked) > 1 else None,
-                    rank_q, rules.rank_by, intervals, tie_note)
+                    rank_q, rules.rank_by, intervals, tie_note, note, mixed)
 
 
 def _judge_cell(row: Mapping[str, Any], rules: DecisionRules, v: Verdict) -> None:

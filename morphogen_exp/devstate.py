@@ -26,6 +26,7 @@ Snapshot = dict[str, str | float]
 # nvidia-smi --query-gpu field -> (our key, scale to our unit or None for text)
 _SMI_FIELDS: dict[str, tuple[str, float | None]] = {
     "name": ("device_name", None),
+    "uuid": ("device_uuid", None),   # which card: a sweep resumed on another machine shows two
     "driver_version": ("driver_version", None),
     "pstate": ("pstate", None),
     "memory.total": ("memory_total_gib", 1 / 1024),   # MiB

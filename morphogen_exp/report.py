@@ -39,7 +39,7 @@ PATH_METRICS = [f"{p}_{m}" for p in ("single", "batch")
                 for m in ("ms_p50", "ms_p50_lo", "ms_p50_hi", "samples", "noise", "capped")]
 OUR_COLUMNS = [
     "config", "config_id", "cell_key", "our_strategy", "engine", "dataset", "dataset_fingerprint", "device_kind",
-    "status", "parity_ok", "parity_numpy_eq", "parity_numpy_checked", "parity_xor_eq",
+    "device_uuid", "status", "parity_ok", "parity_numpy_eq", "parity_numpy_checked", "parity_xor_eq",
     *[f"{m}_{b}" for m in DERIVED for b in ("lo", "hi")], *PATH_METRICS, "max_noise",
     "single_ms_p90", "batch_ms_p90", "batch_ms_min", "batch_ms_max",
     "compile_s", "batch_effective_gbps", "memory_estimate_gib", "error_message", "run_id",
@@ -55,8 +55,8 @@ class ReportFiles:
     markdown: Path
     csv: Path
     plots: list[Path]
-    rollout: Path
-    env: Path
+    rollout: Path | None  # None: no guard (the cells ran on several kinds of device)
+    env: Path | None
     decision: Decision
 
 
@@ -101,6 +101,7 @@ def cell_row(run: Any) -> dict[str, Any]:
         "dataset": t.get("dataset", p.get("dataset.name")),
         "dataset_fingerprint": t.get("dataset.fingerprint"),
         "device_kind": t.get("device_kind"),
+        "device_uuid": t.get("device.device_uuid"),
         "status": status,
         "parity_ok": _flag(m, "parity_ok"),
         "parity_numpy_eq": _flag(m, "parity_numpy_eq"),
@@ -267,6 +268,13 @@ def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: Map
     ]
     counts = df["status"].value_counts().to_dict()
     sel = decision.selected
+    devices = ", ".join(sorted(df["device_kind"].dropna().astype(str).unique())) or "?"
+    guard_line = ("- **Rollout guard**: none written (the cells ran on several kinds of device)." if decision.devices_mixed
+                  else f"""- **Rollout guard**: `rollout/selected.yaml` and `rollout/selected.env` beside this report; saved as
+  `+rollout={meta.get('guard_name', '?')}` (and `+rollout=selected`, the latest) in the guard store
+  ($MORPHOGEN_ROLLOUT_DIR or <repo>/outputs).""")
+    headline = ("GO " + sel if sel else "none: the cells ran on several kinds of device" if decision.devices_mixed
+                else "no configuration is GO: keep the single-query path")
     tie = (f"ties (overlapping intervals; point estimates: within {rules.tie_within:.0%}) go to the first of decision.prefer"
            if decision.intervals else f"ties within {rules.tie_within:.0%} go to the first of decision.prefer")
     intervals = ("Each value is the median with its confidence interval `[lo, hi]`; verdicts need the interval to clear "
@@ -278,12 +286,12 @@ def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: Map
 ## Summary
 - Sweep: `{meta.get('sweep_dir', '?')}` (MLflow parent run `{meta.get('parent_run', '?')}`, {meta.get('tracking_uri', '')})
 - Dataset: {first['dataset']} ({meta.get('dataset_desc', '')}); engine: {first['engine']}
-- Device: {first['device_kind']} ({meta.get('backend', '?')}), JAX {meta.get('jax_version', '?')}; code {meta.get('code_version', '?')}
+- Device: {devices} ({meta.get('backend', '?')}), JAX {meta.get('jax_version', '?')}; code {meta.get('code_version', '?')}
 - Settings: warmup={meta.get('warmup', '?')}, iterations={meta.get('iterations', '?')}, seed={meta.get('seed', '?')}; latencies are medians
 - Cells: {len(df)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}); configurations: {df['config'].nunique()}
 - Generated {meta.get('date', '')}
 
-**Decision: {'GO ' + sel if sel else 'no configuration is GO: keep the single-query path'}**;
+**Decision: {headline}**;
 fallback: {decision.fallback or 'the single-query loop'}.
 
 {decision.summary()}
@@ -326,9 +334,7 @@ latency_budget_ms={rules.latency_budget_ms}, ranked by {rules.rank_by} at q={dec
 
 - **Ship**: {sel or 'none'}{(chr(10) + '  (' + decision.tie_note + ')') if decision.tie_note else ''}
 - **Fallback**: {decision.fallback or 'the single-query loop (no batching)'}
-- **Rollout guard**: `rollout/selected.yaml` and `rollout/selected.env` beside this report; saved as
-  `+rollout={meta.get('guard_name', '?')}` (and `+rollout=selected`, the latest) in the guard store
-  ($MORPHOGEN_ROLLOUT_DIR or <repo>/outputs).
+{guard_line}
 
 ## Notes
 - multi_stream on one device: XLA runs a process's executables on the device's one compute stream; what
@@ -390,17 +396,24 @@ def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, r
     rollout.atomic_write(csv, df[ORIGINAL_COLUMNS + OUR_COLUMNS].to_csv(index=False))
     plots = _plots(df, out_dir)
     guard_path, env_path = out_dir / "rollout" / "selected.yaml", out_dir / "rollout" / "selected.env"
-    rollout.atomic_write(guard_path, guard_yaml)
-    rollout.atomic_write(env_path, guard_env)
-    if publish or rollout_dir is not None:
-        rollout.publish(name, guard_yaml, None if rollout_dir is None else rollout_dir / rollout.GROUP)
+    guards: tuple[Path, ...] = ()
+    if decision.devices_mixed:  # no guard at all: a "serve one at a time" guard would overwrite a good one
+        guard_path.unlink(missing_ok=True)
+        env_path.unlink(missing_ok=True)
+        name = "none"
+    else:
+        rollout.atomic_write(guard_path, guard_yaml)
+        rollout.atomic_write(env_path, guard_env)
+        guards = (guard_path, env_path)
+        if publish or rollout_dir is not None:
+            rollout.publish(name, guard_yaml, None if rollout_dir is None else rollout_dir / rollout.GROUP)
     rollout.atomic_write(md, render(df, decision, rules, meta))
-    for path in (md, csv, guard_path, env_path, *plots):
+    for path in (md, csv, *guards, *plots):
         client.log_artifact(parent_id, str(path), "report")
     for key, value in {"mlflow.note.content": decision.summary(), "decision.selected": decision.selected or "none",
                        "decision.fallback": decision.fallback or "none", "decision.guard": name}.items():
         client.set_tag(parent_id, key, value)
-    return ReportFiles(md, csv, plots, guard_path, env_path, decision)
+    return ReportFiles(md, csv, plots, guard_path if guards else None, env_path if guards else None, decision)
 
 
 # --------------------------------------------------------------------------- command line

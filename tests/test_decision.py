@@ -147,3 +147,21 @@ def test_best_per_q_names_the_engine_that_wins_each_batch_size() -> None:
     assert best[32].config == "full_batch[engine=bitsliced]" and best[32].score.format() == "277 [275, 279]"
     by_latency = best_per_q(pd.DataFrame(rows), DecisionRules(rank_by="batch_ms_per_batch", require_parity=False))
     assert {b.q: b.config for b in by_latency}[32] == "tiled[engine=fused]"  # lowest latency wins; parity not required
+
+
+def test_cells_from_two_kinds_of_device_give_no_decision_and_two_cards_a_caveat() -> None:
+    """Timings compare only within one device: a sweep resumed on another kind of card ships nothing."""
+    df = _matrix({"graph_replay": (150.0, 0.5), "full_batch": (140.0, 0.5)})
+    one = decide(df.assign(device_kind="H100"), DecisionRules(prefer=PREFER))
+    assert (one.selected, one.devices_note, one.devices_mixed) == ("graph_replay", "", False)
+
+    kinds = df.assign(device_kind=["H100" if i % 2 else "H200" for i in range(len(df))])
+    d = decide(kinds, DecisionRules(prefer=PREFER))
+    assert d.devices_mixed and (d.selected, d.fallback) == (None, None)
+    assert d.verdicts["graph_replay"].go  # the verdicts stay readable; only the choice is withheld
+    assert d.summary().startswith("No decision: the cells ran on 2 device kinds (H100, H200)")
+
+    cards = df.assign(device_kind="H100", device_uuid=[f"GPU-{i % 2:08d}" for i in range(len(df))])
+    d = decide(cards, DecisionRules(prefer=PREFER))
+    assert d.selected == "graph_replay" and not d.devices_mixed
+    assert "The cells ran on 2 cards of that kind (00000000, 00000001)" in d.summary()

@@ -217,3 +217,17 @@ def test_plots_draw_error_bars_and_skip_a_sweep_whose_cells_all_failed(tmp_path)
     df["status"] = "failed"
     assert report._plots(df, tmp_path / "none") == []
     assert decide(df, DecisionRules()).selected is None
+
+
+def test_a_sweep_whose_cells_ran_on_two_kinds_of_device_ships_nothing(sweeps, tmp_path, guard_store) -> None:
+    """A resume on another kind of card: the report names both devices and withholds the decision and the guard."""
+    h100, h200 = {"device_kind": "NVIDIA H100 80GB HBM3"}, {"device_kind": "NVIDIA H200"}
+    cells = [(["strategy=full_batch"], 4, _metrics(10.0, 0.1), h100), (["strategy=tiled"], 4, _metrics(12.0, 0.1), h200),
+             (["strategy=full_batch"], 32, _metrics(150.0, 1.0), h100), (["strategy=tiled"], 32, _metrics(120.0, 1.0), h200)]
+    parent = sweeps.sweep(tmp_path / "mixed", cells)
+    built = report.build(report.Store(sweeps.client, sweeps.exp), parent, tmp_path)
+    md = built.markdown.read_text()
+    assert "- Device: NVIDIA H100 80GB HBM3, NVIDIA H200 (" in md
+    assert "**Decision: none: the cells ran on several kinds of device**" in md
+    assert "No decision: the cells ran on 2 device kinds (NVIDIA H100 80GB HBM3, NVIDIA H200)" in md
+    assert not (tmp_path / "rollout" / "selected.yaml").exists()
