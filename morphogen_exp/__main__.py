@@ -49,7 +49,11 @@ def hydra_entry(cfg: DictConfig) -> dict[str, Any]:
     return out.as_dict()
 
 
-def _sigterm(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C: the active run ends KILLED
+def _interrupt(signum: int, frame: Any) -> None:
+    """Ctrl-C or SIGTERM: the active run and the sweep end KILLED. From the first one on, both signals are ignored:
+    a second one landing in the clean-up (a metrics flush, a store write) could otherwise leave it half done."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -73,7 +77,8 @@ def _interrupted() -> None:
 
 def main() -> None:
     session.current()  # the process's memory settings before anything (the sweep callback) starts the backend
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     user_full_error = "HYDRA_FULL_ERROR" in os.environ
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra's errors come to us: one line, exit 2
     try:
@@ -83,9 +88,7 @@ def main() -> None:
         sys.exit(2)
     try:
         hydra_entry()
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except KeyboardInterrupt:  # signals are ignored from here on (_interrupt)
         _interrupted()
         sys.exit(130)
     except (HydraException, OmegaConfBaseException) as err:
