@@ -29,7 +29,8 @@ if any(a.startswith("--query-gpu") for a in sys.argv[1:]):
 else:
     print("| NVIDIA-SMI 550.54.15   Driver Version: 550.54.15   CUDA Version: 12.4 |")
 """
-GPU_CSV = "NVIDIA H100 80GB HBM3, GPU-3f2a9c1e-0000-1111-2222-333344445555, 550.54.15, P0, 81559, 1024, {sm}, 2619, 1980, {temp}, [N/A], 700.00"
+UUID = "GPU-3f2a9c1e-0000-1111-2222-333344445555"
+GPU_CSV = f"NVIDIA H100 80GB HBM3, {UUID}, 550.54.15, P0, 81559, 1024, {{sm}}, 2619, 1980, {{temp}}, [N/A], 700.00"
 GPU_KEYS = {"device_name", "device_uuid", "driver_version", "pstate", "memory_total_gib", "memory_used_gib", "clock_sm_mhz",
             "clock_mem_mhz", "clock_sm_max_mhz", "temperature_c", "power_limit_w", "cuda_version"}
 
@@ -82,7 +83,7 @@ def test_gpu_snapshot_reads_nvidia_smi_in_our_units(smi: FakeSmi) -> None:
     assert s["memory_total_gib"] == pytest.approx(81559 / 1024)
     assert (s["clock_sm_mhz"], s["temperature_c"], s["power_limit_w"]) == (1980.0, 40.0, 700.0)
     assert (s["cuda_version"], s["driver_version"], s["pstate"]) == ("12.4", "550.54.15", "P0")
-    assert s["device_uuid"] == "GPU-3f2a9c1e-0000-1111-2222-333344445555"  # which card: the report tells two apart
+    assert s["device_uuid"] == UUID  # which card: the report tells two cards of one kind apart
     assert (s["memory_limit_gib"], s["memory_in_use_gib"], s["memory_peak_gib"]) == (80.0, 1.0, 3.0)
     assert s["platform_version"] == "cuda 12080"
     assert smi.calls()[0][-2:] == ["-i", "0"]
