@@ -262,7 +262,7 @@ class Decision:
                 f"{v.config}: {v.undecided[0]}" for v in self.verdicts.values() if v.status == UNDECIDED) + ".")
         if self.tie_note:
             parts.append(self.tie_note + ".")
-        if self.devices_note and self.selected:
+        if self.devices_note and not self.devices_mixed:  # two cards of one kind: said whatever the outcome
             parts.append(self.devices_note + ".")
         parts.append("Intervals used." if self.intervals else "Intervals were not available: point estimates, fixed rules.")
         return " ".join(parts)
