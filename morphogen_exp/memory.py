@@ -9,6 +9,7 @@ from collections.abc import Callable
 import jax
 
 from .datasets import PAGE_BYTES
+from .queries import KEYS_PER_QUERY
 
 GIB = 2**30
 
@@ -58,7 +59,7 @@ def working_set_bytes(live_queries: int, tile_pages: Callable[[int], int]) -> in
     """Bytes a batch path keeps live besides the database: per live key, one tile of masks and the
     GGM level temporaries (about 4 tile-sized u32x4 arrays), plus its answer and key material.
     ``tile_pages(num_keys)`` is the engine's tile for a batch of that many keys."""
-    keys = 3 * live_queries
+    keys = KEYS_PER_QUERY * live_queries
     return keys * (tile_pages(keys) * 16 * 4 + 2 * PAGE_BYTES + 4096)
 
 
@@ -102,7 +103,7 @@ def engine_scratch_bytes(live_queries: int, tile_pages: Callable[[int], int], en
         return 0
     from .pir.cuda import key_group
 
-    keys = 3 * live_queries
+    keys = KEYS_PER_QUERY * live_queries
     _, key_tiles = key_group(keys)
     return tile_pages(keys) * 16 * 8 * key_tiles
 
@@ -114,7 +115,7 @@ def engine_working_set_bytes(live_queries: int, tile_pages: Callable[[int], int]
     if engine == FUSED:
         from .pir.fused import KERNEL_MAX_KEYS  # above it, the Pallas ops: masks stored like any raw-page engine
 
-        if 3 * live_queries > KERNEL_MAX_KEYS:
+        if KEYS_PER_QUERY * live_queries > KERNEL_MAX_KEYS:
             return working_set_bytes(live_queries, tile_pages)
     if engine in (FUSED, BITSLICED):
         from .pir.xla_ops import SUBTREE_LEVELS
@@ -124,7 +125,7 @@ def engine_working_set_bytes(live_queries: int, tile_pages: Callable[[int], int]
             return roots + engine_scratch_bytes(live_queries, tile_pages, engine)
         from .pir.fused import grid_blocks  # one (1024,) u32 partial answer per block group and key
 
-        return roots + 3 * live_queries * grid_blocks(1 << 30) * PAGE_BYTES
+        return roots + KEYS_PER_QUERY * live_queries * grid_blocks(1 << 30) * PAGE_BYTES
     return working_set_bytes(live_queries, tile_pages) + engine_scratch_bytes(live_queries, tile_pages, engine)
 
 

@@ -23,7 +23,7 @@ import jax
 from .bitsliced import bitslice_rows, masked_xor_bitsliced
 from .pallas_ops import expand_levels_fn as expand_levels_pallas_fn
 from .registry import EngineSpec, RowReader, get_ops, register_ops
-from .xla_ops import SUBTREE_LEVELS, expand_levels_xla, masked_xor_xla, subtree_roots
+from .xla_ops import SUBTREE_LEVELS, expand_levels_xla, kernel_below_subtree_roots, masked_xor_xla
 
 __all__ = ["ENGINE_NAME", "SUBTREE_LEVELS", "expand_levels_fn", "expand_xor_at_fn", "expand_xor_kernel", "layout_fn",
            "masked_xor_at_fn"]
@@ -59,20 +59,14 @@ def expand_xor_kernel(words: jax.Array, row: jax.Array | int, roots: jax.Array, 
     return expand_xor_bmma(words, row, roots, root_t, seed_cw, t_cw, final_cw, lo, count)
 
 
-def _gpu_expand_xor(spec: EngineSpec, words: jax.Array, row: jax.Array | int, seeds: jax.Array, ts: jax.Array,
-                    seed_cw: jax.Array, t_cw: jax.Array, final_cw: jax.Array, lo: int, count: int) -> jax.Array:
-    roots, root_t, sub_lo, sub = subtree_roots(seeds, ts, seed_cw, t_cw, lo, count, unroll=spec.resolved_unroll)
-    top = seed_cw.shape[1] - sub
-    return expand_xor_kernel(words, row, roots, root_t, seed_cw[:, top:], t_cw[:, top:], final_cw, sub_lo, count)
-
-
 def expand_xor_at_fn(spec: EngineSpec, words: jax.Array, row: jax.Array | int, seeds: jax.Array, ts: jax.Array,
                      seed_cw: jax.Array, t_cw: jax.Array, final_cw: jax.Array, lo: int, count: int) -> jax.Array:
     """ExpandXorFn (registry.py) on the layout: on a GPU, the subtree roots in XLA, then the CUDA op (the
     expansion writes the per-bit page vectors, the binary-MMA scan reads them); elsewhere the expansion then
     ``masked_xor_at`` (the XLA expansion, the jnp GF(2) product)."""
     if _gpu():
-        return _gpu_expand_xor(spec, words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count)
+        return kernel_below_subtree_roots(expand_xor_kernel, words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count,
+                                          unroll=spec.resolved_unroll)
     return get_ops(ENGINE_NAME).expand_then_xor(spec, words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from .keybatch import PAGE_WORDS
 from .pallas_ops import expand_levels_fn as expand_levels_pallas_fn
 from .registry import EngineSpec, get_ops, register_ops
-from .xla_ops import SUBTREE_LEVELS, expand_levels_xla, masked_xor_xla, subtree_roots
+from .xla_ops import SUBTREE_LEVELS, expand_levels_xla, kernel_below_subtree_roots, masked_xor_xla
 
 __all__ = ["ENGINE_NAME", "SUBTREE_LEVELS", "expand_xor_fused", "expand_xor_at_fn", "grid_blocks"]
 
@@ -92,9 +92,8 @@ def expand_xor_at_fn(spec: EngineSpec, pages_words: jax.Array, row: jax.Array | 
     if not _gpu() or seeds.shape[0] > KERNEL_MAX_KEYS:
         ops = get_ops(PALLAS if _gpu() else ENGINE_NAME)
         return ops.expand_then_xor(spec, pages_words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count)
-    roots, root_t, sub_lo, sub = subtree_roots(seeds, ts, seed_cw, t_cw, lo, count, unroll=spec.resolved_unroll)
-    top = seed_cw.shape[1] - sub
-    return expand_xor_fused(pages_words, row, roots, root_t, seed_cw[:, top:], t_cw[:, top:], final_cw, sub_lo, count)
+    return kernel_below_subtree_roots(expand_xor_fused, pages_words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count,
+                                      unroll=spec.resolved_unroll)
 
 
 def expand_levels_fn(seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array, final_cw: jax.Array, *,

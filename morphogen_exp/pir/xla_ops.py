@@ -8,6 +8,8 @@ engine-interface ones (docs/engine-interface.md); registry.py registers them as 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -16,7 +18,7 @@ from .chacha_jax import default_unroll, prg_expand
 from .keybatch import PAGE_WORDS
 
 __all__ = ["SUBTREE_LEVELS", "default_doubling_levels", "descend_left", "expand_nodes_xla", "expand_levels_xla", "masked_xor_xla",
-           "subtree_roots"]
+           "subtree_roots", "kernel_below_subtree_roots"]
 
 # The CUDA scan steps' subtrees (engines fused and bitsliced; pir/cuda/dpf.cuh kMaxLevels): 2^8 = 256 leaves,
 # one shared-memory heap per key, one 256-page chunk of the bit-sliced layout.
@@ -157,6 +159,17 @@ def subtree_roots(seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax
     lo -= r0 << levels
     s0, s1 = lo >> sub, (lo + count - 1) >> sub  # subtrees whose leaves are used
     return roots[:, s0 : s1 + 1], root_t[:, s0 : s1 + 1], lo - (s0 << sub), sub
+
+
+def kernel_below_subtree_roots(kernel: Callable[..., jax.Array], pages_words: jax.Array, row: jax.Array | int,
+                               seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array, final_cw: jax.Array,
+                               lo: int, count: int, *, unroll: bool) -> jax.Array:
+    """A CUDA engine's scan step: the nodes expanded in XLA to their ``subtree_roots``, then
+    ``kernel(pages_words, row, roots, root_t, seed_cw, t_cw, final_cw, lo, count)`` expands the subtrees'
+    levels (the corrections below the roots) and XORs the masked pages: (K, 1024) u32."""
+    roots, root_t, sub_lo, sub = subtree_roots(seeds, ts, seed_cw, t_cw, lo, count, unroll=unroll)
+    top = seed_cw.shape[1] - sub
+    return kernel(pages_words, row, roots, root_t, seed_cw[:, top:], t_cw[:, top:], final_cw, sub_lo, count)
 
 
 def descend_left(seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array) -> tuple[jax.Array, jax.Array]:
