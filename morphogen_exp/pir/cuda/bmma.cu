@@ -32,20 +32,38 @@ constexpr int kJ = 128;       // mask bits
 constexpr int kRt = 16;       // r-tiles of 16 rows (256 repeats)
 constexpr int kRtPerWarp = 4; // r-tiles per warp: 4 warps cover one j
 
-__device__ __forceinline__ uint32_t transpose_stage(uint32_t x, int lane, int s, uint32_t m) {
-  const uint32_t y = __shfl_xor_sync(0xffffffffu, x, s);
-  return (lane & s) ? ((x & ~m) | ((y & ~m) >> s)) : ((x & m) | ((y & m) << s));
-}
+// 32x32 bit transpose across a warp: lane l holds row l (32 bits); afterwards lane s holds column s (bit i =
+// bit s of row i). Five butterfly stages; in stage s lane l swaps a block of bits with lane l ^ s. Branch-free
+// with per-lane constants (set once per thread): stages 16 and 8 are one byte permute each (PRMT), stages 4, 2
+// and 1 one funnel shift and one LOP3: x' = (x & keep) | (rotl(y, rot) & ~keep), keep = m and rot = s in the lower
+// lane of a pair, ~m and 32 - s in the upper (the rotation's wrapped bits fall outside ~keep). The selects of
+// the two-sided form cost about 5 integer instructions a stage in the expansion's hot loop.
+struct WarpTranspose {
+  uint32_t sel16, sel8, keep4, keep2, keep1, rot4, rot2, rot1;
 
-// Lane l holds row l (32 bits); afterwards lane s holds column s: bit i = bit s of row i.
-__device__ __forceinline__ uint32_t transpose32(uint32_t x, int lane) {
-  x = transpose_stage(x, lane, 16, 0x0000FFFFu);
-  x = transpose_stage(x, lane, 8, 0x00FF00FFu);
-  x = transpose_stage(x, lane, 4, 0x0F0F0F0Fu);
-  x = transpose_stage(x, lane, 2, 0x33333333u);
-  x = transpose_stage(x, lane, 1, 0x55555555u);
-  return x;
-}
+  __device__ __forceinline__ explicit WarpTranspose(int lane)
+      : sel16(lane & 16 ? 0x3276u : 0x5410u),  // upper: (y2 y3 x2 x3), lower: (x0 x1 y0 y1)
+        sel8(lane & 8 ? 0x3715u : 0x6240u),    // upper: (y1 x1 y3 x3), lower: (x0 y0 x2 y2)
+        keep4(lane & 4 ? 0xF0F0F0F0u : 0x0F0F0F0Fu),
+        keep2(lane & 2 ? 0xCCCCCCCCu : 0x33333333u),
+        keep1(lane & 1 ? 0xAAAAAAAAu : 0x55555555u),
+        rot4(lane & 4 ? 28u : 4u),
+        rot2(lane & 2 ? 30u : 2u),
+        rot1(lane & 1 ? 31u : 1u) {}
+
+  static __device__ __forceinline__ uint32_t bits(uint32_t x, uint32_t s, uint32_t keep, uint32_t rot) {
+    const uint32_t y = __shfl_xor_sync(0xffffffffu, x, s);
+    return (x & keep) | (__funnelshift_l(y, y, rot) & ~keep);
+  }
+
+  __device__ __forceinline__ uint32_t operator()(uint32_t x) const {
+    x = __byte_perm(x, __shfl_xor_sync(0xffffffffu, x, 16), sel16);
+    x = __byte_perm(x, __shfl_xor_sync(0xffffffffu, x, 8), sel8);
+    x = bits(x, 4, keep4, rot4);
+    x = bits(x, 2, keep2, rot2);
+    return bits(x, 1, keep1, rot1);
+  }
+};
 
 __device__ __forceinline__ int first_chunk(int off, int db_chunks, int nch) {
   int c0 = off / kChunk;
@@ -63,6 +81,7 @@ __global__ void __launch_bounds__(256) masks_to_bitvectors(const uint4* __restri
   const int off = *offset;
   const int base = (first_chunk(off, db_chunks, nch) + ci) * kChunk;
   const int k = kt * 8 + g;
+  const WarpTranspose transpose32(lane);
 #pragma unroll
   for (int q = 0; q < 8; ++q) {
     const int idx = base + q * 32 + lane - off;
@@ -71,7 +90,7 @@ __global__ void __launch_bounds__(256) masks_to_bitvectors(const uint4* __restri
     const uint32_t w[4] = {m.x, m.y, m.z, m.w};
 #pragma unroll
     for (int wi = 0; wi < 4; ++wi) {
-      const uint32_t v = transpose32(w[wi], lane);  // pages 32q..32q+31 of mask bit j = 32*wi + lane
+      const uint32_t v = transpose32(w[wi]);  // pages 32q..32q+31 of mask bit j = 32*wi + lane
       s[(wi * 32 + lane) * 65 + g * 8 + (q & 3) * 2 + (q >> 2)] = v;
     }
   }
@@ -154,13 +173,14 @@ __device__ __forceinline__ uint4 walk_leaf(uint4 seed, uint32_t t, int pos, int 
 // chunk's key tile): word g*8 + (q & 3)*2 + (q >> 2) of row j; 32 contiguous bytes per lane and j.
 __device__ __forceinline__ void store_bitvectors(const uint4 (&m)[8], uint32_t* __restrict__ dst, int g, int lane,
                                                  int ktp) {
+  const WarpTranspose transpose32(lane);
 #pragma unroll
   for (int wi = 0; wi < 4; ++wi) {
     uint32_t v[8];
 #pragma unroll
     for (int q = 0; q < 8; ++q) {
       const uint32_t x = wi == 0 ? m[q].x : wi == 1 ? m[q].y : wi == 2 ? m[q].z : m[q].w;
-      v[q] = transpose32(x, lane);
+      v[q] = transpose32(x);
     }
     uint4* p = reinterpret_cast<uint4*>(dst + (size_t)(wi * 32 + lane) * ktp * 64 + g * 8);
     p[0] = make_uint4(v[0], v[4], v[1], v[5]);
