@@ -29,7 +29,7 @@ from .decision import DecisionRules
 from .pir import EngineSpec, available_engines, get_ops, registered_engines, scan_bytes_read, tile_size
 from .pir.cuda import CudaUnavailable
 from .progress import Progress
-from .queries import make_queries
+from .queries import KEYS_PER_QUERY, make_queries
 from .session import Session, SweepRef
 from .strategies.base import check_knobs
 from .timing import SamplingPolicy, measure, time_limit
@@ -98,7 +98,8 @@ def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str,
 
     plc = placements.resolve(rc.placement)  # more devices than exist: a setting to fix
     tracker.log(run_id, tags=plc.tags())
-    layout = get_ops(spec.name).layout  # an engine with its own database layout (bitsliced): placement=single
+    ops = get_ops(spec.name)
+    layout = ops.layout  # an engine with its own database layout (bitsliced): placement=single
 
     def fits(live_queries: int) -> int:  # per device: its shard (sharded) or the whole database, plus the working set
         if layout is not None:
@@ -147,7 +148,8 @@ def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str,
     rep = parity.check(rc.parity, ds, qs, np.asarray(single_out), np.asarray(batch_out), party1, session.oracle)
 
     progress.phase("logging")
-    pass_gb = scan_bytes_read(num_pages, spec, 3 * path.live_queries, domain_bits) / 1e9  # one database pass
+    scan_keys = KEYS_PER_QUERY * -(-rc.q // path.passes)  # keys of one scan of the batch path (one database pass)
+    pass_gb = scan_bytes_read(num_pages, spec, scan_keys, domain_bits) / 1e9
     state_tags, state_metrics = devstate.split(devstate.snapshot())
     metrics = {
         "q": rc.q,
@@ -159,7 +161,8 @@ def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str,
         "compile_s": batch_compile_s,
         "single_compile_s": single_compile_s,
         "layout_build_s": ds.layout_build_s,  # the engine's database layout, built once per database (0: raw pages)
-        "tile_pages": tile(3 * path.live_queries),  # the batch path's scan step
+        "tile_pages": tile(scan_keys),  # the batch path's scan step
+        "scan_keys": scan_keys,
         "live_queries": path.live_queries,
         **single_t.as_metrics("single"),
         **batch_t.as_metrics("batch"),
@@ -173,6 +176,8 @@ def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str,
         "answers_sha256": rep.sha256_batch,
         "parity_numpy_note": rep.numpy_note or "checked",
         **{f"strategy_info.{k}": v for k, v in path.info.items()},
+        **({} if ops.step_path is None else {"engine_path.batch": ops.step_path(scan_keys),
+                                             "engine_path.single": ops.step_path(KEYS_PER_QUERY)}),
         **{f"dataset.{k}": v for k, v in ds.describe().items()},
         **state_tags,
     }

@@ -42,10 +42,10 @@ OUR_COLUMNS = [
     "device_uuid", "status", "parity_ok", "parity_numpy_eq", "parity_numpy_checked", "parity_xor_eq",
     *[f"{m}_{b}" for m in DERIVED for b in ("lo", "hi")], *PATH_METRICS, "max_noise",
     "single_ms_p90", "batch_ms_p90", "batch_ms_min", "batch_ms_max",
-    "compile_s", "batch_effective_gbps", "memory_estimate_gib", "error_message", "run_id",
+    "compile_s", "batch_effective_gbps", "memory_estimate_gib", "scan_keys", "engine_path", "error_message", "run_id",
 ]
 _OTHER_METRICS = ["parity_numpy_checked", "single_ms_p90", "batch_ms_p90", "batch_ms_min", "batch_ms_max",
-                  "compile_s", "batch_effective_gbps", "memory_estimate_gib"]
+                  "compile_s", "batch_effective_gbps", "memory_estimate_gib", "scan_keys"]
 ROLE_TAG, PARENT_TAG = "morphogen.role", "morphogen.sweep_dir"
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -102,6 +102,7 @@ def cell_row(run: Any) -> dict[str, Any]:
         "dataset_fingerprint": t.get("dataset.fingerprint"),
         "device_kind": t.get("device_kind"),
         "device_uuid": t.get("device.device_uuid"),
+        "engine_path": t.get("engine_path.batch"),  # what the batch path's scan step ran (engines of several paths)
         "status": status,
         "parity_ok": _flag(m, "parity_ok"),
         "parity_numpy_eq": _flag(m, "parity_numpy_eq"),
@@ -175,6 +176,23 @@ def _status_table(df: pd.DataFrame) -> str:
 
     t = df.assign(cell=df.apply(cell, axis=1)).pivot_table(index="q", columns="config", values="cell", aggfunc="first")
     return t.fillna("missing").to_markdown()
+
+
+def _engine_path_section(df: pd.DataFrame) -> str:
+    """Which path the engine's scan step took in each ok cell (fused: its CUDA kernel up to 12 keys a step,
+    the Pallas ops above): one line when every cell took the same, a q x configuration table otherwise;
+    nothing for engines of one path (no cell records it)."""
+    ok = df[(df["status"] == "ok") & df["engine_path"].notna()] if "engine_path" in df else df.iloc[:0]
+    if ok.empty:
+        return ""
+    paths = sorted(ok["engine_path"].astype(str).unique())
+    if len(paths) == 1:
+        return f"\nEngine path of every batch step: {paths[0]}.\n"
+    cells = ok.assign(_c=[f"{r['engine_path']} ({int(r['scan_keys'])} keys)" if pd.notna(r.get("scan_keys"))
+                          else str(r["engine_path"]) for r in ok.to_dict("records")])
+    table = cells.pivot_table(index="q", columns="config", values="_c", aggfunc="first")
+    table = table.reindex(index=sorted(df["q"].unique()), columns=sorted(df["config"].unique()))
+    return f"\n## Engine path of the batch step (keys per scan)\n{table.fillna('—').to_markdown()}\n"
 
 
 def _sampling_table(df: pd.DataFrame) -> str:
@@ -317,7 +335,7 @@ Single-query loop (same cells, ms per Q queries):
 
 ## Best configuration per q (ok cells{', exact parity' if rules.require_parity else ''})
 {_best_per_q_table(df, decision, rules)}
-
+{_engine_path_section(df)}
 ## Sampling (samples, relative noise reached, whether the time cap stopped it)
 {_sampling_table(df)}
 

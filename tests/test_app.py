@@ -45,6 +45,9 @@ def test_each_strategy_cell_is_exact_and_recorded(make_cfg, workdir, sess, strat
         assert timings[path]["p50_lo_ms"] <= m[f"{path}_ms_p50"] <= timings[path]["p50_hi_ms"]
     assert m["batch_ms_per_batch_lo"] <= m["batch_ms_per_batch"] <= m["batch_ms_per_batch_hi"]
     assert m["batch_passes"] == {"full_batch": 1, "graph_replay": 1, "tiled": 2, "micro_batch": 4, "multi_stream": 8}[strategy]
+    # keys of one scan: multi_stream's lanes each scan one query (3 keys), not their 4 queries in flight
+    assert m["scan_keys"] == {"full_batch": 24, "graph_replay": 24, "tiled": 12, "micro_batch": 6, "multi_stream": 3}[strategy]
+    assert not any(k.startswith("engine_path.") for k in t)  # engine xla has one path: nothing to record
     assert run.data.tags["mlflow.source.name"] == "python -m morphogen_exp"
     assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["tiny"]
 

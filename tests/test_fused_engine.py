@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from morphogen_exp import memory
-from morphogen_exp.pir import EngineSpec, KeyBatch, answer_jax, answer_numpy, fused, generate_keys, pages_to_words
+from morphogen_exp.pir import EngineSpec, KeyBatch, answer_jax, answer_numpy, fused, generate_keys, get_ops, pages_to_words
 from morphogen_exp.pir.scan import scan_range, tile_size
 from morphogen_exp.pir.xla_ops import expand_levels_xla, masked_xor_xla
 
@@ -102,6 +102,17 @@ def test_more_keys_than_the_kernel_takes_run_the_pallas_ops(monkeypatch) -> None
         keys = _keys(num_keys, seed=num_keys)
         np.testing.assert_array_equal(answer_jax(PAGES, keys, spec), answer_numpy(PAGES, keys))
         assert seen == [num_keys] * kernel_traces
+
+
+def test_step_path_names_what_a_step_runs(monkeypatch) -> None:
+    """The dispatch and each cell's record read one function: the kernel up to KERNEL_MAX_KEYS keys on a GPU,
+    the Pallas ops above, the XLA ops without a GPU; the engine's registered op set carries it."""
+    assert get_ops("fused").step_path is fused.step_path
+    monkeypatch.setattr(fused, "_gpu", lambda: False)
+    assert fused.step_path(3) == fused.step_path(96) == "xla ops (no CUDA backend)"
+    monkeypatch.setattr(fused, "_gpu", lambda: True)
+    got = {k: fused.step_path(k) for k in (1, fused.KERNEL_MAX_KEYS, fused.KERNEL_MAX_KEYS + 1, 96)}
+    assert got == {1: "cuda kernel", 12: "cuda kernel", 13: "pallas ops", 96: "pallas ops"}
 
 
 @pytest.mark.skipif(not GPU, reason="the CUDA kernel needs a GPU")

@@ -231,3 +231,28 @@ def test_a_sweep_whose_cells_ran_on_two_kinds_of_device_ships_nothing(sweeps, tm
     assert "**Decision: none: the cells ran on several kinds of device**" in md
     assert "No decision: the cells ran on 2 device kinds (NVIDIA H100 80GB HBM3, NVIDIA H200)" in md
     assert not (tmp_path / "rollout" / "selected.yaml").exists()
+
+
+def test_the_engine_path_of_each_batch_step_is_shown_and_kept_in_the_csv(sweeps, tmp_path, guard_store) -> None:
+    """engine=fused runs its kernel up to 12 keys a step and the Pallas ops above: the report says which cell ran
+    which (a table when the cells differ, one line when they agree) and matrix.csv keeps it; engines of one
+    path record nothing and the report says nothing."""
+    kernel, pallas = "cuda kernel", "pallas ops"
+    cells = [(["strategy=full_batch", "engine=fused"], 4, _metrics(100.0, 1.0) | {"scan_keys": 12}, {"engine_path.batch": kernel}),
+             (["strategy=full_batch", "engine=fused"], 32, _metrics(145.0, 1.0) | {"scan_keys": 96}, {"engine_path.batch": pallas}),
+             (["strategy=micro_batch", "engine=fused"], 32, _metrics(60.0, 1.0) | {"scan_keys": 6}, {"engine_path.batch": kernel})]
+    built = report.build(report.Store(sweeps.client, sweeps.exp), sweeps.sweep(tmp_path / "paths", cells), tmp_path / "a")
+    md = built.markdown.read_text()
+    section = md.split("## Engine path of the batch step (keys per scan)\n")[1].split("\n\n")[0]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in section.splitlines()[2:]}
+    assert rows == {"4": ["cuda kernel (12 keys)", "—"], "32": ["pallas ops (96 keys)", "cuda kernel (6 keys)"]}, section
+    with (tmp_path / "a" / "matrix.csv").open() as f:
+        got = {(r["config"], r["q"]): (r["engine_path"], r["scan_keys"]) for r in csv.DictReader(f)}
+    assert got[("full_batch", "32")] == (pallas, "96.0") and got[("micro_batch", "32")] == (kernel, "6.0")
+
+    same = [(["strategy=full_batch", "engine=fused"], q, _metrics(100.0 * q, 1.0), {"engine_path.batch": kernel}) for q in (1, 2)]
+    md = report.build(report.Store(sweeps.client, sweeps.exp), sweeps.sweep(tmp_path / "one", same), tmp_path / "b").markdown.read_text()
+    assert "Engine path of every batch step: cuda kernel." in md and "## Engine path" not in md
+    plain = [(["strategy=full_batch"], q, _metrics(100.0 * q, 1.0), {}) for q in (1, 2)]
+    md = report.build(report.Store(sweeps.client, sweeps.exp), sweeps.sweep(tmp_path / "xla", plain), tmp_path / "c").markdown.read_text()
+    assert "Engine path" not in md

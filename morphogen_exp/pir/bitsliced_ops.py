@@ -25,8 +25,8 @@ from .pallas_ops import expand_levels_fn as expand_levels_pallas_fn
 from .registry import EngineSpec, RowReader, get_ops, register_ops
 from .xla_ops import SUBTREE_LEVELS, expand_levels_xla, kernel_below_subtree_roots, masked_xor_xla
 
-__all__ = ["ENGINE_NAME", "SUBTREE_LEVELS", "expand_levels_fn", "expand_xor_at_fn", "expand_xor_kernel", "layout_fn",
-           "masked_xor_at_fn"]
+__all__ = ["CUDA_PATH", "ENGINE_NAME", "JNP_PATH", "SUBTREE_LEVELS", "expand_levels_fn", "expand_xor_at_fn",
+           "expand_xor_kernel", "layout_fn", "masked_xor_at_fn", "step_path"]
 
 ENGINE_NAME = "bitsliced"
 
@@ -59,12 +59,20 @@ def expand_xor_kernel(words: jax.Array, row: jax.Array | int, roots: jax.Array, 
     return expand_xor_bmma(words, row, roots, root_t, seed_cw, t_cw, final_cw, lo, count)
 
 
+CUDA_PATH, JNP_PATH = "cuda expansion + binary MMA", "xla expansion + jnp GF(2) product (no CUDA backend)"
+
+
+def step_path(num_keys: int) -> str:
+    """What a scan step runs here (any number of keys): the CUDA op on a GPU, else the XLA/jnp ops."""
+    return CUDA_PATH if _gpu() else JNP_PATH
+
+
 def expand_xor_at_fn(spec: EngineSpec, words: jax.Array, row: jax.Array | int, seeds: jax.Array, ts: jax.Array,
                      seed_cw: jax.Array, t_cw: jax.Array, final_cw: jax.Array, lo: int, count: int) -> jax.Array:
     """ExpandXorFn (registry.py) on the layout: on a GPU, the subtree roots in XLA, then the CUDA op (the
     expansion writes the per-bit page vectors, the binary-MMA scan reads them); elsewhere the expansion then
-    ``masked_xor_at`` (the XLA expansion, the jnp GF(2) product)."""
-    if _gpu():
+    ``masked_xor_at`` (the XLA expansion, the jnp GF(2) product): ``step_path``."""
+    if step_path(seeds.shape[0]) == CUDA_PATH:
         return kernel_below_subtree_roots(expand_xor_kernel, words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count,
                                           unroll=spec.resolved_unroll)
     return get_ops(ENGINE_NAME).expand_then_xor(spec, words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count)
@@ -76,4 +84,4 @@ def layout_fn(read: RowReader, num_pages: int) -> jax.Array:
     return bitslice_rows(read, num_pages).words
 
 
-register_ops(ENGINE_NAME, expand_levels_fn, masked_xor_xla, masked_xor_at_fn, layout_fn, expand_xor_at_fn)
+register_ops(ENGINE_NAME, expand_levels_fn, masked_xor_xla, masked_xor_at_fn, layout_fn, expand_xor_at_fn, step_path)

@@ -30,7 +30,8 @@ from .pallas_ops import expand_levels_fn as expand_levels_pallas_fn
 from .registry import EngineSpec, get_ops, register_ops
 from .xla_ops import SUBTREE_LEVELS, expand_levels_xla, kernel_below_subtree_roots, masked_xor_xla
 
-__all__ = ["ENGINE_NAME", "SUBTREE_LEVELS", "expand_xor_fused", "expand_xor_at_fn", "grid_blocks"]
+__all__ = ["ENGINE_NAME", "KERNEL_PATH", "PALLAS_PATH", "SUBTREE_LEVELS", "XLA_PATH", "expand_xor_at_fn", "expand_xor_fused",
+           "grid_blocks", "step_path"]
 
 ENGINE_NAME = "fused"
 MAX_KEYS_PER_BLOCK = 4
@@ -84,13 +85,25 @@ def expand_xor_fused(pages_words: jax.Array, row: jax.Array | int, roots: jax.Ar
     return jax.lax.reduce(partial, jnp.uint32(0), jax.lax.bitwise_xor, (0,))
 
 
+KERNEL_PATH, PALLAS_PATH, XLA_PATH = "cuda kernel", "pallas ops", "xla ops (no CUDA backend)"
+
+
+def step_path(num_keys: int) -> str:
+    """What a scan step of num_keys keys runs here: the CUDA kernel (a GPU, <= KERNEL_MAX_KEYS keys), the
+    Pallas ops (a GPU, more keys) or the XLA ops (no GPU). The dispatch below and each cell's record use it."""
+    if not _gpu():
+        return XLA_PATH
+    return KERNEL_PATH if num_keys <= KERNEL_MAX_KEYS else PALLAS_PATH
+
+
 def expand_xor_at_fn(spec: EngineSpec, pages_words: jax.Array, row: jax.Array | int, seeds: jax.Array, ts: jax.Array,
                      seed_cw: jax.Array, t_cw: jax.Array, final_cw: jax.Array, lo: int, count: int) -> jax.Array:
     """ExpandXorFn (registry.py): the nodes (K, R) are expanded in XLA to the subtree roots whose leaves
     meet [lo, lo + count), then the kernel does the rest; more than KERNEL_MAX_KEYS keys, the Pallas ops; on a
-    backend without CUDA, the XLA ops."""
-    if not _gpu() or seeds.shape[0] > KERNEL_MAX_KEYS:
-        ops = get_ops(PALLAS if _gpu() else ENGINE_NAME)
+    backend without CUDA, the XLA ops (``step_path``)."""
+    path = step_path(seeds.shape[0])
+    if path != KERNEL_PATH:
+        ops = get_ops(PALLAS if path == PALLAS_PATH else ENGINE_NAME)
         return ops.expand_then_xor(spec, pages_words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count)
     return kernel_below_subtree_roots(expand_xor_fused, pages_words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count,
                                       unroll=spec.resolved_unroll)
@@ -104,4 +117,4 @@ def expand_levels_fn(seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: 
     return expand_levels_xla(seeds, ts, seed_cw, t_cw, final_cw, unroll=unroll, doubling_levels=doubling_levels)
 
 
-register_ops(ENGINE_NAME, expand_levels_fn, masked_xor_xla, expand_xor_at_fn=expand_xor_at_fn)
+register_ops(ENGINE_NAME, expand_levels_fn, masked_xor_xla, expand_xor_at_fn=expand_xor_at_fn, step_path_fn=step_path)

@@ -105,6 +105,9 @@ class EngineOps:
     layout: LayoutFn | None = None
     # Optional: the tile's expansion and masked XOR fused (ExpandXorFn); without it ``expand_xor`` composes the two.
     expand_xor_at: ExpandXorFn | None = None
+    # Optional: step_path(num_keys) -> what a scan step of that many keys runs on this backend, for engines
+    # whose step takes one of several paths (fused: its CUDA kernel or the Pallas ops); recorded on each cell.
+    step_path: Callable[[int], str] | None = None
 
     def prepare(self, pages_words: jax.Array, num_pages: int) -> jax.Array:
         """The database the scan of this op set reads, from a resident raw one: ``pages_words`` itself,
@@ -154,6 +157,7 @@ def register_ops(
     masked_xor_at_fn: Callable[[jax.Array, jax.Array | int, jax.Array], jax.Array] | None = None,
     layout_fn: LayoutFn | None = None,
     expand_xor_at_fn: ExpandXorFn | None = None,
+    step_path_fn: Callable[[int], str] | None = None,
 ) -> EngineOps:
     """Register an op set under ``name`` (re-registering replaces it) and return it.
 
@@ -164,6 +168,7 @@ def register_ops(
     num_pages)`` builds the engine's own database (then the scan's pages_words is that array, and
     ``masked_xor_at_fn`` must be given: a tile cut from a layout is not a tile of pages).
     ``expand_xor_at_fn`` (ExpandXorFn) fuses a tile's expansion and masked XOR; the scan then calls it instead.
+    ``step_path_fn(num_keys)`` names the path a step of that many keys takes (the engine's dispatch reads it too).
     """
     if layout_fn is not None and masked_xor_at_fn is None:
         raise ValueError(f"engine {name!r}: a layout_fn needs a masked_xor_at_fn (the scan reads the layout in place)")
@@ -172,7 +177,7 @@ def register_ops(
         kwargs = frozenset(_SPEC_KWARGS)
     else:
         kwargs = frozenset(k for k in _SPEC_KWARGS if k in params)
-    ops = EngineOps(expand_levels_fn, masked_xor_fn, kwargs, masked_xor_at_fn, layout_fn, expand_xor_at_fn)
+    ops = EngineOps(expand_levels_fn, masked_xor_fn, kwargs, masked_xor_at_fn, layout_fn, expand_xor_at_fn, step_path_fn)
     _OPS[name] = ops
     return ops
 
