@@ -129,12 +129,16 @@ def compare(base: pd.DataFrame, cand: pd.DataFrame, metric: str, same_within: fl
                       unchecked)
 
 
+def _differences(differs: dict[str, tuple[str, str]]) -> str:
+    """'col (baseline's vs candidate's); ...' for context_differences' entries."""
+    return "; ".join(f"{col} ({a} vs {b})" for col, (a, b) in differs.items())
+
+
 def context_line(cmp: Comparison) -> str:
     """What else differs between the sides, in words (empty when nothing does and everything was checked)."""
     parts = []
     if cmp.differs:
-        parts.append("The sides differ in " + "; ".join(f"{col} ({a} vs {b})" for col, (a, b) in cmp.differs.items())
-                     + ": the ratios measure that too.")
+        parts.append(f"The sides differ in {_differences(cmp.differs)}: the ratios measure that too.")
     if cmp.unchecked:
         parts.append(f"Not recorded on both sides, so not checked: {', '.join(cmp.unchecked)}.")
     return " ".join(parts)
@@ -210,8 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         cmp = compare(read_matrix(args.baseline), read_matrix(args.candidate), args.metric, same_within / 100, names)
         blockers = {c: v for c, v in cmp.differs.items() if c in GATE_CONTEXT}
         if args.fail_on_regression is not None and blockers and not args.allow_different:
-            what = "; ".join(f"{c} ({a} vs {b})" for c, (a, b) in blockers.items())
-            raise ValueError(f"the sides differ in {what}: a regression gate compares like with like; rerun the "
+            raise ValueError(f"the sides differ in {_differences(blockers)}: a regression gate compares like with like; rerun the "
                              "baseline there, or pass --allow-different to gate anyway")
         text = to_markdown(cmp, args.metric, *names)
         if args.out:

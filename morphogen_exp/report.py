@@ -158,12 +158,16 @@ def _fmt(row: Mapping[str, Any], col: str, spec: str) -> str:
     return "—" if e is None else e.format(spec)
 
 
-def _pivot(df: pd.DataFrame, col: str, spec: str) -> str:
-    ok = df[df["status"] == "ok"]
-    cells = ok.assign(_cell=[_fmt(r, col, spec) for r in ok.to_dict("records")])
-    table = cells.pivot_table(index="q", columns="config", values="_cell", aggfunc="first")
+def _grid(df: pd.DataFrame, rows: pd.DataFrame, texts: list[str]) -> str:
+    """A markdown table of every q x configuration of df, texts[i] in the cell of rows' i-th row, '—' elsewhere."""
+    table = rows.assign(_cell=texts).pivot_table(index="q", columns="config", values="_cell", aggfunc="first")
     table = table.reindex(index=sorted(df["q"].unique()), columns=sorted(df["config"].unique()))
     return table.fillna("—").to_markdown()
+
+
+def _pivot(df: pd.DataFrame, col: str, spec: str) -> str:
+    ok = df[df["status"] == "ok"]
+    return _grid(df, ok, [_fmt(r, col, spec) for r in ok.to_dict("records")])
 
 
 def _status_table(df: pd.DataFrame) -> str:
@@ -188,11 +192,9 @@ def _engine_path_section(df: pd.DataFrame) -> str:
     paths = sorted(ok["engine_path"].astype(str).unique())
     if len(paths) == 1:
         return f"\nEngine path of every batch step: {paths[0]}.\n"
-    cells = ok.assign(_c=[f"{r['engine_path']} ({int(r['scan_keys'])} keys)" if pd.notna(r.get("scan_keys"))
-                          else str(r["engine_path"]) for r in ok.to_dict("records")])
-    table = cells.pivot_table(index="q", columns="config", values="_c", aggfunc="first")
-    table = table.reindex(index=sorted(df["q"].unique()), columns=sorted(df["config"].unique()))
-    return f"\n## Engine path of the batch step (keys per scan)\n{table.fillna('—').to_markdown()}\n"
+    texts = [f"{r['engine_path']} ({int(r['scan_keys'])} keys)" if pd.notna(r.get("scan_keys")) else str(r["engine_path"])
+             for r in ok.to_dict("records")]
+    return f"\n## Engine path of the batch step (keys per scan)\n{_grid(df, ok, texts)}\n"
 
 
 def _sampling_table(df: pd.DataFrame) -> str:
