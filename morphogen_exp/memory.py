@@ -98,14 +98,15 @@ def engine_build_bytes(num_pages: int, engine: str) -> int:
 def engine_scratch_bytes(live_queries: int, tile_pages: Callable[[int], int], engine: str) -> int:
     """Per-tile scratch of the engine's scan step beyond its stored masks or roots: the bit-sliced CUDA op's
     per-bit page vectors, which its expansion writes and its binary-MMA scan reads (16 bytes per page and
-    key, keys padded to its key groups of 8). 0 for the raw-page engines."""
+    key, keys padded to its key groups of 8; up to 8 keys, two groups of 8 chunks per SM). 0 for the
+    raw-page engines."""
     if engine != BITSLICED:
         return 0
-    from .pir.cuda import key_group
+    from .pir.cuda import pipelined, scratch_words
 
     keys = KEYS_PER_QUERY * live_queries
-    _, key_tiles = key_group(keys)
-    return tile_pages(keys) * 16 * 8 * key_tiles
+    tile = tile_pages(keys)
+    return 4 * scratch_words(keys, tile, None, 4 if pipelined(keys) else 3)
 
 
 def engine_working_set_bytes(live_queries: int, tile_pages: Callable[[int], int], engine: str) -> int:

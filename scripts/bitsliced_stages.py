@@ -1,8 +1,9 @@
 """``python scripts/bitsliced_stages.py --keys 96 --tile-log2 20``: where one step of engine "bitsliced" spends
 its time on a GPU. For one tile of 2^tile-log2 random bit-sliced pages and K keys' random subtree roots (8
-levels below them, as the engine hands the CUDA op), the op ``expand_xor_bmma`` is timed three ways: the
-expansion alone (stages=1: ChaCha8, transposes, the per-bit vectors written), the MMA scan alone (stages=2:
-the database and the vectors read) and both (stages=3, what the engine runs); median of --reps
+levels below them, as the engine hands the CUDA op), the op ``expand_xor_bmma`` is timed: the expansion alone
+(stages=1: ChaCha8, transposes, the per-bit vectors written), the MMA scan alone (stages=2: the database and the
+vectors read), both one after the other (stages=3, what the engine runs above 8 keys) and, up to 8 keys, both
+in one pipelined kernel (stages=4, what the engine runs there; its answer checked equal to stages=3); median of --reps
 device-synchronized calls. One JSON line per K on stdout (and --json). With --once each op runs once and
 nothing is timed (for ``ncu``)."""
 
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from morphogen_exp.pir.bitsliced import bitslice_pages
-from morphogen_exp.pir.cuda import expand_xor_bmma
+from morphogen_exp.pir.cuda import expand_xor_bmma, pipelined
 from morphogen_exp.pir.cuda.bench import _random_roots, _random_u32, _time
 
 
@@ -36,11 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         jax.block_until_ready(db)
         args = _random_roots(k, t, 3000 + k)
         row = {"device": jax.local_devices()[0].device_kind, "keys": k, "tile_pages": t}
-        for st, name in ((1, "expansion_only"), (2, "scan_only"), (3, "both")):
+        stages = ((1, "expansion_only"), (2, "scan_only"), (3, "both"), (4, "pipelined"))[: 4 if pipelined(k) else 3]
+        answers = {}
+        for st, name in stages:
             fn = jax.jit(functools.partial(expand_xor_bmma, lo=0, count=t, stages=st))
             call = functools.partial(fn, db, jnp.int32(0), *args)
+            answers[st] = jax.block_until_ready(call())
             if a.once:
-                jax.block_until_ready(call())
                 continue
             row[name] = _time(call, a.reps)
             row[f"{name}_ms"] = round(row[name]["ms_median"], 4)
@@ -49,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
             row["expansion_gpairs_s"] = round(nodes / row["expansion_only_ms"] / 1e6, 2)
             row["scan_gbps"] = round((t * 4096 + k * t * 16) / row["scan_only_ms"] / 1e6, 1)
             row["overlap_ideal_ms"] = max(row["expansion_only_ms"], row["scan_only_ms"])
+        if 4 in answers:
+            row["pipelined_equals_both"] = bool((answers[4] == answers[3]).all())
+        if not a.once:
             print(json.dumps({x: y for x, y in row.items() if not isinstance(y, dict)}), flush=True)
         rows.append(row)
         del db

@@ -92,6 +92,18 @@ def test_layout_built_once_per_database_and_one_resident(make_cfg, workdir, monk
     assert calls == [300, 300]
 
 
+def test_step_path_names_what_a_step_runs(monkeypatch) -> None:
+    """The dispatch and each cell's record read one function: on a GPU the pipelined kernel up to 8 keys (Q <= 2),
+    the two kernels in a row above; without a GPU the XLA expansion and the jnp product."""
+    monkeypatch.setattr(bitsliced_ops, "_gpu", lambda: False)
+    assert bitsliced_ops.step_path(3) == bitsliced_ops.step_path(96) == bitsliced_ops.JNP_PATH
+    monkeypatch.setattr(bitsliced_ops, "_gpu", lambda: True)
+    got = {k: bitsliced_ops.step_path(k) for k in (1, 3, 8, 9, 96)}
+    assert got == {1: bitsliced_ops.PIPELINED_PATH, 3: bitsliced_ops.PIPELINED_PATH, 8: bitsliced_ops.PIPELINED_PATH,
+                   9: bitsliced_ops.CUDA_PATH, 96: bitsliced_ops.CUDA_PATH}
+    assert len({bitsliced_ops.PIPELINED_PATH, bitsliced_ops.CUDA_PATH, bitsliced_ops.JNP_PATH}) == 3
+
+
 def test_oracle_fold_never_reads_the_layout():
     """A corrupted layout gives wrong engine answers; the large-database oracle (numpy DPF, pages
     regenerated from the generator) and the XOR check both catch it, and pass on the intact layout."""
@@ -121,8 +133,10 @@ def test_memory_estimate_knows_the_layout_and_its_scratch(make_cfg, workdir, ses
     assert tile(96) == 1 << 20 and tile(3) == 1 << 22
     roots = memory.working_set_bytes(32, lambda k: tile(k) // 256)  # one subtree root per 256 leaves, no masks
     scratch = memory.engine_scratch_bytes(32, tile, "bitsliced")
-    assert scratch == 96 * (1 << 20) * 16  # the per-bit page vectors the expansion writes (96 = 12 key tiles)
-    assert memory.engine_scratch_bytes(1, tile, "bitsliced") == 8 * (1 << 22) * 16  # 3 keys padded to 8
+    # the per-bit page vectors the expansion writes: chunks a tile can touch x 128 bits x 12 key tiles of 64 words
+    assert scratch == ((1 << 20) // 256 + 1) * 128 * 12 * 64 * 4
+    # 3 keys: one pipelined kernel, at most 192 blocks, each two groups of 8 chunks x 128 bits x 3 keys x 8 words
+    assert memory.engine_scratch_bytes(1, tile, "bitsliced") == 192 * 2 * 8 * 128 * 3 * 8 * 4
     assert memory.engine_working_set_bytes(32, tile, "bitsliced") == roots + scratch < memory.working_set_bytes(32, tile)
     need = memory.engine_need_bytes(n, 32, tile, "bitsliced")
     build = memory.engine_build_bytes(n, "bitsliced")

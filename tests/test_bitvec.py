@@ -4,7 +4,7 @@
 On CPU: the index arithmetic of its GPU path (which nodes are expanded to which subtree roots, which of
 their leaves mask which pages of the layout) with the CUDA op replaced by its contract in jnp, and the
 composed path the engine takes without CUDA. On a GPU (run there: ``pytest tests/test_bitvec.py``): the
-kernel itself, bit for bit, aligned and unaligned, ragged, 1 to 96 keys."""
+kernel itself, bit for bit, aligned and unaligned, ragged, 1 to 96 keys, pipelined (up to 8 keys) or not."""
 
 from __future__ import annotations
 
@@ -122,11 +122,14 @@ def test_kernel_page_range_at_unaligned_starts_equals_numpy(start: int, count: i
 
 
 @gpu
-@pytest.mark.parametrize(("row", "lo", "count", "levels", "num_keys"),
-                         [(512, 256, 700, 8, 13), (512, 300, 700, 8, 5), (0, 0, 2048, 8, 96), (3, 1, 30, 5, 9)])
-def test_kernel_equals_its_contract_on_random_roots(row: int, lo: int, count: int, levels: int, num_keys: int) -> None:
+@pytest.mark.parametrize(("row", "lo", "count", "levels", "num_keys", "stages"),
+                         [(512, 256, 700, 8, 13, None), (512, 300, 700, 8, 5, 3), (512, 300, 700, 8, 5, 4),
+                          (0, 0, 2048, 8, 96, None), (3, 1, 30, 5, 9, None), (3, 1, 30, 5, 8, 4), (0, 0, 3000, 8, 3, 4)])
+def test_kernel_equals_its_contract_on_random_roots(row: int, lo: int, count: int, levels: int, num_keys: int,
+                                                    stages: int | None) -> None:
     """The op alone on random roots and corrections against the jnp contract (itself checked against numpy
-    above): aligned (row - lo = 256) and unaligned rows, a whole-chunk case, a 5-level subtree."""
+    above): aligned (row - lo = 256) and unaligned rows, a whole-chunk case, a 5-level subtree; up to 8 keys
+    both the pipelined kernel (stages=4, the default there) and the two kernels in a row (3)."""
     from morphogen_exp.pir.cuda import expand_xor_bmma  # noqa: PLC0415
 
     rng = np.random.default_rng(row + lo + count)
@@ -135,6 +138,25 @@ def test_kernel_equals_its_contract_on_random_roots(row: int, lo: int, count: in
     roots, root_t = u32(num_keys, s, 4), jnp.asarray(rng.integers(0, 2, size=(num_keys, s), dtype=np.uint32))
     scw, tcw, fcw = u32(num_keys, levels, 4), u32(num_keys, levels, 2) & 1, u32(num_keys, 4)
     words = bitslice_pages(jnp.asarray(pages_to_words(PAGES)), 3000).words
-    got = expand_xor_bmma(words, row, roots, root_t, scw, tcw, fcw, lo, count)
+    got = expand_xor_bmma(words, row, roots, root_t, scw, tcw, fcw, lo, count, stages=stages)
     want = _kernel_contract(words, row, roots, root_t, scw, tcw, fcw, lo, count)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@gpu
+@pytest.mark.parametrize("num_keys", [3, 8])
+def test_pipelined_kernel_with_many_groups_per_block_equals_its_contract(num_keys: int) -> None:
+    """More chunk groups than blocks (300,000 pages: 147 groups of 8 chunks, at most one block per SM), so
+    each block's expansion and scan alternate halves of its scratch: against the jnp contract."""
+    from morphogen_exp.pir.cuda import expand_xor_bmma  # noqa: PLC0415
+
+    rng = np.random.default_rng(num_keys)
+    n, count, row = 300_000, 299_000, 700  # leaves [0, count) mask rows [700, 299,700): aligned to no chunk
+    words = bitslice_pages(jax.random.bits(jax.random.key(num_keys), (n, 1024), jnp.uint32), n).words
+    s = -(-count // 256)
+    u32 = lambda *shape: jnp.asarray(rng.integers(0, 2**32, size=shape, dtype=np.uint32))  # noqa: E731
+    roots, root_t = u32(num_keys, s, 4), jnp.asarray(rng.integers(0, 2, size=(num_keys, s), dtype=np.uint32))
+    scw, tcw, fcw = u32(num_keys, 8, 4), u32(num_keys, 8, 2) & 1, u32(num_keys, 4)
+    got = expand_xor_bmma(words, row, roots, root_t, scw, tcw, fcw, 0, count, stages=4)
+    want = _kernel_contract(words, row, roots, root_t, scw, tcw, fcw, 0, count)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -8,7 +8,8 @@ name is asked for): the database in the layout of pir/bitsliced.py, built once p
   the jnp formulation elsewhere);
 - ``expand_xor_at`` (what the scan calls for each head, tile and tail): on a GPU, every key expanded in XLA
   to the subtree roots 8 levels above the tile's leaves, then one CUDA call (``expand_xor_bmma``) whose
-  expansion writes the per-bit page vectors the binary-MMA scan reads, so the masks never reach HBM;
+  expansion writes the per-bit page vectors the binary-MMA scan reads, so the masks never reach HBM (up to 8
+  keys, Q <= 2, one pipelined kernel: the expansion of the next chunks runs beside the scan of these);
   elsewhere the XLA expansion then the jnp GF(2) product (the two ops above, composed);
 - ``masked_xor`` (a raw tile, the two-argument contract): the XLA op; the scan never calls it, as
   it reads the layout in place through ``masked_xor_at``.
@@ -25,7 +26,7 @@ from .pallas_ops import expand_levels_fn as expand_levels_pallas_fn
 from .registry import EngineSpec, RowReader, get_ops, register_ops
 from .xla_ops import SUBTREE_LEVELS, expand_levels_xla, kernel_below_subtree_roots, masked_xor_xla
 
-__all__ = ["CUDA_PATH", "ENGINE_NAME", "JNP_PATH", "SUBTREE_LEVELS", "expand_levels_fn", "expand_xor_at_fn",
+__all__ = ["CUDA_PATH", "ENGINE_NAME", "JNP_PATH", "PIPELINED_PATH", "SUBTREE_LEVELS", "expand_levels_fn", "expand_xor_at_fn",
            "expand_xor_kernel", "layout_fn", "masked_xor_at_fn", "step_path"]
 
 ENGINE_NAME = "bitsliced"
@@ -60,11 +61,17 @@ def expand_xor_kernel(words: jax.Array, row: jax.Array | int, roots: jax.Array, 
 
 
 CUDA_PATH, JNP_PATH = "cuda expansion + binary MMA", "xla expansion + jnp GF(2) product (no CUDA backend)"
+PIPELINED_PATH = "cuda expansion beside binary MMA (one pipelined kernel)"
 
 
 def step_path(num_keys: int) -> str:
-    """What a scan step runs here (any number of keys): the CUDA op on a GPU, else the XLA/jnp ops."""
-    return CUDA_PATH if _gpu() else JNP_PATH
+    """What a scan step of ``num_keys`` keys runs here: on a GPU the CUDA op (one pipelined kernel up to
+    8 keys, else the expansion then the scan), else the XLA/jnp ops."""
+    if not _gpu():
+        return JNP_PATH
+    from .cuda import pipelined  # noqa: PLC0415  (importing it needs no CUDA; kept beside the op's import)
+
+    return PIPELINED_PATH if pipelined(num_keys) else CUDA_PATH
 
 
 def expand_xor_at_fn(spec: EngineSpec, words: jax.Array, row: jax.Array | int, seeds: jax.Array, ts: jax.Array,
@@ -72,7 +79,7 @@ def expand_xor_at_fn(spec: EngineSpec, words: jax.Array, row: jax.Array | int, s
     """ExpandXorFn (registry.py) on the layout: on a GPU, the subtree roots in XLA, then the CUDA op (the
     expansion writes the per-bit page vectors, the binary-MMA scan reads them); elsewhere the expansion then
     ``masked_xor_at`` (the XLA expansion, the jnp GF(2) product): ``step_path``."""
-    if step_path(seeds.shape[0]) == CUDA_PATH:
+    if step_path(seeds.shape[0]) != JNP_PATH:
         return kernel_below_subtree_roots(expand_xor_kernel, words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count,
                                           unroll=spec.resolved_unroll)
     return get_ops(ENGINE_NAME).expand_then_xor(spec, words, row, seeds, ts, seed_cw, t_cw, final_cw, lo, count)

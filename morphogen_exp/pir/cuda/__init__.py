@@ -3,7 +3,8 @@
 - ``masked_xor_bmma(words, page_offset, masks)`` (bmma.cu): ``masked_xor_at`` (docs/engine-interface.md)
   on the bit-sliced layout of pir/bitsliced.py, on the binary tensor cores (mma.m16n8k256 .b1 .and.popc);
 - ``expand_xor_bmma(words, row, roots, ...)`` (bmma.cu): the same scan, its per-bit page vectors written by
-  the expansion of the tile's subtree roots (the masks never reach HBM; see pir/bitsliced_ops.py);
+  the expansion of the tile's subtree roots (the masks never reach HBM; see pir/bitsliced_ops.py); up to
+  ``PIPELINED_MAX_KEYS`` keys in one kernel whose expansion runs beside the scan (``pipelined``);
 - ``expand_xor_fused`` (fused.cu, see pir/fused.py): the last GGM levels of a tile expanded in shared
   memory and the masked XOR of the raw pages in the same kernel (the masks never reach HBM).
 
@@ -29,8 +30,8 @@ import numpy as np
 
 from morphogen_exp.pir.bitsliced import CHUNK_PAGES, PAGE_WORDS, chunk_span
 
-__all__ = ["CudaUnavailable", "build", "expand_xor_bmma", "find_nvcc", "key_group", "masked_xor_bmma", "register",
-           "scratch_words"]
+__all__ = ["PIPELINED_MAX_KEYS", "CudaUnavailable", "build", "expand_xor_bmma", "find_nvcc", "key_group",
+           "masked_xor_bmma", "pipelined", "register", "scratch_words"]
 
 HERE = Path(__file__).parent
 SOURCES = tuple(sorted(HERE.glob("*.cu")))
@@ -42,6 +43,8 @@ TARGETS = {"morphogen_bmma_masked_xor": "MorphogenBmmaMaskedXor", "morphogen_exp
 DEFAULT_ARCH = "sm_90a"
 _CUDA_HOMES = ("CUDA_HOME", "CUDA_PATH")  # environment variables naming a CUDA toolkit
 _DEFAULT_CUDA_HOME = "/usr/local/cuda"
+# bmma.cu's expand_scan_pipelined: one key tile (kPipeMaxKeys), groups of 8 chunks (kGroup), at most 192 blocks
+PIPELINED_MAX_KEYS, _GROUP_CHUNKS, _PIPE_MAX_BLOCKS = 8, 8, 192
 
 
 class CudaUnavailable(RuntimeError):
@@ -138,27 +141,45 @@ def masked_xor_bmma(
 
 
 
-def scratch_words(num_keys: int, tile_pages: int, db_rows: int) -> int:
-    """u32 words of the per-bit page vectors of one call: (chunks read, 128 bits, padded key tiles, 64)."""
-    return chunk_span(tile_pages, db_rows // CHUNK_PAGES) * 128 * key_group(num_keys)[1] * 64
+def pipelined(num_keys: int) -> bool:
+    """Whether ``expand_xor_bmma`` runs one pipelined kernel (the expansion beside the scan) for this many keys."""
+    return num_keys <= PIPELINED_MAX_KEYS
+
+
+def scratch_words(num_keys: int, tile_pages: int, db_rows: int | None, stages: int = 3) -> int:
+    """u32 words of the per-bit page vectors of one call: (chunks read, 128 bits, padded key tiles, 64); for the
+    pipelined kernel (stages=4) two groups of 8 chunks (128 bits, num_keys x 8) per block, one block per SM.
+    db_rows: the layout's rows (None: a database larger than the tile, the bound a memory plan uses)."""
+    db_chunks = -(-tile_pages // CHUNK_PAGES) + 1 if db_rows is None else db_rows // CHUNK_PAGES
+    chunks = chunk_span(tile_pages, db_chunks)
+    if stages == 4:
+        blocks = min(-(-chunks // _GROUP_CHUNKS), _PIPE_MAX_BLOCKS)
+        return blocks * 2 * _GROUP_CHUNKS * 128 * num_keys * 8
+    return chunks * 128 * key_group(num_keys)[1] * 64
 
 
 def expand_xor_bmma(words: jax.Array, row: jax.Array | int, roots: jax.Array, root_t: jax.Array, seed_cw: jax.Array,
-                    t_cw: jax.Array, final_cw: jax.Array, lo: int, count: int, stages: int = 3) -> jax.Array:
+                    t_cw: jax.Array, final_cw: jax.Array, lo: int, count: int, stages: int | None = None) -> jax.Array:
     """words (256*C, 1024) u32 bit-sliced; subtree roots (K, S, 4) u32 and root_t (K, S), each expanded by
     L = seed_cw.shape[1] <= 8 levels (t_cw (K, L, 2), final_cw (K, 4)); leaves [lo, lo + count) of the S * 2^L
     mask DB pages [row, row + count) -> (K, 1024) u32, their masked XOR. One FFI call: the expansion writes
-    the per-bit page vectors (bmma.cu expand_to_bitvectors), then the binary-MMA scan reads them.
-    stages (benchmarks only): 1 runs only the expansion, 2 only the MMA scan; 3 both."""
+    the per-bit page vectors (bmma.cu expand_to_bitvectors), then the binary-MMA scan reads them; up to 8 keys
+    both in one kernel, pipelined (expand_scan_pipelined).
+    stages: None what the engine runs (4 where ``pipelined(K)``, else 3); 3 the two kernels one after the other,
+    4 the pipelined kernel (K <= 8); benchmarks: 1 only the expansion, 2 only the MMA scan."""
     register()
     k, s = root_t.shape
     if seed_cw.shape[1] > 8 or not 0 <= lo or count < 1 or lo + count > s << seed_cw.shape[1]:
         raise ValueError(f"leaves [{lo}, {lo + count}) of {s} subtrees of {seed_cw.shape[1]} (<= 8) levels")
+    if stages is None:
+        stages = 4 if pipelined(k) else 3
+    if stages not in (1, 2, 3, 4) or (stages == 4 and not pipelined(k)):
+        raise ValueError(f"{stages=} must be 1, 2, 3, or 4 with at most {PIPELINED_MAX_KEYS} keys ({k} given)")
     kg, _ = key_group(k)
     call = jax.ffi.ffi_call(
         "morphogen_bmma_expand_xor",
         (jax.ShapeDtypeStruct((k, PAGE_WORDS), jnp.uint32),
-         jax.ShapeDtypeStruct((scratch_words(k, count, words.shape[0]),), jnp.uint32)),
+         jax.ShapeDtypeStruct((scratch_words(k, count, words.shape[0], stages),), jnp.uint32)),
         vmap_method="sequential",
     )
     out, _ = call(words, jnp.asarray(row, jnp.int32).reshape(()), roots, root_t.astype(jnp.uint32), seed_cw,

@@ -15,7 +15,8 @@
 // GGM levels expanded per warp, dpf.cuh), instead of from stored masks. Inputs words, row () s32 (the DB
 // page of leaf `lo`), roots (K, S, 4) u32, root_t (K, S) u32, scw (K, L <= 8, 4), tcw (K, L, 2), fcw (K, 4)
 // u32; outputs out (K, 1024) and scratch as above; attributes lo, count (leaves [lo, lo + count) of the
-// S * 2^L mask DB pages [row, row + count)), kg and stages (bit 0: the expansion, bit 1: the MMA scan).
+// S * 2^L mask DB pages [row, row + count)), kg and stages (bit 0: the expansion, bit 1: the MMA scan; 4: both
+// in one pipelined kernel, K <= 8, `expand_scan_pipelined`, its scratch 2 x 8 chunks x 128 x K x 8 words a block).
 #include <cstdint>
 #include <string>
 #include <cuda_runtime.h>
@@ -168,11 +169,12 @@ __device__ __forceinline__ uint4 walk_leaf(uint4 seed, uint32_t t, int pos, int 
   return dpf::xor_and(seed, fcw, 0u - t);
 }
 
-// Lane holds the masks of pages 32q + lane (q = 0..7) of one chunk for one key (warp g): transposed to the
-// per-bit page vectors of bits j = 32 wi + lane and stored where masks_to_bitvectors puts them (dst: the
-// chunk's key tile): word g*8 + (q & 3)*2 + (q >> 2) of row j; 32 contiguous bytes per lane and j.
+// Lane holds the masks of pages 32q + lane (q = 0..7) of one chunk for one key (g, its column in the row):
+// transposed to the per-bit page vectors of bits j = 32 wi + lane and stored where masks_to_bitvectors puts
+// them (dst: the chunk's key tile, rows of row_words = ktp * 64; the pipelined kernel's rows hold K * 8):
+// word g*8 + (q & 3)*2 + (q >> 2) of row j; 32 contiguous bytes per lane and j.
 __device__ __forceinline__ void store_bitvectors(const uint4 (&m)[8], uint32_t* __restrict__ dst, int g, int lane,
-                                                 int ktp) {
+                                                 int row_words) {
   const WarpTranspose transpose32(lane);
 #pragma unroll
   for (int wi = 0; wi < 4; ++wi) {
@@ -182,17 +184,17 @@ __device__ __forceinline__ void store_bitvectors(const uint4 (&m)[8], uint32_t* 
       const uint32_t x = wi == 0 ? m[q].x : wi == 1 ? m[q].y : wi == 2 ? m[q].z : m[q].w;
       v[q] = transpose32(x);
     }
-    uint4* p = reinterpret_cast<uint4*>(dst + (size_t)(wi * 32 + lane) * ktp * 64 + g * 8);
+    uint4* p = reinterpret_cast<uint4*>(dst + (size_t)(wi * 32 + lane) * row_words + g * 8);
     p[0] = make_uint4(v[0], v[4], v[1], v[5]);
     p[1] = make_uint4(v[2], v[6], v[3], v[7]);
   }
 }
 
-__device__ __forceinline__ void store_zero(uint32_t* __restrict__ dst, int g, int lane, int ktp) {
+__device__ __forceinline__ void store_zero(uint32_t* __restrict__ dst, int g, int lane, int row_words) {
   const uint4 z = make_uint4(0, 0, 0, 0);
 #pragma unroll
   for (int wi = 0; wi < 4; ++wi) {
-    uint4* p = reinterpret_cast<uint4*>(dst + (size_t)(wi * 32 + lane) * ktp * 64 + g * 8);
+    uint4* p = reinterpret_cast<uint4*>(dst + (size_t)(wi * 32 + lane) * row_words + g * 8);
     p[0] = z;
     p[1] = z;
   }
@@ -201,7 +203,7 @@ __device__ __forceinline__ void store_zero(uint32_t* __restrict__ dst, int g, in
 // The chunk's 256 masks are in leaf[0..256) (page p0 + i masked by leaf[i]): those of pages outside
 // [off, off + count) zeroed, transposed and stored.
 __device__ __forceinline__ void emit_chunk(const WarpSmem& w, int p0, int off, int count,
-                                           uint32_t* __restrict__ dst, int g, int lane, int ktp) {
+                                           uint32_t* __restrict__ dst, int g, int lane, int row_words) {
   uint4 m[8];
 #pragma unroll
   for (int q = 0; q < 8; ++q) {
@@ -209,59 +211,54 @@ __device__ __forceinline__ void emit_chunk(const WarpSmem& w, int p0, int off, i
     m[q] = (p >= off && p < off + count) ? w.leaf[q * 32 + lane] : make_uint4(0, 0, 0, 0);
   }
   __syncwarp();  // every lane has read the leaves before the next subtree overwrites them
-  store_bitvectors(m, dst, g, lane, ktp);
+  store_bitvectors(m, dst, g, lane, row_words);
 }
 
-// Subtree roots -> the per-bit page vectors mt[ci][j][kt][64] that masks_to_bitvectors would write for
-// masks = leaves [lo, lo + count) of the S * 2^levels, leaf lo + i masking DB page off + i (off = *offset).
-// Block (chunk group, kt): chunks kGroup*x .. + kGroup of the nch read, warp g = key kt*8 + g; pages outside
-// [off, off + count) and keys >= K get 0. Aligned case (levels = 8, (lo - off) % 256 = 0; uniform): chunk ci is
-// one subtree; the warp expands its group's 8 subtrees' top 5 levels together (9 rounds of 32 lanes instead of
-// 5 per subtree), then each subtree's last 3 levels (7 rounds), so about 8.1 ChaCha8 pairs per lane and chunk
-// (255/32 = 7.97 at best). Otherwise (shard heads, small tails: rare) each lane walks its leaves' paths from
-// their subtree roots: `levels` pairs per leaf, 8x the work at levels = 8.
-__global__ void __launch_bounds__(256, 3) expand_to_bitvectors(
-    const uint4* __restrict__ roots, const uint32_t* __restrict__ root_t, const uint4* __restrict__ scw,
-    const uint2* __restrict__ tcw, const uint4* __restrict__ fcw, const int* __restrict__ offset, int K, int S,
-    int levels, long long lo, int count, int db_chunks, int nch, int ktp, uint32_t* __restrict__ mt) {
-  extern __shared__ uint4 smem_raw[];
-  WarpSmem& w = reinterpret_cast<WarpSmem*>(smem_raw)[threadIdx.x >> 5];
-  const int lane = threadIdx.x & 31, g = threadIdx.x >> 5, kt = blockIdx.y, k = kt * 8 + g;
-  const int c0 = blockIdx.x * kGroup, c1 = min(c0 + kGroup, nch);
-  const int off = *offset;
-  const int first_page = first_chunk(off, db_chunks, nch) * kChunk;
-  const long long delta = lo - off;  // DB page p is masked by leaf p + delta
-  auto dst_of = [&](int ci) { return mt + ((size_t)ci * kJ * ktp + kt) * 64; };
-  auto page0 = [&](int ci) { return first_page + ci * kChunk; };
-  auto live = [&](int ci) { return page0(ci) < off + count && page0(ci) + kChunk > off; };
+// Where a tile's pages lie in the chunks read: pages [off, off + count), chunk ci of the read starting at DB
+// page first_page + 256 ci, DB page p masked by leaf p + delta.
+struct TileGeometry {
+  int off, count, first_page;
+  long long delta;
 
-  if (k >= K) {  // padding keys of the last key tile: zero vectors
-    for (int ci = c0; ci < c1; ++ci) store_zero(dst_of(ci), g, lane, ktp);
-    return;
-  }
-  const uint4* cw = scw + (size_t)k * levels;
-  const uint2* tc = tcw + (size_t)k * levels;
-  const uint4 kf = __ldg(fcw + k);
+  __device__ __forceinline__ TileGeometry(const int* offset, long long lo, int count_, int db_chunks, int nch)
+      : off(*offset), count(count_), first_page(first_chunk(*offset, db_chunks, nch) * kChunk), delta(lo - *offset) {}
+  __device__ __forceinline__ int page0(int ci) const { return first_page + ci * kChunk; }
+  __device__ __forceinline__ bool live(int ci) const { return page0(ci) < off + count && page0(ci) + kChunk > off; }
+};
 
-  if (levels != kSubLevels || (delta & (kChunk - 1)) != 0) {  // unaligned: walk each leaf's path
+// One warp: key k's per-bit page vectors of chunks [c0, c1) (at most kGroup) from its S subtree roots
+// (roots, root_t from entry k * S; cw, tc its `levels` corrections below them, kf its final one), written to
+// dst0 + (ci - c0) * chunk_words in rows of row_words, column g; chunks without tile pages get zeros.
+// Aligned case (levels = 8, delta % 256 = 0; uniform): chunk ci is one subtree; the warp expands the group's
+// subtrees' top 5 levels together (9 rounds of 32 lanes instead of 5 per subtree), then each subtree's last 3
+// levels (7 rounds), so about 8.1 ChaCha8 pairs per lane and chunk (255/32 = 7.97 at best). Otherwise (shard
+// heads, small tails: rare) each lane walks its leaves' paths from their subtree roots: `levels` pairs per
+// leaf, 8x the work at levels = 8.
+__device__ __forceinline__ void expand_group(WarpSmem& w, const TileGeometry& tg, const uint4* __restrict__ roots,
+                                             const uint32_t* __restrict__ root_t, size_t k_roots,
+                                             const uint4* __restrict__ cw, const uint2* __restrict__ tc, const uint4& kf,
+                                             int levels, int c0, int c1, uint32_t* __restrict__ dst0,
+                                             size_t chunk_words, int row_words, int g, int lane) {
+  auto dst_of = [&](int ci) { return dst0 + (size_t)(ci - c0) * chunk_words; };
+  if (levels != kSubLevels || (tg.delta & (kChunk - 1)) != 0) {  // unaligned: walk each leaf's path
 #pragma unroll 1
     for (int ci = c0; ci < c1; ++ci) {
-      if (!live(ci)) {
-        store_zero(dst_of(ci), g, lane, ktp);
+      if (!tg.live(ci)) {
+        store_zero(dst_of(ci), g, lane, row_words);
         continue;
       }
 #pragma unroll 1
       for (int q = 0; q < 8; ++q) {
-        const int p = page0(ci) + q * 32 + lane;
+        const int p = tg.page0(ci) + q * 32 + lane;
         uint4 m = make_uint4(0, 0, 0, 0);
-        if (p >= off && p < off + count) {
-          const long long leaf = p + delta;
-          const size_t r = (size_t)k * S + (size_t)(leaf >> levels);
+        if (p >= tg.off && p < tg.off + tg.count) {
+          const long long leaf = p + tg.delta;
+          const size_t r = k_roots + (size_t)(leaf >> levels);
           m = walk_leaf(roots[r], root_t[r] & 1u, (int)(leaf & ((1ll << levels) - 1)), levels, cw, tc, kf);
         }
         w.leaf[q * 32 + lane] = m;  // read back by this lane only
       }
-      emit_chunk(w, page0(ci), off, count, dst_of(ci), g, lane, ktp);
+      emit_chunk(w, tg.page0(ci), tg.off, tg.count, dst_of(ci), g, lane, row_words);
     }
     return;
   }
@@ -271,8 +268,8 @@ __global__ void __launch_bounds__(256, 3) expand_to_bitvectors(
     const int ci = c0 + lane;
     uint4 seed = make_uint4(0, 0, 0, 0);
     uint32_t t = 0;
-    if (ci < c1 && live(ci)) {
-      const size_t r = (size_t)k * S + (size_t)((page0(ci) + delta) >> kSubLevels);
+    if (ci < c1 && tg.live(ci)) {
+      const size_t r = k_roots + (size_t)((tg.page0(ci) + tg.delta) >> kSubLevels);
       seed = roots[r];
       t = root_t[r] & 1u;
     }
@@ -292,8 +289,8 @@ __global__ void __launch_bounds__(256, 3) expand_to_bitvectors(
   // Each subtree: levels 5 -> 6 (leaf[64..128)), 6 -> 7 (leaf[128..256)), 7 -> leaves (leaf[0..256)), emitted.
 #pragma unroll 1
   for (int ci = c0; ci < c1; ++ci) {
-    if (!live(ci)) {
-      store_zero(dst_of(ci), g, lane, ktp);
+    if (!tg.live(ci)) {
+      store_zero(dst_of(ci), g, lane, row_words);
       continue;
     }
 #pragma unroll 1
@@ -305,8 +302,31 @@ __global__ void __launch_bounds__(256, 3) expand_to_bitvectors(
       warp_level(src, src_t, w.leaf + out, w.leaf_t + out, 32 << d, __ldg(cw + kTopLevels + d),
                  __ldg(tc + kTopLevels + d), last, kf, lane);
     }
-    emit_chunk(w, page0(ci), off, count, dst_of(ci), g, lane, ktp);
+    emit_chunk(w, tg.page0(ci), tg.off, tg.count, dst_of(ci), g, lane, row_words);
   }
+}
+
+// Subtree roots -> the per-bit page vectors mt[ci][j][kt][64] that masks_to_bitvectors would write for
+// masks = leaves [lo, lo + count) of the S * 2^levels, leaf lo + i masking DB page off + i (off = *offset).
+// Block (chunk group, kt): chunks kGroup*x .. + kGroup of the nch read, warp g = key kt*8 + g (expand_group);
+// pages outside [off, off + count) and keys >= K get 0.
+__global__ void __launch_bounds__(256, 3) expand_to_bitvectors(
+    const uint4* __restrict__ roots, const uint32_t* __restrict__ root_t, const uint4* __restrict__ scw,
+    const uint2* __restrict__ tcw, const uint4* __restrict__ fcw, const int* __restrict__ offset, int K, int S,
+    int levels, long long lo, int count, int db_chunks, int nch, int ktp, uint32_t* __restrict__ mt) {
+  extern __shared__ uint4 smem_raw[];
+  WarpSmem& w = reinterpret_cast<WarpSmem*>(smem_raw)[threadIdx.x >> 5];
+  const int lane = threadIdx.x & 31, g = threadIdx.x >> 5, kt = blockIdx.y, k = kt * 8 + g;
+  const int c0 = blockIdx.x * kGroup, c1 = min(c0 + kGroup, nch);
+  const size_t chunk_words = (size_t)kJ * ktp * 64;
+  uint32_t* dst0 = mt + (size_t)c0 * chunk_words + (size_t)kt * 64;
+  if (k >= K) {  // padding keys of the last key tile: zero vectors
+    for (int ci = c0; ci < c1; ++ci) store_zero(dst0 + (size_t)(ci - c0) * chunk_words, g, lane, ktp * 64);
+    return;
+  }
+  const TileGeometry tg(offset, lo, count, db_chunks, nch);
+  expand_group(w, tg, roots, root_t, (size_t)k * S, scw + (size_t)k * levels, tcw + (size_t)k * levels, __ldg(fcw + k),
+               levels, c0, c1, dst0, chunk_words, ktp * 64, g, lane);
 }
 
 __device__ __forceinline__ void bmma(int (&c)[4], const uint4& a, const uint2& b) {
@@ -392,6 +412,98 @@ void launch_scan(cudaStream_t stream, ffi::Buffer<ffi::U32>& words, const int* o
   else bmma_scan<4><<<grid, 256, 0, stream>>>(w4, m2, off, K, T, db_chunks, nch, ktp, per_split, o);
 }
 
+// ------------------------------------------------------------------ one kernel: the expansion beside the scan
+
+// For one key tile (K <= 8: Q <= 2 queries) the scan is bound by HBM and the expansion, run before it, adds its
+// whole time (~19% at Q = 1). Here each block (one per SM, persistent) walks its groups of kGroup chunks as a
+// two-stage pipeline: K expander warps (one per key, expand_group) write the next group's vectors into one half
+// of the block's scratch while 16 scanner warps read the DB against the other half; a block barrier swaps them.
+constexpr int kPipeScanWarps = 16;  // scanner w: bits j = 32 (w >> 2) + [0, 32), r-tiles 4 (w & 3) + [0, 4)
+constexpr int kPipeMaxKeys = 8;
+constexpr int kPipeMaxBlocks = 192;  // the scratch is sized for this many blocks (the grid: one per SM, at most this)
+constexpr int kPipeThreads = (kPipeScanWarps + kPipeMaxKeys) * 32;
+
+int pipe_smem(int K) { return K * (int)sizeof(WarpSmem) + K * 1024 * (int)sizeof(uint32_t); }
+
+// Scanner `warp`'s share of chunks [clo, chi) of the group starting at chunk c0: vectors (rows of K * 8 words, key
+// g at g * 8) in buf, the DB chunks from `start`; its answer bits XORed into sout (K, 1024), which every
+// (key, word) reaches from exactly one lane of one warp: no atomics.
+__device__ __forceinline__ void scan_group(const uint4* __restrict__ words, const uint32_t* buf, int start, int c0,
+                                           int clo, int chi, int K, int warp, int lane, uint32_t* sout) {
+  const int jw = warp >> 2, rt0 = (warp & 3) * kRtPerWarp, g = lane >> 2, tig = lane & 3;
+  uint32_t bits[kRtPerWarp][4] = {};
+#pragma unroll 1
+  for (int jj = 0; jj < 32; ++jj) {
+    const int j = jw * 32 + jj;
+    int acc[kRtPerWarp][4] = {};
+#pragma unroll 2
+    for (int ci = clo; ci < chi; ++ci) {
+      const uint4* arow = words + (((size_t)(start + ci) * kJ + j) * kRt + rt0) * 32 + lane;
+      uint4 a[kRtPerWarp];
+#pragma unroll
+      for (int i = 0; i < kRtPerWarp; ++i) a[i] = __ldcs(arow + i * 32);  // streamed: the vectors keep L2
+      uint2 b = make_uint2(0, 0);
+      if (g < K)  // written in this kernel: a coherent load, not the read-only path
+        b = __ldcg(reinterpret_cast<const uint2*>(buf + ((size_t)(ci - c0) * kJ + j) * K * 8 + g * 8 + tig * 2));
+#pragma unroll
+      for (int i = 0; i < kRtPerWarp; ++i) bmma(acc[i], a[i], b);
+    }
+#pragma unroll
+    for (int i = 0; i < kRtPerWarp; ++i)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) bits[i][r] |= (uint32_t)(acc[i][r] & 1) << jj;
+  }
+#pragma unroll
+  for (int i = 0; i < kRtPerWarp; ++i)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int key = tig * 2 + (r & 1), row = (rt0 + i) * 16 + g + ((r >> 1) << 3);
+      if (key < K) sout[key * 1024 + row * 4 + jw] ^= bits[i][r];
+    }
+}
+
+// expand_to_bitvectors then bmma_scan for K <= 8 keys, pipelined: block b takes groups b, b + grid, ...; at
+// step it its expanders fill half (it + 1) & 1 of its scratch (2 x kGroup chunks x 128 x K x 8 words) with
+// group it + 1 while its scanners read half it & 1; out gets each block's answer once (atomicXor).
+__global__ void __launch_bounds__(kPipeThreads, 1) expand_scan_pipelined(
+    const uint4* __restrict__ words, const uint4* __restrict__ roots, const uint32_t* __restrict__ root_t,
+    const uint4* __restrict__ scw, const uint2* __restrict__ tcw, const uint4* __restrict__ fcw,
+    const int* __restrict__ offset, int K, int S, int levels, long long lo, int count, int db_chunks, int nch,
+    uint32_t* __restrict__ scratch, uint32_t* __restrict__ out) {
+  extern __shared__ uint4 smem_raw[];
+  WarpSmem* wsm = reinterpret_cast<WarpSmem*>(smem_raw);
+  uint32_t* sout = reinterpret_cast<uint32_t*>(wsm + K);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, k = warp - kPipeScanWarps;
+  for (int e = threadIdx.x; e < K * 1024; e += blockDim.x) sout[e] = 0;
+  const TileGeometry tg(offset, lo, count, db_chunks, nch);
+  const int start = first_chunk(tg.off, db_chunks, nch);
+  const int tile_lo = tg.off / kChunk - start, tile_hi = (tg.off + count - 1) / kChunk - start + 1;
+  const size_t chunk_words = (size_t)kJ * K * 8, half = kGroup * chunk_words;
+  uint32_t* buf = scratch + (size_t)blockIdx.x * 2 * half;
+  const int groups = (nch + kGroup - 1) / kGroup;
+  const int mine = (groups - 1 - (int)blockIdx.x) / (int)gridDim.x + 1;  // the grid has at most `groups` blocks
+#pragma unroll 1
+  for (int it = -1; it < mine; ++it) {
+    if (k >= 0) {
+      if (it + 1 < mine) {
+        const int c0 = (blockIdx.x + (it + 1) * gridDim.x) * kGroup;
+        expand_group(wsm[k], tg, roots, root_t, (size_t)k * S, scw + (size_t)k * levels, tcw + (size_t)k * levels,
+                     __ldg(fcw + k), levels, c0, min(c0 + kGroup, nch), buf + ((it + 1) & 1) * half, chunk_words,
+                     K * 8, k, lane);
+      }
+    } else if (it >= 0) {
+      const int c0 = (blockIdx.x + it * gridDim.x) * kGroup;
+      scan_group(words, buf + (it & 1) * half, start, c0, max(c0, tile_lo), min(min(c0 + kGroup, nch), tile_hi), K,
+                 warp, lane, sout);
+    }
+    __syncthreads();
+  }
+  for (int e = threadIdx.x; e < K * 1024; e += blockDim.x) {
+    const uint32_t v = sout[e];
+    if (v) atomicXor(out + e, v);
+  }
+}
+
 ffi::Error BmmaMaskedXorImpl(cudaStream_t stream, ffi::Buffer<ffi::U32> words, ffi::Buffer<ffi::S32> offset,
                              ffi::Buffer<ffi::U32> masks, ffi::ResultBuffer<ffi::U32> out,
                              ffi::ResultBuffer<ffi::U32> scratch, int32_t kg, int32_t stages) {
@@ -445,11 +557,27 @@ ffi::Error BmmaExpandXorImpl(cudaStream_t stream, ffi::Buffer<ffi::U32> words, f
   const int db_chunks = static_cast<int>(wd[0] / kChunk);
   const int nch = chunk_span(T, db_chunks);
   const int kt = (K + 7) / 8, ktp = (kt + kg - 1) / kg * kg;
-  if (scratch->element_count() < (size_t)nch * kJ * ktp * 64)
+  if (stages != 4 && scratch->element_count() < (size_t)nch * kJ * ktp * 64)
     return ffi::Error::InvalidArgument("bmma: scratch too small for (nch, 128, KTp, 64)");
   const int* off = row.typed_data();
 
   cudaMemsetAsync(out->typed_data(), 0, (size_t)K * 1024 * sizeof(uint32_t), stream);
+  if (stages == 4) {  // one pipelined kernel (K <= 8)
+    if (K > kPipeMaxKeys) return ffi::Error::InvalidArgument("bmma: stages=4 (pipelined) takes at most 8 keys");
+    int dev = 0, sms = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    const int blocks = min(min((nch + kGroup - 1) / kGroup, sms), kPipeMaxBlocks);
+    if (scratch->element_count() < (size_t)blocks * 2 * kGroup * kJ * K * 8)
+      return ffi::Error::InvalidArgument("bmma: scratch too small for the pipelined kernel's blocks");
+    const int smem = pipe_smem(K);
+    cudaFuncSetAttribute(expand_scan_pipelined, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    expand_scan_pipelined<<<blocks, (kPipeScanWarps + K) * 32, smem, stream>>>(
+        reinterpret_cast<const uint4*>(words.typed_data()), reinterpret_cast<const uint4*>(roots.typed_data()),
+        root_t.typed_data(), reinterpret_cast<const uint4*>(scw.typed_data()),
+        reinterpret_cast<const uint2*>(tcw.typed_data()), reinterpret_cast<const uint4*>(fcw.typed_data()), off, K, S,
+        levels, lo, T, db_chunks, nch, scratch->typed_data(), out->typed_data());
+  }
   if (stages & 1) {
     cudaFuncSetAttribute(expand_to_bitvectors, cudaFuncAttributeMaxDynamicSharedMemorySize, kExpandSmem);
     const dim3 grid((nch + kGroup - 1) / kGroup, ktp);
