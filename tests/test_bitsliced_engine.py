@@ -24,7 +24,7 @@ from morphogen_exp.session import Session
 from .conftest import mlflow_runs
 
 LAYOUT = get_ops("bitsliced").layout
-SPEC = EngineSpec("bitsliced", 4194304, None, mask_budget_mib=1536)  # conf/engine/bitsliced.yaml
+SPEC = EngineSpec("bitsliced", 33554432, None, mask_budget_mib=1536)  # conf/engine/bitsliced.yaml
 TINY = DatasetConfig(name="tiny", num_pages=300)
 
 
@@ -130,12 +130,13 @@ def test_memory_estimate_knows_the_layout_and_its_scratch(make_cfg, workdir, ses
     assert memory.engine_database_bytes(n, "bitsliced") == 65_693 * 256 * 4096  # padded to 256 pages (65,692 chunks and 7 pages)
     assert memory.engine_database_bytes(n, "xla") == memory.dataset_bytes(n)
     tile = lambda k: tile_size(n, 25, SPEC, k)  # noqa: E731
-    assert tile(96) == 1 << 20 and tile(3) == 1 << 22
+    assert tile(96) == 1 << 20 and tile(3) == 1 << 25  # Q=1: mainnet in one step (2^25 > N)
     roots = memory.working_set_bytes(32, lambda k: tile(k) // 256)  # one subtree root per 256 leaves, no masks
     scratch = memory.engine_scratch_bytes(32, tile, "bitsliced")
     # the per-bit page vectors the expansion writes: chunks a tile can touch x 128 bits x 12 key tiles of 64 words
     assert scratch == ((1 << 20) // 256 + 1) * 128 * 12 * 64 * 4
     # 3 keys: one pipelined kernel, at most 192 blocks, each two groups of 8 chunks x 128 bits x 3 keys x 8 words
+    # (the two kernels in a row would hold (2^25 / 256 + 1) x 128 x 64 words: 2.1 GiB)
     assert memory.engine_scratch_bytes(1, tile, "bitsliced") == 192 * 2 * 8 * 128 * 3 * 8 * 4
     assert memory.engine_working_set_bytes(32, tile, "bitsliced") == roots + scratch < memory.working_set_bytes(32, tile)
     need = memory.engine_need_bytes(n, 32, tile, "bitsliced")

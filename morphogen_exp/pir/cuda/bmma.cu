@@ -462,9 +462,10 @@ __device__ __forceinline__ void scan_group(const uint4* __restrict__ words, cons
     }
 }
 
-// expand_to_bitvectors then bmma_scan for K <= 8 keys, pipelined: block b takes groups b, b + grid, ...; at
-// step it its expanders fill half (it + 1) & 1 of its scratch (2 x kGroup chunks x 128 x K x 8 words) with
-// group it + 1 while its scanners read half it & 1; out gets each block's answer once (atomicXor).
+// expand_to_bitvectors then bmma_scan for K <= 8 keys, pipelined: block b takes an equal share of the chunks
+// (to one chunk: whole groups of 8 a block would leave up to 8 MiB of reads to a few SMs at the end), in groups
+// of up to kGroup; at step it its expanders fill half (it + 1) & 1 of its scratch (2 x kGroup chunks x 128 x K x
+// 8 words) with group it + 1 while its scanners read half it & 1; out gets each block's answer once (atomicXor).
 __global__ void __launch_bounds__(kPipeThreads, 1) expand_scan_pipelined(
     const uint4* __restrict__ words, const uint4* __restrict__ roots, const uint32_t* __restrict__ root_t,
     const uint4* __restrict__ scw, const uint2* __restrict__ tcw, const uint4* __restrict__ fcw,
@@ -480,20 +481,21 @@ __global__ void __launch_bounds__(kPipeThreads, 1) expand_scan_pipelined(
   const int tile_lo = tg.off / kChunk - start, tile_hi = (tg.off + count - 1) / kChunk - start + 1;
   const size_t chunk_words = (size_t)kJ * K * 8, half = kGroup * chunk_words;
   uint32_t* buf = scratch + (size_t)blockIdx.x * 2 * half;
-  const int groups = (nch + kGroup - 1) / kGroup;
-  const int mine = (groups - 1 - (int)blockIdx.x) / (int)gridDim.x + 1;  // the grid has at most `groups` blocks
+  const int first = (int)((long long)nch * blockIdx.x / gridDim.x);  // this block's chunks [first, last)
+  const int last = (int)((long long)nch * (blockIdx.x + 1) / gridDim.x);
+  const int mine = (last - first + kGroup - 1) / kGroup;
 #pragma unroll 1
   for (int it = -1; it < mine; ++it) {
     if (k >= 0) {
       if (it + 1 < mine) {
-        const int c0 = (blockIdx.x + (it + 1) * gridDim.x) * kGroup;
+        const int c0 = first + (it + 1) * kGroup;
         expand_group(wsm[k], tg, roots, root_t, (size_t)k * S, scw + (size_t)k * levels, tcw + (size_t)k * levels,
-                     __ldg(fcw + k), levels, c0, min(c0 + kGroup, nch), buf + ((it + 1) & 1) * half, chunk_words,
+                     __ldg(fcw + k), levels, c0, min(c0 + kGroup, last), buf + ((it + 1) & 1) * half, chunk_words,
                      K * 8, k, lane);
       }
     } else if (it >= 0) {
-      const int c0 = (blockIdx.x + it * gridDim.x) * kGroup;
-      scan_group(words, buf + (it & 1) * half, start, c0, max(c0, tile_lo), min(min(c0 + kGroup, nch), tile_hi), K,
+      const int c0 = first + it * kGroup;
+      scan_group(words, buf + (it & 1) * half, start, c0, max(c0, tile_lo), min(min(c0 + kGroup, last), tile_hi), K,
                  warp, lane, sout);
     }
     __syncthreads();
