@@ -146,12 +146,13 @@ def test_kernel_equals_its_contract_on_random_roots(row: int, lo: int, count: in
 @gpu
 @pytest.mark.parametrize("num_keys", [3, 8])
 def test_pipelined_kernel_with_many_groups_per_block_equals_its_contract(num_keys: int) -> None:
-    """More chunk groups than blocks (300,000 pages: 147 groups of 8 chunks, at most one block per SM), so
-    each block's expansion and scan alternate halves of its scratch: against the jnp contract."""
+    """Many chunk groups a block (600,000 pages: 2,344 chunks over at most one block per SM, each block's
+    groups of 1, 2, 4 then 8 chunks), so each block's expansion and scan alternate halves of its scratch:
+    against the jnp contract."""
     from morphogen_exp.pir.cuda import expand_xor_bmma  # noqa: PLC0415
 
     rng = np.random.default_rng(num_keys)
-    n, count, row = 300_000, 299_000, 700  # leaves [0, count) mask rows [700, 299,700): aligned to no chunk
+    n, count, row = 600_000, 599_000, 700  # leaves [0, count) mask rows [700, 599,700): aligned to no chunk
     words = bitslice_pages(jax.random.bits(jax.random.key(num_keys), (n, 1024), jnp.uint32), n).words
     s = -(-count // 256)
     u32 = lambda *shape: jnp.asarray(rng.integers(0, 2**32, size=shape, dtype=np.uint32))  # noqa: E731

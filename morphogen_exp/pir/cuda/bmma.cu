@@ -462,10 +462,16 @@ __device__ __forceinline__ void scan_group(const uint4* __restrict__ words, cons
     }
 }
 
+// A block's group `it` starts at chunk ramp_start(it) of its range: groups of 1, 2 and 4 chunks, then of 8. The
+// first group's expansion has no scan beside it (the pipeline's fill); a 1-chunk group expands in about a
+// quarter of the time of 8 (16 rounds of 32 lanes against 65), and each small group's scan outlasts the next
+// one's expansion.
+__device__ __forceinline__ int ramp_start(int it) { return it < 3 ? (1 << it) - 1 : 7 + (it - 3) * kGroup; }
+
 // expand_to_bitvectors then bmma_scan for K <= 8 keys, pipelined: block b takes an equal share of the chunks
-// (to one chunk: whole groups of 8 a block would leave up to 8 MiB of reads to a few SMs at the end), in groups
-// of up to kGroup; at step it its expanders fill half (it + 1) & 1 of its scratch (2 x kGroup chunks x 128 x K x
-// 8 words) with group it + 1 while its scanners read half it & 1; out gets each block's answer once (atomicXor).
+// (to one chunk: whole groups of 8 dealt round robin left up to 8 MiB of reads to a few SMs at the end), in
+// groups from ramp_start; at step it its expanders fill half (it + 1) & 1 of its scratch (2 x kGroup chunks x
+// 128 x K x 8 words) with group it + 1 while its scanners read half it & 1; out gets each block's answer once.
 __global__ void __launch_bounds__(kPipeThreads, 1) expand_scan_pipelined(
     const uint4* __restrict__ words, const uint4* __restrict__ roots, const uint32_t* __restrict__ root_t,
     const uint4* __restrict__ scw, const uint2* __restrict__ tcw, const uint4* __restrict__ fcw,
@@ -483,20 +489,20 @@ __global__ void __launch_bounds__(kPipeThreads, 1) expand_scan_pipelined(
   uint32_t* buf = scratch + (size_t)blockIdx.x * 2 * half;
   const int first = (int)((long long)nch * blockIdx.x / gridDim.x);  // this block's chunks [first, last)
   const int last = (int)((long long)nch * (blockIdx.x + 1) / gridDim.x);
-  const int mine = (last - first + kGroup - 1) / kGroup;
+  int mine = 0;
+  while (first + ramp_start(mine) < last) ++mine;
 #pragma unroll 1
   for (int it = -1; it < mine; ++it) {
     if (k >= 0) {
       if (it + 1 < mine) {
-        const int c0 = first + (it + 1) * kGroup;
+        const int c0 = first + ramp_start(it + 1);
         expand_group(wsm[k], tg, roots, root_t, (size_t)k * S, scw + (size_t)k * levels, tcw + (size_t)k * levels,
-                     __ldg(fcw + k), levels, c0, min(c0 + kGroup, last), buf + ((it + 1) & 1) * half, chunk_words,
-                     K * 8, k, lane);
+                     __ldg(fcw + k), levels, c0, min(first + ramp_start(it + 2), last), buf + ((it + 1) & 1) * half,
+                     chunk_words, K * 8, k, lane);
       }
     } else if (it >= 0) {
-      const int c0 = first + it * kGroup;
-      scan_group(words, buf + (it & 1) * half, start, c0, max(c0, tile_lo), min(min(c0 + kGroup, last), tile_hi), K,
-                 warp, lane, sout);
+      const int c0 = first + ramp_start(it), c1 = min(first + ramp_start(it + 1), last);
+      scan_group(words, buf + (it & 1) * half, start, c0, max(c0, tile_lo), min(c1, tile_hi), K, warp, lane, sout);
     }
     __syncthreads();
   }
