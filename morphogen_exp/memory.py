@@ -102,11 +102,10 @@ def engine_scratch_bytes(live_queries: int, tile_pages: Callable[[int], int], en
     raw-page engines."""
     if engine != BITSLICED:
         return 0
-    from .pir.cuda import pipelined, scratch_words
+    from .pir.cuda import engine_stages, scratch_words
 
     keys = KEYS_PER_QUERY * live_queries
-    tile = tile_pages(keys)
-    return 4 * scratch_words(keys, tile, None, 4 if pipelined(keys) else 3)
+    return 4 * scratch_words(keys, tile_pages(keys), None, engine_stages(keys))
 
 
 def engine_working_set_bytes(live_queries: int, tile_pages: Callable[[int], int], engine: str) -> int:

@@ -30,8 +30,8 @@ import numpy as np
 
 from morphogen_exp.pir.bitsliced import CHUNK_PAGES, PAGE_WORDS, chunk_span
 
-__all__ = ["PIPELINED_MAX_KEYS", "CudaUnavailable", "build", "expand_xor_bmma", "find_nvcc", "key_group",
-           "masked_xor_bmma", "pipelined", "register", "scratch_words"]
+__all__ = ["PIPELINED_MAX_KEYS", "CudaUnavailable", "build", "engine_stages", "expand_xor_bmma", "find_nvcc",
+           "key_group", "masked_xor_bmma", "pipelined", "register", "scratch_words"]
 
 HERE = Path(__file__).parent
 SOURCES = tuple(sorted(HERE.glob("*.cu")))
@@ -146,6 +146,11 @@ def pipelined(num_keys: int) -> bool:
     return num_keys <= PIPELINED_MAX_KEYS
 
 
+def engine_stages(num_keys: int) -> int:
+    """The ``stages`` of ``expand_xor_bmma`` the engine runs: 4 (the pipelined kernel) where ``pipelined``, else 3."""
+    return 4 if pipelined(num_keys) else 3
+
+
 def scratch_words(num_keys: int, tile_pages: int, db_rows: int | None, stages: int = 3) -> int:
     """u32 words of the per-bit page vectors of one call: (chunks read, 128 bits, padded key tiles, 64); for the
     pipelined kernel (stages=4) two groups of 8 chunks (128 bits, num_keys x 8) per block, one block per SM.
@@ -165,14 +170,14 @@ def expand_xor_bmma(words: jax.Array, row: jax.Array | int, roots: jax.Array, ro
     mask DB pages [row, row + count) -> (K, 1024) u32, their masked XOR. One FFI call: the expansion writes
     the per-bit page vectors (bmma.cu expand_to_bitvectors), then the binary-MMA scan reads them; up to 8 keys
     both in one kernel, pipelined (expand_scan_pipelined).
-    stages: None what the engine runs (4 where ``pipelined(K)``, else 3); 3 the two kernels one after the other,
+    stages: None what the engine runs (``engine_stages``: 4 where ``pipelined(K)``, else 3); 3 the two kernels one after the other,
     4 the pipelined kernel (K <= 8); benchmarks: 1 only the expansion, 2 only the MMA scan."""
     register()
     k, s = root_t.shape
     if seed_cw.shape[1] > 8 or not 0 <= lo or count < 1 or lo + count > s << seed_cw.shape[1]:
         raise ValueError(f"leaves [{lo}, {lo + count}) of {s} subtrees of {seed_cw.shape[1]} (<= 8) levels")
     if stages is None:
-        stages = 4 if pipelined(k) else 3
+        stages = engine_stages(k)
     if stages not in (1, 2, 3, 4) or (stages == 4 and not pipelined(k)):
         raise ValueError(f"{stages=} must be 1, 2, 3, or 4 with at most {PIPELINED_MAX_KEYS} keys ({k} given)")
     kg, _ = key_group(k)
