@@ -137,3 +137,186 @@ def test_missing_file_and_unwritable_out_are_one_line_errors_in_a_subprocess(tmp
         res = subprocess.run([sys.executable, "-m", "morphogen_exp.compare", *args], capture_output=True, text=True,
                              cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=300)
         assert res.returncode == 2 and res.stderr.count("\n") == 1 and expect in res.stderr and "Traceback" not in res.stderr
+
+
+# --------------------------------------------------------------------------- the gate's holes (issue 19 item 8)
+
+CONFIGS = [("c0f1", "full_batch"), ("c1a2", "graph_replay"), ("c2b3", "micro_batch"), ("c3c4", "multi_stream"), ("c4d5", "tiled")]
+QS = (1, 2, 4, 8, 16, 32)
+
+
+def _sweep(path: Path, cells: list[tuple[str, str, int, str, float | None]], **context: str) -> str:
+    """A matrix.csv of ours with config_id: cells are (config_id, config, q, status, value); an ok cell's interval
+    is value ± 0.5, a cell that did not run has no numbers; context: columns every row carries."""
+    rows = [{"strategy": config.split("[")[0], "q": q, "batch_qps": v, "config": config, "config_id": cid, "status": status,
+             "batch_qps_lo": None if v is None else v - 0.5, "batch_qps_hi": None if v is None else v + 0.5, **context}
+            for cid, config, q, status, v in cells]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return str(path)
+
+
+def _grid(status: str = "ok", value: float | None = 100.0) -> list[tuple[str, str, int, str, float | None]]:
+    return [(cid, config, q, status, value) for cid, config in CONFIGS for q in QS]
+
+
+def test_a_knob_label_and_a_plain_label_of_one_config_id_match(tmp_path, capsys):
+    base = _sweep(tmp_path / "a.csv", [("f6f93bd40ba20be1", "tiled", 32, "ok", 100.0)])
+    cand = _sweep(tmp_path / "b.csv", [("f6f93bd40ba20be1", "tiled[tile=4]", 32, "ok", 90.0),
+                                       ("9999aaaa", "tiled[tile=8]", 32, "ok", 50.0)])  # only in the candidate: ignored
+    assert compare.main([base, cand]) == 0
+    out = capsys.readouterr().out
+    assert "1 cells matched on config_id + q" in out
+    assert "| config | q |" in out
+    assert "| tiled[tile=4] | 32 | 100 [99.5, 100.5] | 90 [89.5, 90.5] |" in out  # the candidate's label
+    assert compare.main([base, cand, "--fail-on-regression", "5"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "regression beyond noise and 5%: tiled[tile=4] q=32 (-10.0%)" in err
+
+
+def test_config_ids_that_look_like_numbers_match_as_text(tmp_path, capsys):
+    # "0691410123509140" alone in a column would read as an integer (losing its 0), "4e12..." as a float.
+    ids = ["0691410123509140", "4e12345678901234"]
+    base = _sweep(tmp_path / "a.csv", [(cid, f"s{i}", 1, "ok", 100.0) for i, cid in enumerate(ids)])
+    cand = _sweep(tmp_path / "b.csv", [(cid, f"s{i}", 1, "ok", 100.0) for i, cid in enumerate(ids)] +
+                  [("abcdef0123456789", "other", 1, "ok", 100.0)])  # the candidate's column is text anyway
+    assert compare.main([base, cand, "--fail-on-regression", "5"]) == 0
+    assert "2 cells matched on config_id + q" in capsys.readouterr().out
+
+
+def test_29_of_30_failed_cells_fail_the_gate(tmp_path, capsys):
+    base = _sweep(tmp_path / "a.csv", _grid())
+    cells = _grid("failed", None)
+    cells[0] = (*cells[0][:3], "ok", 100.0)  # full_batch q=1 ran
+    cand = _sweep(tmp_path / "b.csv", cells)
+    assert compare.main([base, cand, "--fail-on-regression", "5"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("29 of the baseline's ok cells are not answered by b.csv (1 matched on config_id + q): ")
+    assert "full_batch q=2 (failed)" in err
+    assert "tiled q=32 (failed)" in err
+    assert "full_batch q=1 " not in err  # the one that ran is fine
+    assert compare.main([base, cand]) == 0  # without a gate: listed under the table
+    out = capsys.readouterr().out
+    assert "1 cells matched on config_id + q" in out
+    assert "Not ok on the candidate side (29 of the baseline's ok cells): full_batch q=2 (failed), " in out
+
+
+def test_all_failed_fails_the_gate_even_with_allow_different(tmp_path, capsys):
+    base = _sweep(tmp_path / "a.csv", _grid(), device_kind="H100", dataset_fingerprint="d")
+    cand = _sweep(tmp_path / "b.csv", _grid("failed", None), device_kind="H200", dataset_fingerprint="d")
+    for extra in ([], ["--allow-different"]):
+        assert compare.main([base, cand, "--fail-on-regression", "5", *extra]) == 1, extra
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert "30 of the baseline's ok cells are not answered by b.csv (0 matched on config_id + q)" in err
+    # Half of them ran, on another device: refused (2) unless allowed, and then the other half fails the gate (1).
+    half = [(cid, config, q, "ok" if q <= 4 else "does_not_fit", 100.0 if q <= 4 else None) for cid, config, q, _, _ in _grid()]
+    cand = _sweep(tmp_path / "c.csv", half, device_kind="H200", dataset_fingerprint="d")
+    assert compare.main([base, cand, "--fail-on-regression", "5"]) == 2
+    assert "differ in device_kind (H100 vs H200)" in capsys.readouterr().err
+    assert compare.main([base, cand, "--fail-on-regression", "5", "--allow-different"]) == 1
+    err = capsys.readouterr().err
+    assert "15 of the baseline's ok cells are not answered" in err
+    assert "tiled q=32 (does_not_fit)" in err
+
+
+def test_a_baseline_cell_missing_on_the_candidate_side_fails_the_gate(tmp_path, capsys):
+    base = _sweep(tmp_path / "a.csv", [("c4d5", "tiled", 4, "ok", 100.0), ("c4d5", "tiled", 8, "ok", 100.0),
+                                       ("c4d5", "tiled", 16, "failed", None)])  # failed on the baseline: nothing to keep
+    cand = _sweep(tmp_path / "b.csv", [("c4d5", "tiled", 4, "ok", 100.0)])
+    assert compare.main([base, cand, "--fail-on-regression", "5"]) == 1
+    err = capsys.readouterr().err
+    assert err == "1 of the baseline's ok cells are not answered by b.csv (1 matched on config_id + q): tiled q=8 (missing)\n"
+    assert compare.main([base, cand]) == 0
+    out = capsys.readouterr().out
+    assert "Missing on the candidate side (1 of the baseline's ok cells): tiled q=8.\n" in out
+    assert "q=16" not in out
+
+
+def test_a_gate_that_compares_nothing_does_not_pass(tmp_path, capsys):
+    base = _sweep(tmp_path / "a.csv", _grid())
+    other = _sweep(tmp_path / "b.csv", [(cid + "x", config, q, status, v) for cid, config, q, status, v in _grid()])
+    assert compare.main([base, other]) == 0
+    out = capsys.readouterr().out
+    assert "No cell is in both matrices (matched on config_id + q)." in out
+    assert "Missing on the candidate side (30 of the baseline's ok cells)" in out
+    assert compare.main([base, other, "--fail-on-regression", "5"]) == 1  # every baseline cell is missing
+    assert "30 of the baseline's ok cells are not answered by b.csv (0 matched" in capsys.readouterr().err
+    failed_base = _sweep(tmp_path / "c.csv", _grid("failed", None))
+    assert compare.main([failed_base, base, "--fail-on-regression", "5"]) == 2  # nothing to gate against
+    err = capsys.readouterr().err
+    assert err == "error: c.csv has no ok cell: the gate would compare nothing, and a gate that compares nothing does not pass\n"
+    assert compare.main([failed_base, base]) == 0  # a plain comparison just says so
+    assert "No cell is in both matrices" in capsys.readouterr().out
+
+
+def test_two_engines_share_no_config_id_and_match_by_label_on_request(tmp_path, capsys):
+    pallas = _sweep(tmp_path / "a.csv", [("p1", "tiled", 8, "ok", 100.0), ("p2", "full_batch", 8, "ok", 100.0)], engine="pallas")
+    fused = _sweep(tmp_path / "b.csv", [("f1", "tiled", 8, "ok", 100.0), ("f2", "full_batch", 8, "ok", 100.0)], engine="fused")
+    assert compare.main([pallas, fused, "--fail-on-regression", "5"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "Matched on config + q (--match config), 2 cells would pair instead of 0" in err
+    assert compare.main([pallas, fused, "--fail-on-regression", "5", "--match", "config"]) == 0
+    assert "2 cells matched on config + q" in capsys.readouterr().out
+    original_like = _write(tmp_path, "o.csv", "strategy,q,batch_qps\ntiled,8,1\n")
+    assert compare.main([original_like, fused, "--match", "config_id"]) == 2
+    assert capsys.readouterr().err == "error: --match config_id: the baseline has no config_id column\n"
+
+
+@pytest.mark.parametrize("flag, value", [("--fail-on-regression", "nan"), ("--fail-on-regression", "inf"),
+                                         ("--fail-on-regression", "-1"), ("--same-within", "nan"),
+                                         ("--same-within", "-inf"), ("--same-within", "-0.5")])
+def test_a_nan_infinite_or_negative_threshold_is_a_one_line_error(tmp_path, capsys, flag, value):
+    good = _sweep(tmp_path / "a.csv", [("c4d5", "tiled", 8, "ok", 100.0)])
+    assert compare.main([good, good, f"{flag}={value}"]) == 2  # '=': argparse reads a separate "-inf" as an option
+    err = capsys.readouterr().err
+    assert err == f"error: {flag} takes a finite percentage >= 0, got {float(value):g}\n"
+
+
+@pytest.mark.parametrize("column, value, expect", [
+    ("batch_qps", float("nan"), "column batch_qps: no value in a row whose status is ok"),
+    ("batch_qps", -3.0, "column batch_qps: -3 is negative"),
+    ("batch_qps", 0.0, "column batch_qps: 0 is zero"),
+    ("batch_qps", float("inf"), "column batch_qps: inf is not a finite number"),
+    ("batch_qps_lo", float("-inf"), "column batch_qps_lo: -inf is not a finite number"),
+    ("batch_qps_lo", -1.0, "column batch_qps_lo: -1 is negative"),
+    ("batch_qps_lo", 100.5, "column batch_qps_lo: 100.5 is above the value 100"),
+    ("batch_qps_hi", 99.0, "column batch_qps_hi: 99 is below the value 100"),
+    ("batch_qps_hi", float("nan"), "column batch_qps_hi: missing while batch_qps_lo is set"),
+])
+def test_a_bad_metric_value_is_a_one_line_error_naming_file_cell_and_column(tmp_path, capsys, column, value, expect):
+    good = _sweep(tmp_path / "good.csv", [("c4d5", "tiled", 4, "ok", 100.0), ("c4d5", "tiled", 8, "ok", 100.0)])
+    df = pd.read_csv(good)
+    df.loc[df.q == 8, column] = value
+    df.to_csv(tmp_path / "bad.csv", index=False)
+    for args in ([good, str(tmp_path / "bad.csv")], [str(tmp_path / "bad.csv"), good, "--fail-on-regression", "5"]):
+        assert compare.main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert err.startswith("error: bad.csv: cell tiled q=8, " + expect), err
+
+
+def test_failed_rows_may_lack_numbers_and_point_estimates_may_lack_bounds(tmp_path, capsys):
+    base = _sweep(tmp_path / "a.csv", [("c4d5", "tiled", 4, "ok", 100.0), ("c4d5", "tiled", 8, "killed", None)])
+    df = pd.read_csv(base)
+    df.loc[df.q == 4, ["batch_qps_lo", "batch_qps_hi"]] = float("nan")  # no interval: a point estimate
+    df.to_csv(tmp_path / "points.csv", index=False)
+    assert compare.main([str(tmp_path / "points.csv"), base, "--fail-on-regression", "5"]) == 0
+    assert "1 cells matched on config_id + q; intervals from a.csv; points.csv has none" in capsys.readouterr().out
+
+
+def test_help_has_a_whole_first_sentence_and_says_what_each_argument_is(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        compare.main(["--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    sentence = compare.first_sentence(compare.__doc__ or "")
+    assert sentence == ("Compare two result matrices cell by cell, with the noise each side recorded (a separate tool: "
+                        "reports only format their own sweep).")
+    assert sentence in out
+    assert "baseline the reference matrix: a sweep's matrix.csv, or the original's published CSV" in out
+    assert "candidate the matrix judged against it" in out
+    assert "--metric METRIC the column compared" in out
+    assert "exit 2 when the baseline has no ok cell" in out
