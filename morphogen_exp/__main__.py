@@ -1,8 +1,11 @@
 """`python -m morphogen_exp [-m] [overrides]`: compose the config and run cells (see app.run).
 
 Exit status, under any Hydra launcher: 0 all cells ok, 1 some cell failed or did not fit, 2 a
-setting to fix (one line on stderr, nothing run), 130 interrupted (finished cells stay in MLflow;
-`python -m morphogen_exp.report` rebuilds the report)."""
+setting to fix (one line on stderr, nothing run), 130 interrupted (finished cells stay in MLflow; the
+same command with resume=true finishes the sweep).
+
+`-m ... resume=true` without hydra.sweep.dir resumes the newest unfinished sweep of the same cells
+(sweepdir.resume_preflight adds its folder to the command line before Hydra composes; none: a new sweep)."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from . import app, rollout, session
+from . import app, rollout, session, sweepdir
 from .callbacks import sweep_ref
 from .config import ConfigError, one_line
 from .tracking import shielded
@@ -35,6 +38,9 @@ def hydra_entry(cfg: DictConfig) -> dict[str, Any]:
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         ref = dataclasses.replace(sweep_ref(hc.sweep.dir), index=hc.job.num + 1) if multirun else None
+        if ref is not None and ref.parent_id is None:  # never a cell outside its sweep run
+            log.error("cell [%s]: the sweep folder %s records no sweep run", " ".join(hc.overrides.task), ref.sweep_dir)
+            return app.CellOutcome("failed", error=f"the sweep folder {ref.sweep_dir} records no sweep run").as_dict()
         out = app.run(cfg, session.current(), ref)
     except ConfigError as err:
         if not multirun:
@@ -60,10 +66,11 @@ def _interrupt(signum: int, frame: Any) -> None:
 def _interrupted() -> None:
     """Ctrl-C / SIGTERM: the sweep run (if this process frames one) and its dead cells end KILLED."""
     sess = session.current()
-    where = ""
+    hint = "rebuild the report with `python -m morphogen_exp.report`"
     if sess.sweep is not None:
         tracker, ref = sess.sweep
-        where = f" --sweep-dir {ref.sweep_dir}"
+        hint = (f"finish the sweep with the same command and resume=true, or publish what finished with "
+                f"`python -m morphogen_exp.report --sweep-dir {ref.sweep_dir} --publish`")
         with shielded():
             try:
                 if ref.parent_id:
@@ -71,8 +78,7 @@ def _interrupted() -> None:
                 tracker.close_stale(ref.sweep_dir, wait_s=5.0)  # cells whose worker died with the launcher
             except Exception as err:  # never mask the interrupt
                 log.warning("could not mark sweep runs KILLED: %s", err)
-    print(f"interrupted: finished cells are kept in MLflow; rebuild the report with "
-          f"`python -m morphogen_exp.report{where}`", file=sys.stderr)
+    print(f"interrupted: finished cells are kept in MLflow; {hint}", file=sys.stderr)
 
 
 def main() -> None:
@@ -83,6 +89,7 @@ def main() -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra's errors come to us: one line, exit 2
     try:
         rollout.preflight(sys.argv[1:])  # a guard named by +rollout= must exist before Hydra composes
+        sys.argv[1:] = sweepdir.resume_preflight(sys.argv[1:])  # resume=true: which sweep, before Hydra fixes the folder
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from . import datasets, devstate, memory, parity, stats, strategies
+from . import datasets, devlock, devstate, memory, parity, stats, strategies
 from . import placement as placements
 from .config import ConfigError, RunConfig, digest, flatten, parse
 from .decision import DecisionRules
@@ -32,7 +32,7 @@ from .progress import Progress
 from .queries import KEYS_PER_QUERY, make_queries
 from .session import Session, SweepRef
 from .strategies.base import check_knobs
-from .timing import SamplingPolicy, measure, time_limit
+from .timing import SamplingPolicy, TimingSummary, measure_interleaved, time_limit
 from .tracking import PARENT_TAG, ROLE_TAG, Tracker, code_version, shielded
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,32 @@ def validate(cfg: DictConfig) -> RunConfig:
     return rc
 
 
-def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str, progress: Progress) -> dict[str, float]:
-    """Time the single-query loop and the strategy's batch path, check parity, log everything."""
+@dataclass
+class Prepared:
+    """One configuration ready to time on the resident database: its compiled paths and its queries."""
+
+    rc: RunConfig
+    spec: EngineSpec
+    ds: datasets.Dataset
+    ctx: Any
+    path: Any                        # the strategy's batch path (strategies.base.BatchPath)
+    qs: Any                          # the queries (queries.QuerySet)
+    kb0: Any                         # server 0's key batch, on the device
+    kb1: Any                         # server 1's
+    scan_keys: int                   # keys of one scan of the batch path (one database pass)
+    tile_pages: int                  # the batch path's scan step
+    memory_need: int                 # estimated device bytes, with the batch path's working set
+    single_loop: Any = None
+    ops: Any = None
+
+    def batch(self) -> jax.Array:
+        return self.path.run(self.kb0)
+
+
+def prepare(rc: RunConfig, session: Session, progress: Progress | None = None) -> Prepared:
+    """Config -> dataset -> queries -> strategy: the database (built once per process), the compiled
+    context and the strategy's batch path, the queries and the single-query loop. Raises DoesNotFit
+    before anything is built when the database or the working set cannot fit."""
     spec = EngineSpec(rc.engine.name, rc.engine.tile_pages, rc.engine.unroll, mask_budget_mib=rc.engine.mask_budget_mib)
     num_pages = datasets.plan_pages(rc.dataset)
     domain_bits = datasets.domain_bits_for(num_pages)
@@ -97,7 +121,6 @@ def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str,
     builder = strategies.registered()[rc.strategy.name]
 
     plc = placements.resolve(rc.placement)  # more devices than exist: a setting to fix
-    tracker.log(run_id, tags=plc.tags())
     ops = get_ops(spec.name)
     layout = ops.layout  # an engine with its own database layout (bitsliced): placement=single
 
@@ -110,11 +133,12 @@ def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str,
         return placements.check_fits(what, num_pages, plc.name, len(plc.devices), ws, rc.bench.memory_cap_gib)
 
     fits(1)  # the database must fit before it is built (a 64 GiB one on a smaller card is "does not fit")
-    progress.phase("building data")
+    if progress is not None:
+        progress.phase("building data")
     ds = session.database(rc.dataset, rc.seed, layout, None if plc.name == "single" else plc)  # built once
     ctx = session.context((spec, plc), lambda dataset, key: placements.new_context(dataset, *key))
     path = builder(rc.strategy.knobs, rc.q, ctx)
-    tracker.log(run_id, metrics={"memory_estimate_gib": fits(path.live_queries) / memory.GIB})
+    need = fits(path.live_queries)
 
     qs = make_queries(ds.domain_bits, ds.num_pages, rc.seed, rc.q)
     kb0, kb1 = (jax.device_put(b) for b in qs.batches)
@@ -124,75 +148,101 @@ def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str,
         # The serving baseline: one query at a time, each answered (synced) before the next.
         return jnp.stack([jax.block_until_ready(ctx.single_jit(ds.words, kb)) for kb in singles0])
 
-    progress.phase("compiling")  # both paths once, apart from the timed samples
-    t0 = time.perf_counter()
-    jax.block_until_ready(ctx.single_jit(ds.words, singles0[0]))
-    single_compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    jax.block_until_ready(path.run(kb0))
-    batch_compile_s = time.perf_counter() - t0
+    scan_keys = KEYS_PER_QUERY * -(-rc.q // path.passes)
+    return Prepared(rc, spec, ds, ctx, path, qs, kb0, kb1, scan_keys, tile(scan_keys), need, single_loop, ops)
 
+
+def sampling_policy(b: Any) -> SamplingPolicy:
+    return SamplingPolicy(warmup=b.warmup, min_samples=b.iterations, max_noise=b.max_noise, min_time_s=b.min_time_s,
+                          max_time_s=b.max_time_s, confidence=b.confidence)
+
+
+def compile_s(fn: Any) -> float:
+    """The first (compiling) call of a path, timed apart from its samples."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - t0
+
+
+def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str, progress: Progress) -> dict[str, float]:
+    """Plan, measure, record: time the single-query loop and the strategy's batch path interleaved (one
+    round = one sample of each, back to back), check parity, log everything."""
+    plc = placements.resolve(rc.placement)
+    tracker.log(run_id, tags=plc.tags())
+    p = prepare(rc, session, progress)
+    tracker.log(run_id, metrics={"memory_estimate_gib": p.memory_need / memory.GIB})
+
+    progress.phase("compiling")  # both paths once, apart from the timed samples
+    single_compile_s, batch_compile_s = compile_s(p.single_loop), compile_s(p.batch)
     b = rc.bench
-    policy = SamplingPolicy(warmup=b.warmup, min_samples=b.iterations, max_noise=b.max_noise, min_time_s=b.min_time_s,
-                            max_time_s=b.max_time_s, confidence=b.confidence)
     with devstate.watch() as watched:
-        progress.phase("timing single")
-        single_t, single_out = measure(single_loop, policy=policy)
-        progress.phase("timing batch")
-        batch_t, batch_out = measure(lambda: path.run(kb0), policy=policy)
+        progress.phase("timing")  # single and batch interleaved
+        timed, (single_out, batch_out) = measure_interleaved(
+            [p.single_loop, p.batch], policy=sampling_policy(b), first_call_s=[single_compile_s, batch_compile_s], watch=(1,))
+    single_t, batch_t = timed.paths
 
     progress.phase("parity")
     party1 = None
     if rc.parity.xor_check:
-        party1 = np.stack([np.asarray(ctx.single_jit(ds.words, kb)) for kb in kb1.unstack()])
-    rep = parity.check(rc.parity, ds, qs, np.asarray(single_out), np.asarray(batch_out), party1, session.oracle)
+        party1 = np.stack([np.asarray(p.ctx.single_jit(p.ds.words, kb)) for kb in p.kb1.unstack()])
+    rep = parity.check(rc.parity, p.ds, p.qs, np.asarray(single_out), np.asarray(batch_out), party1, session.oracle)
 
     progress.phase("logging")
-    scan_keys = KEYS_PER_QUERY * -(-rc.q // path.passes)  # keys of one scan of the batch path (one database pass)
-    pass_gb = scan_bytes_read(num_pages, spec, scan_keys, domain_bits) / 1e9
+    metrics, tags = cell_record(p, single_t, batch_t, rep, batch_compile_s, single_compile_s)
     state_tags, state_metrics = devstate.split(devstate.snapshot())
+    tags |= {"sampling.stopped_by": timed.stopped_by, **state_tags}
+    metrics |= {**state_metrics, **{f"device.{k}": v for k, v in watched.changes.items()}}
+    tracker.log(run_id, metrics=metrics, tags=tags)
+    tracker.log_series(run_id, "single_ms_iter", list(single_t.times_ms))
+    tracker.log_series(run_id, "batch_ms_iter", list(batch_t.times_ms))
+    tracker.log_text(run_id, json.dumps({"single": single_t.as_dict(), "batch": batch_t.as_dict(),
+                                         "paired": "rounds of single then batch, alternating order"}, indent=1), "timings.json")
+    if not rep.ok:
+        raise parity.ParityError("; ".join(rep.failures))
+    return metrics
+
+
+def cell_record(p: Prepared, single_t: TimingSummary, batch_t: TimingSummary, rep: parity.ParityReport,
+                batch_compile_s: float, single_compile_s: float) -> tuple[dict[str, float], dict[str, str]]:
+    """The cell's metrics and tags: derived metrics with intervals, both paths' samples, parity, engine path."""
+    rc, path = p.rc, p.path
+    pass_gb = scan_bytes_read(p.ds.num_pages, p.spec, p.scan_keys, p.ds.domain_bits) / 1e9
     metrics = {
         "q": rc.q,
-        **stats.cell_metrics(rc.q, single_t, batch_t, b.confidence),
+        **stats.cell_metrics(rc.q, single_t, batch_t, rc.bench.confidence),
         # database bytes actually read per second: one pass per scan (a batch makes path.passes, the loop q)
         "batch_effective_gbps": path.passes * pass_gb / (batch_t.p50_ms / 1e3),
         "single_effective_gbps": rc.q * pass_gb / (single_t.p50_ms / 1e3),
         "batch_passes": path.passes,
         "compile_s": batch_compile_s,
         "single_compile_s": single_compile_s,
-        "layout_build_s": ds.layout_build_s,  # the engine's database layout, built once per database (0: raw pages)
-        "tile_pages": tile(scan_keys),  # the batch path's scan step
-        "scan_keys": scan_keys,
+        "layout_build_s": p.ds.layout_build_s,  # the engine's database layout, built once per database (0: raw pages)
+        "tile_pages": p.tile_pages,
+        "scan_keys": p.scan_keys,
         "live_queries": path.live_queries,
         **single_t.as_metrics("single"),
         **batch_t.as_metrics("batch"),
         **rep.as_metrics(),
-        **state_metrics,
-        **{f"device.{k}": v for k, v in watched.changes.items()},
     }
+    step_path = p.ops.step_path
     tags = {
         "checksum_single": rep.checksum_single,
         "checksum_batch": rep.checksum_batch,
         "answers_sha256": rep.sha256_batch,
         "parity_numpy_note": rep.numpy_note or "checked",
         **{f"strategy_info.{k}": v for k, v in path.info.items()},
-        **({} if ops.step_path is None else {"engine_path.batch": ops.step_path(scan_keys),
-                                             "engine_path.single": ops.step_path(KEYS_PER_QUERY)}),
-        **{f"dataset.{k}": v for k, v in ds.describe().items()},
-        **state_tags,
+        **({} if step_path is None else {"engine_path.batch": step_path(p.scan_keys),
+                                         "engine_path.single": step_path(KEYS_PER_QUERY)}),
+        **{f"dataset.{k}": v for k, v in p.ds.describe().items()},
     }
-    tracker.log(run_id, metrics=metrics, tags=tags)
-    tracker.log_series(run_id, "single_ms_iter", list(single_t.times_ms))
-    tracker.log_series(run_id, "batch_ms_iter", list(batch_t.times_ms))
-    tracker.log_text(run_id, json.dumps({"single": single_t.as_dict(), "batch": batch_t.as_dict()}, indent=1), "timings.json")
-    if not rep.ok:
-        raise parity.ParityError("; ".join(rep.failures))
-    return metrics
+    return metrics, {k: str(v) for k, v in tags.items()}
 
 
 def identity_tags(rc: RunConfig) -> dict[str, str]:
     """What makes two cells the same measurement: config, code, dataset contents, device kind.
-    `cell_key` includes q (resume); `config_id` does not (the configuration a rollout would ship)."""
+    `cell_key` includes q (resume); `config_id` does not (the configuration a rollout would ship).
+    The dataset's fingerprint is its full contents (a file: sha256, cached by stat key), and is the one
+    the cell measures: the session refuses a file that changed after this (datasets.expect_recorded)."""
     version = code_version()
     fp = datasets.fingerprint(rc.dataset, rc.seed)
     dev = device_tags()
@@ -202,12 +252,17 @@ def identity_tags(rc: RunConfig) -> dict[str, str]:
 
 
 def _resume(rc: RunConfig, tracker: Tracker, ident: dict[str, str], sweep: SweepRef | None, name: str) -> CellOutcome | None:
-    prev = tracker.finished_cell(ident["cell_key"])
+    """The cell copied from an earlier sweep run of this same folder, if one finished it ok; else None (measure it).
+    A run outside a sweep has nothing to resume from."""
+    if sweep is None:
+        log.info("resume: %s is not part of a sweep (-m): measured", name)
+        return None
+    prev = tracker.finished_cell(ident["cell_key"], sweep.sweep_dir, exclude_parent=sweep.parent_id)
     if prev is None:
         return None
     tags = {k: v for k, v in prev.data.tags.items() if not k.startswith(("mlflow.", "morphogen."))}
-    tags.update(resumed_from=prev.info.run_id, **{ROLE_TAG: "cell"}, **({PARENT_TAG: sweep.sweep_dir} if sweep else {}))
-    run_id = tracker.start_run(name, tags, sweep.parent_id if sweep else None)
+    tags.update(resumed_from=prev.info.run_id, **{ROLE_TAG: "cell", PARENT_TAG: sweep.sweep_dir})
+    run_id = tracker.start_run(name, tags, sweep.parent_id)
     try:
         tracker.log(run_id, params=prev.data.params, metrics=prev.data.metrics)
     finally:
@@ -251,7 +306,8 @@ def run(cfg: DictConfig, session: Session, sweep: SweepRef | None = None) -> Cel
                             {"num_pages": datasets.plan_pages(rc.dataset), "page_bytes": 4096})
         progress = session.progress(sweep)
         interval = rc.bench.system_metrics_s
-        with progress.cell(sweep.index if sweep and sweep.index else 1, f"{name} on {rc.dataset.name}/{rc.engine.name}"), \
+        with devlock.hold(name) as held, \
+                progress.cell(sweep.index if sweep and sweep.index else 1, f"{name} on {rc.dataset.name}/{rc.engine.name}"), \
                 devstate.system_metrics(run_id, rc.mlflow.tracking_uri, sampling_interval_s=interval or 1.0, enabled=bool(interval)), \
                 time_limit(rc.bench.cell_timeout_s):
             metrics = measure_cell(rc, session, tracker, run_id, progress)
@@ -279,7 +335,7 @@ def run(cfg: DictConfig, session: Session, sweep: SweepRef | None = None) -> Cel
             raise
         log.error("%s FAILED: %s: %s", name, type(err).__name__, msg)
         return CellOutcome("failed", name, run_id, error=f"{type(err).__name__}: {msg}")
-    tracker.log(run_id, tags={"cell_status": "ok"}, metrics={"wall_s": time.perf_counter() - t0})
+    tracker.log(run_id, tags={"cell_status": "ok"}, metrics={"wall_s": time.perf_counter() - t0, **held.metrics()})
     tracker.end(run_id, "FINISHED")
     log.info("%s: single %.2f ms, batch %.2f ms (x%.2f), parity ok", name,
              metrics["single_ms_per_batch"], metrics["batch_ms_per_batch"], metrics["batch_vs_single_speedup"])

@@ -1,10 +1,13 @@
 """The Hydra callback that frames a multirun, whatever launcher runs its cells.
 
 Before any cell: every cell's config is composed and validated (one line naming the bad cells, exit
-2, no sweep run created); stale runs of the same sweep dir are closed; the parent MLflow run is
-created with the decision rules (`decision.json`), and its id is written to `<sweep dir>/parent_run_id`,
-where cells in any process find it. After the last cell: the outcomes are read back from MLflow
-(not from this process's memory), the report is built and the exit status is decided."""
+2, no sweep run created); the sweep folder is held (sweepdir.claim: created exclusively when it is the
+default, locked while this process runs, refused when it is another sweep's unless resume=true); stale
+runs of the same folder are closed; the parent MLflow run is created with the decision rules
+(`decision.json`) and the cell set's digest, and its id is written to `<sweep dir>/parent_run_id`, where
+cells in any process find it (the store to `<sweep dir>/mlflow.json`). After the last cell: the outcomes
+are read back from MLflow (not from this process's memory), the report is built and published, and the
+exit status is decided; the last line says the decision and where the report is."""
 
 from __future__ import annotations
 
@@ -20,12 +23,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from . import app, session
+from . import app, session, sweepdir
 from .config import ConfigError, MlflowConfig, flatten, one_line
 from .tracking import PARENT_TAG, ROLE_TAG, Tracker, code_version, shielded
 
 log = logging.getLogger(__name__)
-PARENT_FILE = "parent_run_id"
+PARENT_FILE = sweepdir.PARENT_FILE
 CELLS_FILE = "cells_expected"
 
 
@@ -76,6 +79,10 @@ def _fatal(hook: str) -> None:
 
 
 class SweepCallback(Callback):
+    def __init__(self) -> None:
+        self._claim: sweepdir.Claim | None = None  # the sweep folder, held from the start to the end
+        self._finals = True                           # bench.finals of the sweep's cells
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             self._start(config)
@@ -90,17 +97,22 @@ class SweepCallback(Callback):
 
     def _start(self, config: DictConfig) -> None:
         n_cells, first = validate_cells(config)
-        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        jobs = job_overrides(config)
         try:
             tracker = session.current().tracker(MlflowConfig(first.mlflow.tracking_uri, first.mlflow.experiment))
-            sweep_dir.mkdir(parents=True, exist_ok=True)
+            sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()  # the default one is created here, exclusively
+            known = tracker.sweep_runs(str(sweep_dir))
+            self._claim = sweepdir.claim(sweep_dir, resume=bool(first.resume),
+                                         store_parent=known[0].info.run_id if known else None)
             (sweep_dir / PARENT_FILE).write_text("")  # writable before a parent run exists
             (sweep_dir / CELLS_FILE).write_text(f"{n_cells}\n")
+            sweepdir.write_store(sweep_dir, tracker.cfg.tracking_uri, tracker.cfg.experiment)
         except ConfigError as err:  # fail before any cell compiles anything
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
         except OSError as err:
-            print(f"error: hydra.sweep.dir {str(sweep_dir)!r} is not writable ({err.strerror}); pick another", file=sys.stderr)
+            where = Path(str(config.hydra.sweep.dir)).resolve()
+            print(f"error: hydra.sweep.dir {str(where)!r} is not writable ({err.strerror}); pick another", file=sys.stderr)
             sys.exit(2)
         closed = tracker.close_stale(str(sweep_dir))
         if closed:
@@ -109,9 +121,11 @@ class SweepCallback(Callback):
         parent = tracker.start_run(
             f"sweep {sweep_dir.name}",
             {ROLE_TAG: "sweep", PARENT_TAG: str(sweep_dir), "overrides": " ".join(overrides),
-             "cells_expected": n_cells, "code_version": code_version(), **app.device_tags()},
+             "cells_expected": n_cells, sweepdir.DIGEST_TAG: sweepdir.cells_digest(jobs),
+             "code_version": code_version(), **app.device_tags()},
         )
         try:
+            self._finals = bool(first.bench.finals)
             decision = dict(first.decision)
             tracker.log(parent, params={f"decision.{k}": v for k, v in flatten(decision).items()})
             tracker.log_text(parent, json.dumps(decision, indent=1), "decision.json")
@@ -133,18 +147,21 @@ class SweepCallback(Callback):
         parent = sweep_ref(ref.sweep_dir).parent_id or tracker.find_parent(ref.sweep_dir)
         assert parent is not None
         problems, code = outcome_problems(tracker, parent)
+        if self._finals:
+            run_finals(tracker, parent, sess)
         try:
             files = report.build(tracker, parent, Path(ref.sweep_dir), publish=True)
             log.info("report: %s", files.markdown)
-            print(f"report: {files.markdown}")
-            print(f"review: mlflow ui --backend-store-uri {tracker.cfg.tracking_uri}  then open "
-                  f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs")
+            print(f"review: {review_hint(tracker.cfg.tracking_uri, tracker.experiment_id)}")
+            print(f"decision: {files.decision.headline()} — report: {files.markdown}")
         except Exception as err:  # the cells are recorded; a report bug must not hide them
             problems.append(f"report: {type(err).__name__}: {err}")
             code = max(code, 1)
             log.exception("report failed")
         tracker.end(parent, "FAILED" if problems else "FINISHED")
         sess.sweep = None
+        if self._claim is not None:
+            self._claim.release()
         if problems:
             print(f"{len(problems)} cell(s) failed:", file=sys.stderr)
             for line in problems:
@@ -152,11 +169,32 @@ class SweepCallback(Callback):
             sys.exit(code)
 
 
+def run_finals(tracker: Tracker, parent: str, sess: session.Session) -> None:
+    """The finals (finals.py) on this process's device, holding it as a cell does; a failure leaves the decision
+    to the cells and is said in one line."""
+    from . import devlock, finals
+
+    try:
+        with devlock.hold("the finals"):
+            finals.run(tracker, parent, sess)
+    except Exception as err:
+        log.warning("finals not run: %s: %s", type(err).__name__, (str(err).splitlines() or [""])[0][:300])
+
+
+def review_hint(tracking_uri: str, experiment_id: str) -> str:
+    """Where to look at a sweep: the runs table (MLflow 3 may open a bare experiment address on its GenAI view);
+    a server is opened at its own address, a local store through `mlflow ui`."""
+    runs = f"#/experiments/{experiment_id}/runs"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri.rstrip('/')}/{runs}"
+    return f"mlflow ui --backend-store-uri {tracking_uri}  then open http://127.0.0.1:5000/{runs}"
+
+
 def outcome_problems(tracker: Tracker, parent: str) -> tuple[list[str], int]:
     """Each cell that failed, did not fit, was killed or never recorded, read from MLflow; and the
     exit status they imply (2 if a cell's setting was rejected when it ran, else 1)."""
     run = tracker.client.get_run(parent)
-    cells = tracker.children(parent)
+    cells = [r for r in tracker.children(parent) if r.data.tags.get(ROLE_TAG, "cell") == "cell"]  # not the finals
     problems, code = [], 0
     for r in sorted(cells, key=lambda r: r.info.start_time):
         t = r.data.tags

@@ -21,7 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 MAX_Q = 32
 # Settings that do not change what a cell measures: excluded from its identity (resume, config_id).
 _NON_IDENTITY_KEYS = ("resume", "mlflow", "hydra", "decision")
-_NON_IDENTITY_BENCH = ("compilation_cache_dir", "cell_timeout_s")
+_NON_IDENTITY_BENCH = ("compilation_cache_dir", "cell_timeout_s", "finals")
 
 
 class ConfigError(ValueError):
@@ -78,6 +78,7 @@ class BenchConfig:
     cell_timeout_s: float | None = None
     memory_cap_gib: float | None = None
     compilation_cache_dir: str | None = None
+    finals: bool = True                  # after a sweep's cells: the shipped configuration and its ties head to head
 
 
 @dataclass

@@ -11,9 +11,13 @@ compare against: the synthetic generator has a numpy twin, a file is read back f
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import json
+import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,9 +30,12 @@ import numpy as np
 from .config import ConfigError, DatasetConfig
 from .pir.registry import LayoutFn
 
+log = logging.getLogger(__name__)
+
 PAGE_BYTES = 4096
 PAGE_WORDS = PAGE_BYTES // 4
 _STREAM_PAGES = 1 << 14  # 64 MiB host->device chunks for files
+StatKey = tuple[str, int, int, int, int, int]  # a file's (resolved path, size, mtime_ns, ctime_ns, device, inode)
 
 
 def domain_bits_for(num_pages: int) -> int:
@@ -85,6 +92,8 @@ class Dataset:
     path: Path | None = None
     layout: str = RAW     # "raw", or the layout function that built `words` (module.name)
     layout_build_s: float = 0.0  # seconds the layout took to build (0 for raw pages)
+    fingerprint: str = ""        # what was loaded (`fingerprint`); set by the session, "" when built directly
+    stat: StatKey | None = None  # the file's stat key when it was loaded (None: synthetic, or not recorded)
 
     @property
     def is_raw(self) -> bool:
@@ -127,6 +136,7 @@ class Dataset:
             "gib": round(self.nbytes / 2**30, 3),
             "source": str(self.path) if self.path else f"synthetic(seed={self.seed})",
             "layout": self.layout,
+            **({"fingerprint": self.fingerprint} if self.fingerprint else {}),  # what was measured (checked at the end)
         }
 
 
@@ -183,22 +193,172 @@ def _load_file(path: Path, device: jax.Device) -> jax.Array:
     return buf
 
 
-_MIB = 1 << 20
+# --- identity: what the pages are (a cell's `dataset.fingerprint`, part of its cell_key for resume) ---
+
+SYNTHETIC_VERSION = 1     # the generator above; bump it when its output changes
+_HASH_CHUNK = 16 << 20    # bytes per read while hashing a file
+_DISK_CACHE_ENTRIES = 512  # the on-disk cache keeps the newest entries
+_RACY_NS = 2_000_000_000  # a file modified this close to its hashing is not cached (file_digest)
+
+
+class DatasetChanged(RuntimeError):
+    """The page file changed under a cell (while it was hashed, loaded or measured): its answers and
+    its recorded identity would disagree, so the cell fails instead of recording them."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A dataset's fingerprint and, for a file, the stat key it was computed at."""
+
+    fingerprint: str
+    stat: StatKey | None = None
+
+
+def stat_key(path: Path) -> StatKey:
+    """What changes whenever a file's contents may have: size, mtime, ctime (an mtime set back still
+    moves it), device and inode (a file replaced by a rename). Any change means hash again."""
+    resolved = Path(path).expanduser().resolve()
+    st = os.stat(resolved)
+    return (str(resolved), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
+
+
+def _hash_file(path: Path) -> str:
+    """sha256 of the whole file, read in 16 MiB chunks (hashlib releases the GIL on big updates)."""
+    h = hashlib.sha256()
+    buf = bytearray(_HASH_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def cache_file() -> Path:
+    """The on-disk fingerprint cache: $MORPHOGEN_FINGERPRINT_CACHE, else
+    <outputs>/cache/dataset-fingerprints.json beside the guard store (<outputs> = $MORPHOGEN_ROLLOUT_DIR
+    or <repo>/outputs, whatever the current directory): every sweep and process of a checkout shares
+    it, so a 68 GB file is hashed once; never beside the dataset."""
+    env = os.environ.get("MORPHOGEN_FINGERPRINT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from .rollout import root  # the outputs root (yaml, omegaconf: already loaded by any cell)
+
+    return root() / "cache" / "dataset-fingerprints.json"
+
+
+_memo: dict[StatKey, str] = {}  # this process's hashes, by stat key
+_memo_lock = threading.Lock()
+
+
+def _disk_entries(path: Path) -> dict[str, dict]:
+    try:
+        data = json.loads(path.read_text())
+        entries = data.get("entries", {}) if isinstance(data, dict) and data.get("version") == 1 else {}
+        return {k: v for k, v in entries.items() if isinstance(v, dict) and isinstance(v.get("sha256"), str)}
+    except (OSError, ValueError):
+        return {}
+
+
+def _disk_get(key: StatKey) -> str | None:
+    entry = _disk_entries(cache_file()).get(json.dumps(key))
+    return entry["sha256"] if entry else None
+
+
+def _disk_put(key: StatKey, digest: str) -> None:
+    """Add an entry (read, merge, write a temporary file, rename: atomic; a lost race loses a cache
+    entry only). A cache that cannot be written is logged and skipped, never a failed run."""
+    path = cache_file()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        entries = _disk_entries(path)
+        entries[json.dumps(key)] = {"sha256": digest, "at": time.time()}
+        newest = sorted(entries.items(), key=lambda kv: kv[1].get("at", 0))[-_DISK_CACHE_ENTRIES:]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"version": 1, "entries": dict(newest)}, indent=0))
+        os.replace(tmp, path)
+    except OSError as err:
+        log.info("dataset fingerprint cache %s not written (%s): the file will be hashed again by the next process", path, err)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def file_digest(path: Path, attempts: int = 3) -> tuple[str, StatKey]:
+    """(sha256 of the file's whole contents, the stat key it holds for): from this process's memory,
+    else the on-disk cache, else hashed. The stat key is taken before and after hashing: a file that
+    changes meanwhile is hashed again, then DatasetChanged. A file modified within `_RACY_NS` of its
+    hashing is never cached (a write in the same clock tick leaves the stat key as it was; git's
+    "racily clean" rule), so it is hashed again on every call until it has settled."""
+    for _ in range(attempts):
+        key = stat_key(path)
+        with _memo_lock:
+            digest = _memo.get(key)
+        if digest is None:
+            digest = _disk_get(key)
+        if digest is None:
+            started = time.time_ns()
+            digest = _hash_file(Path(key[0]))
+            if stat_key(path) != key:
+                continue  # written to while we read it: the digest is of no version
+            if started - max(key[2], key[3]) <= _RACY_NS:
+                return digest, key
+            _disk_put(key, digest)
+        with _memo_lock:
+            _memo[key] = digest
+        return digest, key
+    raise DatasetChanged(f"dataset.path {str(path)!r} kept changing while it was hashed ({attempts} tries): "
+                         "run again once it is stable")
+
+
+def identify(cfg: DatasetConfig, seed: int) -> Identity:
+    """The dataset's identity now: a file's full-content sha256 and size (cached by stat key, so a
+    big file is hashed once, again only after it changed), or the synthetic generator's version,
+    page count and seed."""
+    if not cfg.path:
+        return Identity(f"synthetic-v{SYNTHETIC_VERSION}:pages={cfg.num_pages}:seed={seed}")
+    digest, key = file_digest(Path(cfg.path))
+    return Identity(f"file:sha256={digest}:size={key[1]}", key)
+
+
+_recorded: dict[str, Identity] = {}  # resolved path -> the identity `fingerprint` handed out, until the next load
 
 
 def fingerprint(cfg: DatasetConfig, seed: int) -> str:
-    """What the pages are, cheaply: a file's size and sha256 of its first, middle and last MiB; a
-    synthetic database's generator parameters. Part of a cell's identity (resume)."""
-    if not cfg.path:
-        return f"synthetic-v1:pages={cfg.num_pages}:seed={seed}"
-    path = Path(cfg.path).expanduser()
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as fh:
-        for start in sorted({0, max(0, size // 2 - _MIB // 2), max(0, size - _MIB)}):
-            fh.seek(start)
-            h.update(fh.read(_MIB))
-    return f"file:size={size}:sha256={h.hexdigest()[:16]}"
+    """What the pages are (a cell's `dataset.fingerprint`, part of its cell_key): see `identify`.
+    A file's identity is remembered until the next `expect_recorded` (the session's next load of it)."""
+    ident = identify(cfg, seed)
+    if ident.stat is not None:
+        _recorded[ident.stat[0]] = ident
+    return ident.fingerprint
+
+
+def expect_recorded(ident: Identity) -> None:
+    """Raise DatasetChanged when the file's contents differ from the identity `fingerprint` recorded
+    for it since the last call (a cell's tags, taken before it loads: they would name other pages than
+    it measures). Consumes the record; nothing recorded, nothing to check."""
+    if ident.stat is None:
+        return
+    rec = _recorded.pop(ident.stat[0], None)
+    if rec is not None and rec.fingerprint != ident.fingerprint:
+        raise DatasetChanged(f"dataset.path {ident.stat[0]!r} changed after this cell recorded its identity "
+                             f"({rec.fingerprint} recorded, {ident.fingerprint} now): run the cell again")
+
+
+def verify(ds: Dataset) -> None:
+    """Raise DatasetChanged when the file a resident dataset was loaded from no longer holds the
+    contents it was loaded with: the device copy, and any answer from it, are of the old contents.
+    Cheap (a stat) while the file is unchanged; a touched file with the same contents passes."""
+    if ds.path is None or ds.stat is None:
+        return
+    try:
+        digest, key = file_digest(ds.path)
+    except FileNotFoundError:
+        raise DatasetChanged(f"dataset.path {str(ds.path)!r} was removed after it was loaded for this cell: "
+                             "its answers are of the old contents and are not recorded; run the cell again") from None
+    now = f"file:sha256={digest}:size={key[1]}"
+    if now != ds.fingerprint:
+        raise DatasetChanged(f"dataset.path {str(ds.path)!r} changed after it was loaded for this cell "
+                             f"({ds.fingerprint} loaded, {now} now): its answers are of the old contents and "
+                             "are not recorded; run the cell again")
 
 
 def _load_layout(cfg: DatasetConfig, seed: int, layout: LayoutFn, device: jax.Device) -> Dataset:

@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 
 from .config import ConfigError, DecisionConfig
+from .stats import min_samples_for
 
 # Metrics a sweep may be ranked by, and whether larger is better.
 RANKABLE = {"batch_qps": True, "batch_vs_single_speedup": True, "batch_ms_per_batch": False,
@@ -28,7 +29,12 @@ _NOT_CONFIG_PREFIXES = ("mlflow.", "hydra.")
 # Params that never help a reader tell configurations apart (derived from the knobs, or names).
 _NOT_IN_LABEL_PREFIXES = ("strategy.guard_env.", "strategy.original", "strategy.name")
 
-GO, NO_GO, UNDECIDED = "GO", "NO-GO", "not enough evidence"
+GO, NO_GO, UNDECIDED = "GO", "NO-GO", "INCONCLUSIVE"
+# Params that describe what was measured and how, not a configuration to ship: a sweep that varies one of
+# these compares data or settings, never configurations, and gets no decision (as for mixed devices).
+_CONTEXT_PREFIXES = ("dataset.", "bench.", "parity.")
+_CONTEXT_KEYS = ("seed", "max_q")
+_CONTEXT_IGNORED = ("bench.compilation_cache_dir", "bench.cell_timeout_s", "bench.system_metrics_s", "bench.finals")
 
 
 @dataclass(frozen=True)
@@ -243,7 +249,34 @@ class Decision:
     intervals: bool                 # every ok cell carried intervals (else: point estimates, today's rules)
     tie_note: str = ""
     devices_note: str = ""          # the ok cells ran on several device kinds or several cards, in words
-    devices_mixed: bool = False     # several device kinds: no decision
+    refusal: str = ""               # why no decision can be made (several device kinds, data or settings varied)
+    finals_note: str = ""           # what the head-to-head finals confirmed or overturned
+
+    @property
+    def devices_mixed(self) -> bool:
+        """No decision and no guard (the name predates the other refusals: varied data or settings)."""
+        return bool(self.refusal)
+
+    @property
+    def outcome(self) -> str:
+        """GO (something ships), NO-GO (every configuration breaks a rule), INCONCLUSIVE (none proven yet),
+        or NO DECISION (the cells cannot be compared)."""
+        if self.refusal:
+            return "NO DECISION"
+        if self.selected:
+            return GO
+        return UNDECIDED if any(v.status == UNDECIDED for v in self.verdicts.values()) else NO_GO
+
+    def headline(self) -> str:
+        """The decision in one line (the sweep's last line, the report's bold line)."""
+        outcome = self.outcome
+        if outcome == GO:
+            return f"GO {self.selected}, fallback {self.fallback or 'the single-query loop'}"
+        if outcome == "NO DECISION":
+            return f"NO DECISION: {self.refusal}"
+        if outcome == UNDECIDED:
+            return "INCONCLUSIVE: no configuration is proven yet; keep the single-query loop (see the reasons)"
+        return "NO-GO: every configuration breaks a rule; keep the single-query loop"
 
     def summary(self) -> str:
         """One paragraph: what ships, why, and what could not be decided (the sweep run's description)."""
@@ -252,17 +285,21 @@ class Decision:
             score = self.verdicts[self.selected].score
             head = (f"Ship {self.selected} ({self.rank_by} {score.format() if score else '?'} at q={self.rank_q}); "
                     f"fallback: {self.fallback or 'the single-query loop'}.")
-        elif self.devices_mixed:
-            head = f"No decision: {self.devices_note}."
+        elif self.refusal:
+            head = f"No decision: {self.refusal}."
+        elif self.outcome == UNDECIDED:
+            head = "INCONCLUSIVE: no configuration is proven yet: keep the single-query loop."
         else:
             head = "No configuration is GO: keep the single-query loop."
-        parts = [head, f"{counts[GO]} GO, {counts[NO_GO]} NO-GO, {counts[UNDECIDED]} not enough evidence."]
+        parts = [head, f"{counts[GO]} GO, {counts[NO_GO]} NO-GO, {counts[UNDECIDED]} INCONCLUSIVE."]
         if counts[UNDECIDED]:
-            parts.append("Not enough evidence: " + "; ".join(
+            parts.append("Inconclusive: " + "; ".join(
                 f"{v.config}: {v.undecided[0]}" for v in self.verdicts.values() if v.status == UNDECIDED) + ".")
         if self.tie_note:
             parts.append(self.tie_note + ".")
-        if self.devices_note and not self.devices_mixed:  # two cards of one kind: said whatever the outcome
+        if self.finals_note:
+            parts.append(self.finals_note + ".")
+        if self.devices_note and not self.refusal:  # two cards of one kind: said whatever the outcome
             parts.append(self.devices_note + ".")
         parts.append("Intervals used." if self.intervals else "Intervals were not available: point estimates, fixed rules.")
         return " ".join(parts)
@@ -284,8 +321,30 @@ def devices_note(ok: pd.DataFrame) -> tuple[str, bool]:
     return "", False
 
 
-def decide(df: pd.DataFrame, rules: DecisionRules) -> Decision:
-    """Verdicts for every configuration (column `config`, else `our_strategy`) and the one to ship."""
+def context_note(df: pd.DataFrame) -> str:
+    """What the cells vary besides configurations (dataset, seed, bench or parity settings), in words; empty
+    when nothing does. Configurations compare only on one dataset measured one way."""
+    if "_params" not in df.columns:
+        return ""
+    values: dict[str, set[str]] = {}
+    for params in df["_params"]:
+        for k, v in (params or {}).items():
+            if (k.startswith(_CONTEXT_PREFIXES) or k in _CONTEXT_KEYS) and k not in _CONTEXT_IGNORED:
+                values.setdefault(k, set()).add(str(v))
+    if "dataset_fingerprint" in df.columns:
+        values["dataset contents"] = {str(v)[:12] for v in df["dataset_fingerprint"].dropna()}
+    varied = {k: sorted(v) for k, v in values.items() if len(v) > 1 and not (k == "dataset.name" and "dataset.num_pages" in values)}
+    if not varied:
+        return ""
+    what = "; ".join(f"{k} ({', '.join(v[:4])}{', ...' if len(v) > 4 else ''})" for k, v in sorted(varied.items()))
+    return (f"the cells differ in {what}: a decision ranks configurations on one dataset measured one way; "
+            "sweep each of those values on its own")
+
+
+def decide(df: pd.DataFrame, rules: DecisionRules, finals: Iterable[Final] = ()) -> Decision:
+    """Verdicts for every configuration (column `config`, else `our_strategy`) and the one to ship.
+    `finals`: the head-to-head rounds run after the sweep; at the ranking q they confirm the selection or
+    overturn it in favour of a GO configuration that beat it beyond noise."""
     if "config" not in df.columns:
         df = df.assign(config=df["our_strategy"])
     all_q = sorted(int(q) for q in df["q"].unique())
@@ -302,7 +361,7 @@ def decide(df: pd.DataFrame, rules: DecisionRules) -> Decision:
         if missing:
             v.failures.append(f"coverage: no cell at q={missing}")
         for row in sorted(rows, key=lambda r: int(r["q"])):
-            _judge_cell(row, rules, v)
+            _judge_cell(row, rules, v, superiority=int(row["q"]) == rank_q and rank_q >= rules.speedup_from_q)
         at = [r for r in rows if int(r["q"]) == rank_q and r["status"] == "ok"]
         v.score = estimate(at[0], rules.rank_by) if at else None
         if v.go and v.score is None:
@@ -310,13 +369,67 @@ def decide(df: pd.DataFrame, rules: DecisionRules) -> Decision:
         verdicts[v.config] = v
     ranked, tie_note = _rank([v for v in verdicts.values() if v.go], rules)
     note, mixed = devices_note(ok)
-    if mixed:
+    refusal = note if mixed else context_note(df)
+    if refusal:
         ranked, tie_note = [], ""
+    ranked, finals_note = _apply_finals(ranked, list(finals), rank_q, verdicts)
     return Decision(verdicts, ranked[0].config if ranked else None, ranked[1].config if len(ranked) > 1 else None,
-                    rank_q, rules.rank_by, intervals, tie_note, note, mixed)
+                    rank_q, rules.rank_by, intervals, tie_note, "" if mixed else note, refusal, finals_note)
 
 
-def _judge_cell(row: Mapping[str, Any], rules: DecisionRules, v: Verdict) -> None:
+@dataclass(frozen=True)
+class Final:
+    """One head-to-head result: at q, the challenger against the incumbent (the configuration the sweep
+    ships), timed in the same rounds: ratio = incumbent's batch time / challenger's (> 1: the challenger is
+    faster), with its interval, from `rounds` rounds."""
+
+    q: int
+    incumbent: str
+    challenger: str
+    ratio: float
+    lo: float
+    hi: float
+    rounds: int
+
+    @property
+    def verdict(self) -> str:
+        return "faster" if self.lo > 1 else "slower" if self.hi < 1 else "tied"
+
+
+def _apply_finals(ranked: list[Verdict], finals: list[Final], rank_q: int,
+                  verdicts: Mapping[str, Verdict]) -> tuple[list[Verdict], str]:
+    """At the ranking q, a GO challenger that beat the selection head to head beyond noise ships instead."""
+    if not ranked or not finals:
+        return ranked, ""
+    at = [f for f in finals if f.q == rank_q and f.incumbent == ranked[0].config]
+    winners = sorted((f for f in at if f.verdict == "faster" and f.challenger in verdicts and verdicts[f.challenger].go),
+                     key=lambda f: -f.ratio)
+    if winners:
+        w = winners[0]
+        new_first = verdicts[w.challenger]
+        ranked = [new_first] + [v for v in ranked if v is not new_first]
+        return ranked, (f"Finals at q={rank_q} overturned the sweep's ranking: {w.challenger} beat {w.incumbent} head to head, "
+                        f"x{w.ratio:.3f} [{w.lo:.3f}, {w.hi:.3f}] over {w.rounds} rounds")
+    if at:
+        said = ", ".join(f"{f.challenger} x{f.ratio:.3f} [{f.lo:.3f}, {f.hi:.3f}] ({f.verdict})" for f in at)
+        return ranked, f"Finals at q={rank_q} confirmed {ranked[0].config} head to head against {said}"
+    return ranked, f"Finals at q={rank_q}: nothing tied {ranked[0].config}; re-measured alone"
+
+
+def _rounds(row: Mapping[str, Any]) -> int | None:
+    """How many samples the cell's speedup interval rests on: its rounds (paired), else its fewer path's samples."""
+    n = _num(row.get("speedup_pairs"))
+    if n is None:
+        counts = [c for c in (_num(row.get("single_samples")), _num(row.get("batch_samples"))) if c is not None]
+        n = min(counts) if counts else None
+    return None if n is None else int(n)
+
+
+def _judge_cell(row: Mapping[str, Any], rules: DecisionRules, v: Verdict, superiority: bool = False) -> None:
+    """One cell against the rules. The speedup over the single-query loop must be non-inferior at every q >=
+    speedup_from_q (its interval's low end at least min_speedup x (1 - tie_within): a true tie with the loop
+    passes) and, at the ranking q (`superiority`), better (low end above min_speedup). An interval resting on
+    fewer samples than its confidence needs decides nothing."""
     q, status = int(row["q"]), row["status"]
     err = row.get("error_message") or ""
     if status == "does_not_fit":
@@ -327,9 +440,19 @@ def _judge_cell(row: Mapping[str, Any], rules: DecisionRules, v: Verdict) -> Non
         return
     if rules.require_parity and _num(row.get("parity_ok")) != 1:
         v.failures.append(f"require_parity: mismatch at q={q}")
+    confidence = _num(row.get("confidence")) or 0.95
+    n, need = _rounds(row), min_samples_for(confidence)
+    if n is not None and n < need:
+        v.undecided.append(f"q={q}: {n} samples cannot give a {confidence:.0%} interval (it needs {need}); "
+                           "raise bench.iterations or bench.max_time_s")
     sp = estimate(row, "batch_vs_single_speedup")
     if q >= rules.speedup_from_q and sp is not None:
-        _against(sp, rules.min_speedup, True, f"min_speedup: x{sp.format('.2f')} vs x{rules.min_speedup:g} at q={q}", v)
+        margin = rules.min_speedup * (1 - rules.tie_within)
+        _against(sp, margin, True, f"min_speedup: x{sp.format('.2f')} below x{rules.min_speedup:g} "
+                 f"(non-inferiority margin {rules.tie_within:.0%}: x{margin:.3g}) at q={q}", v, inclusive=True)
+        if superiority:
+            _against(sp, rules.min_speedup, True, f"better than the loop at q={q} (the ranking q): x{sp.format('.2f')} "
+                     f"vs x{rules.min_speedup:g}", v)
     lat = estimate(row, "batch_ms_per_batch")
     if rules.latency_budget_ms is not None and lat is not None:
         _against(lat, rules.latency_budget_ms, False,
@@ -342,20 +465,21 @@ def _judge_cell(row: Mapping[str, Any], rules: DecisionRules, v: Verdict) -> Non
                            f" ({int(_num(row.get(f'{p}_samples')) or 0)} samples)")
 
 
-def _against(e: Estimate, threshold: float, above: bool, what: str, v: Verdict) -> None:
-    """A rule `e > threshold` (above) or `e <= threshold`: held, broken, or (interval across it) undecided."""
+def _against(e: Estimate, threshold: float, above: bool, what: str, v: Verdict, inclusive: bool = False) -> None:
+    """A rule `e > threshold` (above; `e >= threshold` when inclusive) or `e <= threshold`: held, broken, or
+    (interval across it) undecided."""
     if not e.interval:
         if (e.value < threshold) if above else (e.value > threshold):
             v.failures.append(what)
         return
     lo, hi = e.lo, e.hi
     assert lo is not None and hi is not None
-    holds = lo > threshold if above else hi <= threshold
-    broken = hi <= threshold if above else lo > threshold
+    holds = (lo >= threshold if inclusive else lo > threshold) if above else hi <= threshold
+    broken = (hi < threshold if inclusive else hi <= threshold) if above else lo > threshold
     if broken:
         v.failures.append(what)
     elif not holds:
-        v.undecided.append(f"{what}: the interval straddles it, re-run with more samples")
+        v.undecided.append(f"{what}: the interval straddles it; more rounds (bench.max_time_s) can decide it")
 
 
 def _tied(best: Estimate, s: Estimate, rules: DecisionRules) -> bool:

@@ -8,7 +8,11 @@
    database layout, e.g. bitsliced: raw pages regenerated group by group from the dataset's own
    generator or file, `Dataset.raw_rows`, never read through the engine's layout);
 3. server0 XOR server1 == the true target pages, read from the dataset's host twin (not the device);
-plus the original's checksum columns (sum of answer bytes) beside these stronger checks."""
+plus the original's checksum columns (sum of answer bytes) beside these stronger checks.
+
+A check that did not run (parity.numpy_reference_queries=0, parity.xor_check=false) is recorded as not
+checked (`parity_*_checked` 0, no `parity_*_eq`), never as equal. A file dataset that changed after it
+was loaded fails the check with `datasets.DatasetChanged` (the answers are of the old contents)."""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import ParityConfig
-from .datasets import Dataset
+from .datasets import Dataset, verify
 from .pir.reference import answer_numpy, eval_prefix
 from .queries import QuerySet
 
@@ -37,10 +41,10 @@ class ParityReport:
     checksum_batch: int
     sha256_batch: str
     batch_eq_single: bool
-    numpy_checked: int          # queries compared to the numpy oracle (0: skipped, see numpy_note)
-    numpy_eq: bool
-    xor_checked: int
-    xor_eq: bool
+    numpy_checked: int          # queries compared to the numpy oracle (0: not checked, see numpy_note)
+    numpy_eq: bool | None       # None: not checked; else every checked query equal
+    xor_checked: int            # queries whose server0 XOR server1 was compared to the target pages (0: not checked)
+    xor_eq: bool | None         # None: not checked
     numpy_note: str = ""
     failures: list[str] = field(default_factory=list)
 
@@ -49,14 +53,16 @@ class ParityReport:
         return not self.failures
 
     def as_metrics(self) -> dict[str, float]:
+        """Three states per independent check: `parity_<check>_checked` > 0 with `parity_<check>_eq` 1
+        (checked, equal) or 0 (checked, different); `_checked` 0 and no `_eq` metric (not checked)."""
         return {
             "parity_ok": float(self.ok),
             "checksum_match": float(self.checksum_single == self.checksum_batch),
             "parity_batch_eq_single": float(self.batch_eq_single),
-            "parity_numpy_eq": float(self.numpy_eq),
             "parity_numpy_checked": float(self.numpy_checked),
-            "parity_xor_eq": float(self.xor_eq),
+            **({} if self.numpy_eq is None else {"parity_numpy_eq": float(self.numpy_eq)}),
             "parity_xor_checked": float(self.xor_checked),
+            **({} if self.xor_eq is None else {"parity_xor_eq": float(self.xor_eq)}),
         }
 
 
@@ -72,7 +78,7 @@ OracleCache = dict  # (kind, dataset identity, keys) -> answer; owned by the cal
 def _cached(kind: str, dataset: Dataset, keys: tuple, compute: Callable[[], np.ndarray], cache: OracleCache) -> np.ndarray:
     """An oracle answer for one query, cached by value (not by the device-backed Dataset, which the
     cache must not keep alive): every cell of a sweep re-checks query 0."""
-    key = (kind, dataset.name, dataset.num_pages, dataset.seed, str(dataset.path), keys)
+    key = (kind, dataset.name, dataset.num_pages, dataset.seed, str(dataset.path), dataset.fingerprint, keys)
     if key not in cache:
         if len(cache) >= 8:
             cache.clear()
@@ -148,9 +154,9 @@ def check(
         sha256_batch=hashlib.sha256(batch_b.tobytes()).hexdigest(),
         batch_eq_single=bool(np.array_equal(single_b, batch_b)),
         numpy_checked=0,
-        numpy_eq=True,
+        numpy_eq=None,
         xor_checked=0,
-        xor_eq=True,
+        xor_eq=None,
     )
     if not rep.batch_eq_single:
         bad = np.nonzero(np.any(single_b != batch_b, axis=(1, 2)))[0]
@@ -158,22 +164,27 @@ def check(
 
     n_ref = min(cfg.numpy_reference_queries, queries.q)
     large = dataset.num_pages > cfg.numpy_reference_max_pages
-    if n_ref and large:
+    if not n_ref:
+        rep.numpy_note = "not checked (parity.numpy_reference_queries=0)"
+    elif large:
         rep.numpy_note = (f"numpy DPF, pages folded on the device ({dataset.num_pages} pages > "
                           "parity.numpy_reference_max_pages)")
     for i in range(n_ref):
         ref = (_numpy_dpf_answer if large else _numpy_answer)(dataset, queries.keys[0][i], cache)
         rep.numpy_checked += 1
-        if not np.array_equal(ref, single_b[i]):
-            rep.numpy_eq = False
+        equal = bool(np.array_equal(ref, single_b[i]))
+        rep.numpy_eq = equal and rep.numpy_eq is not False
+        if not equal:
             rep.failures.append(f"query {i}: JAX answer != numpy reference")
 
     if single_party1 is not None:
         truth = dataset.host_pages(queries.targets.reshape(-1)).reshape(queries.q, 3, -1)
         got = single_b ^ words_to_bytes(single_party1)
         rep.xor_checked = queries.q
-        if not np.array_equal(got, truth):
-            rep.xor_eq = False
+        rep.xor_eq = bool(np.array_equal(got, truth))
+        if not rep.xor_eq:
             bad = np.nonzero(np.any(got != truth, axis=(1, 2)))[0]
             rep.failures.append(f"server0 XOR server1 != target pages on queries {bad.tolist()}")
+    # Last, after every read of the file: the answers are of the contents the cell loaded and records.
+    verify(dataset)
     return rep

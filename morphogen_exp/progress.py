@@ -16,7 +16,7 @@ from rich.text import Text
 
 log = logging.getLogger(__name__)
 
-PHASES = ("building data", "compiling", "timing single", "timing batch", "parity", "logging")
+PHASES = ("building data", "compiling", "timing", "parity", "logging", "finals")
 
 
 def format_s(seconds: float) -> str:

@@ -1,17 +1,22 @@
 """The comparison and decision report of a sweep, built from MLflow alone.
 
-    python -m morphogen_exp.report                      # the latest sweep in the local store
-    python -m morphogen_exp.report --sweep-dir outputs/multirun/2026-11-27_10-00-00
-    python -m morphogen_exp.report --parent-run <id> --tracking-uri http://host:5000 --rule rank_by=batch_ms_per_batch
+    python -m morphogen_exp.report                      # a what-if of the latest sweep in the local store
+    python -m morphogen_exp.report --sweep-dir outputs/multirun/2026-11-27_10-00-00 --rule rank_by=batch_ms_per_batch
+    python -m morphogen_exp.report --sweep-dir outputs/multirun/2026-11-27_10-00-00 --publish   # e.g. after an interrupt
 
-Writes report.md, matrix.csv (the original's columns, then ours), latency/qps plots and the
-rollout guard (rollout/selected.yaml + .env) into the sweep folder, and logs them to the sweep run,
-whose description becomes the decision's summary. Rules: the sweep run's decision.json (older runs:
-its `decision.*` params), each `--rule NAME=VALUE` applied on top. Never creates a store."""
+Writes report.md, matrix.csv (the original's columns, then ours), latency/qps plots and the rollout
+guard (rollout/selected.yaml + .env). A what-if (no --publish) writes files only, into --out or a new
+`whatif-<time>/` in the sweep folder: MLflow, the guard store and the sweep folder's own report stay as
+they are. `--publish` (what the sweep's end does) writes the sweep folder and the record: the files
+logged to the sweep run, whose description becomes the decision's summary, and the guard saved; it
+takes no --rule. Rules: the sweep run's decision.json (older runs: its `decision.*` params), each
+`--rule NAME=VALUE` applied on top. The store: --tracking-uri, else the one the sweep folder's
+mlflow.json names, else the local one. Never creates a store."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -27,7 +32,18 @@ import pandas as pd
 
 from . import rollout
 from .config import ConfigError
-from .decision import Decision, DecisionRules, best_per_q, config_id, config_labels, decide, estimate, mapping_from_params, with_assignments
+from .decision import (
+    Decision,
+    DecisionRules,
+    Final,
+    best_per_q,
+    config_id,
+    config_labels,
+    decide,
+    estimate,
+    mapping_from_params,
+    with_assignments,
+)
 
 ORIGINAL_COLUMNS = [
     "strategy", "policy", "adaptive_threshold", "gpu_streams", "gpu_cuda_graph", "gpu_batch_tile_size", "q",
@@ -40,13 +56,14 @@ PATH_METRICS = [f"{p}_{m}" for p in ("single", "batch")
 OUR_COLUMNS = [
     "config", "config_id", "cell_key", "our_strategy", "engine", "dataset", "dataset_fingerprint", "device_kind",
     "device_uuid", "status", "parity_ok", "parity_numpy_eq", "parity_numpy_checked", "parity_xor_eq",
-    *[f"{m}_{b}" for m in DERIVED for b in ("lo", "hi")], *PATH_METRICS, "max_noise",
+    *[f"{m}_{b}" for m in DERIVED for b in ("lo", "hi")], *PATH_METRICS, "speedup_pairs", "confidence", "max_noise",
     "single_ms_p90", "batch_ms_p90", "batch_ms_min", "batch_ms_max",
     "compile_s", "batch_effective_gbps", "memory_estimate_gib", "scan_keys", "engine_path", "error_message", "run_id",
 ]
-_OTHER_METRICS = ["parity_numpy_checked", "single_ms_p90", "batch_ms_p90", "batch_ms_min", "batch_ms_max",
+_OTHER_METRICS = ["parity_numpy_checked", "parity_xor_checked", "single_ms_p90", "batch_ms_p90", "batch_ms_min", "batch_ms_max",
                   "compile_s", "batch_effective_gbps", "memory_estimate_gib", "scan_keys"]
 ROLE_TAG, PARENT_TAG = "morphogen.role", "morphogen.sweep_dir"
+FINAL_ROLE = "final"  # a head-to-head final run under a sweep (finals.py): read here, never counted as a cell
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -108,6 +125,8 @@ def cell_row(run: Any) -> dict[str, Any]:
         "parity_numpy_eq": _flag(m, "parity_numpy_eq"),
         "parity_xor_eq": _flag(m, "parity_xor_eq"),
         "max_noise": rollout.typed(p["bench.max_noise"]) if "bench.max_noise" in p else None,
+        "confidence": m.get("confidence", rollout.typed(p["bench.confidence"]) if "bench.confidence" in p else None),
+        "speedup_pairs": m.get("speedup_pairs"),
         "error_message": t.get("error_message", ""),
         "run_id": run.info.run_id,
         "_start": run.info.start_time or 0,
@@ -122,7 +141,8 @@ def cell_row(run: Any) -> dict[str, Any]:
 
 def cells_frame(runs: Sequence[Any]) -> pd.DataFrame:
     """One row per cell (the newest run of each cell_key), labelled by configuration."""
-    rows = sorted((cell_row(r) for r in runs), key=lambda r: -r["_start"])
+    cells = [r for r in runs if r.data.tags.get(ROLE_TAG, "cell") == "cell"]  # never a final or a trial
+    rows = sorted((cell_row(r) for r in cells), key=lambda r: -r["_start"])
     df = pd.DataFrame(rows)
     if df.empty:
         return df
@@ -151,6 +171,53 @@ def load_rules(client: Any, parent: Any, overrides: Sequence[str] = ()) -> Decis
         raise ConfigError(f"sweep run {run_id}: {err} (override it: --rule NAME=VALUE)") from None
 
 
+def read_finals(client: Any, runs: Sequence[Any], df: pd.DataFrame) -> tuple[list[Final], list[dict[str, Any]]]:
+    """The sweep's finished final runs (finals.py) among `runs`: as decision Finals (labels from df) and as
+    their raw records (finals.json), newest per q."""
+    labels = dict(zip(df["config_id"], df["config"], strict=False)) if not df.empty else {}
+    newest: dict[int, Any] = {}
+    for r in sorted(runs, key=lambda r: r.info.start_time or 0):
+        if r.data.tags.get(ROLE_TAG) == FINAL_ROLE and r.info.status == "FINISHED":
+            newest[_int_or(r.data.tags.get("q"), 0)] = r
+    finals: list[Final] = []
+    records: list[dict[str, Any]] = []
+    for q, r in sorted(newest.items()):
+        with tempfile.TemporaryDirectory() as tmp:
+            rec = json.loads(Path(client.download_artifacts(r.info.run_id, "finals.json", tmp)).read_text())
+        records.append(rec)
+        inc = labels.get(rec["incumbent"], rec["incumbent"])
+        finals += [Final(q, inc, labels.get(c["config_id"], c["config_id"]), c["ratio"], c["lo"], c["hi"], rec["rounds"])
+                   for c in rec["challengers"]]
+        if not rec["challengers"]:
+            finals.append(Final(q, inc, inc, 1.0, 1.0, 1.0, rec["rounds"]))  # re-measured alone: confirms nothing new
+    return [f for f in finals if f.challenger != f.incumbent], records
+
+
+def _finals_section(records: list[dict[str, Any]], df: pd.DataFrame, decision: Decision) -> str:
+    """Per q: the incumbent re-measured at the end against its own cell (drift) and each challenger head to head."""
+    if not records:
+        return ("No finals were run (nothing ships, finals are off, or the sweep ended before them): the ranking rests "
+                "on cells timed minutes apart.")
+    labels = dict(zip(df["config_id"], df["config"], strict=False))
+    lines = ["| q | incumbent: final vs its cell (drift) | challengers head to head (incumbent ms / challenger ms) | rounds |",
+             "|---:|---|---|---:|"]
+    for rec in records:
+        med, lo, hi = rec["incumbent_ms"]
+        cell = rec.get("cell_ms")
+        drift = (f"{med:.4g} [{lo:.4g}, {hi:.4g}] ms vs {cell[0]:.4g} [{cell[1]:.4g}, {cell[2]:.4g}] ({med / cell[0] - 1:+.1%})"
+                 if cell else f"{med:.4g} [{lo:.4g}, {hi:.4g}] ms")
+        verdict = {True: "faster", False: "slower"}
+        ch = "; ".join(f"{labels.get(c['config_id'], c['config_id'])} x{c['ratio']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}] "
+                       f"({verdict[c['lo'] > 1] if c['lo'] > 1 or c['hi'] < 1 else 'tied'})" for c in rec["challengers"])
+        skipped = "; ".join(rec.get("skipped") or [])
+        lines.append(f"| {rec['q']} | {labels.get(rec['incumbent'], rec['incumbent'])}: {drift} | {ch or '—'}"
+                     f"{(' (not run: ' + skipped + ')') if skipped else ''} | {rec['rounds']} |")
+    drifts = [r["incumbent_ms"][0] / r["cell_ms"][0] - 1 for r in records if r.get("cell_ms")]
+    tail = (f"\nDrift of the shipped configuration between its cells and the finals: {min(drifts):+.1%} to {max(drifts):+.1%} "
+            "(the device and host as they were at the start and at the end)." if drifts else "")
+    return "\n".join(lines) + ("\n\n" + decision.finals_note + "." if decision.finals_note else "") + tail
+
+
 # --------------------------------------------------------------------------- writers (format only)
 
 def _fmt(row: Mapping[str, Any], col: str, spec: str) -> str:
@@ -171,12 +238,29 @@ def _pivot(df: pd.DataFrame, col: str, spec: str) -> str:
 
 
 def _status_table(df: pd.DataFrame) -> str:
+    """Each cell's status; for an ok one what each parity check found: ok / BAD, or "not checked" for a
+    check that did not run (its `parity_*_checked` count 0, or no `parity_*_eq`), never ok."""
+
+    def value(row: pd.Series, col: str) -> float | None:
+        v = row.get(col)
+        return None if v is None or pd.isna(v) else float(v)
+
+    def check(row: pd.Series, name: str) -> tuple[int | None, str]:  # (queries checked if known, ok | BAD | not checked)
+        n, eq = value(row, f"parity_{name}_checked"), value(row, f"parity_{name}_eq")
+        if n == 0 or eq is None:
+            return (None if n is None else int(n)), "not checked"
+        return (None if n is None else int(n)), "ok" if eq == 1 else "BAD"
+
     def cell(row: pd.Series) -> str:
         if row["status"] != "ok":
             return str(row["status"]).replace("_", " ")
         marks = "exact" if row["parity_ok"] == 1 else "MISMATCH"
-        return (f"{marks} (numpy {int(row['parity_numpy_checked'] or 0)}q, xor {'ok' if row['parity_xor_eq'] == 1 else 'BAD'}, "
-                f"checksum {'=' if row['checksum_match'] == 1 else '≠'})")
+        n_numpy, numpy = check(row, "numpy")
+        numpy_text = ("numpy" + ("" if n_numpy is None else f" {n_numpy}q")
+                      + {"ok": "", "BAD": " BAD"}.get(numpy, ": not checked"))
+        checksum = value(row, "checksum_match")
+        checksum_text = "not checked" if checksum is None else "=" if checksum == 1 else "≠"
+        return f"{marks} ({numpy_text}, xor {check(row, 'xor')[1]}, checksum {checksum_text})"
 
     t = df.assign(cell=df.apply(cell, axis=1)).pivot_table(index="q", columns="config", values="cell", aggfunc="first")
     return t.fillna("missing").to_markdown()
@@ -280,7 +364,7 @@ def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: Map
         info = g["_info"].iloc[-1]  # at the largest q (chunks, tiles...)
         configs.append(f"| {name} | {g['strategy'].iloc[0]} | {knobs} | `{g['config_id'].iloc[0]}` | "
                        f"{', '.join(f'{k}={v}' for k, v in info.items()) or '—'} |")
-    order = {"GO": 0, "not enough evidence": 1, "NO-GO": 2}
+    order = {"GO": 0, "INCONCLUSIVE": 1, "NO-GO": 2}
     verdict_rows = [
         f"| {v.config} | {'**GO**' if v.go else v.status} | {v.score.format() if v.score else '—'} | "
         f"{'; '.join(v.reasons) or 'all rules hold'}{(' — ' + '; '.join(v.notes)) if v.notes else ''} |"
@@ -289,16 +373,15 @@ def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: Map
     counts = df["status"].value_counts().to_dict()
     sel = decision.selected
     devices = ", ".join(sorted(df["device_kind"].dropna().astype(str).unique())) or "?"
-    guard_line = ("- **Rollout guard**: none written (the cells ran on several kinds of device)." if decision.devices_mixed
+    guard_line = (f"- **Rollout guard**: none written ({decision.refusal})." if decision.devices_mixed
                   else f"""- **Rollout guard**: `rollout/selected.yaml` and `rollout/selected.env` beside this report; saved as
   `+rollout={meta.get('guard_name', '?')}` (and `+rollout=selected`, the latest) in the guard store
   ($MORPHOGEN_ROLLOUT_DIR or <repo>/outputs).""")
-    headline = ("GO " + sel if sel else "none: the cells ran on several kinds of device" if decision.devices_mixed
-                else "no configuration is GO: keep the single-query path")
-    tie = (f"ties (overlapping intervals; point estimates: within {rules.tie_within:.0%}) go to the first of decision.prefer"
-           if decision.intervals else f"ties within {rules.tie_within:.0%} go to the first of decision.prefer")
-    intervals = ("Each value is the median with its confidence interval `[lo, hi]`; verdicts need the interval to clear "
-                 "each threshold (else: not enough evidence)." if decision.intervals else
+    tie = (f"ties (overlapping intervals; point estimates: within {rules.tie_within:.0%}) go to the first of decision.prefer, "
+           "then the finals decide" if decision.intervals else f"ties within {rules.tie_within:.0%} go to the first of decision.prefer")
+    intervals = ("Each value is the median with its confidence interval `[lo, hi]`. The single-query loop and the batch path "
+                 "are timed in alternating rounds; the speedup is the median of the rounds' ratios, its interval from "
+                 "those ratios. A verdict needs the interval to clear each rule (else INCONCLUSIVE)." if decision.intervals else
                  "**Intervals were not available** for these runs (point estimates only): the rules compare point "
                  "values and a tie is a fixed fraction.")
     return f"""# Batching decision report
@@ -311,8 +394,7 @@ def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: Map
 - Cells: {len(df)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}); configurations: {df['config'].nunique()}
 - Generated {meta.get('date', '')}
 
-**Decision: {headline}**;
-fallback: {decision.fallback or 'the single-query loop'}.
+**Decision: {decision.headline()}**
 
 {decision.summary()}
 
@@ -338,6 +420,9 @@ Single-query loop (same cells, ms per Q queries):
 ## Best configuration per q (ok cells{', exact parity' if rules.require_parity else ''})
 {_best_per_q_table(df, decision, rules)}
 {_engine_path_section(df)}
+## Finals (after the cells: the shipped configuration and what ties it, head to head in rounds)
+{_finals_section(list(meta.get('finals') or []), df, decision)}
+
 ## Sampling (samples, relative noise reached, whether the time cap stopped it)
 {_sampling_table(df)}
 
@@ -345,8 +430,11 @@ Single-query loop (same cells, ms per Q queries):
 {_status_table(df)}
 
 ## Decision
-Rules (conf/decision): require_parity={rules.require_parity}, min_speedup={rules.min_speedup:g} for q >= {rules.speedup_from_q},
-latency_budget_ms={rules.latency_budget_ms}, ranked by {rules.rank_by} at q={decision.rank_q}, {tie}.
+Rules (conf/decision): require_parity={rules.require_parity}; the speedup over the loop non-inferior (interval low
+end >= x{rules.min_speedup:g} x (1 - tie_within={rules.tie_within:g})) at every q >= {rules.speedup_from_q} and better (low end
+> x{rules.min_speedup:g}) at q={decision.rank_q}; every interval from enough samples for its confidence;
+latency_budget_ms={rules.latency_budget_ms};
+ranked by {rules.rank_by} at q={decision.rank_q}, {tie}.
 
 | configuration | verdict | {rules.rank_by} at q={decision.rank_q} | reasons |
 |---|---|---:|---|
@@ -387,9 +475,10 @@ def _env(params: Mapping[str, Any]) -> str:
 
 def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, rules_override: Sequence[str] = (),
           rollout_dir: Path | None = None) -> ReportFiles:
-    """Build the report of one sweep from MLflow (`store` has .client and .experiment_id): files in
-    out_dir, logged to the parent run with the decision as its description; `publish` also saves
-    the guard in the rollout store (what a sweep does at its end), or in `rollout_dir`/rollout if given."""
+    """Build the report of one sweep from MLflow (`store` has .client and .experiment_id): files in out_dir.
+    Only `publish` (what a sweep does at its end) writes the record: the files logged to the parent run, the
+    decision as its description and `decision.*` tags, the guard saved in the rollout store (or in
+    `rollout_dir`/rollout if given). Without it nothing in MLflow or the guard store changes (a what-if)."""
     client = store.client
     parent = client.get_run(parent_id)
     runs = client.search_runs([store.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=50000)
@@ -397,7 +486,8 @@ def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, r
         raise ConfigError(f"sweep run {parent_id} has no cell runs: nothing to report")
     rules = load_rules(client, parent, rules_override)
     df = cells_frame(runs)
-    decision = decide(df, rules)
+    finals, final_records = read_finals(client, runs, df)
+    decision = decide(df, rules, finals)
     out_dir.mkdir(parents=True, exist_ok=True)
     p0, first_tags = df["_params"].iloc[0], df["_tags"].iloc[0]
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -405,6 +495,7 @@ def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, r
     header = f"Rollout guard from sweep {sweep_dir} (run {parent_id}), {first_tags.get('device_kind')}, {date}"
     name, guard_yaml, guard_env = guard_texts(df, decision, header)
     meta = {
+        "finals": final_records,
         "sweep_dir": sweep_dir, "parent_run": parent_id, "tracking_uri": client.tracking_uri,
         "backend": first_tags.get("backend"), "jax_version": first_tags.get("jax_version"),
         "code_version": parent.data.tags.get("code_version"), "warmup": p0.get("bench.warmup"),
@@ -428,11 +519,12 @@ def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, r
         if publish or rollout_dir is not None:
             rollout.publish(name, guard_yaml, None if rollout_dir is None else rollout_dir / rollout.GROUP)
     rollout.atomic_write(md, render(df, decision, rules, meta))
-    for path in (md, csv, *guards, *plots):
-        client.log_artifact(parent_id, str(path), "report")
-    for key, value in {"mlflow.note.content": decision.summary(), "decision.selected": decision.selected or "none",
-                       "decision.fallback": decision.fallback or "none", "decision.guard": name}.items():
-        client.set_tag(parent_id, key, value)
+    if publish:
+        for path in (md, csv, *guards, *plots):
+            client.log_artifact(parent_id, str(path), "report")
+        for key, value in {"mlflow.note.content": decision.summary(), "decision.selected": decision.selected or "none",
+                           "decision.fallback": decision.fallback or "none", "decision.guard": name}.items():
+            client.set_tag(parent_id, key, value)
     return ReportFiles(md, csv, plots, guard_path if guards else None, env_path if guards else None, decision)
 
 
@@ -511,30 +603,66 @@ def _writable_dir(path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m morphogen_exp.report", description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--tracking-uri", default=f"sqlite:///{Path('outputs').resolve()}/mlflow.db")
-    ap.add_argument("--experiment", default="morphogen_exp")
+    ap = argparse.ArgumentParser(prog="python -m morphogen_exp.report", description=(__doc__ or "").splitlines()[0],
+                                 epilog="Without --publish this is a what-if: files only, MLflow and the guard store "
+                                        "unchanged, and never over the sweep folder's own (published) report.")
+    ap.add_argument("--tracking-uri", help="the store (default: what the sweep folder's mlflow.json names, with "
+                                           "--sweep-dir; else sqlite:///<current dir>/outputs/mlflow.db)")
+    ap.add_argument("--experiment", help="default: the sweep folder's mlflow.json, else morphogen_exp")
     ap.add_argument("--sweep-dir", help="the sweep's output folder (default: the latest sweep)")
     ap.add_argument("--parent-run", help="the sweep's MLflow run id")
-    ap.add_argument("--out", type=Path, help="where to write (default: the sweep folder)")
+    ap.add_argument("--out", type=Path, help="where to write (default: with --publish the sweep folder; without, a new "
+                                             "whatif-<time>/ inside it; never the sweep folder without --publish)")
     ap.add_argument("--rule", action="append", default=[], metavar="NAME=VALUE",
-                    help="override a decision rule (repeatable), e.g. --rule rank_by=batch_ms_per_batch")
-    ap.add_argument("--publish", action="store_true", help="also save the guard in the rollout store (+rollout=)")
+                    help="override a decision rule (repeatable), e.g. --rule rank_by=batch_ms_per_batch; a what-if only")
+    ap.add_argument("--publish", action="store_true",
+                    help="record this as the sweep's report: written to the sweep folder, logged to the sweep run "
+                         "(description, decision.* tags, report/ artifacts), the guard saved in the rollout store "
+                         "(+rollout=); refused with --rule (the record keeps the sweep's own rules)")
     args = ap.parse_args(argv)
     try:
+        if args.publish and args.rule:
+            raise ConfigError("--publish with --rule: the sweep's record keeps its own rules; drop --rule, or --publish "
+                              "for a what-if (files only)")
         with_assignments({}, args.rule)  # NAME=VALUE syntax, before anything is opened
-        store = open_store(args.tracking_uri, args.experiment)
+        uri, experiment = args.tracking_uri, args.experiment
+        if args.sweep_dir and (uri is None or experiment is None):  # the store the sweep wrote, as it says
+            from .sweepdir import read_store
+
+            named_uri, named_exp = read_store(Path(args.sweep_dir))
+            uri, experiment = uri or named_uri, experiment or named_exp
+        store = open_store(uri or f"sqlite:///{Path('outputs').resolve()}/mlflow.db", experiment or "morphogen_exp")
         parent = find_parent(store, args.sweep_dir, args.parent_run)
         run = store.client.get_run(parent)
-        out = _writable_dir(args.out or Path(run.data.tags.get(PARENT_TAG, ".")))
-        files = build(store, parent, out, publish=args.publish, rules_override=args.rule)
+        folder = Path(run.data.tags.get(PARENT_TAG, "."))
+        if args.publish:
+            out = _writable_dir(args.out or folder)
+        elif args.out is not None:
+            if args.out.resolve() == folder.resolve():
+                raise ConfigError(f"--out {args.out} is the sweep folder, which holds the published report; pick another "
+                                  "folder (a what-if), or --publish to rebuild the record")
+            out = _writable_dir(args.out)
+        elif folder.is_dir():
+            from .sweepdir import new_dir
+
+            stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+            out = _writable_dir(Path(new_dir(str(folder / f"whatif-{stamp}"))))  # created exclusively
+        else:
+            raise ConfigError(f"the sweep folder {folder} is not on this machine: pass --out for a what-if")
+        try:
+            files = build(store, parent, out, publish=args.publish, rules_override=args.rule)
+        except BaseException:
+            if not args.publish and args.out is None:
+                with contextlib.suppress(OSError):
+                    out.rmdir()  # the what-if folder made for nothing (a bad --rule): not left behind empty
+            raise
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
         print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return 2
-    print(f"report: {files.markdown}")
+    print(f"report: {files.markdown}" + ("" if args.publish else " (a what-if: MLflow and the guard store unchanged)"))
     return 0
 
 

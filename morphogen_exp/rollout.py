@@ -77,10 +77,10 @@ def guard_mapping(params: Mapping[str, Any]) -> dict[str, Any]:
     """The guard of one configuration from its flattened params: strategy, engine and their settings."""
     strategy = str(params["strategy.name"])
     engine = str(params.get("engine.name", "xla"))
-    knobs = _nested({k[len("strategy."):]: typed(v) for k, v in params.items()
+    knobs = nested({k[len("strategy."):]: typed(v) for k, v in params.items()
                      if k.startswith("strategy.") and not k.startswith("strategy.guard_env.")
                      and k[len("strategy."):] not in _NOT_KNOBS})
-    engine_cfg = _nested({k[len("engine."):]: typed(v) for k, v in params.items()
+    engine_cfg = nested({k[len("engine."):]: typed(v) for k, v in params.items()
                           if k.startswith("engine.") and k != "engine.name"})
     placement = str(params.get("placement.name", "single"))  # and its device count: placement.devices below
     out: dict[str, Any] = {"defaults": [{"override /strategy": strategy}, {"override /engine": engine},
@@ -99,7 +99,7 @@ def no_go_mapping() -> dict[str, Any]:
     return {"defaults": [{"override /strategy": "multi_stream"}, "_self_"], "strategy": {"streams": 1}}
 
 
-def _nested(flat: Mapping[str, Any]) -> dict[str, Any]:
+def nested(flat: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in flat.items():
         *parents, leaf = key.split(".")

@@ -8,7 +8,7 @@ only here, so a launcher that runs cells in other processes sees the same sweep.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +43,30 @@ class Session:
                  placement: Any = None) -> datasets.Dataset:
         """The dataset in the engine's layout (None: raw pages) and placement (placement.load; None: one
         device), built once per process. A different one releases the old database and every context
-        compiled on it first (one resident at a time: a 64 GiB one leaves room for no other)."""
+        compiled on it first (one resident at a time: a 64 GiB one leaves room for no other).
+
+        A file is identified again on every call (its stat key; hashed again only when that moved): one
+        whose stat key or fingerprint changed since it was loaded is loaded again; one that differs
+        from the identity recorded for it since the last call (`datasets.fingerprint`: the cell's tags,
+        taken before it loads), or that changes while it loads, raises `datasets.DatasetChanged`. The dataset carries the identity
+        it was loaded at (`fingerprint`, `stat`), which `datasets.verify` checks at the end of a cell."""
+        ident = datasets.identify(cfg, seed)
+        datasets.expect_recorded(ident)
         key = (cfg.name, cfg.num_pages, str(Path(cfg.path).expanduser().resolve()) if cfg.path else None, seed, layout,
-               placement)
+               placement, ident)
         if self.dataset is None or self._dataset_key != key:
-            self.dataset, self.contexts = None, {}
+            self.dataset, self.contexts, self._dataset_key = None, {}, None
             if placement is None:
-                self.dataset = datasets.load(cfg, seed, layout)
+                loaded = datasets.load(cfg, seed, layout)
             else:
                 from . import placement as placements  # imports the strategies' base; only cells need it
 
                 assert layout is None, "an engine layout runs with placement=single (app.validate)"
-                self.dataset = placements.load(cfg, seed, placement)
+                loaded = placements.load(cfg, seed, placement)
+            if ident.stat is not None and datasets.stat_key(Path(ident.stat[0])) != ident.stat:
+                raise datasets.DatasetChanged(f"dataset.path {ident.stat[0]!r} changed while it was loaded: "
+                                              "run again once it is stable")
+            self.dataset = replace(loaded, fingerprint=ident.fingerprint, stat=ident.stat)
             self._dataset_key = key
         return self.dataset
 

@@ -104,6 +104,26 @@ def ratio_ci(num_samples: Sequence[float] | np.ndarray, den_samples: Sequence[fl
     return min(lo, point), max(hi, point)   # the point estimate always lies inside its interval
 
 
+def paired_ratios(num_samples: Sequence[float] | np.ndarray, den_samples: Sequence[float] | np.ndarray) -> np.ndarray:
+    """num[k] / den[k] for each pair k (two paths timed in the same round)."""
+    a, b = np.asarray(num_samples, dtype=np.float64), np.asarray(den_samples, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples need equal counts, got {a.size} and {b.size}")
+    if np.any(b <= 0):
+        raise ValueError("paired ratio denominators must all be > 0")
+    return a / b
+
+
+def paired_ratio_ci(num_samples: Sequence[float] | np.ndarray, den_samples: Sequence[float] | np.ndarray,
+                    confidence: float = 0.95) -> tuple[float, float, float]:
+    """The median of the per-pair ratios num[k] / den[k] and its distribution-free interval (order
+    statistics, as `median_ci`): the paired estimate of how many times slower num is than den. A
+    load that scales both samples of a pair alike cancels in its ratio."""
+    r = paired_ratios(num_samples, den_samples)
+    lo, hi = median_ci(r, confidence)
+    return float(np.median(r)), lo, hi
+
+
 def rate_ci(q: int, ms_lo: float, ms_hi: float) -> tuple[float, float]:
     """Queries/s bounds from the bounds of the time for q queries (the slow end gives the low rate)."""
     if q < 1:
@@ -117,16 +137,26 @@ def _with_bounds(name: str, value: float, bounds: tuple[float, float]) -> dict[s
     return {name: value, f"{name}_lo": bounds[0], f"{name}_hi": bounds[1]}
 
 
-def cell_metrics(q: int, single: TimingSummary, batch: TimingSummary, confidence: float = 0.95) -> dict[str, float]:
+def cell_metrics(q: int, single: TimingSummary, batch: TimingSummary, confidence: float = 0.95, *,
+                 paired: bool = True) -> dict[str, float]:
     """One cell's derived metrics, each with `_lo`/`_hi` bounds: the single-query loop's and the batch
-    path's time per batch of q queries (median), the speedup median(single) / median(batch), and both
-    rates in queries/s."""
+    path's time per batch of q queries (median), the speedup and both rates in queries/s. `paired`
+    (the two paths timed in rounds, `timing.measure_interleaved`): the speedup is the median of the
+    rounds' ratios single / batch with its order-statistic interval, and `speedup_pairs` says how many
+    rounds it rests on; unpaired, median(single) / median(batch) with a bootstrap interval."""
     s_ms, b_ms = float(np.median(single.times_ms)), float(np.median(batch.times_ms))
     s_ci, b_ci = median_ci(single.times_ms, confidence), median_ci(batch.times_ms, confidence)
     out: dict[str, float] = {}
     out |= _with_bounds("single_ms_per_batch", s_ms, s_ci)
     out |= _with_bounds("batch_ms_per_batch", b_ms, b_ci)
-    out |= _with_bounds("batch_vs_single_speedup", s_ms / b_ms, ratio_ci(single.times_ms, batch.times_ms, confidence))
+    if paired:
+        sp, sp_lo, sp_hi = paired_ratio_ci(single.times_ms, batch.times_ms, confidence)
+        out |= _with_bounds("batch_vs_single_speedup", sp, (sp_lo, sp_hi))
+        out["speedup_pairs"] = float(single.samples)
+        out["speedup_noise"] = relative_noise(paired_ratios(single.times_ms, batch.times_ms), confidence)
+    else:
+        out |= _with_bounds("batch_vs_single_speedup", s_ms / b_ms, ratio_ci(single.times_ms, batch.times_ms, confidence))
+    out["confidence"] = confidence
     out |= _with_bounds("single_qps", q * 1e3 / s_ms, rate_ci(q, *s_ci))
     out |= _with_bounds("batch_qps", q * 1e3 / b_ms, rate_ci(q, *b_ci))
     return out

@@ -1,6 +1,11 @@
 """Timing: the first (compiling) call apart, warmup, then samples, each blocked on its result, until
 the relative noise of the median is low enough or a cap is hit (nvbench's stopping rule).
 
+`measure` times one path. `measure_interleaved` times several paths in rounds (A B, then B A, ...): each
+round is one sample of every path taken back to back, so a load that comes and goes hits the paths of a
+round alike and their ratio, taken within the round, cancels it. Its stopping rule applies to those
+ratios, and it never stops before the confidence has enough rounds to mean what it says.
+
 Results are tagged summaries (`TimingSummary.as_metrics(prefix)`), so trackers and reports only
 format them."""
 
@@ -18,7 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from .stats import median_ci, min_samples_for, relative_noise
+from .stats import median_ci, min_samples_for, paired_ratios, relative_noise
 
 STOPPED_BY = ("noise", "time_cap", "max_samples")
 
@@ -161,6 +166,70 @@ def measure(fn: Callable[[], Any], *, policy: SamplingPolicy | None = None, warm
             break
     return TimingSummary.from_samples(first, times, confidence=p.confidence, max_noise=p.max_noise,
                                       stopped_by=reason), out
+
+
+@dataclass(frozen=True)
+class Interleaved:
+    """Paths timed in rounds: each path's summary, and the rounds' ratios against the first path
+    (`ratios[i][k]` = path 0's time / path i+1's time in round k: > 1 means path i+1 is faster)."""
+
+    paths: tuple[TimingSummary, ...]
+    ratios: tuple[tuple[float, ...], ...]
+    stopped_by: str
+
+    @property
+    def rounds(self) -> int:
+        return len(self.ratios[0]) if self.ratios else self.paths[0].samples
+
+
+def _interleaved_stop(ratios: list[list[float]], watched: list[list[float]], sampling_s: float,
+                      p: SamplingPolicy) -> str | None:
+    """Stop on the rounds' ratios (and the watched paths' own noise), never before the confidence's minimum."""
+    n = len(ratios[0]) if ratios else len(watched[0])
+    if n < max(2, min_samples_for(p.confidence)):
+        return None  # fewer rounds than the confidence needs: an interval would be [min, max] with less coverage
+    quiet = all(relative_noise(r, p.confidence) <= p.max_noise for r in ratios + watched)
+    if n >= p.min_samples and sampling_s >= p.min_time_s and quiet:
+        return "noise"
+    if n >= p.max_samples:
+        return "max_samples"
+    if sampling_s >= p.max_time_s:
+        return "time_cap"
+    return None
+
+
+def measure_interleaved(fns: Sequence[Callable[[], Any]], *, policy: SamplingPolicy, first_call_s: Sequence[float] | None = None,
+                        watch: Sequence[int] = ()) -> tuple[Interleaved, list[Any]]:
+    """Time `fns` (each dispatches device work and returns arrays; already compiled) in rounds: round k
+    calls every path once, each blocked on its result, in the order 0..n-1 on even rounds and n-1..0 on
+    odd ones (no path always goes first). `policy.warmup` untimed rounds first. Sampling stops when the
+    ratios to path 0 (and the paths in `watch`) are under `policy.max_noise`, or at a cap, but never
+    before `min_samples_for(policy.confidence)` rounds. Returns the summaries with the per-round ratios,
+    and each path's last result (the answers that were timed)."""
+    if len(fns) < 1:
+        raise ValueError("measure_interleaved needs at least one path")
+    p = policy
+    outs: list[Any] = [None] * len(fns)
+    order = list(range(len(fns)))
+    for w in range(p.warmup):
+        for i in (order if w % 2 == 0 else order[::-1]):
+            outs[i] = jax.block_until_ready(fns[i]())
+    times: list[list[float]] = [[] for _ in fns]
+    start = time.perf_counter()
+    while True:
+        k = len(times[0])
+        for i in (order if k % 2 == 0 else order[::-1]):
+            t0 = time.perf_counter()
+            outs[i] = jax.block_until_ready(fns[i]())
+            times[i].append((time.perf_counter() - t0) * 1e3)
+        ratios = [paired_ratios(times[0], t) for t in times[1:]]
+        reason = _interleaved_stop([list(r) for r in ratios], [times[i] for i in watch], time.perf_counter() - start, p)
+        if reason is not None:
+            break
+    first = list(first_call_s) if first_call_s is not None else [0.0] * len(fns)
+    summaries = tuple(TimingSummary.from_samples(first[i], times[i], confidence=p.confidence, max_noise=p.max_noise,
+                                                 stopped_by=reason) for i in range(len(fns)))
+    return Interleaved(summaries, tuple(tuple(float(x) for x in r) for r in ratios), reason), outs
 
 
 class CellTimeout(TimeoutError):

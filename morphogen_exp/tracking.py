@@ -287,15 +287,30 @@ class Tracker:
             [self.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=5000
         ))
 
-    def finished_cell(self, cell_key: str) -> mlflow.entities.Run | None:
-        """A FINISHED, ok cell of this experiment with the same identity (config, code, dataset, device)."""
+    def sweep_runs(self, sweep_dir: str) -> list[mlflow.entities.Run]:
+        """Every sweep (parent) run of this folder, newest first (compared here: a folder name may hold quotes)."""
+        runs = _retry(lambda: self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'",
+            order_by=["attributes.start_time DESC"], max_results=50000,
+        ))
+        return [r for r in runs if r.data.tags.get(PARENT_TAG) == sweep_dir]
+
+    def finished_cell(self, cell_key: str, sweep_dir: str, exclude_parent: str | None = None) -> mlflow.entities.Run | None:
+        """A FINISHED, ok cell with the same identity (config, code, dataset, device) recorded by an earlier sweep
+        run of this same folder: never a single-run cell, a rollout trial or another sweep's cell."""
+        parents = {r.info.run_id for r in self.sweep_runs(sweep_dir)} - {exclude_parent}
+        if not parents:
+            return None
         runs = _retry(lambda: self.client.search_runs(
             [self.experiment_id],
             filter_string=(
-                f"tags.`{ROLE_TAG}` = 'cell' and tags.cell_key = '{cell_key}' "
+                f"tags.`{ROLE_TAG}` = 'cell' and tags.cell_key = {_quote(cell_key)} "
                 "and attributes.status = 'FINISHED' and tags.cell_status = 'ok'"
             ),
             order_by=["attributes.start_time DESC"],
-            max_results=1,
+            max_results=5000,
         ))
-        return runs[0] if runs else None
+        for r in runs:
+            if r.data.tags.get("mlflow.parentRunId") in parents and r.data.tags.get(PARENT_TAG) == sweep_dir:
+                return r
+        return None

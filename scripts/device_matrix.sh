@@ -39,7 +39,7 @@ sweep() {
   { nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader
     timeout "$limit" python3 -m morphogen_exp -m engine="$engine" bench.warmup=1 hydra.sweep.dir="$dir" "$@"
     echo "sweep exit status: $?"
-    [ -f "$dir/report.md" ] || python3 -m morphogen_exp.report --sweep-dir "$dir"
+    [ -f "$dir/report.md" ] || python3 -m morphogen_exp.report --sweep-dir "$dir" --publish
   } 2>&1 | grep -v -E "INFO|^\s*$" | tee -a "$dir/sweep.log" | tail -40
   cp "$dir/sweep.log" "$out/$name.log"
   cp "$dir/report.md" "$out/$name-report.md" 2>/dev/null

@@ -17,11 +17,15 @@ from morphogen_exp.session import Session
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """../shared/fixtures next to the repo root (the original's reference vectors)."""
-    path = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-    if not path.is_dir():
-        pytest.skip(f"reference fixtures not found at {path} (expected ../shared/fixtures "
-                    "next to the repository root)")
+    """tests/fixtures: the original's reference vectors and published matrices, part of the repository
+    (see its README.md). A missing file fails the test: they are checked in, never optional."""
+    path = Path(__file__).resolve().parent / "fixtures"
+    files = ("dpf_vectors.json", "prg_vectors.json", "original-task30-h100-matrix.csv", "original-task32-h100-policies.csv",
+             "README.md")
+    missing = [name for name in files if not (path / name).is_file()]
+    if missing:
+        pytest.fail(f"reference fixtures missing from {path}: {', '.join(missing)} (they are part of the repository: "
+                    "restore them with git, e.g. git checkout -- tests/fixtures)", pytrace=False)
     return path
 
 

@@ -67,7 +67,7 @@ def test_full_sweep_all_strategies_on_tiny(cli, workdir):
     (sweep / "report.md").unlink()
     from morphogen_exp import report as report_mod
 
-    assert report_mod.main(["--tracking-uri", f"sqlite:///{workdir}/outputs/mlflow.db"]) == 0
+    assert report_mod.main(["--tracking-uri", f"sqlite:///{workdir}/outputs/mlflow.db", "--publish"]) == 0
     assert (sweep / "report.md").read_text().count("| tiled |") >= 1
     chosen = guard.split("override /strategy: ")[1].split()[0]
     trial = cli("+rollout=selected", "q=2", test_strategies=False)
@@ -160,7 +160,7 @@ def test_sigterm_mid_sweep_kills_active_run_and_report_rebuilds(cli, workdir):
     assert not (sweep / "report.md").exists()
     from morphogen_exp import report as report_mod
 
-    assert report_mod.main(["--tracking-uri", f"sqlite:///{workdir}/outputs/mlflow.db", "--sweep-dir", str(sweep)]) == 0
+    assert report_mod.main(["--tracking-uri", f"sqlite:///{workdir}/outputs/mlflow.db", "--sweep-dir", str(sweep), "--publish"]) == 0
     text = (sweep / "report.md").read_text()
     assert "cell killed at q=1" in text and "| full_batch |" in text
 
@@ -206,28 +206,30 @@ def test_two_ctrl_c_in_a_row_leave_nothing_running(cli, workdir):
 
 
 def test_resume_skips_finished_cells(cli, workdir):
-    first = cli("-m", "strategy=full_batch", "q=1,2", "hydra.sweep.dir=outputs/multirun/first")
+    """resume=true in a sweep's folder (named: here with more cells) copies the cells its earlier runs finished."""
+    env = {"MORPHOGEN_CODE_VERSION": "test"}  # a cell's identity includes the code: others may edit the tree meanwhile
+    first = cli("-m", "strategy=full_batch", "q=1,2", "hydra.sweep.dir=outputs/multirun/first", extra_env=env)
     assert first.returncode == 0, first.stderr[-2000:]
-    second = cli("-m", "strategy=full_batch", "q=1,2,4", "resume=true", "hydra.sweep.dir=outputs/multirun/second")
+    second = cli("-m", "strategy=full_batch", "q=1,2,4", "resume=true", "hydra.sweep.dir=outputs/multirun/first", extra_env=env)
     assert second.returncode == 0, second.stderr[-2000:]
     runs = mlflow_runs(workdir)
-    parent = [r for r in runs if r.data.tags.get("morphogen.sweep_dir", "").endswith("second")
-              and r.data.tags.get("morphogen.role") == "sweep"][0]
+    parent = max((r for r in runs if r.data.tags.get("morphogen.role") == "sweep"), key=lambda r: r.info.start_time)
     cells = {r.data.tags["q"]: r for r in _cells(runs, parent.info.run_id)}
     assert set(cells) == {"1", "2", "4"}
     assert "resumed_from" in cells["1"].data.tags and "resumed_from" in cells["2"].data.tags
     assert "resumed_from" not in cells["4"].data.tags
     assert cells["1"].data.metrics["batch_ms_per_batch"] > 0  # the report covers the whole matrix
-    assert "Cells: 3 (3 ok)" in (workdir / "outputs/multirun/second/report.md").read_text()
+    assert "Cells: 3 (3 ok)" in (workdir / "outputs/multirun/first/report.md").read_text()
 
 
 def test_resume_reruns_a_cell_whose_dataset_file_changed(cli, workdir):
     data = workdir / "m.bin"
     data.write_bytes(bytes(4096 * 4))
-    first = cli("-m", "q=1", "dataset.path=m.bin", "hydra.sweep.dir=outputs/multirun/a")
+    env = {"MORPHOGEN_CODE_VERSION": "test"}  # the same code both times: only the data differs
+    first = cli("-m", "q=1", "dataset.path=m.bin", "hydra.sweep.dir=outputs/multirun/a", extra_env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     data.write_bytes(bytes(4096 * 2) + b"\xff" * 4096 + bytes(4096))  # same size, other pages
-    second = cli("-m", "q=1", "dataset.path=m.bin", "resume=true", "hydra.sweep.dir=outputs/multirun/b")
+    second = cli("-m", "q=1", "dataset.path=m.bin", "resume=true", "hydra.sweep.dir=outputs/multirun/a", extra_env=env)
     assert second.returncode == 0, second.stderr[-2000:]
     cells = [r for r in mlflow_runs(workdir) if r.data.tags.get("morphogen.role") == "cell"]
     assert len(cells) == 2 and not any("resumed_from" in r.data.tags for r in cells)
@@ -308,6 +310,7 @@ def test_sweep_validates_every_cell_before_any_runs(cli, workdir, args, message)
     assert message in line
     assert "Traceback" not in res.stderr
     assert mlflow_runs(workdir) == []  # no sweep run, no cell run: nothing for a decision to hide
+    assert not (workdir / "outputs" / "multirun").exists()  # and no sweep folder
 
 
 def test_unwritable_sweep_folder_is_a_setting_to_fix(cli, workdir):

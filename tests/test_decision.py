@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from morphogen_exp.config import ConfigError, DecisionConfig
-from morphogen_exp.decision import GO, NO_GO, UNDECIDED, DecisionRules, best_per_q, config_labels, decide
+from morphogen_exp.decision import GO, NO_GO, UNDECIDED, DecisionRules, Final, best_per_q, config_labels, decide
 
 PREFER = ("full_batch", "tiled", "graph_replay")
 
@@ -45,9 +45,9 @@ def test_a_speedup_interval_straddling_the_threshold_is_not_enough_evidence() ->
                        speedup_at_4={"micro_batch": (1.02, 0.05)}), DecisionRules())
     v = d.verdicts["micro_batch"]
     assert v.status == UNDECIDED and not v.go and not v.failures
-    assert "re-run with more samples" in v.undecided[0] and "q=4" in v.undecided[0]
+    assert "more rounds" in v.undecided[0] and "q=4" in v.undecided[0]
     assert d.selected == "full_batch"  # the fastest is not shipped by chance
-    assert "1 not enough evidence" in d.summary() and "micro_batch" in d.summary()
+    assert "1 INCONCLUSIVE" in d.summary() and "micro_batch" in d.summary()
 
 
 def test_a_speedup_interval_below_the_threshold_is_no_go() -> None:
@@ -77,7 +77,7 @@ def test_point_estimates_keep_the_fixed_rules() -> None:
     assert "Intervals were not available" in d.summary()
     assert DecisionRules().tie_within == DecisionConfig().tie_within == 0.02  # one default, the schema's
     assert decide(m, DecisionRules(tie_within=0.0)).selected == "graph_replay"  # no tolerance: the best point wins
-    slow = _matrix({"multi_stream": (500.0, 0)}, speedup_at_4={"multi_stream": (0.99, 0)}, intervals=False)
+    slow = _matrix({"multi_stream": (500.0, 0)}, speedup_at_4={"multi_stream": (0.97, 0)}, intervals=False)
     assert decide(slow, DecisionRules()).verdicts["multi_stream"].status == NO_GO
 
 
@@ -165,3 +165,67 @@ def test_cells_from_two_kinds_of_device_give_no_decision_and_two_cards_a_caveat(
     d = decide(cards, DecisionRules(prefer=PREFER))
     assert d.selected == "graph_replay" and not d.devices_mixed
     assert "The cells ran on 2 cards of that kind (00000000, 00000001)" in d.summary()
+
+
+def test_a_true_tie_with_the_loop_below_the_ranking_q_can_ship() -> None:
+    # x1.00 [0.985, 1.015] at q=4: non-inferior within tie_within (2%); better than the loop at q=32
+    d = decide(_matrix({"full_batch": (140.0, 0.5)}, speedup_at_4={"full_batch": (1.0, 0.015)}), DecisionRules())
+    assert d.verdicts["full_batch"].status == GO and d.outcome == GO and d.selected == "full_batch"
+    # worse than the loop beyond the margin at q=4: NO-GO
+    d = decide(_matrix({"full_batch": (140.0, 0.5)}, speedup_at_4={"full_batch": (0.95, 0.01)}), DecisionRules())
+    assert d.verdicts["full_batch"].status == NO_GO and d.outcome == NO_GO
+    assert d.headline().startswith("NO-GO")
+
+
+def test_at_the_ranking_q_the_batch_path_must_beat_the_loop() -> None:
+    rows = [_cell("full_batch", 4, 100.0, 2.0, 0.5, 0.05), _cell("full_batch", 32, 140.0, 1.0, 0.5, 0.01)]
+    d = decide(pd.DataFrame(rows), DecisionRules())
+    v = d.verdicts["full_batch"]
+    assert v.status == UNDECIDED and "better than the loop at q=32" in v.undecided[0]
+    assert d.outcome == UNDECIDED and d.headline().startswith("INCONCLUSIVE") and d.selected is None
+    rows[1] = _cell("full_batch", 32, 140.0, 0.99, 0.5, 0.004)
+    assert decide(pd.DataFrame(rows), DecisionRules()).verdicts["full_batch"].status == NO_GO
+
+
+def test_fewer_samples_than_the_confidence_needs_is_inconclusive_never_go() -> None:
+    # two rounds at 99%: [min, max] covers the median with 50% only
+    rows = [_cell("full_batch", q, 100.0 * q, 2.0, 0.5, 0.05, speedup_pairs=2, confidence=0.99) for q in (4, 32)]
+    d = decide(pd.DataFrame(rows), DecisionRules())
+    v = d.verdicts["full_batch"]
+    assert v.status == UNDECIDED and d.selected is None
+    assert "2 samples cannot give a 99% interval (it needs 8)" in v.undecided[0]
+    rows = [r | {"speedup_pairs": 8} for r in rows]
+    assert decide(pd.DataFrame(rows), DecisionRules()).selected == "full_batch"
+    old = [r | {"speedup_pairs": None, "single_samples": 2, "batch_samples": 40} for r in rows]  # unpaired runs
+    assert decide(pd.DataFrame(old), DecisionRules()).verdicts["full_batch"].status == UNDECIDED
+
+
+def test_data_axes_and_measurement_settings_are_never_ranked_as_configurations() -> None:
+    m = _matrix({"full_batch": (140.0, 0.5)})
+    for key, values in (("seed", ("0", "1")), ("dataset.num_pages", ("1", "301")), ("bench.max_noise", ("0.01", "0.05")),
+                        ("parity.xor_check", ("True", "False"))):
+        rows = []
+        for value in values:
+            rows += [r | {"config": f"full_batch[{key}={value}]", "_params": {"strategy.name": "full_batch", key: value}}
+                     for r in m.to_dict("records")]
+        d = decide(pd.DataFrame(rows), DecisionRules())
+        assert d.selected is None and d.outcome == "NO DECISION" and d.devices_mixed, key
+        assert key in d.refusal and d.headline().startswith("NO DECISION"), key
+    same = [r | {"_params": {"strategy.name": "full_batch", "seed": "0", "bench.compilation_cache_dir": str(i)}}
+            for i, r in enumerate(m.to_dict("records"))]
+    assert decide(pd.DataFrame(same), DecisionRules()).selected == "full_batch"  # settings that do not change a measurement
+
+
+def test_finals_confirm_or_overturn_the_selection_at_the_ranking_q() -> None:
+    m = _matrix({"graph_replay": (145.5, 1.0), "full_batch": (145.0, 1.0)})
+    rules = DecisionRules(prefer=PREFER)
+    assert decide(m, rules).selected == "full_batch"
+    tied = Final(32, "full_batch", "graph_replay", 1.004, 0.998, 1.01, 12)
+    d = decide(m, rules, [tied])
+    assert (d.selected, d.fallback) == ("full_batch", "graph_replay") and "confirmed full_batch" in d.finals_note
+    beat = Final(32, "full_batch", "graph_replay", 1.03, 1.02, 1.04, 12)
+    d = decide(m, rules, [beat, Final(8, "full_batch", "graph_replay", 1.5, 1.4, 1.6, 12)])
+    assert (d.selected, d.fallback) == ("graph_replay", "full_batch") and "overturned" in d.finals_note
+    assert d.finals_note in d.summary()
+    elsewhere = Final(8, "full_batch", "graph_replay", 1.5, 1.4, 1.6, 12)  # another q does not move the ranking q
+    assert decide(m, rules, [elsewhere]).selected == "full_batch"

@@ -25,7 +25,7 @@ from morphogen_exp.pir.xla_ops import expand_levels_xla, masked_xor_xla
 
 
 def _fixture(fixtures_dir: Path, name: str):
-    """A reference-vector file from ../shared/fixtures (conftest's fixtures_dir skips without it)."""
+    """A reference-vector file from tests/fixtures (conftest's fixtures_dir fails without it)."""
     return json.loads((fixtures_dir / name).read_text())
 
 

@@ -33,8 +33,8 @@ def test_eta_is_the_mean_finished_cell_times_what_is_left() -> None:
     assert p.eta_s() == pytest.approx(15.0 * 1 + 10.0)         # one after this, 10 s left of this
     clock.now += 60.0
     assert p.eta_s() == pytest.approx(15.0)                    # overdue: the current cell adds nothing
-    p.phase("timing batch")
-    assert p.line() == "cell 3 of 4  tiled q=8  timing batch  1m35s / ETA 15s"
+    p.phase("timing")
+    assert p.line() == "cell 3 of 4  tiled q=8  timing  1m35s / ETA 15s"
     p.end_cell()
     assert p.eta_s() == pytest.approx(sum(p.durations) / 3 * 1)
 
@@ -48,20 +48,20 @@ def test_unknown_total_has_no_eta_and_bad_phase_is_named() -> None:
         p.phase("compiling")
         assert p.eta_s() is None
         assert p.line() == "cell 2  micro_batch q=4  compiling  3s / ETA --"
-        with pytest.raises(ValueError, match="'timing' must be one of building data, compiling"):
-            p.phase("timing")
+        with pytest.raises(ValueError, match="'warming up' must be one of building data, compiling"):
+            p.phase("warming up")
 
 
 def test_not_a_terminal_is_quiet_on_stdout_and_logs_each_phase_at_debug(capsys: pytest.CaptureFixture[str],
                                                                        caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="morphogen_exp.progress")
     with Progress(2) as p, p.cell(1, "tiled q=8"):             # pytest's stdout is not a terminal
-        for phase in ("building data", "compiling", "timing single", "timing batch", "parity", "logging"):
+        for phase in ("building data", "compiling", "timing", "parity", "logging"):
             p.phase(phase)
     assert not p.enabled
     assert capsys.readouterr().out == ""
     messages = [r.getMessage() for r in caplog.records]
-    assert any(m.startswith("cell 1 of 2  tiled q=8  timing batch") for m in messages)
+    assert any(m.startswith("cell 1 of 2  tiled q=8  timing") for m in messages)
     assert any(m.startswith("cell 1 of 2  tiled q=8 done in") for m in messages)
 
 

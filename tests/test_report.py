@@ -140,15 +140,16 @@ def test_old_runs_without_intervals_or_decision_json_keep_the_point_rules(sweeps
     assert not list(guard_store.glob("*.yaml"))  # not published unless asked
 
 
-def test_a_straddling_speedup_is_reported_as_not_enough_evidence(sweeps, tmp_path) -> None:
+def test_a_straddling_speedup_is_reported_as_inconclusive(sweeps, tmp_path, guard_store) -> None:
     m = _metrics(200.0, 1.0, speedup=1.02)
     cells = [(["strategy=multi_stream"], q, m, {}) for q in (4, 32)]
     parent = sweeps.sweep(tmp_path / "straddle", cells)
-    files = report.build(report.Store(sweeps.client, sweeps.exp), parent, tmp_path / "out")
+    files = report.build(report.Store(sweeps.client, sweeps.exp), parent, tmp_path / "out", publish=True)
     assert files.decision.selected is None
     md = files.markdown.read_text()
-    assert "| multi_stream | not enough evidence |" in md and "re-run with more samples" in md
-    assert "No configuration is GO" in sweeps.client.get_run(parent).data.tags["mlflow.note.content"]
+    assert "| multi_stream | INCONCLUSIVE |" in md and "more rounds" in md
+    assert "**Decision: INCONCLUSIVE" in md
+    assert "INCONCLUSIVE" in sweeps.client.get_run(parent).data.tags["mlflow.note.content"]
 
 
 def _main(capsys, *argv: str) -> tuple[int, str]:
@@ -170,11 +171,15 @@ def test_cli_finds_a_sweep_dir_with_a_quote_and_takes_rule_overrides(sweeps, til
 
 def test_a_sweep_whose_rules_were_bad_can_still_be_reported(sweeps, tmp_path, capsys) -> None:
     bad = {**DEFAULT_RULES, "rank_by": "nope"}
+    (tmp_path / "bad").mkdir()
     sweeps.sweep(tmp_path / "bad", [(["strategy=full_batch"], 4, _metrics(100.0, 1.0), {})], rules=bad)
     code, err = _main(capsys, "--tracking-uri", sweeps.uri, "--sweep-dir", str(tmp_path / "bad"))
     assert code == 2 and err.count("\n") == 1 and "rank_by='nope'" in err and "--rule NAME=VALUE" in err
+    assert not list((tmp_path / "bad").iterdir())  # no empty what-if folder left behind
     code, err = _main(capsys, "--tracking-uri", sweeps.uri, "--sweep-dir", str(tmp_path / "bad"), "--rule", "rank_by=batch_qps")
-    assert (code, err) == (0, "") and (tmp_path / "bad" / "report.md").is_file()
+    assert (code, err) == (0, "")
+    (whatif,) = (tmp_path / "bad").iterdir()  # a what-if beside the sweep's own files, never over them
+    assert whatif.name.startswith("whatif-") and (whatif / "report.md").is_file()
 
 
 @pytest.mark.parametrize("case", ["unknown_run", "not_a_run_id", "missing_sqlite", "missing_dir_store", "experiment",
@@ -228,7 +233,7 @@ def test_a_sweep_whose_cells_ran_on_two_kinds_of_device_ships_nothing(sweeps, tm
     built = report.build(report.Store(sweeps.client, sweeps.exp), parent, tmp_path)
     md = built.markdown.read_text()
     assert "- Device: NVIDIA H100 80GB HBM3, NVIDIA H200 (" in md
-    assert "**Decision: none: the cells ran on several kinds of device**" in md
+    assert "**Decision: NO DECISION: the cells ran on 2 device kinds (NVIDIA H100 80GB HBM3, NVIDIA H200)" in md
     assert "No decision: the cells ran on 2 device kinds (NVIDIA H100 80GB HBM3, NVIDIA H200)" in md
     assert not (tmp_path / "rollout" / "selected.yaml").exists()
 

@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from morphogen_exp.stats import cell_metrics, coverage, median_ci, min_samples_for, rate_ci, ratio_ci, relative_noise
+from morphogen_exp.stats import (
+    cell_metrics,
+    coverage,
+    median_ci,
+    min_samples_for,
+    paired_ratio_ci,
+    rate_ci,
+    ratio_ci,
+    relative_noise,
+)
 from morphogen_exp.timing import TimingSummary
 
 TRUE_MEDIAN = 5.0  # ms: lognormal(log 5, sigma) has median exactly 5
@@ -95,9 +104,9 @@ def _summary(times: np.ndarray) -> TimingSummary:
 def test_cell_metrics() -> None:
     rng = np.random.default_rng(5)
     single, batch = _timings(rng, 60, median=40.0), _timings(rng, 60, median=10.0)
-    m = cell_metrics(8, _summary(single), _summary(batch), 0.95)
+    m = cell_metrics(8, _summary(single), _summary(batch), 0.95, paired=False)
     names = ["single_ms_per_batch", "batch_ms_per_batch", "batch_vs_single_speedup", "single_qps", "batch_qps"]
-    assert set(m) == {f"{n}{s}" for n in names for s in ("", "_lo", "_hi")}
+    assert set(m) == {f"{n}{s}" for n in names for s in ("", "_lo", "_hi")} | {"confidence"}
     for n in names:
         assert m[f"{n}_lo"] <= m[n] <= m[f"{n}_hi"], n
         assert m[f"{n}_lo"] < m[f"{n}_hi"], n
@@ -106,3 +115,18 @@ def test_cell_metrics() -> None:
     assert m["batch_vs_single_speedup"] == pytest.approx(np.median(single) / np.median(batch))
     assert m["batch_qps"] == pytest.approx(8e3 / np.median(batch))
     assert m["batch_qps_lo"] == pytest.approx(8e3 / m["batch_ms_per_batch_hi"])
+
+
+def test_paired_cell_metrics_take_the_speedup_from_the_rounds() -> None:
+    rng = np.random.default_rng(7)
+    load = np.where(np.arange(40) % 5 == 0, 3.0, 1.0)      # every fifth round under a load that scales both paths
+    single = 40.0 * load * rng.lognormal(0, 0.002, 40)
+    batch = 10.0 * load * rng.lognormal(0, 0.002, 40)
+    m = cell_metrics(8, _summary(single), _summary(batch), 0.95)
+    ratios = single / batch
+    assert m["batch_vs_single_speedup"] == pytest.approx(np.median(ratios))
+    assert (m["batch_vs_single_speedup_lo"], m["batch_vs_single_speedup_hi"]) == median_ci(ratios)
+    assert m["batch_vs_single_speedup_lo"] <= 4.0 <= m["batch_vs_single_speedup_hi"]
+    assert m["speedup_pairs"] == 40 and m["confidence"] == 0.95
+    with pytest.raises(ValueError, match="equal counts"):
+        paired_ratio_ci([1.0, 2.0], [1.0])

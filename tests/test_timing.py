@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from morphogen_exp import timing
-from morphogen_exp.stats import median_ci, relative_noise
+from morphogen_exp import stats, timing
+from morphogen_exp.stats import median_ci, min_samples_for, relative_noise
 from morphogen_exp.timing import SamplingPolicy, TimingSummary, measure
 
 
@@ -127,3 +127,46 @@ def test_real_jitted_function() -> None:
     np.testing.assert_array_equal(np.asarray(out), np.arange(1024, dtype=np.uint32) ^ np.arange(1023, -1, -1, dtype=np.uint32))
     assert s.samples >= 5 and s.first_call_s > 0 and min(s.times_ms) > 0
     assert s.p50_lo_ms <= s.p50_ms <= s.p50_hi_ms
+
+
+class LoadedClock:
+    """A fake clock under a bursty load: while the load is on (one 100 ms window in three), every call
+    takes `factor` times longer. Paths are named; each call advances the clock by base_ms x load."""
+
+    def __init__(self, base_ms: dict[str, float], factor: float = 3.0) -> None:
+        self.now, self.base, self.factor, self.calls = 0.0, base_ms, factor, []
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def path(self, name: str):
+        def fn() -> str:
+            load = self.factor if int(self.now / 0.1) % 3 == 0 else 1.0
+            self.now += self.base[name] * load / 1e3
+            self.calls.append(name)
+            return name
+        return fn
+
+
+def test_interleaved_rounds_cancel_a_bursty_load_in_the_ratio(monkeypatch: pytest.MonkeyPatch) -> None:
+    c = LoadedClock({"single": 8.0, "batch": 2.0})
+    monkeypatch.setattr(timing, "time", c)
+    policy = SamplingPolicy(warmup=1, min_samples=3, max_noise=0.01, max_time_s=5.0)
+    res, outs = timing.measure_interleaved([c.path("single"), c.path("batch")], policy=policy, watch=(1,))
+    assert outs == ["single", "batch"]
+    # the rounds alternate the order: single batch, batch single, ... (warmup round first)
+    assert c.calls[:6] == ["single", "batch", "single", "batch", "batch", "single"]
+    single, batch = res.paths
+    assert single.samples == batch.samples == res.rounds >= 6
+    sp, lo, hi = stats.paired_ratio_ci(single.times_ms, batch.times_ms)
+    assert lo <= 4.0 <= hi and hi - lo < 0.2           # the load cancels within a round: x4 exactly, most rounds
+    assert max(single.times_ms) / min(single.times_ms) == pytest.approx(3.0)  # the load itself was there
+
+
+def test_interleaved_never_stops_before_the_confidence_has_enough_rounds(clock) -> None:
+    c = clock(itertools.repeat(5.0))
+    policy = SamplingPolicy(warmup=0, min_samples=1, max_time_s=0.001, confidence=0.99)
+    res, _ = timing.measure_interleaved([c.fn, c.fn], policy=policy)
+    assert res.rounds == min_samples_for(0.99) == 8 and res.stopped_by == "noise"
+    res, _ = timing.measure_interleaved([c.fn, c.fn], policy=SamplingPolicy(warmup=0, min_samples=1, max_time_s=0.001))
+    assert res.rounds == 6

@@ -1,6 +1,6 @@
 """ChaCha8 PRG expansion in jnp, over arrays of seeds (the GGM tree's node expansion).
 
-Bit-exact with the morphogenesis `chacha_prg.rs` (see shared/fixtures/README.md): the ChaCha key
+Bit-exact with the morphogenesis `chacha_prg.rs` (see tests/fixtures/README.md): the ChaCha key
 is seed||seed, zero nonce, block counters 0 and 1, 8 rounds, feed-forward add.
     left  = block0 words 0..3,   right = block0 words 4..7,
     t_left = block1 word 0 & 1,  t_right = block1 word 1 & 1.

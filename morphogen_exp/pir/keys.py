@@ -7,7 +7,7 @@ Layout (n = domain_bits, 19 + 18n + 16 bytes), as `ChaChaKey::to_bytes` in the o
 
 Key generation is the standard two-party GGM DPF (Boyle-Gilboa-Ishai) over the ChaCha8 PRG of
 prg.py; given (domain_bits, target, root_seed0, root_seed1) it is deterministic and
-reproduces ../shared/fixtures/dpf_vectors.json bit for bit.
+reproduces tests/fixtures/dpf_vectors.json bit for bit.
 """
 
 from __future__ import annotations

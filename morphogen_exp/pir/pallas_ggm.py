@@ -3,7 +3,7 @@
 ``expand_levels_pallas(seeds (K,R,4), ts (K,R), seed_cw (K,L,4), t_cw (K,L,2), final_cw (K,4))
 -> (K, R * 2**L, 4) u32``: the leaves in index order (child = 2 * parent + bit, left first),
 with the final correction word applied where the final t == 1 (docs/engine-interface.md,
-shared/fixtures/README.md).
+tests/fixtures/README.md).
 
 Design: one node per lane.  A program takes ``NB`` nodes of one key, holds each of their four
 seed words as a (NB,) vector, and runs ``levels`` tree levels in registers: per level two

@@ -2,7 +2,7 @@
 
 Plain numpy (uint32 arithmetic, vectorized over nodes / indices / pages); it imports nothing
 from JAX, so it can check every accelerated engine. The algorithm follows
-../shared/fixtures/README.md (the original morphogenesis `chacha_prg.rs` / `dpf.rs`):
+tests/fixtures/README.md (the original morphogenesis `chacha_prg.rs` / `dpf.rs`):
 
 - PRG: ChaCha8 (prg.py, shared with key generation).
 - GGM tree, path bits MSB first, corrections applied when the parent's t is 1, and the leaf

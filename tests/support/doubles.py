@@ -33,3 +33,19 @@ def build_sleepy(knobs, q: int, ctx: BuildContext) -> BatchPath:
         return fn(ctx.pages, keys)
 
     return BatchPath(run=run, live_queries=q)
+
+
+@register("stall")
+def build_stall(knobs, q: int, ctx: BuildContext) -> BatchPath:
+    """The full batch, held while the file named by $MORPHOGEN_TEST_STALL exists: a cell that is running when its
+    sweep is killed, and runs at once when the same sweep is resumed (the file gone; nothing in the config changed)."""
+    import os
+
+    fn, flag = vmapped_batch(ctx), os.environ.get("MORPHOGEN_TEST_STALL")
+
+    def run(keys):
+        while flag and os.path.exists(flag):
+            time.sleep(0.1)
+        return fn(ctx.pages, keys)
+
+    return BatchPath(run=run, live_queries=q)

@@ -1,0 +1,151 @@
+"""Finals: after the sweep's cells, the configuration it would ship meets whatever ties it, head to head.
+
+Cells of a sweep are timed minutes apart, so two configurations whose intervals overlap were never
+compared under the same conditions. Per q, the finalists are the selected configuration (the incumbent)
+and each GO configuration whose ranking estimate at that q overlaps or beats it (at most MAX_FINALISTS,
+on the incumbent's engine and placement: one database layout is resident at a time). Their batch paths
+run in rounds in this process (`timing.measure_interleaved`), their answers are compared bit for bit, and
+each q is logged as a run of role "final" under the sweep's parent run (`finals.json`). The report reads
+them back (`report.read_finals` -> `decision.decide(..., finals)`); a rebuild never re-measures.
+
+The incumbent is re-measured at every q even alone: its time against its own sweep cell is the drift
+between the start and the end of the sweep, reported beside the decision.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from . import app, report, rollout
+from .decision import Decision, DecisionRules, Estimate, decide, estimate
+from .session import Session
+from .stats import median_ci
+from .timing import measure_interleaved
+from .tracking import PARENT_TAG, ROLE_TAG, Tracker, shielded
+
+log = logging.getLogger(__name__)
+ROLE = report.FINAL_ROLE
+MAX_FINALISTS = 4
+
+
+@dataclass
+class FinalRecord:
+    """What one q's final measured (finals.json): the incumbent re-measured, each challenger's ratio."""
+
+    q: int
+    incumbent: str                               # config_id
+    incumbent_ms: tuple[float, float, float]     # median, lo, hi of its batch time in the final
+    cell_ms: tuple[float, float, float] | None   # the same from its sweep cell (the drift's reference)
+    rounds: int
+    challengers: list[dict[str, Any]] = field(default_factory=list)  # config_id, ratio, lo, hi (incumbent / challenger)
+    skipped: list[str] = field(default_factory=list)                 # finalists not run head to head, and why
+
+
+def plan(df: pd.DataFrame, decision: Decision, rules: DecisionRules) -> dict[int, list[str]]:
+    """q -> the configuration labels that meet in that q's final, the incumbent first; {} when nothing ships."""
+    if not decision.selected:
+        return {}
+    higher = rules.rank_by != "batch_ms_per_batch" and rules.rank_by != "batch_ms_p90"
+    ok = df[df["status"] == "ok"]
+    out: dict[int, list[str]] = {}
+    for q, g in ok.groupby("q"):
+        rows = {r["config"]: r for r in g.to_dict("records")}
+        if decision.selected not in rows:
+            continue
+        inc = estimate(rows[decision.selected], rules.rank_by)
+        contenders = []
+        for label, row in rows.items():
+            e = estimate(row, rules.rank_by)
+            v = decision.verdicts.get(label)
+            if label == decision.selected or e is None or inc is None or v is None or not v.go:
+                continue
+            if _ties_or_beats(e, inc, higher):
+                contenders.append((label, e.value))
+        contenders.sort(key=lambda c: -c[1] if higher else c[1])
+        out[int(q)] = [decision.selected] + [c for c, _ in contenders[: MAX_FINALISTS - 1]]
+    return out
+
+
+def _ties_or_beats(e: Estimate, inc: Estimate, higher: bool) -> bool:
+    if e.interval and inc.interval:
+        return e.overlaps(inc) or (e.value > inc.value if higher else e.value < inc.value)
+    return e.value >= inc.value * 0.98 if higher else e.value <= inc.value * 1.02
+
+
+def _run_config(params: dict[str, str]) -> Any:
+    """A cell's validated RunConfig, rebuilt from its MLflow params (the resolved config, flattened)."""
+    return app.validate(OmegaConf.create(rollout.nested({k: rollout.typed(v) for k, v in params.items()})))
+
+
+def run(tracker: Tracker, parent_id: str, session: Session) -> list[FinalRecord]:
+    """Plan and run the finals of one sweep, each q logged as a final run under `parent_id`. A final that
+    cannot run (a setting, the memory) is logged FAILED and skipped; the decision then stands on the cells."""
+    runs = tracker.children(parent_id)
+    df = report.cells_frame(runs)
+    if df.empty:
+        return []
+    parent = tracker.client.get_run(parent_id)
+    rules = report.load_rules(tracker.client, parent)
+    decision = decide(df, rules)
+    schedule = plan(df, decision, rules)
+    records = []
+    for q, labels in sorted(schedule.items()):
+        rows = [df[(df["config"] == label) & (df["q"] == q)].iloc[0] for label in labels]
+        run_id = tracker.start_run(f"final-q{q}", {ROLE_TAG: ROLE, PARENT_TAG: parent.data.tags.get(PARENT_TAG, ""),
+                                                   "q": q, "incumbent": rows[0]["config_id"]}, parent_id)
+        try:
+            rec = _final(q, rows, session)
+            tracker.log(run_id, metrics={"rounds": rec.rounds, "incumbent_ms_p50": rec.incumbent_ms[0],
+                                         **({"drift": rec.incumbent_ms[0] / rec.cell_ms[0]} if rec.cell_ms else {}),
+                                         **{f"ratio.{c['config_id']}": c["ratio"] for c in rec.challengers}})
+            tracker.log_text(run_id, json.dumps(asdict(rec), indent=1), "finals.json")
+        except KeyboardInterrupt:
+            with shielded():
+                tracker.end(run_id, "KILLED")
+            raise
+        except Exception as err:
+            msg = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            log.warning("final at q=%d not run: %s: %s", q, type(err).__name__, msg)
+            tracker.log(run_id, tags={"error_message": f"{type(err).__name__}: {msg}"})
+            tracker.end(run_id, "FAILED")
+            continue
+        tracker.end(run_id, "FINISHED")
+        records.append(rec)
+        said = ", ".join(f"{c['config_id'][:8]} x{c['ratio']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]" for c in rec.challengers)
+        log.info("final q=%d: %s %.3f ms over %d rounds%s", q, labels[0], rec.incumbent_ms[0], rec.rounds,
+                 f"; against it {said}" if said else "")
+    return records
+
+
+def _final(q: int, rows: list[pd.Series], session: Session) -> FinalRecord:
+    """Time the finalists' batch paths in rounds and check their answers are the incumbent's, bit for bit."""
+    rcs = [_run_config(dict(r["_params"])) for r in rows]
+    home = (rcs[0].engine.name, rcs[0].placement.name)
+    skipped = [f"{r['config']}: runs on engine={rc.engine.name}, placement={rc.placement.name}; the final holds "
+               f"{home[0]}/{home[1]}'s database" for r, rc in zip(rows, rcs, strict=True) if (rc.engine.name, rc.placement.name) != home]
+    keep = [(r, rc) for r, rc in zip(rows, rcs, strict=True) if (rc.engine.name, rc.placement.name) == home]
+    preps = [app.prepare(rc, session) for _, rc in keep]
+    first = [app.compile_s(p.batch) for p in preps]
+    timed, outs = measure_interleaved([p.batch for p in preps], policy=app.sampling_policy(rcs[0].bench),
+                                      first_call_s=first, watch=(0,))
+    ref = np.asarray(outs[0])
+    for (r, _), out in zip(keep[1:], outs[1:], strict=True):
+        if not np.array_equal(np.asarray(out), ref):
+            raise AssertionError(f"{r['config']}'s answers differ from {rows[0]['config']}'s at q={q}")
+    inc = timed.paths[0]
+    conf = rcs[0].bench.confidence
+    challengers = []
+    for (r, _), ratios in zip(keep[1:], timed.ratios, strict=True):
+        lo, hi = median_ci(ratios, conf)
+        challengers.append({"config_id": str(r["config_id"]), "ratio": float(np.median(ratios)), "lo": lo, "hi": hi})
+    cell = estimate(rows[0], "batch_ms_per_batch")
+    cell_ms = (cell.value, cell.lo, cell.hi) if cell is not None and cell.interval else None
+    return FinalRecord(q, str(rows[0]["config_id"]), (inc.p50_ms, inc.p50_lo_ms, inc.p50_hi_ms), cell_ms,  # type: ignore[arg-type]
+                       timed.rounds, challengers, skipped)
