@@ -17,14 +17,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from . import app, session, sweepdir
 from .config import ConfigError, MlflowConfig, flatten, one_line
+from .sweepdir import job_overrides
 from .tracking import PARENT_TAG, ROLE_TAG, Tracker, code_version, shielded
 
 log = logging.getLogger(__name__)
@@ -38,17 +37,6 @@ def sweep_ref(sweep_dir: str) -> session.SweepRef:
     f, n = d / PARENT_FILE, d / CELLS_FILE
     cells = int(n.read_text()) if n.exists() and n.read_text().strip().isdigit() else None
     return session.SweepRef(str(d), f.read_text().strip() if f.exists() else None, cells)
-
-
-def job_overrides(config: DictConfig) -> list[list[str]]:
-    """The override list of every job of this multirun, expanded as Hydra's basic sweeper does."""
-    loader = GlobalHydra.instance().config_loader()
-    node = config.hydra.sweeper.get("params")
-    params = {} if node is None else OmegaConf.to_container(node, resolve=False)
-    assert isinstance(params, dict)
-    args = [f"{k!s}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
-    parsed = OverridesParser.create(config_loader=loader).parse_overrides(args)
-    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
 def validate_cells(config: DictConfig) -> tuple[int, Any]:

@@ -26,7 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
 
 from .config import _NON_IDENTITY_BENCH, _NON_IDENTITY_KEYS, ConfigError
 
@@ -247,6 +250,17 @@ def resume_preflight(argv: list[str]) -> list[str]:
     return [*argv, f"hydra.sweep.dir={_hydra_quote(u.sweep_dir)}"]
 
 
+def job_overrides(config: DictConfig) -> list[list[str]]:
+    """The override list of every job of this multirun, expanded as Hydra's basic sweeper does."""
+    loader = GlobalHydra.instance().config_loader()
+    node = config.hydra.sweeper.get("params")
+    params = {} if node is None else OmegaConf.to_container(node, resolve=False)
+    assert isinstance(params, dict)
+    args = [f"{k!s}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(args)
+    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
 def _find_for(overrides: list[str]) -> tuple[str, Unfinished | None, int] | None:
     """Compose the multirun as Hydra will, digest its cells and look in its store; None when it does not
     compose or the store cannot be read (the run itself then reports why)."""
@@ -255,7 +269,6 @@ def _find_for(overrides: list[str]) -> tuple[str, Unfinished | None, int] | None
     from hydra.types import RunMode
 
     from . import tracking  # sets MLflow's retry limits before MLflow loads
-    from .callbacks import job_overrides
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     try:

@@ -128,18 +128,22 @@ def _policy(policy: SamplingPolicy | None, warmup: int | None, iterations: int |
     return SamplingPolicy(warmup=warmup, min_samples=iterations)
 
 
-def _stop_reason(times_ms: list[float], sampling_s: float, p: SamplingPolicy) -> str | None:
-    n = len(times_ms)
-    if n < 2:
+def _stop(n: int, floor: int, quiet: Callable[[], bool], sampling_s: float, p: SamplingPolicy) -> str | None:
+    """Why to stop after n samples (None: go on): never below `floor`; on noise once `quiet()` after the
+    minimum samples and time; else at the sample or time cap."""
+    if n < floor:
         return None
-    if (n >= max(p.min_samples, min_samples_for(p.confidence)) and sampling_s >= p.min_time_s
-            and relative_noise(times_ms, p.confidence) <= p.max_noise):
+    if n >= max(p.min_samples, min_samples_for(p.confidence)) and sampling_s >= p.min_time_s and quiet():
         return "noise"
     if n >= p.max_samples:
         return "max_samples"
     if sampling_s >= p.max_time_s:
         return "time_cap"
     return None
+
+
+def _stop_reason(times_ms: list[float], sampling_s: float, p: SamplingPolicy) -> str | None:
+    return _stop(len(times_ms), 2, lambda: relative_noise(times_ms, p.confidence) <= p.max_noise, sampling_s, p)
 
 
 def measure(fn: Callable[[], Any], *, policy: SamplingPolicy | None = None, warmup: int | None = None,
@@ -182,20 +186,11 @@ class Interleaved:
         return len(self.ratios[0]) if self.ratios else self.paths[0].samples
 
 
-def _interleaved_stop(ratios: list[list[float]], watched: list[list[float]], sampling_s: float,
-                      p: SamplingPolicy) -> str | None:
-    """Stop on the rounds' ratios (and the watched paths' own noise), never before the confidence's minimum."""
-    n = len(ratios[0]) if ratios else len(watched[0])
-    if n < max(2, min_samples_for(p.confidence)):
-        return None  # fewer rounds than the confidence needs: an interval would be [min, max] with less coverage
-    quiet = all(relative_noise(r, p.confidence) <= p.max_noise for r in ratios + watched)
-    if n >= p.min_samples and sampling_s >= p.min_time_s and quiet:
-        return "noise"
-    if n >= p.max_samples:
-        return "max_samples"
-    if sampling_s >= p.max_time_s:
-        return "time_cap"
-    return None
+def _interleaved_stop(n: int, series: list[list[float]], sampling_s: float, p: SamplingPolicy) -> str | None:
+    """Stop on the rounds' ratios (and the watched paths' own noise), never before the confidence's minimum
+    (fewer rounds: an order-statistic interval would be [min, max] with less coverage than it claims)."""
+    return _stop(n, max(2, min_samples_for(p.confidence)),
+                 lambda: all(relative_noise(r, p.confidence) <= p.max_noise for r in series), sampling_s, p)
 
 
 def measure_interleaved(fns: Sequence[Callable[[], Any]], *, policy: SamplingPolicy, first_call_s: Sequence[float] | None = None,
@@ -223,7 +218,7 @@ def measure_interleaved(fns: Sequence[Callable[[], Any]], *, policy: SamplingPol
             outs[i] = jax.block_until_ready(fns[i]())
             times[i].append((time.perf_counter() - t0) * 1e3)
         ratios = [paired_ratios(times[0], t) for t in times[1:]]
-        reason = _interleaved_stop([list(r) for r in ratios], [times[i] for i in watch], time.perf_counter() - start, p)
+        reason = _interleaved_stop(k + 1, [list(r) for r in ratios] + [times[i] for i in watch], time.perf_counter() - start, p)
         if reason is not None:
             break
     first = list(first_call_s) if first_call_s is not None else [0.0] * len(fns)

@@ -23,7 +23,7 @@ def _sweep_dir(workdir: Path) -> Path:
 
 
 def _cells(runs, parent_id):
-    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id and r.data.tags.get("morphogen.role") == "cell"]
 
 
 @pytest.mark.slow
@@ -70,10 +70,11 @@ def test_full_sweep_all_strategies_on_tiny(cli, workdir):
     assert report_mod.main(["--tracking-uri", f"sqlite:///{workdir}/outputs/mlflow.db", "--publish"]) == 0
     assert (sweep / "report.md").read_text().count("| tiled |") >= 1
     chosen = guard.split("override /strategy: ")[1].split()[0]
-    trial = cli("+rollout=selected", "q=2", test_strategies=False)
-    assert trial.returncode == 0, trial.stderr[-2000:]
+    trial = cli("+rollout=selected", "q=2", "decision.tie_within=0.9", test_strategies=False)  # CPU timings move: a wide margin
+    assert trial.returncode == 0, trial.stdout[-2000:] + trial.stderr[-2000:]
+    assert trial.stdout.strip().splitlines()[-1].startswith(("trial: HOLDS at q=2", "trial: IMPROVED at q=2"))
     newest = max(mlflow_runs(workdir), key=lambda r: r.info.start_time)
-    assert newest.data.tags["strategy"] == chosen
+    assert newest.data.tags["morphogen.role"] == "trial" and newest.data.tags["strategy"] == chosen
 
 
 def test_failed_cell_does_not_stop_the_sweep(cli, workdir):

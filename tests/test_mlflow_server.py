@@ -78,7 +78,7 @@ def test_joblib_sweep_against_a_shared_server(cli, workdir, mlflow_server):
     assert exp.artifact_location.startswith("mlflow-artifacts:"), exp.artifact_location
     runs = client.search_runs([exp.experiment_id], max_results=100)
     (parent,) = [r for r in runs if r.data.tags.get("morphogen.role") == "sweep"]
-    cells = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    cells = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and r.data.tags.get("morphogen.role") == "cell"]
     assert len(cells) == 4 and all(r.data.tags["cell_status"] == "ok" for r in cells)
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["morphogen.pid"] not in {r.data.tags["morphogen.pid"] for r in cells}  # worker processes

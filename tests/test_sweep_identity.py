@@ -32,7 +32,7 @@ def _by_role(runs, role: str):
 
 
 def _children(runs, parent):
-    return {r.data.tags["strategy"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    return {r.data.tags["strategy"]: r for r in _by_role(runs, "cell") if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
 
 
 # --------------------------------------------------------------------------- the real CLI
