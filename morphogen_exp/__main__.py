@@ -4,6 +4,9 @@ Exit status, under any Hydra launcher: 0 all cells ok, 1 some cell failed or did
 setting to fix (one line on stderr, nothing run), 130 interrupted (finished cells stay in MLflow; the
 same command with resume=true finishes the sweep).
 
+`+rollout=NAME` without -m is a rollout trial (trial.py): the guard's configuration against what its sweep
+measured; exit status 0 HOLDS or IMPROVED, 1 REGRESSED (or the trial failed), 3 INCONCLUSIVE, 2 a setting to fix.
+
 `-m ... resume=true` without hydra.sweep.dir resumes the newest unfinished sweep of the same cells
 (sweepdir.resume_preflight adds its folder to the command line before Hydra composes; none: a new sweep)."""
 
@@ -23,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from . import app, rollout, session, sweepdir
+from . import app, rollout, session, sweepdir, trial
 from .callbacks import sweep_ref
 from .config import ConfigError, one_line
 from .tracking import shielded
@@ -37,6 +40,9 @@ def hydra_entry(cfg: DictConfig) -> dict[str, Any]:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     try:
+        guard = None if multirun else trial.guard_of(list(hc.overrides.task))
+        if guard is not None:  # a rollout trial: the guard against its sweep, its own exit status
+            sys.exit(trial.run(cfg, session.current(), guard, list(hc.overrides.task)))
         ref = dataclasses.replace(sweep_ref(hc.sweep.dir), index=hc.job.num + 1) if multirun else None
         if ref is not None and ref.parent_id is None:  # never a cell outside its sweep run
             log.error("cell [%s]: the sweep folder %s records no sweep run", " ".join(hc.overrides.task), ref.sweep_dir)
@@ -89,6 +95,7 @@ def main() -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra's errors come to us: one line, exit 2
     try:
         rollout.preflight(sys.argv[1:])  # a guard named by +rollout= must exist before Hydra composes
+        trial.preflight(sys.argv[1:])  # a trial: the guard's record, and a command line that keeps its strategy
         sys.argv[1:] = sweepdir.resume_preflight(sys.argv[1:])  # resume=true: which sweep, before Hydra fixes the folder
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 import traceback
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from . import datasets, devlock, devstate, memory, parity, stats, strategies
+from . import datasets, devlock, devstate, memory, parity, rollout, stats, strategies
 from . import placement as placements
 from .config import ConfigError, RunConfig, digest, flatten, parse
 from .decision import DecisionRules
@@ -32,7 +33,7 @@ from .progress import Progress
 from .queries import KEYS_PER_QUERY, make_queries
 from .session import Session, SweepRef
 from .strategies.base import check_knobs
-from .timing import SamplingPolicy, TimingSummary, measure_interleaved, time_limit
+from .timing import Interleaved, SamplingPolicy, TimingSummary, measure_interleaved, time_limit
 from .tracking import PARENT_TAG, ROLE_TAG, Tracker, code_version, shielded
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,11 @@ def validate(cfg: DictConfig) -> RunConfig:
     check_knobs(rc.strategy.name, rc.strategy.knobs, rc.q)
     DecisionRules.from_mapping(rc.decision)
     return rc
+
+
+def config_from_params(params: Mapping[str, Any]) -> RunConfig:
+    """A cell's validated RunConfig, rebuilt from its MLflow params (the resolved config, flattened)."""
+    return validate(OmegaConf.create(rollout.tree(params)))
 
 
 @dataclass
@@ -162,6 +168,20 @@ def compile_s(fn: Any) -> float:
     t0 = time.perf_counter()
     jax.block_until_ready(fn())
     return time.perf_counter() - t0
+
+
+def head_to_head(paths: Sequence[Callable[[], Any]], labels: Sequence[str], bench: Any,
+                 watch: Sequence[int] = (0,)) -> Interleaved:
+    """Paths on the resident database, head to head: each compiled once (timed apart), then timed in rounds
+    (`timing.measure_interleaved`, stopping on the ratios to path 0 and the `watch`ed paths' own noise); every
+    path's answers must be path 0's bit for bit (ParityError names the two)."""
+    first = [compile_s(p) for p in paths]
+    timed, outs = measure_interleaved(paths, policy=sampling_policy(bench), first_call_s=first, watch=watch)
+    ref = np.asarray(outs[0])
+    for label, out in zip(labels[1:], outs[1:], strict=True):
+        if not np.array_equal(np.asarray(out), ref):
+            raise parity.ParityError(f"{label}'s answers differ from {labels[0]}'s")
+    return timed
 
 
 def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str, progress: Progress) -> dict[str, float]:

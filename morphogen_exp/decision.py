@@ -519,20 +519,23 @@ def best_per_q(df: pd.DataFrame, rules: DecisionRules) -> list[BestAtQ]:
 
 
 def _rank(go: list[Verdict], rules: DecisionRules) -> tuple[list[Verdict], str]:
-    """GO configurations best first; those tied with the best are ordered by decision.prefer."""
+    """GO configurations, one place at a time: each place goes to the first in decision.prefer among those tied
+    with the best of the rest (so a fallback among tied configurations does not flip with the noise either)."""
     sign = -1.0 if RANKABLE[rules.rank_by] else 1.0
-    ranked = sorted(go, key=lambda v: sign * v.score.value)  # type: ignore[union-attr]
-    if len(ranked) < 2:
-        return ranked, ""
-    best = ranked[0].score
-    assert best is not None
-    group = [v for v in ranked if v is ranked[0] or _tied(best, v.score, rules)]  # type: ignore[arg-type]
-    if len(group) < 2:
-        return ranked, ""
+    rest = sorted(go, key=lambda v: sign * v.score.value)  # type: ignore[union-attr]
     order = {name: i for i, name in enumerate(rules.prefer)}
-    group_sorted = sorted(group, key=lambda v: order.get(v.strategy, len(order)))  # stable: score order within
-    how = ("their intervals overlap" if all(v.score.interval for v in group)  # type: ignore[union-attr]
-           else f"within {rules.tie_within:.0%} (point estimates)")
-    note = (f"{', '.join(v.config for v in group_sorted)} are tied on {rules.rank_by} "
-            f"({', '.join(v.score.format() for v in group_sorted)}; {how}): ordered by decision.prefer")  # type: ignore[union-attr]
-    return group_sorted + [v for v in ranked if v not in group], note
+    ranked: list[Verdict] = []
+    note = ""
+    while rest:
+        best = rest[0].score
+        assert best is not None
+        group = [v for v in rest if v is rest[0] or _tied(best, v.score, rules)]  # type: ignore[arg-type]
+        group = sorted(group, key=lambda v: order.get(v.strategy, len(order)))  # stable: score order within
+        if len(group) > 1 and not ranked:
+            how = ("their intervals overlap" if all(v.score.interval for v in group)  # type: ignore[union-attr]
+                   else f"within {rules.tie_within:.0%} (point estimates)")
+            note = (f"{', '.join(v.config for v in group)} are tied on {rules.rank_by} "
+                    f"({', '.join(v.score.format() for v in group)}; {how}): ordered by decision.prefer")  # type: ignore[union-attr]
+        ranked.append(group[0])
+        rest.remove(group[0])
+    return ranked, note

@@ -21,13 +21,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
-from . import app, report, rollout
+from . import app, report
 from .decision import Decision, DecisionRules, Estimate, decide, estimate
 from .session import Session
-from .stats import median_ci
-from .timing import measure_interleaved
+from .stats import blocked_median_ci
 from .tracking import PARENT_TAG, ROLE_TAG, Tracker, shielded
 
 log = logging.getLogger(__name__)
@@ -79,11 +77,6 @@ def _ties_or_beats(e: Estimate, inc: Estimate, higher: bool) -> bool:
     return e.value >= inc.value * 0.98 if higher else e.value <= inc.value * 1.02
 
 
-def _run_config(params: dict[str, str]) -> Any:
-    """A cell's validated RunConfig, rebuilt from its MLflow params (the resolved config, flattened)."""
-    return app.validate(OmegaConf.create(rollout.nested({k: rollout.typed(v) for k, v in params.items()})))
-
-
 def run(tracker: Tracker, parent_id: str, session: Session) -> list[FinalRecord]:
     """Plan and run the finals of one sweep, each q logged as a final run under `parent_id`. A final that
     cannot run (a setting, the memory) is logged FAILED and skipped; the decision then stands on the cells."""
@@ -126,24 +119,18 @@ def run(tracker: Tracker, parent_id: str, session: Session) -> list[FinalRecord]
 
 def _final(q: int, rows: list[pd.Series], session: Session) -> FinalRecord:
     """Time the finalists' batch paths in rounds and check their answers are the incumbent's, bit for bit."""
-    rcs = [_run_config(dict(r["_params"])) for r in rows]
+    rcs = [app.config_from_params(r["_params"]) for r in rows]
     home = (rcs[0].engine.name, rcs[0].placement.name)
     skipped = [f"{r['config']}: runs on engine={rc.engine.name}, placement={rc.placement.name}; the final holds "
                f"{home[0]}/{home[1]}'s database" for r, rc in zip(rows, rcs, strict=True) if (rc.engine.name, rc.placement.name) != home]
     keep = [(r, rc) for r, rc in zip(rows, rcs, strict=True) if (rc.engine.name, rc.placement.name) == home]
     preps = [app.prepare(rc, session) for _, rc in keep]
-    first = [app.compile_s(p.batch) for p in preps]
-    timed, outs = measure_interleaved([p.batch for p in preps], policy=app.sampling_policy(rcs[0].bench),
-                                      first_call_s=first, watch=(0,))
-    ref = np.asarray(outs[0])
-    for (r, _), out in zip(keep[1:], outs[1:], strict=True):
-        if not np.array_equal(np.asarray(out), ref):
-            raise AssertionError(f"{r['config']}'s answers differ from {rows[0]['config']}'s at q={q}")
+    timed = app.head_to_head([p.batch for p in preps], [str(r['config']) for r, _ in keep], rcs[0].bench)
     inc = timed.paths[0]
     conf = rcs[0].bench.confidence
     challengers = []
     for (r, _), ratios in zip(keep[1:], timed.ratios, strict=True):
-        lo, hi = median_ci(ratios, conf)
+        lo, hi = blocked_median_ci(ratios, conf)
         challengers.append({"config_id": str(r["config_id"]), "ratio": float(np.median(ratios)), "lo": lo, "hi": hi})
     cell = estimate(rows[0], "batch_ms_per_batch")
     cell_ms = (cell.value, cell.lo, cell.hi) if cell is not None and cell.interval else None

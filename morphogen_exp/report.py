@@ -376,7 +376,7 @@ def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: Map
     guard_line = (f"- **Rollout guard**: none written ({decision.refusal})." if decision.devices_mixed
                   else f"""- **Rollout guard**: `rollout/selected.yaml` and `rollout/selected.env` beside this report; saved as
   `+rollout={meta.get('guard_name', '?')}` (and `+rollout=selected`, the latest) in the guard store
-  ($MORPHOGEN_ROLLOUT_DIR or <repo>/outputs).""")
+  ($MORPHOGEN_ROLLOUT_DIR or <repo>/outputs), each with its record (`.meta.json`: this sweep, for rollout trials).""")
     tie = (f"ties (overlapping intervals; point estimates: within {rules.tie_within:.0%}) go to the first of decision.prefer, "
            "then the finals decide" if decision.intervals else f"ties within {rules.tie_within:.0%} go to the first of decision.prefer")
     intervals = ("Each value is the median with its confidence interval `[lo, hi]`. The single-query loop and the batch path "
@@ -468,6 +468,25 @@ def guard_texts(df: pd.DataFrame, decision: Decision, header: str) -> tuple[str,
     return name, text, env_text
 
 
+def guard_meta(df: pd.DataFrame, decision: Decision, name: str, text: str, parent: Any, tracking_uri: str,
+               experiment: str) -> rollout.GuardMeta:
+    """The guard's record (`<name>.meta.json`): its sweep, the store that holds it, and which configurations'
+    cells are the promise a rollout trial checks (trial.py)."""
+    def cid(label: str | None) -> str | None:
+        return None if label is None else str(df.loc[df["config"] == label, "config_id"].iloc[0])
+
+    sel = decision.selected
+    row = df[df["config"] == sel].iloc[0] if sel else df.iloc[0]
+    ok = df[(df["status"] == "ok") & (df["config"] == sel)]
+    return rollout.GuardMeta(
+        guard=name, guard_sha256=rollout.sha256(text), sweep_dir=str(parent.data.tags.get(PARENT_TAG, "")),
+        parent_run_id=str(parent.info.run_id), tracking_uri=tracking_uri, experiment=experiment,
+        code_version=str(parent.data.tags.get("code_version", "unknown")), device_kind=str(row["device_kind"]),
+        dataset=str(row["dataset"]), dataset_fingerprint=str(row["dataset_fingerprint"]), engine=str(row["engine"]),
+        strategy=str(row["our_strategy"]) if sel else None, selected=sel, config_id=cid(sel),
+        fallback=decision.fallback, fallback_config_id=cid(decision.fallback), q=tuple(sorted(int(q) for q in ok["q"])))
+
+
 def _env(params: Mapping[str, Any]) -> str:
     env = {k[len("strategy.guard_env."):]: v for k, v in params.items() if k.startswith("strategy.guard_env.")}
     return "".join(f"{k}={str(v).lower() if str(v) in ('True', 'False') else v}\n" for k, v in sorted(env.items()))
@@ -507,17 +526,20 @@ def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, r
     rollout.atomic_write(csv, df[ORIGINAL_COLUMNS + OUR_COLUMNS].to_csv(index=False))
     plots = _plots(df, out_dir)
     guard_path, env_path = out_dir / "rollout" / "selected.yaml", out_dir / "rollout" / "selected.env"
+    meta_path = guard_path.with_name(rollout.LATEST + rollout.META_SUFFIX)
     guards: tuple[Path, ...] = ()
     if decision.devices_mixed:  # no guard at all: a "serve one at a time" guard would overwrite a good one
-        guard_path.unlink(missing_ok=True)
-        env_path.unlink(missing_ok=True)
+        for path in (guard_path, env_path, meta_path):
+            path.unlink(missing_ok=True)
         name = "none"
     else:
-        rollout.atomic_write(guard_path, guard_yaml)
+        record = guard_meta(df, decision, name, guard_yaml, parent, client.tracking_uri,
+                            client.get_experiment(store.experiment_id).name)
+        rollout.save(guard_path.parent, rollout.LATEST, guard_yaml, record)
         rollout.atomic_write(env_path, guard_env)
-        guards = (guard_path, env_path)
+        guards = (guard_path, env_path, meta_path)
         if publish or rollout_dir is not None:
-            rollout.publish(name, guard_yaml, None if rollout_dir is None else rollout_dir / rollout.GROUP)
+            rollout.publish(name, guard_yaml, None if rollout_dir is None else rollout_dir / rollout.GROUP, record)
     rollout.atomic_write(md, render(df, decision, rules, meta))
     if publish:
         for path in (md, csv, *guards, *plots):

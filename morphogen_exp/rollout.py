@@ -3,15 +3,23 @@
 Guards live in `<root>/rollout/<name>.yaml`, root = $MORPHOGEN_ROLLOUT_DIR or `<repo root>/outputs`,
 whatever the current directory; conf/config.yaml puts the root on Hydra's search path through the
 `morphogen_rollout_root` resolver. `selected` is a copy of the latest guard written. A guard is real
-YAML written from typed values, so every knob (lists, booleans, null, ints) loads back as it was."""
+YAML written from typed values, so every knob (lists, booleans, null, ints) loads back as it was.
+
+Beside each `<name>.yaml` is `<name>.meta.json` (`GuardMeta`): the sweep behind the guard (folder, run, store,
+code, device kind, dataset, engine, the configurations it ships and falls back to, the q values), which a rollout
+trial (trial.py) reads to find the promise it checks. The record is written first and names the sha256 of the
+yaml it belongs to, so a reader never pairs a guard with another publish's record."""
 
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
 import os
 import re
 import tempfile
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +31,7 @@ from .config import ConfigError
 ENV_VAR = "MORPHOGEN_ROLLOUT_DIR"
 GROUP = "rollout"
 LATEST = "selected"
+META_SUFFIX = ".meta.json"
 RESOLVER = "morphogen_rollout_root"
 _REPO = Path(__file__).resolve().parents[1]
 # Strategy params that are not knobs of the strategy's code: the guard leaves them to conf/strategy/.
@@ -99,6 +108,12 @@ def no_go_mapping() -> dict[str, Any]:
     return {"defaults": [{"override /strategy": "multi_stream"}, "_self_"], "strategy": {"streams": 1}}
 
 
+def tree(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """MLflow params (flattened, strings) under `prefix` as the typed mapping they were flattened from, the prefix
+    dropped: `tree(p)` is a cell's whole config, `tree(p, "strategy.")` its strategy node."""
+    return nested({k[len(prefix):]: typed(v) for k, v in params.items() if k.startswith(prefix)})
+
+
 def nested(flat: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in flat.items():
@@ -129,15 +144,84 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def publish(name: str, text: str, where: Path | None = None) -> Path:
-    """Save a guard as `name` and as the latest (`selected`) in the store; returns its path."""
+@dataclass(frozen=True)
+class GuardMeta:
+    """What a rollout trial needs to find a guard's sweep and the promise it made (`<name>.meta.json`)."""
+
+    guard: str                       # the guard's name in the store
+    guard_sha256: str                # of the yaml text this record belongs to
+    sweep_dir: str
+    parent_run_id: str               # the sweep run; its cells are the promise
+    tracking_uri: str
+    experiment: str
+    code_version: str
+    device_kind: str
+    dataset: str
+    dataset_fingerprint: str
+    engine: str
+    strategy: str | None             # None: no configuration is GO (the guard serves one query at a time)
+    selected: str | None             # the shipped configuration's label and config_id
+    config_id: str | None
+    fallback: str | None             # None: the single-query loop
+    fallback_config_id: str | None
+    q: tuple[int, ...]               # the q values the sweep measured the shipped configuration at
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> GuardMeta:
+        """Raises ValueError (or KeyError, TypeError) for a record that is not one."""
+        raw = json.loads(text)
+        values = {f.name: raw[f.name] for f in fields(cls)}
+        values["q"] = tuple(int(q) for q in values["q"])
+        return cls(**values)
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def save(folder: Path, name: str, text: str, meta: GuardMeta | None = None) -> Path:
+    """Write `<name>.yaml` (and its record `<name>.meta.json` first, when given) in `folder`, each atomically."""
+    if meta is not None:
+        atomic_write(folder / f"{name}{META_SUFFIX}", meta.to_json())
+    atomic_write(folder / f"{name}.yaml", text)
+    return folder / f"{name}.yaml"
+
+
+def publish(name: str, text: str, where: Path | None = None, meta: GuardMeta | None = None) -> Path:
+    """Save a guard (and its record) as `name` and as the latest (`selected`) in the store; returns its path."""
     folder = where if where is not None else store()
     try:
-        atomic_write(folder / f"{name}.yaml", text)
-        atomic_write(folder / f"{LATEST}.yaml", text)
+        path = save(folder, name, text, meta)
+        save(folder, LATEST, text, meta)
     except OSError as err:
         raise ConfigError(f"cannot save the rollout guard in {folder} ({err.strerror}); set {ENV_VAR} to a writable folder") from None
-    return folder / f"{name}.yaml"
+    return path
+
+
+def read_meta(name: str) -> GuardMeta:
+    """The record of the saved guard `name`, checked against its yaml; ConfigError (one line, with what to do)
+    when it is missing (a guard published before trials checked their sweep), unreadable or from another publish."""
+    yaml_path, meta_path = store() / f"{name}.yaml", store() / f"{name}{META_SUFFIX}"
+    if not yaml_path.is_file():
+        raise ConfigError(f"no rollout guard {name!r} in {store()} (saved: {', '.join(saved()) or 'none yet'})")
+    text = yaml_path.read_text()
+    found = re.search(r"^# Rollout guard from sweep (.+) \(run [0-9a-f]+\)", text, re.MULTILINE)  # a hint only
+    again = f"python -m morphogen_exp.report --sweep-dir {found.group(1) if found else '<its sweep folder>'} --publish"
+    if not meta_path.is_file():
+        raise ConfigError(f"guard {name!r} ({yaml_path}) has no {meta_path.name}: it was published before rollout trials "
+                          f"checked their sweep; re-publish it: {again}")
+    try:
+        meta = GuardMeta.from_json(meta_path.read_text())
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"guard {name!r}: {meta_path} is not a guard record ({type(err).__name__}: {err}); "
+                          f"re-publish it: {again}") from None
+    if meta.guard_sha256 != sha256(text):
+        raise ConfigError(f"guard {name!r}: {yaml_path.name} and {meta_path.name} are from different publishes (or the yaml "
+                          f"was edited); re-publish it: {again}")
+    return meta
 
 
 def saved() -> list[str]:

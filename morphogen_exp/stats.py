@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from math import isqrt
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -72,10 +73,25 @@ def median_ci(samples: Sequence[float] | np.ndarray, confidence: float = 0.95) -
     return float(part[lo]), float(part[hi])
 
 
-def relative_noise(samples: Sequence[float] | np.ndarray, confidence: float = 0.95) -> float:
-    """Half-width of the median's interval over the median (inf when the median is 0)."""
+def blocked_median_ci(samples: Sequence[float] | np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """The median's interval for samples taken in time order, where neighbours share conditions (a load that
+    comes and goes): the samples are cut into k consecutive blocks (k = sqrt(n), at least what the confidence
+    needs; up to that many samples, one block each) and the interval is `median_ci` of the blocks' medians
+    (batch means), widened to hold the median of all samples. A change of conditions within the run widens
+    it; steady samples give the same interval as `median_ci`'s order statistics would, at block resolution."""
+    x = _as_samples(samples, "blocked_median_ci")
+    m = min_samples_for(confidence)
+    k = x.size if x.size <= m else max(m, isqrt(x.size))
+    meds = np.array([np.median(b) for b in np.array_split(x, k)])
+    lo, hi = median_ci(meds, confidence)
+    med = float(np.median(x))
+    return min(lo, med), max(hi, med)
+
+
+def relative_noise(samples: Sequence[float] | np.ndarray, confidence: float = 0.95, *, blocked: bool = False) -> float:
+    """Half-width of the median's interval (`blocked_median_ci` when blocked) over the median (inf when it is 0)."""
     x = _as_samples(samples, "relative_noise")
-    lo, hi = median_ci(x, confidence)
+    lo, hi = blocked_median_ci(x, confidence) if blocked else median_ci(x, confidence)
     med = float(np.median(x))
     return (hi - lo) / 2.0 / med if med > 0 else float("inf")
 
@@ -116,11 +132,12 @@ def paired_ratios(num_samples: Sequence[float] | np.ndarray, den_samples: Sequen
 
 def paired_ratio_ci(num_samples: Sequence[float] | np.ndarray, den_samples: Sequence[float] | np.ndarray,
                     confidence: float = 0.95) -> tuple[float, float, float]:
-    """The median of the per-pair ratios num[k] / den[k] and its distribution-free interval (order
-    statistics, as `median_ci`): the paired estimate of how many times slower num is than den. A
-    load that scales both samples of a pair alike cancels in its ratio."""
+    """The median of the per-pair ratios num[k] / den[k] and its distribution-free interval over blocks of
+    consecutive pairs (`blocked_median_ci`): the paired estimate of how many times slower num is than den. A
+    load that scales both samples of a pair alike cancels in its ratio; one that changes the ratio itself
+    while it lasts widens the interval instead of biasing it unseen."""
     r = paired_ratios(num_samples, den_samples)
-    lo, hi = median_ci(r, confidence)
+    lo, hi = blocked_median_ci(r, confidence)
     return float(np.median(r)), lo, hi
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from .stats import median_ci, min_samples_for, paired_ratios, relative_noise
+from .stats import blocked_median_ci, median_ci, min_samples_for, paired_ratios, relative_noise
 
 STOPPED_BY = ("noise", "time_cap", "max_samples")
 
@@ -75,13 +75,14 @@ class TimingSummary:
 
     @classmethod
     def from_samples(cls, first_call_s: float, times_ms: Sequence[float], *, confidence: float,
-                     max_noise: float, stopped_by: str) -> TimingSummary:
-        """Summarise samples: the median's interval at `confidence`, and `capped` when the noise is above
-        `max_noise` or too few samples were taken for the interval to reach `confidence`."""
+                     max_noise: float, stopped_by: str, blocked: bool = False) -> TimingSummary:
+        """Summarise samples: the median's interval at `confidence` (over blocks of consecutive samples when
+        `blocked`: `stats.blocked_median_ci`), and `capped` when the noise is above `max_noise` or too few
+        samples were taken for the interval to reach `confidence`."""
         if stopped_by not in STOPPED_BY:
             raise ValueError(f"stopped_by={stopped_by!r} must be one of {STOPPED_BY}")
-        lo, hi = median_ci(times_ms, confidence)
-        noise = relative_noise(times_ms, confidence)
+        lo, hi = blocked_median_ci(times_ms, confidence) if blocked else median_ci(times_ms, confidence)
+        noise = relative_noise(times_ms, confidence, blocked=blocked)
         capped = noise > max_noise or len(times_ms) < min_samples_for(confidence)
         return cls(first_call_s, tuple(float(t) for t in times_ms), lo, hi, noise, stopped_by, capped, confidence)
 
@@ -190,7 +191,7 @@ def _interleaved_stop(n: int, series: list[list[float]], sampling_s: float, p: S
     """Stop on the rounds' ratios (and the watched paths' own noise), never before the confidence's minimum
     (fewer rounds: an order-statistic interval would be [min, max] with less coverage than it claims)."""
     return _stop(n, max(2, min_samples_for(p.confidence)),
-                 lambda: all(relative_noise(r, p.confidence) <= p.max_noise for r in series), sampling_s, p)
+                 lambda: all(relative_noise(r, p.confidence, blocked=True) <= p.max_noise for r in series), sampling_s, p)
 
 
 def measure_interleaved(fns: Sequence[Callable[[], Any]], *, policy: SamplingPolicy, first_call_s: Sequence[float] | None = None,
@@ -223,7 +224,7 @@ def measure_interleaved(fns: Sequence[Callable[[], Any]], *, policy: SamplingPol
             break
     first = list(first_call_s) if first_call_s is not None else [0.0] * len(fns)
     summaries = tuple(TimingSummary.from_samples(first[i], times[i], confidence=p.confidence, max_noise=p.max_noise,
-                                                 stopped_by=reason) for i in range(len(fns)))
+                                                 stopped_by=reason, blocked=True) for i in range(len(fns)))
     return Interleaved(summaries, tuple(tuple(float(x) for x in r) for r in ratios), reason), outs
 
 

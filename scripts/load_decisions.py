@@ -66,13 +66,14 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="load processes (default: one a core)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--conditions", default="load,quiet", help="which to run, in order (default: load,quiet)")
     ap.add_argument("overrides", nargs="*", help="more overrides for every sweep")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     lines = [f"# Identical CPU sweeps with and without a bursty load ({os.cpu_count()} cores, {time.strftime('%Y-%m-%d')})",
              "", f"Sweep: `python -m morphogen_exp {' '.join(SWEEP)} {' '.join(args.overrides)}`; load: {args.workers} "
              "processes spinning 0.2-1.5 s then resting 0.2-1.5 s.", ""]
-    for condition in ("load", "quiet"):
+    for condition in args.conditions.split(","):
         stop = mp.Event()
         workers = [mp.Process(target=_burst, args=(i, stop), daemon=True) for i in range(args.workers if condition == "load" else 0)]
         for w in workers:
@@ -87,8 +88,9 @@ def main() -> int:
                   f"Distinct GO decisions: {len(go)}. Cells whose {args.runs} speedup intervals share no point: "
                   f"{n_missed} of {n_cells}.", "", *[f"  - {m}" for m in missed], ""]
         print("\n".join(lines[-(len(missed) + args.runs + 6):]), flush=True)
-    (args.out / "results.md").write_text("\n".join(lines))
-    print(f"wrote {args.out / 'results.md'}")
+    out = args.out / f"results-{args.conditions.replace(',', '-')}.md"
+    out.write_text("\n".join(lines))
+    print(f"wrote {out}")
     return 0
 
 

@@ -229,3 +229,14 @@ def test_finals_confirm_or_overturn_the_selection_at_the_ranking_q() -> None:
     assert d.finals_note in d.summary()
     elsewhere = Final(8, "full_batch", "graph_replay", 1.5, 1.4, 1.6, 12)  # another q does not move the ranking q
     assert decide(m, rules, [elsewhere]).selected == "full_batch"
+
+
+def test_the_fallback_among_tied_configurations_follows_prefer_not_noise() -> None:
+    # tiled clearly first; full_batch, graph_replay and micro_batch tied behind it: the fallback is the preferred one,
+    # whichever of the three the noise put ahead
+    prefer = ("full_batch", "tiled", "micro_batch", "graph_replay")
+    for order in ((130.0, 130.5, 131.0), (131.0, 130.0, 130.5), (130.5, 131.0, 130.0)):
+        m = _matrix({"tiled": (150.0, 0.5), "graph_replay": (order[0], 1.0), "micro_batch": (order[1], 1.0),
+                     "full_batch": (order[2], 1.0)})
+        d = decide(m, DecisionRules(prefer=prefer))
+        assert (d.selected, d.fallback) == ("tiled", "full_batch"), order

@@ -8,6 +8,7 @@ import pytest
 from scipy import stats as sps
 
 from morphogen_exp.stats import (
+    blocked_median_ci,
     cell_metrics,
     coverage,
     median_ci,
@@ -125,8 +126,23 @@ def test_paired_cell_metrics_take_the_speedup_from_the_rounds() -> None:
     m = cell_metrics(8, _summary(single), _summary(batch), 0.95)
     ratios = single / batch
     assert m["batch_vs_single_speedup"] == pytest.approx(np.median(ratios))
-    assert (m["batch_vs_single_speedup_lo"], m["batch_vs_single_speedup_hi"]) == median_ci(ratios)
+    assert (m["batch_vs_single_speedup_lo"], m["batch_vs_single_speedup_hi"]) == blocked_median_ci(ratios)
     assert m["batch_vs_single_speedup_lo"] <= 4.0 <= m["batch_vs_single_speedup_hi"]
     assert m["speedup_pairs"] == 40 and m["confidence"] == 0.95
     with pytest.raises(ValueError, match="equal counts"):
         paired_ratio_ci([1.0, 2.0], [1.0])
+
+
+def test_blocked_interval_widens_when_conditions_change_within_the_run() -> None:
+    rng = np.random.default_rng(3)
+    steady = 2.0 * rng.lognormal(0, 0.002, 100)
+    lo, hi = blocked_median_ci(steady)
+    assert lo <= np.median(steady) <= hi and hi - lo < 0.01     # steady: as narrow as the samples allow
+    # the same samples under a load that changes the ratio itself for a third of the run (in one stretch)
+    loaded = steady.copy()
+    loaded[40:73] *= 1.15
+    iid = median_ci(loaded)
+    blo, bhi = blocked_median_ci(loaded)
+    assert iid[1] < 2.1                                         # order statistics of all samples: the load is unseen
+    assert blo < 2.01 and bhi > 2.25                            # blocks of consecutive samples: it widens the interval
+    assert blocked_median_ci(steady[:6]) == median_ci(steady[:6])  # up to what 95% needs: one sample a block
