@@ -26,9 +26,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from . import app, rollout, session, sweepdir, trial
-from .callbacks import sweep_ref
+from . import app, progress, rollout, session, sweepdir, trial
+from .callbacks import review_hint, sweep_ref
 from .config import ConfigError, one_line
+from .strategies.base import knob_error
 from .tracking import shielded
 
 log = logging.getLogger("morphogen_exp")
@@ -39,6 +40,8 @@ def hydra_entry(cfg: DictConfig) -> dict[str, Any]:
     """One cell, in whatever process the launcher runs it; the outcome is the return value."""
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
+    progress.quiet_logging(progress.verbose_asked(hc.verbose))  # here too: a launcher's worker process
+    _interpret_note(cfg)
     try:
         guard = None if multirun else trial.guard_of(list(hc.overrides.task))
         if guard is not None:  # a rollout trial: the guard against its sweep, its own exit status
@@ -58,7 +61,40 @@ def hydra_entry(cfg: DictConfig) -> dict[str, Any]:
         why = f"does not fit: {out.error}" if out.status == "does_not_fit" else out.error
         print(f"1 cell(s) failed:\n  {out.name}: {why}", file=sys.stderr)
         sys.exit(1)
+    if not multirun:
+        _one_cell_summary(cfg, out)
     return out.as_dict()
+
+
+_NOTED: set[str] = set()
+
+
+def _interpret_note(cfg: DictConfig) -> None:
+    """engine=pallas without a GPU runs Triton's interpret mode: say so once per process, before the cell."""
+    engine = str(cfg.get("engine", {}).get("name", ""))
+    if engine == "pallas" and engine not in _NOTED:
+        import jax
+
+        if jax.default_backend() != "gpu":
+            _NOTED.add(engine)
+            log.warning("engine=pallas on %s: Triton's interpret mode (slow; the timings say nothing about a GPU)",
+                        jax.default_backend())
+
+
+def _one_cell_summary(cfg: DictConfig, out: app.CellOutcome) -> None:
+    """A one-cell run's last lines: the configuration with its knobs, the run and where to see it."""
+    try:
+        rc = app.validate(cfg)
+        knobs = ",".join(f"{k}={v}" for k, v in sorted(rc.strategy.knobs.items()))
+        conf = (f"{rc.strategy.name}{f'[{knobs}]' if knobs else ''} q={rc.q} engine={rc.engine.name} "
+                f"placement={rc.placement.name} dataset={rc.dataset.name} (config_id {rc.config_id})")
+        tracker = session.current().tracker(rc.mlflow)
+        where = review_hint(tracker.cfg.tracking_uri, tracker.experiment_id)
+    except Exception as err:  # the cell is recorded; a summary must not fail the run
+        log.debug("no summary: %s", err)
+        return
+    print(f"cell: {conf}: {out.status}, run {out.run_id}")
+    print(f"review: {where}")
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -88,6 +124,7 @@ def _interrupted() -> None:
 
 
 def main() -> None:
+    progress.quiet_logging(progress.verbose_asked(_verbose_arg(sys.argv[1:])))  # before JAX and MLflow say anything
     session.current()  # the process's memory settings before anything (the sweep callback) starts the backend
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -109,11 +146,17 @@ def main() -> None:
         _end_sweep("FAILED")
         if user_full_error:
             raise
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        print(f"error: {knob_error(err, sys.argv[1:]) or one_line(err)}", file=sys.stderr)
         sys.exit(2)
     except Exception:  # a launcher's failure (e.g. a worker process died): the sweep run must not stay RUNNING
         _end_sweep("FAILED")
         raise
+
+
+def _verbose_arg(args: list[str]) -> str:
+    """hydra.verbose=... on the command line ('' when absent or false)."""
+    values = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("hydra.verbose=")]
+    return "" if not values or values[-1].strip().lower() in ("", "false", "null", "[]") else values[-1]
 
 
 def _end_sweep(status: str) -> None:

@@ -34,7 +34,7 @@ from .queries import KEYS_PER_QUERY, make_queries
 from .session import Session, SweepRef
 from .strategies.base import check_knobs
 from .timing import Interleaved, SamplingPolicy, TimingSummary, measure_interleaved, time_limit
-from .tracking import PARENT_TAG, ROLE_TAG, Tracker, code_version, shielded
+from .tracking import PARENT_TAG, ROLE_TAG, Tracker, cell_description, cell_run_name, code_version, shielded
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,8 @@ def _resume(rc: RunConfig, tracker: Tracker, ident: dict[str, str], sweep: Sweep
         return None
     tags = {k: v for k, v in prev.data.tags.items() if not k.startswith(("mlflow.", "morphogen."))}
     tags.update(resumed_from=prev.info.run_id, **{ROLE_TAG: "cell", PARENT_TAG: sweep.sweep_dir})
-    run_id = tracker.start_run(name, tags, sweep.parent_id)
+    tags["mlflow.note.content"] = (prev.data.tags.get("mlflow.note.content", "") + f" (resumed from run {prev.info.run_id})").strip()
+    run_id = tracker.start_run(prev.info.run_name or name, tags, sweep.parent_id)
     try:
         tracker.log(run_id, params=prev.data.params, metrics=prev.data.metrics)
     finally:
@@ -299,6 +300,12 @@ def run(cfg: DictConfig, session: Session, sweep: SweepRef | None = None) -> Cel
     enable_compilation_cache(rc.bench.compilation_cache_dir)
     ident = identity_tags(rc)
     name = f"{rc.strategy.name}-q{rc.q}"
+    # The runs table's name and description: the knobs (`tiled[tile=8]-q16`), where it ran, then its result.
+    run_name = cell_run_name(rc.strategy.name, rc.q, rollout.guard_mapping(flatten(rc.resolved)).get("strategy", {}))
+    where = f"{rc.dataset.name}/{rc.engine.name}, {ident.get('device_kind', '?')} ({ident.get('backend', '?')})"
+
+    def note(status: str, metrics: Mapping[str, float] | None = None, error: str = "") -> dict[str, str]:
+        return {"mlflow.note.content": cell_description(run_name, rc.q, where, status, metrics, error)}
 
     if rc.resume:
         done = _resume(rc, tracker, ident, sweep, name)
@@ -315,8 +322,9 @@ def run(cfg: DictConfig, session: Session, sweep: SweepRef | None = None) -> Cel
         "placement": rc.placement.name,
         **ident,
         **({PARENT_TAG: sweep.sweep_dir} if sweep else {}),
+        **note("running"),
     }
-    run_id = tracker.start_run(name, tags, sweep.parent_id if sweep else None)
+    run_id = tracker.start_run(run_name, tags, sweep.parent_id if sweep else None)
     t0 = time.perf_counter()
     try:  # from here on every way out ends the run
         tracker.log(run_id, params=flatten(rc.resolved))
@@ -332,41 +340,43 @@ def run(cfg: DictConfig, session: Session, sweep: SweepRef | None = None) -> Cel
                 time_limit(rc.bench.cell_timeout_s):
             metrics = measure_cell(rc, session, tracker, run_id, progress)
     except memory.DoesNotFit as err:
-        tracker.log(run_id, tags={"cell_status": "does_not_fit", "error_message": str(err)},
+        tracker.log(run_id, tags={"cell_status": "does_not_fit", "error_message": str(err), **note("does_not_fit", error=str(err))},
                     metrics={"memory_estimate_gib": err.need / memory.GIB})
         tracker.end(run_id, "FINISHED")
         log.warning("%s: does not fit: %s", name, err)
         return CellOutcome("does_not_fit", name, run_id, error=str(err))
     except ConfigError as err:  # a value only the compiler can check: recorded, then reported as a setting to fix
-        _end_failed(tracker, run_id, "ConfigError", str(err))
+        _end_failed(tracker, run_id, "ConfigError", str(err), note=note("failed", error=str(err)))
         raise
     except CudaUnavailable as err:  # the engine's CUDA kernels cannot be built or run here: the same for every cell
-        _end_failed(tracker, run_id, "CudaUnavailable", str(err))
+        _end_failed(tracker, run_id, "CudaUnavailable", str(err), note=note("failed", error=str(err)))
         raise ConfigError(f"engine={rc.engine.name}: {err}") from None
     except KeyboardInterrupt:
         with shielded():
-            tracker.log(run_id, tags={"cell_status": "killed"})
+            tracker.log(run_id, tags={"cell_status": "killed", **note("killed")})
             tracker.end(run_id, "KILLED")
         raise
     except BaseException as err:
         msg = (str(err).strip().splitlines() or [""])[0][:500]
-        _end_failed(tracker, run_id, type(err).__name__, msg, traceback.format_exc())
+        _end_failed(tracker, run_id, type(err).__name__, msg, traceback.format_exc(),
+                    note=note("failed", error=f"{type(err).__name__}: {msg}"))
         if not isinstance(err, Exception):
             raise
         log.error("%s FAILED: %s: %s", name, type(err).__name__, msg)
         return CellOutcome("failed", name, run_id, error=f"{type(err).__name__}: {msg}")
-    tracker.log(run_id, tags={"cell_status": "ok"}, metrics={"wall_s": time.perf_counter() - t0, **held.metrics()})
+    tracker.log(run_id, tags={"cell_status": "ok", **note("ok", metrics)}, metrics={"wall_s": time.perf_counter() - t0, **held.metrics()})
     tracker.end(run_id, "FINISHED")
     log.info("%s: single %.2f ms, batch %.2f ms (x%.2f), parity ok", name,
              metrics["single_ms_per_batch"], metrics["batch_ms_per_batch"], metrics["batch_vs_single_speedup"])
     return CellOutcome("ok", name, run_id, metrics)
 
 
-def _end_failed(tracker: Tracker, run_id: str, error_class: str, message: str, trace: str = "") -> None:
-    """End a cell FAILED with its reason; a store that fails here too still gets the run ended."""
+def _end_failed(tracker: Tracker, run_id: str, error_class: str, message: str, trace: str = "",
+                note: Mapping[str, str] | None = None) -> None:
+    """End a cell FAILED with its reason (and its description, `note`); a store that fails here too still gets the run ended."""
     with shielded():
         try:
-            tracker.log(run_id, tags={"cell_status": "failed", "error_class": error_class, "error_message": message})
+            tracker.log(run_id, tags={"cell_status": "failed", "error_class": error_class, "error_message": message, **(note or {})})
             if trace:
                 tracker.log_text(run_id, trace, "error.txt")
         finally:

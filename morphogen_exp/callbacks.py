@@ -137,6 +137,9 @@ class SweepCallback(Callback):
         problems, code = outcome_problems(tracker, parent)
         if self._finals:
             run_finals(tracker, parent, sess)
+        live = getattr(sess, "_progress", None)  # this process's status line: cleared, the last lines are the decision
+        if live is not None:
+            live.close()
         try:
             files = report.build(tracker, parent, Path(ref.sweep_dir), publish=True)
             log.info("report: %s", files.markdown)

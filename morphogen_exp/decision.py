@@ -251,6 +251,7 @@ class Decision:
     devices_note: str = ""          # the ok cells ran on several device kinds or several cards, in words
     refusal: str = ""               # why no decision can be made (several device kinds, data or settings varied)
     finals_note: str = ""           # what the head-to-head finals confirmed or overturned
+    dry_run: str = ""               # set by the report when every cell ran on the CPU: said in the headline and summary
 
     @property
     def devices_mixed(self) -> bool:
@@ -269,6 +270,9 @@ class Decision:
 
     def headline(self) -> str:
         """The decision in one line (the sweep's last line, the report's bold line)."""
+        return self._headline() + (f" ({self.dry_run})" if self.dry_run else "")
+
+    def _headline(self) -> str:
         outcome = self.outcome
         if outcome == GO:
             return f"GO {self.selected}, fallback {self.fallback or 'the single-query loop'}"
@@ -291,7 +295,8 @@ class Decision:
             head = "INCONCLUSIVE: no configuration is proven yet: keep the single-query loop."
         else:
             head = "No configuration is GO: keep the single-query loop."
-        parts = [head, f"{counts[GO]} GO, {counts[NO_GO]} NO-GO, {counts[UNDECIDED]} INCONCLUSIVE."]
+        parts = [head, *([self.dry_run[0].upper() + self.dry_run[1:] + "."] if self.dry_run else []),
+                 f"{counts[GO]} GO, {counts[NO_GO]} NO-GO, {counts[UNDECIDED]} INCONCLUSIVE."]
         if counts[UNDECIDED]:
             parts.append("Inconclusive: " + "; ".join(
                 f"{v.config}: {v.undecided[0]}" for v in self.verdicts.values() if v.status == UNDECIDED) + ".")

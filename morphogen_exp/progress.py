@@ -1,14 +1,21 @@
 """Progress of a sweep: one status line, "cell k of n  label  phase  elapsed / ETA", live (rich) when
-stdout is a terminal; otherwise quiet: a DEBUG log line per phase, nothing on stdout."""
+stdout is a terminal; otherwise quiet: a DEBUG log line per phase, nothing on stdout. While the line is live,
+log lines are printed above it (never into it), and it is cleared when the last cell ends or at close().
+
+`quiet_logging` keeps the terminal to one line a cell: MLflow's and JAX's loggers at WARNING (MLflow's system
+metrics say 4 INFO lines a cell; JAX says `Unable to initialize backend 'tpu'` on every machine without one)
+unless `hydra.verbose=true` or MORPHOGEN_VERBOSE=1."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
@@ -17,6 +24,27 @@ from rich.text import Text
 log = logging.getLogger(__name__)
 
 PHASES = ("building data", "compiling", "timing", "parity", "logging", "finals")
+VERBOSE_ENV = "MORPHOGEN_VERBOSE"
+# Hydra's launchers log a "#k : overrides" line per cell: the cell's own result line names it, one line a cell.
+QUIET_LOGGERS = ("mlflow", "jax", "absl", "hydra._internal.core_plugins.basic_launcher", "hydra_plugins.hydra_joblib_launcher")
+
+
+def verbose_asked(hydra_verbose: object = False) -> bool:
+    """hydra.verbose (true, a logger name or a list of them) or MORPHOGEN_VERBOSE=1 asks for every log line."""
+    env = os.environ.get(VERBOSE_ENV, "").strip().lower()
+    return bool(hydra_verbose) or env not in ("", "0", "false", "no")
+
+
+def quiet_logging(verbose: bool = False) -> None:
+    """MLflow and JAX loggers at WARNING unless `verbose`; MLFLOW_LOGGING_LEVEL (unless the user set it) keeps
+    MLflow quiet when it is imported later and in worker processes. No effect on a level the user asked for."""
+    if verbose:
+        return
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for name in QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
 
 
 def format_s(seconds: float) -> str:
@@ -51,6 +79,7 @@ class Progress:
         self._phase = ""
         self._cell_started: float | None = None
         self._live: Live | None = None
+        self._rerouted: list[tuple[logging.StreamHandler[Any], Any]] = []
 
     def start_cell(self, k: int, label: str) -> None:
         self._k, self._label, self._phase, self._cell_started = k, label, "", self._clock()
@@ -61,7 +90,10 @@ class Progress:
             self.durations.append(self._clock() - self._cell_started)
             self._last_k = self._k
             log.debug("%s done in %s", self._cell_text(), format_s(self.durations[-1]))
+        last = self._k is not None and self.total is not None and self._k >= self.total
         self._k, self._cell_started, self._phase = None, None, ""
+        if last:  # nothing after the last cell may land on the status line
+            self.close()
         self._refresh()
 
     @contextmanager
@@ -99,9 +131,13 @@ class Progress:
         return "  ".join(p for p in (*parts, timing) if p)
 
     def close(self) -> None:
+        """Clear the live line (the next output starts on a clean line) and give logging its streams back."""
         if self._live is not None:
-            self._live.stop()
-            self._live = None
+            live, self._live = self._live, None
+            live.stop()
+            for handler, stream in self._rerouted:
+                handler.setStream(stream)
+            self._rerouted = []
 
     def __enter__(self) -> Progress:
         return self
@@ -118,9 +154,22 @@ class Progress:
         log.debug("%s", self.line())
         if self.enabled and self._live is None:
             self._live = Live(get_renderable=lambda: Text(self.line()), console=self._console or Console(),
-                              refresh_per_second=2, transient=False)
+                              refresh_per_second=2, transient=True, redirect_stdout=True, redirect_stderr=True)
+            stdout, stderr = sys.stdout, sys.stderr
             self._live.start()
+            self._reroute(stdout, stderr)
         self._refresh()
+
+    def _reroute(self, stdout: object, stderr: object) -> None:
+        """Log handlers writing to the terminal (Hydra's, MLflow's) write through the live display, which clears
+        the status line, prints the log line and draws the status line again below it."""
+        loggers = [logging.getLogger(), *(logging.getLogger(n) for n in QUIET_LOGGERS)]
+        proxies = {id(stdout): sys.stdout, id(stderr): sys.stderr}
+        for logger in loggers:
+            for handler in logger.handlers:
+                if type(handler) is logging.StreamHandler and id(handler.stream) in proxies \
+                        and proxies[id(handler.stream)] is not handler.stream:
+                    self._rerouted.append((handler, handler.setStream(proxies[id(handler.stream)])))
 
     def _refresh(self) -> None:
         if self._live is not None:

@@ -63,6 +63,8 @@ OUR_COLUMNS = [
 _OTHER_METRICS = ["parity_numpy_checked", "parity_xor_checked", "single_ms_p90", "batch_ms_p90", "batch_ms_min", "batch_ms_max",
                   "compile_s", "batch_effective_gbps", "memory_estimate_gib", "scan_keys"]
 ROLE_TAG, PARENT_TAG = "morphogen.role", "morphogen.sweep_dir"
+LOOP = "single-query loop"  # the fallback when no configuration is the fallback: the report and decision.fallback say the same
+DRY_RUN = "CPU dry run: every cell ran on the CPU backend; this tests the pipeline and its decision means nothing for a GPU"
 FINAL_ROLE = "final"  # a head-to-head final run under a sweep (finals.py): read here, never counted as a cell
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -90,6 +92,14 @@ def _flag(m: Mapping[str, float], key: str) -> int | None:
     return None if key not in m else int(m[key])
 
 
+NOT_APPLICABLE = "-"  # an original's knob column for a strategy without that knob (matrix.csv; not a metric)
+
+
+def _knob(params: Mapping[str, Any], key: str) -> int | str:
+    """A strategy knob for the original's columns: its value, or "-" where the strategy has no such knob."""
+    return _int_or(params[key], 0) if key in params else NOT_APPLICABLE
+
+
 def cell_row(run: Any) -> dict[str, Any]:
     """One cell run as a row: the original's columns, then ours (intervals, noise, configuration)."""
     t, m, p = run.data.tags, run.data.metrics, run.data.params
@@ -103,10 +113,10 @@ def cell_row(run: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
         "strategy": t.get("original_strategy", p.get("strategy.original", t.get("strategy"))),
         "policy": env.get("MORPHOGEN_GPU_BATCH_POLICY", "latency"),
-        "adaptive_threshold": _int_or(p.get("strategy.threshold"), 4),
+        "adaptive_threshold": _knob(p, "strategy.threshold"),
         "gpu_streams": _int_or(env.get("MORPHOGEN_GPU_STREAMS"), 1),
         "gpu_cuda_graph": int(str(env.get("MORPHOGEN_GPU_CUDA_GRAPH", "False")).lower() == "true"),
-        "gpu_batch_tile_size": _int_or(p.get("strategy.tile"), 16),
+        "gpu_batch_tile_size": _knob(p, "strategy.tile"),
         "q": q,
         "checksum_single": t.get("checksum_single"),
         "checksum_batch": t.get("checksum_batch"),
@@ -225,11 +235,17 @@ def _fmt(row: Mapping[str, Any], col: str, spec: str) -> str:
     return "—" if e is None else e.format(spec)
 
 
+def _filled(table: pd.DataFrame, text: str) -> pd.DataFrame:
+    """Missing cells of a pivot as `text` (as objects: a column with no value at all is float, and pandas will
+    refuse to fill a float column with text)."""
+    return table.astype(object).where(table.notna(), text)
+
+
 def _grid(df: pd.DataFrame, rows: pd.DataFrame, texts: list[str]) -> str:
     """A markdown table of every q x configuration of df, texts[i] in the cell of rows' i-th row, '—' elsewhere."""
     table = rows.assign(_cell=texts).pivot_table(index="q", columns="config", values="_cell", aggfunc="first")
     table = table.reindex(index=sorted(df["q"].unique()), columns=sorted(df["config"].unique()))
-    return table.fillna("—").to_markdown()
+    return _filled(table, "—").to_markdown()
 
 
 def _pivot(df: pd.DataFrame, col: str, spec: str) -> str:
@@ -263,7 +279,7 @@ def _status_table(df: pd.DataFrame) -> str:
         return f"{marks} ({numpy_text}, xor {check(row, 'xor')[1]}, checksum {checksum_text})"
 
     t = df.assign(cell=df.apply(cell, axis=1)).pivot_table(index="q", columns="config", values="cell", aggfunc="first")
-    return t.fillna("missing").to_markdown()
+    return _filled(t, "missing").to_markdown()
 
 
 def _engine_path_section(df: pd.DataFrame) -> str:
@@ -294,41 +310,76 @@ def _sampling_table(df: pd.DataFrame) -> str:
                 continue
             cap = ", capped" if r.get(f"{p}_capped") == 1 else ""
             spread = "" if noise is None or pd.isna(noise) else f", ±{float(noise):.1%}"
-            parts.append(f"{p} {int(n)}×{spread}{cap}")
+            parts.append(f"{p} {int(n)} rounds{spread}{cap}")
         return "; ".join(parts) or "—"
 
     t = ok.assign(_c=[cell(r) for r in ok.to_dict("records")]).pivot_table(index="q", columns="config", values="_c", aggfunc="first")
-    return t.fillna("—").to_markdown()
+    return _filled(t, "—").to_markdown()
 
 
-def _plots(df: pd.DataFrame, out_dir: Path) -> list[Path]:
+PLOTS = (  # (metric, the loop's metric, title, y label, file)
+    ("batch_ms_per_batch", "single_ms_per_batch", "Batch latency vs Q", "ms per batch (p50)", "latency_vs_q.png"),
+    ("batch_qps", "single_qps", "Queries per second vs Q", "queries / s (batch path)", "qps_vs_q.png"),
+)
+
+
+def _distinct(df: pd.DataFrame, col: str) -> str:
+    return ", ".join(sorted(df[col].dropna().astype(str).unique())) if col in df.columns else ""
+
+
+def plot_subtitle(df: pd.DataFrame, meta: Mapping[str, Any]) -> str:
+    """What a plot was measured on, under its title: device, dataset, engine(s), code and date."""
+    code = str(meta.get("code_version") or "?")
+    return (f"{_distinct(df, 'device_kind') or '?'} ({meta.get('backend') or '?'}) · dataset {_distinct(df, 'dataset') or '?'} · "
+            f"engine {_distinct(df, 'engine') or '?'} · code {code[:12]}{'+dirty' if '+dirty' in code else ''} · {meta.get('date', '')}")
+
+
+def _plots(df: pd.DataFrame, out_dir: Path, subtitle: str = "", shipped: str | None = None) -> list[Path]:
+    """One plot per metric against Q (1, 2, 4, ... as plain numbers): each configuration with its intervals, the
+    shipped one drawn thick and labelled "(ships)", the single-query loop dashed. Title and subtitle are also the
+    PNG's Title / Description text."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
     if "config" not in df.columns:
         df = df.assign(config=df["our_strategy"])
     ok = df[df["status"] == "ok"]
     if ok.empty:  # every cell failed: nothing to draw (the tables say why)
         return []
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    qs = sorted(int(q) for q in ok["q"].unique())
     paths = []
-    for col, single_col, label, fname in (("batch_ms_per_batch", "single_ms_per_batch", "batch latency (ms, p50)", "latency_vs_q.png"),
-                                          ("batch_qps", "single_qps", "queries / s", "qps_vs_q.png")):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for col, single_col, title, label, fname in PLOTS:
+        fig, ax = plt.subplots(figsize=(7.2, 4.8))
         for name, g in ok.groupby("config"):
-            ax.errorbar(g["q"], g[col], yerr=_yerr(g, col), marker="o", capsize=3, label=str(name))
+            ships = str(name) == shipped
+            ax.errorbar(g["q"], g[col], yerr=_yerr(g, col), marker="o", capsize=3, label=f"{name}{' (ships)' if ships else ''}",
+                        linewidth=3.2 if ships else 1.2, markersize=7 if ships else 4, zorder=3 if ships else 2)
         single = ok.groupby("q")[single_col].median()
         ax.plot(single.index, single.values, "k--", label="single-query loop")
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        ax.set_xticks(qs)
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_locator(NullLocator())
+        if col == "batch_qps":  # linear from 0: plain numbers, what a rate reads as
+            ax.set_ylim(bottom=0)
+        else:  # latencies span decades: log, labelled in plain ms
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("Q (queries per batch)")
-        ax.set_ylabel(label + (" with confidence intervals" if _yerr(ok, col) is not None else ""))
+        ax.set_ylabel(label + (", with confidence intervals" if _yerr(ok, col) is not None else ""))
+        fig.suptitle(title, fontsize=13)
+        ax.set_title(subtitle, fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_dir / fname
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, metadata={"Title": title, "Description": subtitle})
         plt.close(fig)
         paths.append(path)
     return paths
@@ -365,11 +416,15 @@ def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: Map
         configs.append(f"| {name} | {g['strategy'].iloc[0]} | {knobs} | `{g['config_id'].iloc[0]}` | "
                        f"{', '.join(f'{k}={v}' for k, v in info.items()) or '—'} |")
     order = {"GO": 0, "INCONCLUSIVE": 1, "NO-GO": 2}
+    verdicts = sorted(decision.verdicts.values(), key=lambda v: (order[v.status], v.config))
     verdict_rows = [
         f"| {v.config} | {'**GO**' if v.go else v.status} | {v.score.format() if v.score else '—'} | "
-        f"{'; '.join(v.reasons) or 'all rules hold'}{(' — ' + '; '.join(v.notes)) if v.notes else ''} |"
-        for v in sorted(decision.verdicts.values(), key=lambda v: (order[v.status], v.config))
+        f"{_short_reasons(v.reasons, v.notes)} |"
+        for v in verdicts
     ]
+    full = [f"- **{v.config}**: " + "; ".join(v.reasons + v.notes) for v in verdicts if len(v.reasons) + len(v.notes) > 1]
+    reasons_block = ("\n<details><summary>Every reason, per configuration</summary>\n\n" + "\n".join(full) + "\n\n</details>\n"
+                     if full else "")
     counts = df["status"].value_counts().to_dict()
     sel = decision.selected
     devices = ", ".join(sorted(df["device_kind"].dropna().astype(str).unique())) or "?"
@@ -384,12 +439,14 @@ def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: Map
                  "those ratios. A verdict needs the interval to clear each rule (else INCONCLUSIVE)." if decision.intervals else
                  "**Intervals were not available** for these runs (point estimates only): the rules compare point "
                  "values and a tie is a fixed fraction.")
+    engines = f"engine{'s' if df['engine'].nunique() > 1 else ''}: {_distinct(df, 'engine') or '?'}"
+    dry = f"- **{decision.dry_run[0].upper() + decision.dry_run[1:]}**\n" if decision.dry_run else ""
     return f"""# Batching decision report
 
 ## Summary
 - Sweep: `{meta.get('sweep_dir', '?')}` (MLflow parent run `{meta.get('parent_run', '?')}`, {meta.get('tracking_uri', '')})
-- Dataset: {first['dataset']} ({meta.get('dataset_desc', '')}); engine: {first['engine']}
-- Device: {devices} ({meta.get('backend', '?')}), JAX {meta.get('jax_version', '?')}; code {meta.get('code_version', '?')}
+- Dataset: {first['dataset']} ({meta.get('dataset_desc', '')}); {engines}
+{dry}- Device: {devices} ({meta.get('backend', '?')}), JAX {meta.get('jax_version', '?')}; code {meta.get('code_version', '?')}
 - Settings: warmup={meta.get('warmup', '?')}, iterations={meta.get('iterations', '?')}, seed={meta.get('seed', '?')}; latencies are medians
 - Cells: {len(df)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}); configurations: {df['config'].nunique()}
 - Generated {meta.get('date', '')}
@@ -439,9 +496,9 @@ ranked by {rules.rank_by} at q={decision.rank_q}, {tie}.
 | configuration | verdict | {rules.rank_by} at q={decision.rank_q} | reasons |
 |---|---|---:|---|
 {chr(10).join(verdict_rows)}
-
+{reasons_block}
 - **Ship**: {sel or 'none'}{(chr(10) + '  (' + decision.tie_note + ')') if decision.tie_note else ''}
-- **Fallback**: {decision.fallback or 'the single-query loop (no batching)'}
+- **Fallback**: {decision.fallback or LOOP + ' (no batching)'}
 {guard_line}
 
 ## Notes
@@ -449,6 +506,15 @@ ranked by {rules.rank_by} at q={decision.rank_q}, {tie}.
   overlaps is host dispatch with device work, not kernels. Lanes map to devices under placement=replicated.
 - Batch and single paths answer the same queries; every cell compares them bit for bit before it is recorded.
 """
+
+
+def _short_reasons(reasons: Sequence[str], notes: Sequence[str]) -> str:
+    """A verdict's reasons in a table cell: the first one, and how many more (all of them below the table)."""
+    every = [*reasons, *notes]
+    if not every:
+        return "all rules hold"
+    first = every[0] if len(every[0]) <= 160 else every[0][:157].rstrip() + "..."
+    return first + (f" (and {len(every) - 1} more)" if len(every) > 1 else "")
 
 
 def guard_texts(df: pd.DataFrame, decision: Decision, header: str) -> tuple[str, str, str]:
@@ -507,6 +573,8 @@ def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, r
     df = cells_frame(runs)
     finals, final_records = read_finals(client, runs, df)
     decision = decide(df, rules, finals)
+    if cpu_only(df):
+        decision.dry_run = DRY_RUN
     out_dir.mkdir(parents=True, exist_ok=True)
     p0, first_tags = df["_params"].iloc[0], df["_tags"].iloc[0]
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -523,8 +591,9 @@ def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, r
                         f"{first_tags.get('dataset.source', '')}",
     }
     csv, md = out_dir / "matrix.csv", out_dir / "report.md"
-    rollout.atomic_write(csv, df[ORIGINAL_COLUMNS + OUR_COLUMNS].to_csv(index=False))
-    plots = _plots(df, out_dir)
+    matrix = df[ORIGINAL_COLUMNS + OUR_COLUMNS]
+    rollout.atomic_write(csv, matrix.to_csv(index=False))
+    plots = _plots(df, out_dir, plot_subtitle(df, meta), decision.selected)
     guard_path, env_path = out_dir / "rollout" / "selected.yaml", out_dir / "rollout" / "selected.env"
     meta_path = guard_path.with_name(rollout.LATEST + rollout.META_SUFFIX)
     guards: tuple[Path, ...] = ()
@@ -545,9 +614,52 @@ def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, r
         for path in (md, csv, *guards, *plots):
             client.log_artifact(parent_id, str(path), "report")
         for key, value in {"mlflow.note.content": decision.summary(), "decision.selected": decision.selected or "none",
-                           "decision.fallback": decision.fallback or "none", "decision.guard": name}.items():
+                           "decision.fallback": decision.fallback or LOOP, "decision.guard": name}.items():
             client.set_tag(parent_id, key, value)
+        publish_to_ui(client, parent_id, df, matrix, decision)
     return ReportFiles(md, csv, plots, guard_path if guards else None, env_path if guards else None, decision)
+
+
+def cpu_only(df: pd.DataFrame) -> bool:
+    """Every cell ran on the CPU backend (its `backend` tag, else its device kind): a dry run of the pipeline."""
+    kinds = [str(t.get("backend") or dk or "").lower() for t, dk in zip(df["_tags"], df["device_kind"], strict=True)]
+    return bool(kinds) and all(k == "cpu" for k in kinds)
+
+
+def shipped_metrics(df: pd.DataFrame, decision: Decision) -> dict[str, float]:
+    """The shipped configuration's numbers per q, as the sweep run's metrics (the runs table's columns and charts
+    without expanding the sweep): `shipped.batch_qps.q32`, `shipped.batch_ms.q1`, `shipped.speedup.q8`.
+    Nothing ships: none."""
+    if decision.selected is None:
+        return {}
+    ok = df[(df["config"] == decision.selected) & (df["status"] == "ok")]
+    out: dict[str, float] = {}
+    for r in ok.to_dict("records"):
+        for col, short in (("batch_qps", "batch_qps"), ("batch_ms_per_batch", "batch_ms"), ("batch_vs_single_speedup", "speedup")):
+            v = r.get(col)
+            if v is not None and not pd.isna(v):
+                out[f"shipped.{short}.q{int(r['q'])}"] = float(v)
+    return out
+
+
+def publish_to_ui(client: Any, parent_id: str, df: pd.DataFrame, matrix: pd.DataFrame, decision: Decision) -> None:
+    """What the MLflow UI shows of a published report on the sweep run itself: the shipped configuration's metrics
+    and the matrix as a table artifact (`matrix.json`, the UI's artifact view and Evaluation tab). A republish
+    replaces the table (log_table alone would append to it)."""
+    from mlflow.entities import Metric
+
+    now = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in shipped_metrics(df, decision).items()]
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(parent_id, metrics=metrics[i:i + 1000])
+    table = matrix.astype(object).where(matrix.notna(), None)
+    if any(a.path == "matrix.json" for a in client.list_artifacts(parent_id)):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "matrix.json"
+            table.to_json(path, orient="split", index=False, date_format="iso")
+            client.log_artifact(parent_id, str(path))
+    else:
+        client.log_table(parent_id, data=table, artifact_file="matrix.json")
 
 
 # --------------------------------------------------------------------------- command line

@@ -314,3 +314,57 @@ class Tracker:
             if r.data.tags.get("mlflow.parentRunId") in parents and r.data.tags.get(PARENT_TAG) == sweep_dir:
                 return r
         return None
+
+
+# --------------------------------------------------------------------------- what the MLflow UI shows of a cell
+
+def knob_text(knobs: Mapping[str, Any], prefix: str = "") -> str:
+    """A strategy's knobs (nested as in its config) as `tile=8,chunk=2`, in key order."""
+    parts = []
+    for k, v in sorted(knobs.items()):
+        if isinstance(v, Mapping):
+            parts.append(knob_text(v, f"{prefix}{k}."))
+        elif v is not None:  # an unset knob (its default decides): not part of the name
+            parts.append(f"{prefix}{k}={v}")
+    return ",".join(p for p in parts if p)
+
+
+def cell_run_name(strategy: str, q: int, knobs: Mapping[str, Any]) -> str:
+    """A cell run's name in the runs table: the strategy with its knobs and q, e.g. `tiled[tile=8]-q16`."""
+    text = knob_text(knobs)
+    return f"{strategy}[{text}]-q{q}" if text else f"{strategy}-q{q}"
+
+
+def _with_interval(m: Mapping[str, float], key: str, spec: str) -> str | None:
+    v = m.get(key)
+    if v is None:
+        return None
+    lo, hi = m.get(f"{key}_lo"), m.get(f"{key}_hi")
+    return f"{v:{spec}}" + (f" [{lo:{spec}}, {hi:{spec}}]" if lo is not None and hi is not None else "")
+
+
+def _parity_text(m: Mapping[str, float]) -> str:
+    def check(name: str) -> str:
+        if m.get(f"parity_{name}_checked") == 0 or f"parity_{name}_eq" not in m:
+            return f"{name} not checked"
+        return f"{name} {'ok' if m[f'parity_{name}_eq'] == 1 else 'BAD'}"
+
+    if "parity_ok" not in m:
+        return "parity not recorded"
+    head = "batch == single-query loop bit for bit" if m["parity_ok"] == 1 else "batch != single-query loop (MISMATCH)"
+    return f"parity: {head}; {check('numpy')}, {check('xor')}"
+
+
+def cell_description(name: str, q: int, where: str, status: str = "running", metrics: Mapping[str, float] | None = None,
+                     error: str = "") -> str:
+    """A cell run's description (`mlflow.note.content`, shown on the run's page and as the table's Description):
+    the configuration with its knobs, q, where it ran, and its result with intervals and parity."""
+    head = f"{name} (q={q} queries per batch) on {where}."
+    if status != "ok" or metrics is None:
+        return f"{head} Status: {status.replace('_', ' ')}{(': ' + error[:500]) if error else ''}."
+    qps = _with_interval(metrics, "batch_qps", ".4g")
+    ms = _with_interval(metrics, "batch_ms_per_batch", ".4g")
+    speedup = _with_interval(metrics, "batch_vs_single_speedup", ".3g")
+    result = "; ".join(p for p in (qps and f"{qps} queries/s", ms and f"{ms} ms per batch",
+                                   speedup and f"x{speedup} over the single-query loop") if p)
+    return f"{head} Result (median [confidence interval]): {result or 'not recorded'}. {_parity_text(metrics)}."

@@ -107,7 +107,7 @@ def test_every_cell_is_a_row_and_every_configuration_is_ranked(sweeps, tile_swee
     assert len(tile4) == 1 and float(tile4[0]["batch_qps"]) == 145.9  # the duplicate cell: the newest run
     md = files.markdown.read_text()
     assert "Cells: 8 (8 ok); configurations: 4" in md and "146 [145, 147]" in md and "Intervals were not available" not in md
-    assert "batch 40×, ±0.4%" in md and "tiled[tile=2]" in md
+    assert "batch 40 rounds, ±0.4%" in md and "tiled[tile=2]" in md
     assert "| 32 | tiled[tile=2] (ships) | 146 [145, 147] | tiled[tile=4] |" in md and "a per-q choice" not in md
     tags = sweeps.client.get_run(parent).data.tags
     assert tags["decision.selected"] == "tiled[tile=2]" and tags["decision.fallback"] == "tiled[tile=4]"

@@ -7,8 +7,11 @@ A strategy module defines one `build(knobs, ctx) -> BatchPath` decorated with `@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import fnmatch
+import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import jax
@@ -92,11 +95,86 @@ def knob(knobs: Mapping[str, Any], name: str, lo: int = 1) -> int:
     return value
 
 
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+_NOT_KNOBS = ("name", "original", "guard_env")
+
+
+def knobs_of(name: str) -> list[str]:
+    """The knobs a strategy declares: its conf/strategy/<name>.yaml keys but name, original and guard_env."""
+    f = CONF_DIR / "strategy" / f"{name}.yaml"
+    if not f.is_file():
+        return []
+    from omegaconf import OmegaConf
+
+    return [str(k) for k in OmegaConf.load(f) if k not in _NOT_KNOBS]
+
+
+def _knobs_text(name: str, known: list[str]) -> str:
+    return f"{name}'s knobs: {', '.join(f'strategy.{k}' for k in known)}" if known else f"{name} has no knobs"
+
+
+class _Reads(Mapping[str, Any]):
+    """The knobs, recording which ones the builder reads."""
+
+    def __init__(self, knobs: Mapping[str, Any]) -> None:
+        self.knobs, self.read = knobs, set[str]()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return self.knobs[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return self.knobs.get(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.knobs)
+
+    def __len__(self) -> int:
+        return len(self.knobs)
+
+
 def check_knobs(name: str, knobs: Mapping[str, Any], q: int) -> None:
     """Build the strategy once on a stub context (no device, nothing compiled): a bad knob raises its
-    ConfigError here, when a sweep validates its cells, instead of when the cell runs."""
+    ConfigError here, when a sweep validates its cells, instead of when the cell runs. A key that is not one
+    of the strategy's knobs (`+strategy.tiel=8`) is a setting to fix too, naming the knobs there are."""
+    from ..config import ConfigError
+
     def nothing(pages: Any, keys: Any) -> Any:
         return None
 
     stub = BuildContext(pages=None, num_pages=1, spec=None, single=nothing, single_jit=nothing, devices=())  # type: ignore[arg-type]
-    _REGISTRY[name](knobs, q, stub)
+    reads = _Reads(knobs)
+    error: ConfigError | None = None
+    try:
+        _REGISTRY[name](reads, q, stub)
+    except ConfigError as err:
+        error = err
+    known = sorted(set(knobs_of(name)) | reads.read)
+    unknown = sorted(str(k) for k in knobs if k not in known)
+    if unknown:
+        raise ConfigError(f"{', '.join(f'strategy.{k}' for k in unknown)}: not a knob of strategy {name}; "
+                          f"{_knobs_text(name, known)}")
+    if error is not None:
+        raise error
+
+
+def knob_error(err: BaseException, args: list[str]) -> str | None:
+    """Hydra's "Key 'tiel' is not in struct" for `strategy.tiel=8` as one line naming the strategies' knobs
+    (the strategies named by `strategy=` on the command line, else the default one); None for other errors."""
+    text = f"{err}\n{err.__cause__ or err.__context__ or ''}"
+    found = re.search(r"override '\+*strategy\.([\w.]+)'", text) or re.search(r"full_key: strategy\.([\w.]+)", text)
+    if not found or "not in struct" not in text:
+        return None
+    names = sorted(_REGISTRY) or sorted(p.stem for p in (CONF_DIR / "strategy").glob("*.yaml"))
+    chosen = [a.split("=", 1)[1] for a in args if a.startswith("strategy=")]
+    if chosen:
+        value = chosen[-1].strip()
+        glob = re.fullmatch(r"glob\((.*)\)", value)
+        patterns = [p.strip() for p in (glob.group(1) if glob else value).split(",")]
+        names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)] or patterns
+    else:
+        default = re.search(r"^\s*-\s*strategy:\s*(\w+)", (CONF_DIR / "config.yaml").read_text(), re.M)
+        names = [default.group(1)] if default else names
+    return (f"strategy.{found.group(1)}: not a knob of strategy {', '.join(names)}; "
+            + "; ".join(_knobs_text(n, knobs_of(n)) for n in names))

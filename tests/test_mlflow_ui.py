@@ -1,0 +1,174 @@
+"""What the MLflow UI shows of a sweep without expanding it: the sweep run's metrics (the shipped configuration per
+q) and its matrix table, published only; every cell's name with its knobs and its description; the plots' titles;
+matrix.csv's "-" for a knob a strategy does not have; and a CPU sweep called a dry run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from morphogen_exp import report, rollout, tracking
+from morphogen_exp.decision import DecisionRules, decide
+
+from .test_report import Sweeps, _metrics
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory) -> Sweeps:
+    return Sweeps(tmp_path_factory.mktemp("ui-store"))
+
+
+@pytest.fixture(autouse=True)
+def guard_store(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(rollout.ENV_VAR, str(tmp_path / "guards"))
+
+
+def _cells(device: str = "cpu") -> list:
+    tags = {"device_kind": device}
+    cells = [(["strategy=tiled", f"strategy.tile={t}"], q, _metrics(qps * q / 32, 1.0), tags)
+             for t, qps in (("2", 146.0), ("4", 120.0)) for q in (4, 32)]
+    cells += [(["strategy=micro_batch"], q, _metrics(100.0 * q / 32, 1.0), tags) for q in (4, 32)]
+    return cells
+
+
+def _store(sweeps: Sweeps) -> report.Store:
+    return report.Store(sweeps.client, sweeps.exp)
+
+
+def test_a_published_report_puts_the_shipped_numbers_and_the_matrix_on_the_sweep_run(sweeps, tmp_path) -> None:
+    parent = sweeps.sweep(tmp_path / "sweep", _cells())
+    report.build(_store(sweeps), parent, tmp_path / "whatif")  # a what-if: nothing on the run
+    run = sweeps.client.get_run(parent)
+    assert not any(k.startswith("shipped.") for k in run.data.metrics)
+    assert "matrix.json" not in {a.path for a in sweeps.client.list_artifacts(parent)}
+
+    files = report.build(_store(sweeps), parent, tmp_path / "pub", publish=True)
+    assert files.decision.selected == "tiled[tile=2]"
+    m = sweeps.client.get_run(parent).data.metrics
+    assert m["shipped.batch_qps.q32"] == 146.0 and m["shipped.batch_qps.q4"] == pytest.approx(146.0 / 8)
+    assert m["shipped.batch_ms.q32"] == pytest.approx(1e3 / 146.0) and m["shipped.speedup.q4"] == 2.0
+    assert {k for k in m if k.startswith("shipped.")} == {f"shipped.{n}.q{q}" for n in ("batch_qps", "batch_ms", "speedup")
+                                                          for q in (4, 32)}
+    tags = sweeps.client.get_run(parent).data.tags
+    assert {"path": "matrix.json", "type": "table"} in json.loads(tags["mlflow.loggedArtifacts"])
+
+    def table() -> pd.DataFrame:
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = json.loads(Path(sweeps.client.download_artifacts(parent, "matrix.json", tmp)).read_text())
+        return pd.DataFrame(raw["data"], columns=raw["columns"])
+
+    t = table()
+    assert len(t) == 6 and list(t.columns[:15]) == report.ORIGINAL_COLUMNS
+    assert sorted(t.loc[t["config"] == "tiled[tile=2]", "batch_qps"]) == [146.0 / 8, 146.0]
+    report.build(_store(sweeps), parent, tmp_path / "pub", publish=True)  # a republish replaces the table
+    assert len(table()) == 6
+
+
+def test_a_sweep_where_nothing_ships_logs_no_shipped_numbers(sweeps, tmp_path) -> None:
+    cells = [(["strategy=micro_batch"], q, _metrics(100.0, 1.0, speedup=0.5), {}) for q in (4, 32)]
+    parent = sweeps.sweep(tmp_path / "nogo", cells)
+    files = report.build(_store(sweeps), parent, tmp_path, publish=True)
+    assert files.decision.selected is None
+    run = sweeps.client.get_run(parent)
+    assert not any(k.startswith("shipped.") for k in run.data.metrics)
+    assert run.data.tags["decision.fallback"] == report.LOOP == "single-query loop"
+    assert "- **Fallback**: single-query loop (no batching)" in files.markdown.read_text()
+
+
+def test_matrix_csv_marks_a_knob_the_strategy_does_not_have(sweeps, tmp_path) -> None:
+    files = report.build(_store(sweeps), sweeps.sweep(tmp_path / "knobs", _cells()), tmp_path)
+    with files.csv.open() as fh:
+        rows = list(csv.DictReader(fh))
+    by = {(r["config"], r["q"]): r for r in rows}
+    assert by["tiled[tile=2]", "32"]["gpu_batch_tile_size"] == "2" and by["tiled[tile=2]", "32"]["adaptive_threshold"] == "-"
+    assert by["micro_batch", "4"]["adaptive_threshold"] == "4" and by["micro_batch", "4"]["gpu_batch_tile_size"] == "-"
+
+
+def test_a_cpu_sweep_is_called_a_dry_run_and_a_gpu_sweep_is_not(sweeps, tmp_path) -> None:
+    cpu = report.build(_store(sweeps), sweeps.sweep(tmp_path / "cpu", _cells()), tmp_path / "cpu")
+    note = "CPU dry run: every cell ran on the CPU backend; this tests the pipeline and its decision means nothing for a GPU"
+    assert cpu.decision.headline() == f"GO tiled[tile=2], fallback tiled[tile=4] ({note})"
+    assert cpu.decision.summary().startswith("Ship tiled[tile=2]") and "CPU dry run" in cpu.decision.summary()
+    md = cpu.markdown.read_text()
+    assert f"- **{note}**" in md and f"**Decision: {cpu.decision.headline()}**" in md
+    gpu = report.build(_store(sweeps), sweeps.sweep(tmp_path / "gpu", _cells("NVIDIA H200")), tmp_path / "gpu")
+    assert gpu.decision.headline() == "GO tiled[tile=2], fallback tiled[tile=4]"
+    assert "dry run" not in gpu.markdown.read_text() + gpu.decision.summary()
+
+
+def test_the_report_lists_every_engine_and_shortens_long_reasons(sweeps, tmp_path) -> None:
+    cells = [(["strategy=full_batch", f"engine={e}"], q, _metrics(100.0, 1.0, speedup=0.5), {}) for e in ("xla", "fused")
+             for q in (4, 32)]
+    md = report.build(_store(sweeps), sweeps.sweep(tmp_path / "engines", cells), tmp_path).markdown.read_text()
+    assert "; engines: fused, xla" in md
+    rows = [line for line in md.splitlines() if line.startswith("| full_batch[engine=") and "NO-GO" in line]
+    assert len(rows) == 2 and all("more)" in r and len(r) < 320 for r in rows), rows
+    assert "<details><summary>Every reason, per configuration</summary>" in md
+
+
+def test_plots_have_a_title_a_subtitle_and_mark_what_ships(tmp_path) -> None:
+    rows = [{"config": c, "our_strategy": c, "q": q, "status": "ok", "parity_ok": 1, "device_kind": "NVIDIA H200",
+             "dataset": "tiny", "engine": "xla", **_metrics(f * q, 1.0)} for c, f in (("full_batch", 100.0), ("tiled", 90.0))
+            for q in (1, 2, 4, 8, 16, 32)]
+    df = pd.DataFrame(rows)
+    sub = report.plot_subtitle(df, {"code_version": "0123456789abcdef" * 2 + "+dirty.1", "backend": "gpu",
+                                    "date": "2026-12-04 10:00 UTC"})
+    assert sub == "NVIDIA H200 (gpu) · dataset tiny · engine xla · code 0123456789ab+dirty · 2026-12-04 10:00 UTC"
+    paths = report._plots(df, tmp_path, sub, shipped="tiled")
+    titles = [Image.open(p).text for p in paths]
+    assert [t["Title"] for t in titles] == ["Batch latency vs Q", "Queries per second vs Q"]
+    assert all(t["Description"] == sub for t in titles)
+
+    import matplotlib.pyplot as plt
+
+    drawn: dict = {}
+    real = plt.Figure.savefig
+
+    def keep(fig, *a, **k):  # the axes as drawn: labels, ticks, line widths
+        ax = fig.axes[0]
+        drawn[Path(a[0]).name] = (ax.get_legend_handles_labels()[1], [t.get_text() for t in ax.get_xticklabels()],
+                                  ax.get_yscale(), fig.get_suptitle())
+        return real(fig, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plt.Figure, "savefig", keep)
+        report._plots(df, tmp_path, sub, shipped="tiled")
+    labels, xticks, yscale, title = drawn["qps_vs_q.png"]
+    assert sorted(labels) == ["full_batch", "single-query loop", "tiled (ships)"]
+    assert xticks == ["1", "2", "4", "8", "16", "32"] and yscale == "linear" and title == "Queries per second vs Q"
+
+
+def test_a_cell_run_is_named_by_its_knobs_and_described() -> None:
+    assert tracking.cell_run_name("tiled", 16, {"tile": 8}) == "tiled[tile=8]-q16"
+    assert tracking.cell_run_name("micro_batch", 4, {"threshold": 4, "chunk": 2}) == "micro_batch[chunk=2,threshold=4]-q4"
+    assert tracking.cell_run_name("full_batch", 1, {}) == "full_batch-q1"
+    assert tracking.cell_run_name("graph_replay", 2, {"command_buffer": None}) == "graph_replay-q2"
+    m = _metrics(146.0, 1.0) | {"parity_numpy_eq": 1, "parity_xor_checked": 1}
+    text = tracking.cell_description("tiled[tile=8]-q16", 16, "tiny/xla, cpu (cpu)", "ok", m)
+    assert text.startswith("tiled[tile=8]-q16 (q=16 queries per batch) on tiny/xla, cpu (cpu).")
+    assert "146 [145, 147] queries/s" in text and "x2 [1.9, 2.1] over the single-query loop" in text
+    assert "parity: batch == single-query loop bit for bit; numpy ok, xor ok" in text
+    failed = tracking.cell_description("tiled-q4", 4, "tiny/xla", "failed", error="ParityError: 3 pages differ")
+    assert failed.endswith("Status: failed: ParityError: 3 pages differ.")
+
+
+def test_decide_alone_is_no_dry_run() -> None:
+    df = pd.DataFrame([{"config": "full_batch", "our_strategy": "full_batch", "q": 32, "status": "ok", "parity_ok": 1,
+                        "error_message": "", **_metrics(100.0, 1.0)}])
+    assert "dry run" not in decide(df, DecisionRules()).headline()
+
+
+def test_a_table_with_a_configuration_missing_at_every_q_fills_without_a_pandas_warning() -> None:
+    import warnings
+
+    df = pd.DataFrame({"q": [1, 2], "config": ["a", "b"], "status": ["ok", "failed"], "batch_qps": [1.0, None]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pandas' "str is not a fill value for float64" (a future error)
+        table = report._pivot(df, "batch_qps", ".3g")
+    assert table.splitlines()[-1].replace(" ", "") == "|2|—|—|"
