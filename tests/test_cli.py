@@ -71,6 +71,10 @@ def test_full_sweep_all_strategies_on_tiny(cli, workdir):
     assert (sweep / "report.md").read_text().count("| tiled |") >= 1
     chosen = guard.split("override /strategy: ")[1].split()[0]
     trial = cli("+rollout=selected", "q=2", "decision.tie_within=0.9", test_strategies=False)  # CPU timings move: a wide margin
+    if not res.stdout.strip().splitlines()[-1].startswith("decision: GO"):
+        # a loaded machine may find nothing proven: a guard that ships nothing has no promise to trial (one line, exit 2)
+        assert trial.returncode == 2 and "ships no configuration" in trial.stderr, trial.stderr[-2000:]
+        return
     assert trial.returncode == 0, trial.stdout[-2000:] + trial.stderr[-2000:]
     assert trial.stdout.strip().splitlines()[-1].startswith(("trial: HOLDS at q=2", "trial: IMPROVED at q=2"))
     newest = max(mlflow_runs(workdir), key=lambda r: r.info.start_time)
