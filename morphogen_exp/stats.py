@@ -157,12 +157,13 @@ def _with_bounds(name: str, value: float, bounds: tuple[float, float]) -> dict[s
 def cell_metrics(q: int, single: TimingSummary, batch: TimingSummary, confidence: float = 0.95, *,
                  paired: bool = True) -> dict[str, float]:
     """One cell's derived metrics, each with `_lo`/`_hi` bounds: the single-query loop's and the batch
-    path's time per batch of q queries (median), the speedup and both rates in queries/s. `paired`
+    path's time per batch of q queries (each summary's median and its own interval: blocked when the paths
+    were timed in rounds), the speedup and both rates in queries/s. `paired`
     (the two paths timed in rounds, `timing.measure_interleaved`): the speedup is the median of the
     rounds' ratios single / batch with its order-statistic interval, and `speedup_pairs` says how many
     rounds it rests on; unpaired, median(single) / median(batch) with a bootstrap interval."""
-    s_ms, b_ms = float(np.median(single.times_ms)), float(np.median(batch.times_ms))
-    s_ci, b_ci = median_ci(single.times_ms, confidence), median_ci(batch.times_ms, confidence)
+    s_ms, b_ms = single.p50_ms, batch.p50_ms
+    s_ci, b_ci = (single.p50_lo_ms, single.p50_hi_ms), (batch.p50_lo_ms, batch.p50_hi_ms)  # each summary's own interval
     out: dict[str, float] = {}
     out |= _with_bounds("single_ms_per_batch", s_ms, s_ci)
     out |= _with_bounds("batch_ms_per_batch", b_ms, b_ci)
@@ -170,7 +171,7 @@ def cell_metrics(q: int, single: TimingSummary, batch: TimingSummary, confidence
         sp, sp_lo, sp_hi = paired_ratio_ci(single.times_ms, batch.times_ms, confidence)
         out |= _with_bounds("batch_vs_single_speedup", sp, (sp_lo, sp_hi))
         out["speedup_pairs"] = float(single.samples)
-        out["speedup_noise"] = relative_noise(paired_ratios(single.times_ms, batch.times_ms), confidence)
+        out["speedup_noise"] = (sp_hi - sp_lo) / 2.0 / sp  # the stopping rule's noise: the same blocked interval
     else:
         out |= _with_bounds("batch_vs_single_speedup", s_ms / b_ms, ratio_ci(single.times_ms, batch.times_ms, confidence))
     out["confidence"] = confidence

@@ -44,6 +44,8 @@ def test_each_strategy_cell_is_exact_and_recorded(make_cfg, workdir, sess, strat
         assert len(timings[path]["times_ms"]) == m[f"{path}_samples"] == m["speedup_pairs"] >= 6  # 0.95 needs 6 rounds
         assert timings[path]["p50_lo_ms"] <= m[f"{path}_ms_p50"] <= timings[path]["p50_hi_ms"]
     assert m["batch_ms_per_batch_lo"] <= m["batch_ms_per_batch"] <= m["batch_ms_per_batch_hi"]
+    for path in ("single", "batch"):  # one interval per quantity: the cell's latency bounds are its summary's own
+        assert (m[f"{path}_ms_per_batch_lo"], m[f"{path}_ms_per_batch_hi"]) == (timings[path]["p50_lo_ms"], timings[path]["p50_hi_ms"])
     # the speedup is paired: the median of the rounds' single / batch ratios, from the recorded samples
     ratios = np.asarray(timings["single"]["times_ms"]) / np.asarray(timings["batch"]["times_ms"])
     assert m["batch_vs_single_speedup"] == pytest.approx(float(np.median(ratios)))
