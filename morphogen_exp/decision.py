@@ -37,6 +37,12 @@ _CONTEXT_KEYS = ("seed", "max_q")
 _CONTEXT_IGNORED = ("bench.compilation_cache_dir", "bench.cell_timeout_s", "bench.system_metrics_s", "bench.finals")
 
 
+def measurement_setting(key: str) -> bool:
+    """A flattened param that says what was measured and how (dataset, seed, bench, parity), not a configuration;
+    the process-local bench settings (cache folder, timeouts, system metrics, finals) change no measurement."""
+    return (key.startswith(_CONTEXT_PREFIXES) or key in _CONTEXT_KEYS) and key not in _CONTEXT_IGNORED
+
+
 @dataclass(frozen=True)
 class DecisionRules:
     """The rules a decision applies; defaults are the config schema's (config.DecisionConfig), declared once there."""
@@ -334,7 +340,7 @@ def context_note(df: pd.DataFrame) -> str:
     values: dict[str, set[str]] = {}
     for params in df["_params"]:
         for k, v in (params or {}).items():
-            if (k.startswith(_CONTEXT_PREFIXES) or k in _CONTEXT_KEYS) and k not in _CONTEXT_IGNORED:
+            if measurement_setting(k):
                 values.setdefault(k, set()).add(str(v))
     if "dataset_fingerprint" in df.columns:
         values["dataset contents"] = {str(v)[:12] for v in df["dataset_fingerprint"].dropna()}
@@ -487,7 +493,7 @@ def _against(e: Estimate, threshold: float, above: bool, what: str, v: Verdict, 
         v.undecided.append(f"{what}: the interval straddles it; more rounds (bench.max_time_s) can decide it")
 
 
-def _tied(best: Estimate, s: Estimate, rules: DecisionRules) -> bool:
+def tied(best: Estimate, s: Estimate, rules: DecisionRules) -> bool:
     """A tie with the best: overlapping intervals, or (point estimates) within decision.tie_within."""
     if best.interval and s.interval:
         return best.overlaps(s)
@@ -519,7 +525,7 @@ def best_per_q(df: pd.DataFrame, rules: DecisionRules) -> list[BestAtQ]:
             continue
         scored.sort(key=lambda ce: sign * ce[1].value)
         (config, best), rest = scored[0], scored[1:]
-        out.append(BestAtQ(int(q), config, best, tuple(c for c, e in rest if _tied(best, e, rules))))
+        out.append(BestAtQ(int(q), config, best, tuple(c for c, e in rest if tied(best, e, rules))))
     return out
 
 
@@ -534,7 +540,7 @@ def _rank(go: list[Verdict], rules: DecisionRules) -> tuple[list[Verdict], str]:
     while rest:
         best = rest[0].score
         assert best is not None
-        group = [v for v in rest if v is rest[0] or _tied(best, v.score, rules)]  # type: ignore[arg-type]
+        group = [v for v in rest if v is rest[0] or tied(best, v.score, rules)]  # type: ignore[arg-type]
         group = sorted(group, key=lambda v: order.get(v.strategy, len(order)))  # stable: score order within
         if len(group) > 1 and not ranked:
             how = ("their intervals overlap" if all(v.score.interval for v in group)  # type: ignore[union-attr]

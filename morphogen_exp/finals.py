@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from . import app, report
-from .decision import Decision, DecisionRules, Estimate, decide, estimate
+from .decision import RANKABLE, Decision, DecisionRules, decide, estimate, tied
 from .session import Session
 from .stats import blocked_median_ci
 from .tracking import PARENT_TAG, ROLE_TAG, Tracker, shielded
@@ -50,7 +50,7 @@ def plan(df: pd.DataFrame, decision: Decision, rules: DecisionRules) -> dict[int
     """q -> the configuration labels that meet in that q's final, the incumbent first; {} when nothing ships."""
     if not decision.selected:
         return {}
-    higher = rules.rank_by != "batch_ms_per_batch" and rules.rank_by != "batch_ms_p90"
+    higher = RANKABLE[rules.rank_by]
     ok = df[df["status"] == "ok"]
     out: dict[int, list[str]] = {}
     for q, g in ok.groupby("q"):
@@ -64,17 +64,11 @@ def plan(df: pd.DataFrame, decision: Decision, rules: DecisionRules) -> dict[int
             v = decision.verdicts.get(label)
             if label == decision.selected or e is None or inc is None or v is None or not v.go:
                 continue
-            if _ties_or_beats(e, inc, higher):
+            if tied(inc, e, rules) or (e.value > inc.value if higher else e.value < inc.value):
                 contenders.append((label, e.value))
         contenders.sort(key=lambda c: -c[1] if higher else c[1])
         out[int(q)] = [decision.selected] + [c for c, _ in contenders[: MAX_FINALISTS - 1]]
     return out
-
-
-def _ties_or_beats(e: Estimate, inc: Estimate, higher: bool) -> bool:
-    if e.interval and inc.interval:
-        return e.overlaps(inc) or (e.value > inc.value if higher else e.value < inc.value)
-    return e.value >= inc.value * 0.98 if higher else e.value <= inc.value * 1.02
 
 
 def run(tracker: Tracker, parent_id: str, session: Session) -> list[FinalRecord]:

@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import app, devlock, report, rollout
 from . import placement as placements
 from .config import ConfigError, MlflowConfig, RunConfig, flatten
-from .decision import Estimate, estimate
+from .decision import Estimate, estimate, measurement_setting
 from .session import Session
 from .stats import paired_ratio_ci
 from .timing import TimingSummary
@@ -50,8 +50,6 @@ HOLDS, REGRESSED, IMPROVED, INCONCLUSIVE = "HOLDS", "REGRESSED", "IMPROVED", "IN
 BETTER, TIED, WORSE, UNDECIDED = "better", "tied", "worse", "undecided"
 EXIT = {HOLDS: 0, IMPROVED: 0, REGRESSED: 1, INCONCLUSIVE: 3}
 _WORST_FIRST = (REGRESSED, INCONCLUSIVE, IMPROVED, HOLDS)  # the verdict line's order: its first word is the trial's
-_MEASURED_PREFIXES, _MEASURED_KEYS = ("dataset.", "bench.", "parity."), ("seed", "max_q")  # how the sweep measured
-_LOCAL = ("bench.compilation_cache_dir", "bench.cell_timeout_s", "bench.system_metrics_s", "bench.finals")
 _SETTINGS = ("engine.", "placement.")  # the guard's settings besides its strategy: other ones are not its promise
 LOOP = "the single-query loop"
 
@@ -205,7 +203,7 @@ def _as_measured(resolved: Mapping[str, Any], params: Mapping[str, str], given: 
     """The trial's config with the sweep's dataset, seed, bench and parity settings where the command line sets none."""
     out = copy.deepcopy(dict(resolved))
     for k, v in params.items():
-        if not (k.startswith(_MEASURED_PREFIXES) or k in _MEASURED_KEYS) or k in _LOCAL or _set_by(k, given):
+        if not measurement_setting(k) or _set_by(k, given):
             continue
         *parents, leaf = k.split(".")
         node: Any = out
@@ -274,7 +272,7 @@ def _measurement_notes(p: Plan, here: Mapping[str, str]) -> list[str]:
     """What differs without breaking the promise: the code, the bench settings the command line changed."""
     flat = {k: str(v) for k, v in flatten(p.guard[p.qs[0]].resolved).items()}
     bench = [f"{k}={flat[k]} (sweep: {v})" for k, v in sorted(p.params.items())
-             if k.startswith("bench.") and k not in _LOCAL and k in flat and flat[k] != v]
+             if k.startswith("bench.") and measurement_setting(k) and k in flat and flat[k] != v]
     code = [] if here["code_version"] == p.meta.code_version else [f"code {here['code_version']} here, {p.meta.code_version} in the sweep"]
     return code + ([f"measured with {', '.join(bench)}"] if bench else [])
 

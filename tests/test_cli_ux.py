@@ -70,12 +70,16 @@ def test_knob_error_reads_hydras_struct_error():
         pytest.fail("struct mode accepted a new key")
 
 
-def test_one_cell_run_is_quiet_and_names_its_configuration_and_run(cli):
-    res = cli("strategy=tiled", "strategy.tile=2", "q=2", "bench.system_metrics_s=0.5")
+def _quiet_ok_lines(res) -> list[str]:
+    """A command that exited 0 without library noise on either stream: its stdout lines."""
     assert res.returncode == 0, res.stderr[-3000:]
     both = res.stdout + res.stderr
     assert _noise(both) == [], _noise(both)
-    lines = res.stdout.strip().splitlines()
+    return res.stdout.strip().splitlines()
+
+
+def test_one_cell_run_is_quiet_and_names_its_configuration_and_run(cli):
+    lines = _quiet_ok_lines(cli("strategy=tiled", "strategy.tile=2", "q=2", "bench.system_metrics_s=0.5"))
     assert lines[-2].startswith("cell: tiled[tile=2] q=2 engine=xla placement=single dataset=tiny (config_id ")
     assert " ok, run " in lines[-2]
     assert lines[-1].startswith("review: mlflow ui --backend-store-uri ") and "#/experiments/" in lines[-1]
@@ -88,11 +92,7 @@ def test_verbose_brings_the_library_logs_back(cli):
 
 
 def test_sweep_is_quiet_and_ends_with_the_decision(cli):
-    res = cli("-m", "strategy=full_batch,tiled", "q=1", "bench.system_metrics_s=0.5")
-    assert res.returncode == 0, res.stderr[-3000:]
-    both = res.stdout + res.stderr
-    assert _noise(both) == [], _noise(both)
-    lines = res.stdout.strip().splitlines()
+    lines = _quiet_ok_lines(cli("-m", "strategy=full_batch,tiled", "q=1", "bench.system_metrics_s=0.5"))
     assert lines[-2].startswith("review: ")
     assert lines[-1].startswith("decision: ") and " — report: " in lines[-1]
 
