@@ -1,0 +1,115 @@
+"""The MLflow UI's saved view of the matrix: one experiment tag that opens the runs page on every cell with its numbers.
+
+MLflow 3.17's experiment page loads a view from the experiment tag `mlflow.sharedViewState.<key>` when its address
+carries `viewStateShareKey=<key>` (what its "Share" button writes, and what its saved-views menu lists by name). The
+tag holds an envelope `{"name", "createdAt", "updatedAt", "state"}` whose `state` is the page's state as JSON text:
+its search facets (filter, sort) and its UI state (columns and their widths, grouping, charts). MLflow leaves the
+expanded rows out of a shared view, so the view never relies on expanding the sweep run: it filters on the cells
+(`morphogen.role = 'cell'`), which then stand as rows of their own, grouped by sweep (one expanded group per sweep
+folder, the newest first) with the fastest cell on top.
+
+Numbers: MLflow's table has no number format a view can set (its metric columns print the logged float as it is),
+and what we log is what the decision and `report` read back, so nothing logged is rounded for display. The view
+widens the metric columns so a value is shown whole instead of cut to `529.384005...`; the rounded reading of a cell
+(`146 [145, 147] queries/s`, parity) is its description, shown as the table's Description column.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from .tracking import PARENT_TAG, ROLE_TAG
+
+KEY = "morphogen-matrix"
+TAG_PREFIX = "mlflow.sharedViewState."  # MLflow's EXPERIMENT_PAGE_VIEW_STATE_SHARE_TAG_PREFIX
+NAME = "Sweep matrix: every cell's q/s, latency, speedup and parity"
+# The table's columns, left to right (then the description): what a cell is, its numbers, then the details.
+ORDER = (("tags", "strategy"), ("tags", "q"), ("metrics", "batch_qps"), ("metrics", "batch_qps_lo"),
+         ("metrics", "batch_qps_hi"), ("metrics", "batch_vs_single_speedup"), ("metrics", "batch_ms_per_batch"),
+         ("metrics", "parity_ok"), ("tags", "engine"), ("tags", "cell_status"), ("metrics", "parity_batch_eq_single"),
+         ("metrics", "parity_numpy_eq"), ("metrics", "parity_xor_eq"))
+WIDTHS = {"strategy": 110, "q": 50, "engine": 70, "cell_status": 90, "parity_ok": 80}  # px; other numbers: 160, a float whole
+CHART_METRICS = ("batch_qps", "batch_vs_single_speedup", "batch_ms_per_batch")  # one bar chart each, in this order
+SECTION = "morphogen-matrix"  # the charts' own section, first on the page
+MODEL_SECTION, SYSTEM_SECTION = "Model metrics", "System metrics"  # MLflow's generated sections, kept last, collapsed
+
+
+def column(kind: str, key: str) -> str:
+    """A runs-table column id as MLflow writes it (`metrics.`batch_qps``; kind: attributes, params, metrics, tags)."""
+    return f"{kind}.`{key}`"
+
+
+def _bar(metric: str) -> dict[str, Any]:
+    return {"type": "BAR", "uuid": f"morphogen-bar-{metric}", "metricKey": metric, "metricSectionId": SECTION,
+            "runsCountToCompare": 100, "deleted": False, "isGenerated": False}
+
+
+def view_state() -> dict[str, Any]:
+    """The page state the saved view restores: every cell of every sweep, grouped by sweep, the fastest first, the
+    matrix's columns, and charts of q/s vs q and per cell in place of MLflow's default parallel-coordinates plot."""
+    scatter = {"type": "SCATTER", "uuid": "morphogen-qps-vs-q", "metricSectionId": SECTION, "runsCountToCompare": 100,
+               "deleted": False, "isGenerated": False, "displayName": "batch_qps vs q",
+               "xaxis": {"key": "q", "type": "METRIC"}, "yaxis": {"key": "batch_qps", "type": "METRIC"}}
+    sections = [{"uuid": SECTION, "name": "The matrix", "display": True,
+                 "isReordered": True, "deleted": False, "isGenerated": False}]
+    sections += [{"uuid": f"morphogen-{name.split()[0].lower()}", "name": name, "display": False, "isReordered": False,
+                  "deleted": False, "isGenerated": True} for name in (MODEL_SECTION, SYSTEM_SECTION)]
+    order = [column("attributes", "Run Name"), *(column(k, n) for k, n in ORDER), column("attributes", "Description")]
+    return {
+        # search facets
+        "searchFilter": f"tags.`{ROLE_TAG}` = 'cell'",
+        "orderByKey": column("metrics", "batch_qps"),
+        "orderByAsc": False,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "datasetsFilter": [],
+        "modelVersionFilter": "All Runs",
+        # UI state
+        "selectedColumns": order[1:],
+        "columnOrder": order,
+        "columnWidths": {column(k, n): WIDTHS.get(n, 160) for k, n in ORDER},
+        "groupBy": {"aggregateFunction": "max", "groupByKeys": [{"mode": "tag", "groupByData": PARENT_TAG}]},
+        "groupsExpanded": {},
+        "useGroupedValuesInCharts": False,
+        "runsHiddenMode": "SHOW_ALL",
+        "hideEmptyCharts": True,
+        "compareRunCharts": [scatter] + [_bar(m) for m in CHART_METRICS],
+        "compareRunSections": sections,
+        "isAccordionReordered": True,
+        "viewMaximized": True,
+        "runListHidden": False,
+    }
+
+
+def _envelope(state: str, created: int, updated: int) -> str:
+    """The tag's value as MLflow 3.17's saved views write it (state as JSON text, uncompressed)."""
+    return json.dumps({"name": NAME, "createdAt": created, "updatedAt": updated, "state": state})
+
+
+def share_view(client: Any, experiment_id: str) -> str:
+    """Set the experiment's saved view of the matrix (tag `mlflow.sharedViewState.<KEY>`) and return its key. Writes
+    only when the tag is missing or holds another state: a second call changes nothing (not even `updatedAt`)."""
+    state = json.dumps(view_state(), sort_keys=True)
+    tag = TAG_PREFIX + KEY
+    old = client.get_experiment(experiment_id).tags.get(tag)
+    created = None
+    if old is not None:
+        try:
+            envelope = json.loads(old)
+            if envelope.get("state") == state and envelope.get("name") == NAME:
+                return KEY
+            created = envelope.get("createdAt")
+        except (ValueError, AttributeError):  # someone else's value under our key: replaced
+            pass
+    now = int(time.time() * 1000)
+    client.set_experiment_tag(experiment_id, tag, _envelope(state, created if isinstance(created, int) else now, now))
+    return KEY
+
+
+def runs_url(base_url: str, experiment_id: str, key: str, charts: bool = False) -> str:
+    """The runs page at `base_url` (a server's or `mlflow ui`'s address) opened on the saved view `key`: the table, or
+    with `charts` the chart view."""
+    mode = "&compareRunsMode=CHART" if charts else ""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={key}{mode}"
