@@ -4,6 +4,7 @@ matrix.csv's "-" for a knob a strategy does not have; and a CPU sweep called a d
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import tempfile
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from morphogen_exp import report, rollout, tracking
+from morphogen_exp import report, rollout, tracking, uiview
 from morphogen_exp.decision import DecisionRules, decide
 
 from .test_report import Sweeps, _metrics
@@ -172,3 +173,76 @@ def test_a_table_with_a_configuration_missing_at_every_q_fills_without_a_pandas_
         warnings.simplefilter("error")  # pandas' "str is not a fill value for float64" (a future error)
         table = report._pivot(df, "batch_qps", ".3g")
     assert table.splitlines()[-1].replace(" ", "") == "|2|—|—|"
+
+
+# --------------------------------------------------------------------------- the saved view (uiview)
+
+def _experiment(sweeps: Sweeps, name: str) -> Sweeps:
+    """The same store, a fresh experiment: a view is an experiment's tag, so each test starts with none."""
+    other = copy.copy(sweeps)
+    other.exp = sweeps.client.create_experiment(name, artifact_location=(sweeps.root / name).as_uri())
+    return other
+
+
+def _views(sweeps: Sweeps) -> dict[str, str]:
+    tags = sweeps.client.get_experiment(sweeps.exp).tags
+    return {k: v for k, v in tags.items() if k.startswith("mlflow.sharedViewState.")}
+
+
+def test_the_saved_view_opens_on_every_cell_with_the_matrix_columns_and_charts(sweeps, tmp_path) -> None:
+    exp = _experiment(sweeps, "ui-view")
+    parent = exp.sweep(tmp_path / "sweep", _cells())
+    key = uiview.share_view(exp.client, exp.exp)
+    envelope = json.loads(_views(exp)[f"mlflow.sharedViewState.{key}"])
+    assert envelope["name"] == uiview.NAME and isinstance(envelope["createdAt"], int)
+    state = json.loads(envelope["state"])  # MLflow 3.17's saved view: the page state as JSON text
+    metrics = ["batch_qps", "batch_qps_lo", "batch_qps_hi", "batch_vs_single_speedup", "batch_ms_per_batch",
+               "parity_ok", "parity_batch_eq_single", "parity_numpy_eq", "parity_xor_eq"]
+    assert state["selectedColumns"][:3] == ["tags.`strategy`", "tags.`q`", "metrics.`batch_qps`"]
+    assert {c for c in state["selectedColumns"] if c.startswith("metrics.")} == {f"metrics.`{m}`" for m in metrics}
+    assert {"tags.`engine`", "tags.`cell_status`", "attributes.`Description`"} <= set(state["selectedColumns"])
+    assert state["columnOrder"] == ["attributes.`Run Name`", *state["selectedColumns"]]  # widths apply to listed ones
+    assert set(state["columnWidths"]) == {c for c in state["selectedColumns"] if not c.startswith("attributes.")}
+    # The filter and sort are MLflow's own syntax: the rows are the cells (never the sweep run, whose children
+    # MLflow would fold under it), the fastest first.
+    rows = exp.client.search_runs([exp.exp], state["searchFilter"], order_by=[f"{state['orderByKey']} DESC"])
+    assert state["orderByAsc"] is False and parent not in {r.info.run_id for r in rows}
+    assert len(rows) == len(_cells()) and rows[0].data.metrics["batch_qps"] == 146.0
+    assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": tracking.PARENT_TAG}]
+    charts = {(c["type"], c.get("metricKey") or c["yaxis"]["key"]) for c in state["compareRunCharts"]}
+    assert charts == {("SCATTER", "batch_qps"), ("BAR", "batch_qps"), ("BAR", "batch_vs_single_speedup"),
+                      ("BAR", "batch_ms_per_batch")}
+    scatter = next(c for c in state["compareRunCharts"] if c["type"] == "SCATTER")
+    assert scatter["xaxis"] == {"key": "q", "type": "METRIC"}  # q/s vs q, no parallel-coordinates plot
+    assert {c["metricSectionId"] for c in state["compareRunCharts"]} == {state["compareRunSections"][0]["uuid"]}
+    assert state["runsHiddenMode"] == "SHOW_ALL" and state["useGroupedValuesInCharts"] is False
+
+
+def test_sharing_the_view_twice_changes_nothing_and_a_stale_view_is_replaced(sweeps) -> None:
+    exp = _experiment(sweeps, "ui-view-twice")
+    key = uiview.share_view(exp.client, exp.exp)
+    first = _views(exp)
+    assert uiview.share_view(exp.client, exp.exp) == key and _views(exp) == first and len(first) == 1
+    tag = f"mlflow.sharedViewState.{key}"
+    exp.client.set_experiment_tag(exp.exp, tag, json.dumps({"name": "old", "createdAt": 7, "updatedAt": 7, "state": "{}"}))
+    uiview.share_view(exp.client, exp.exp)
+    envelope, want = json.loads(_views(exp)[tag]), json.loads(first[tag])
+    assert (envelope["name"], envelope["state"]) == (want["name"], want["state"])  # today's view, under the same key
+    assert envelope["createdAt"] == 7 and envelope["updatedAt"] > 7  # when it was first shared is kept
+    exp.client.set_experiment_tag(exp.exp, tag, "not json")  # someone else's value under our key
+    uiview.share_view(exp.client, exp.exp)
+    assert json.loads(_views(exp)[tag])["state"] == json.loads(first[tag])["state"]
+
+
+def test_the_runs_url_names_the_view() -> None:
+    assert uiview.runs_url("http://127.0.0.1:5000/", "3", "k1") == \
+        "http://127.0.0.1:5000/#/experiments/3/runs?viewStateShareKey=k1"
+    assert uiview.runs_url("https://mlflow.example", "3", "k1", charts=True).endswith(
+        "/runs?viewStateShareKey=k1&compareRunsMode=CHART")
+
+
+def test_a_report_rebuild_never_writes_the_view(sweeps, tmp_path) -> None:
+    exp = _experiment(sweeps, "ui-view-report")
+    parent = exp.sweep(tmp_path / "sweep", _cells())
+    report.build(_store(exp), parent, tmp_path / "whatif")
+    assert _views(exp) == {}
