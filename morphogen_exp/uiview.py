@@ -5,13 +5,16 @@ carries `viewStateShareKey=<key>` (what its "Share" button writes, and what its 
 tag holds an envelope `{"name", "createdAt", "updatedAt", "state"}` whose `state` is the page's state as JSON text:
 its search facets (filter, sort) and its UI state (columns and their widths, grouping, charts). MLflow leaves the
 expanded rows out of a shared view, so the view never relies on expanding the sweep run: it filters on the cells
-(`morphogen.role = 'cell'`), which then stand as rows of their own, grouped by sweep (one expanded group per sweep
-folder, the newest first) with the fastest cell on top.
+(`morphogen.role = 'cell'`), which then stand as rows of their own, in one expanded group per sweep folder, the
+fastest cell first.
 
-Numbers: MLflow's table has no number format a view can set (its metric columns print the logged float as it is),
-and what we log is what the decision and `report` read back, so nothing logged is rounded for display. The view
-widens the metric columns so a value is shown whole instead of cut to `529.384005...`; the rounded reading of a cell
-(`146 [145, 147] queries/s`, parity) is its description, shown as the table's Description column.
+Numbers: MLflow's table has no number format a view can set (a metric column prints the logged float as it is, cut
+to its width), and what we log is what the decision and `report` read back, so nothing logged is rounded for display
+and no rounded copy is logged beside it (a second set of metrics would double the column picker and the charts, and
+could disagree with the one the decision read). The view puts the headline numbers first and sizes each number
+column to show at least 7 significant digits, more than any interval supports; the rounded reading of a cell
+(`146 [145, 147] queries/s`, parity) is its description (the Description column), and the chart view labels its
+bars with 2 decimals.
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ KEY = "morphogen-matrix"
 TAG_PREFIX = "mlflow.sharedViewState."  # MLflow's EXPERIMENT_PAGE_VIEW_STATE_SHARE_TAG_PREFIX
 NAME = "Sweep matrix: every cell's q/s, latency, speedup and parity"
 # The table's columns, left to right (then the description): what a cell is, its numbers, then the details.
-ORDER = (("tags", "strategy"), ("tags", "q"), ("metrics", "batch_qps"), ("metrics", "batch_qps_lo"),
-         ("metrics", "batch_qps_hi"), ("metrics", "batch_vs_single_speedup"), ("metrics", "batch_ms_per_batch"),
-         ("metrics", "parity_ok"), ("tags", "engine"), ("tags", "cell_status"), ("metrics", "parity_batch_eq_single"),
+ORDER = (("tags", "strategy"), ("tags", "q"), ("metrics", "batch_qps"), ("metrics", "batch_vs_single_speedup"),
+         ("metrics", "batch_ms_per_batch"), ("metrics", "parity_ok"), ("metrics", "batch_qps_lo"),
+         ("metrics", "batch_qps_hi"), ("tags", "engine"), ("tags", "cell_status"), ("metrics", "parity_batch_eq_single"),
          ("metrics", "parity_numpy_eq"), ("metrics", "parity_xor_eq"))
-WIDTHS = {"strategy": 110, "q": 50, "engine": 70, "cell_status": 90, "parity_ok": 80}  # px; other numbers: 160, a float whole
+WIDTHS = {"strategy": 110, "q": 50, "engine": 70, "cell_status": 90, "parity_ok": 80}  # px; other numbers: 115
 CHART_METRICS = ("batch_qps", "batch_vs_single_speedup", "batch_ms_per_batch")  # one bar chart each, in this order
 SECTION = "morphogen-matrix"  # the charts' own section, first on the page
 MODEL_SECTION, SYSTEM_SECTION = "Model metrics", "System metrics"  # MLflow's generated sections, kept last, collapsed
@@ -69,7 +72,7 @@ def view_state() -> dict[str, Any]:
         # UI state
         "selectedColumns": order[1:],
         "columnOrder": order,
-        "columnWidths": {column(k, n): WIDTHS.get(n, 160) for k, n in ORDER},
+        "columnWidths": {column(k, n): WIDTHS.get(n, 115) for k, n in ORDER},
         "groupBy": {"aggregateFunction": "max", "groupByKeys": [{"mode": "tag", "groupByData": PARENT_TAG}]},
         "groupsExpanded": {},
         "useGroupedValuesInCharts": False,
