@@ -3,7 +3,7 @@
 Rules come from conf/decision/ (validated by `DecisionRules.from_mapping` before the first cell runs,
 stored with the sweep as decision.json); `decide` turns the cells of a sweep into verdicts. A metric
 with `_lo` / `_hi` columns is an interval and the rules ask it for evidence; one without is a point
-estimate (older runs) and keeps the point rules. The report only renders what is decided here."""
+estimate (a run recorded without intervals) and keeps the point rules. The report only renders what is decided here."""
 
 from __future__ import annotations
 
@@ -252,7 +252,7 @@ class Decision:
     fallback: str | None
     rank_q: int
     rank_by: str
-    intervals: bool                 # every ok cell carried intervals (else: point estimates, today's rules)
+    intervals: bool                 # every ok cell carried intervals (else: point estimates, the point rules)
     tie_note: str = ""
     devices_note: str = ""          # the ok cells ran on several device kinds or several cards, in words
     refusal: str = ""               # why no decision can be made (several device kinds, data or settings varied)

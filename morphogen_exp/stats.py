@@ -8,13 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 from math import isqrt
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from scipy import stats as sps
-
-if TYPE_CHECKING:
-    from .timing import TimingSummary
 
 BOOTSTRAP_SEED = 20261127
 BOOTSTRAP_RESAMPLES = 2000
@@ -150,11 +147,27 @@ def rate_ci(q: int, ms_lo: float, ms_hi: float) -> tuple[float, float]:
     return q * 1e3 / ms_hi, q * 1e3 / ms_lo
 
 
+class PathTimes(Protocol):
+    """What `cell_metrics` reads of one timed path (a `timing.TimingSummary`): its samples, their median and
+    that median's interval."""
+
+    @property
+    def times_ms(self) -> Sequence[float]: ...
+    @property
+    def p50_ms(self) -> float: ...
+    @property
+    def p50_lo_ms(self) -> float: ...
+    @property
+    def p50_hi_ms(self) -> float: ...
+    @property
+    def samples(self) -> int: ...
+
+
 def _with_bounds(name: str, value: float, bounds: tuple[float, float]) -> dict[str, float]:
     return {name: value, f"{name}_lo": bounds[0], f"{name}_hi": bounds[1]}
 
 
-def cell_metrics(q: int, single: TimingSummary, batch: TimingSummary, confidence: float = 0.95, *,
+def cell_metrics(q: int, single: PathTimes, batch: PathTimes, confidence: float = 0.95, *,
                  paired: bool = True) -> dict[str, float]:
     """One cell's derived metrics, each with `_lo`/`_hi` bounds: the single-query loop's and the batch
     path's time per batch of q queries (each summary's median and its own interval: blocked when the paths

@@ -125,7 +125,7 @@ def _policy(policy: SamplingPolicy | None, warmup: int | None, iterations: int |
             raise TypeError("measure: pass either policy= or warmup=/iterations=, not both")
         return policy
     if warmup is None or iterations is None:
-        raise TypeError("measure: pass policy=SamplingPolicy(...) (or the old warmup= and iterations=)")
+        raise TypeError("measure: pass policy=SamplingPolicy(...) (or warmup= and iterations=)")
     return SamplingPolicy(warmup=warmup, min_samples=iterations)
 
 

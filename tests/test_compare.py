@@ -139,7 +139,7 @@ def test_missing_file_and_unwritable_out_are_one_line_errors_in_a_subprocess(tmp
         assert res.returncode == 2 and res.stderr.count("\n") == 1 and expect in res.stderr and "Traceback" not in res.stderr
 
 
-# --------------------------------------------------------------------------- the gate's holes (issue 19 item 8)
+# --------------------------------------------------------------------------- the gate's holes
 
 CONFIGS = [("c0f1", "full_batch"), ("c1a2", "graph_replay"), ("c2b3", "micro_batch"), ("c3c4", "multi_stream"), ("c4d5", "tiled")]
 QS = (1, 2, 4, 8, 16, 32)
