@@ -137,8 +137,13 @@ def main() -> None:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+        _one_line_args(sys.argv[1:])
     try:
         hydra_entry()
+        sweepdir.sweep_preflight(sys.argv[1:])  # sweep syntax the sweeper cannot expand, a sweep of no cells
+        if {"-m", "--multirun"} & set(sys.argv[1:]):
+            rollout.check_writable()  # the sweep ends by saving its guard: known now, not after every cell ran
+        _backend_preflight(sys.argv[1:])
     except KeyboardInterrupt:  # signals are ignored from here on (_interrupt)
         _interrupted()
         sys.exit(130)
@@ -157,6 +162,31 @@ def _verbose_arg(args: list[str]) -> str:
     """hydra.verbose=... on the command line ('' when absent or false)."""
     values = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("hydra.verbose=")]
     return "" if not values or values[-1].strip().lower() in ("", "false", "null", "[]") else values[-1]
+
+
+def _one_line_args(args: list[str]) -> None:
+    """No setting holds a line break or NUL (an .env line, a folder name, an error line would break on it)."""
+    for arg in args:
+        if any(c in arg for c in "\n\r\0"):
+            key = arg.partition("=")[0].lstrip("+~")
+            raise ConfigError(f"{key}: the value holds a line break or NUL; every setting is one line")
+
+
+def _backend_preflight(args: list[str]) -> None:
+    """JAX_PLATFORMS names a backend this machine lacks (`cuda` without a GPU or its plugin): ConfigError (one line)
+    instead of JAX's bare AssertionError in the first cell. Nothing to check without JAX_PLATFORMS (JAX picks one)."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+    if not platforms or {"--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--version"} & set(args):
+        return
+    import jax
+
+    try:
+        jax.devices()
+    except Exception as err:  # RuntimeError, or a bare AssertionError when no plugin registers the platform
+        why = (str(err).strip().splitlines() or [""])[0][:200] or "no such backend here"
+        raise ConfigError(f"JAX_PLATFORMS={platforms}: JAX cannot start it on this machine ({type(err).__name__}: {why}); "
+                          "unset JAX_PLATFORMS to run on what is here, or install the backend (pip install -e '.[cuda12]' "
+                          "on a GPU machine)") from None
 
 
 def _end_sweep(status: str) -> None:

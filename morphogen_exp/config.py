@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 MAX_Q = 32
+MAX_SEED = 2**32 - 1  # the synthetic pages and query keys take a 32-bit seed: a larger one would alias a smaller one
+PAGE_BYTES = 4096     # a dataset.path file holds whole pages (datasets.PAGE_BYTES)
 # Settings that do not change what a cell measures: excluded from its identity (resume, config_id).
 _NON_IDENTITY_KEYS = ("resume", "mlflow", "hydra", "decision")
 _NON_IDENTITY_BENCH = ("compilation_cache_dir", "cell_timeout_s", "finals")
@@ -224,13 +228,59 @@ def _check_placement(p: PlacementConfig) -> None:
 
 
 def _strategy(st: dict[str, Any], known_strategies: tuple[str, ...]) -> StrategyConfig:
+    from .rollout import check_env  # rollout imports this module
+
     name = st.pop("name", None)
     if known_strategies and name not in known_strategies:
         raise ConfigError(f"unknown strategy {name!r}; valid: {', '.join(known_strategies)}")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"strategy.name must be a strategy name, got {name!r}")
-    return StrategyConfig(name=name, original=str(st.pop("original", name)), guard_env=dict(st.pop("guard_env", {}) or {}),
-                          knobs=st)
+    env = st.pop("guard_env", None) or {}
+    if not isinstance(env, Mapping):
+        raise ConfigError(f"strategy.guard_env must be a mapping NAME: value, got {env!r}")
+    check_env(env)  # names and values a guard's .env can carry as data
+    return StrategyConfig(name=name, original=str(st.pop("original", name)), guard_env=dict(env), knobs=st)
+
+
+_SECTIONS: dict[str, type] = {"dataset": DatasetConfig, "engine": EngineConfig, "placement": PlacementConfig,
+                              "bench": BenchConfig, "parity": ParityConfig, "mlflow": MlflowConfig,
+                              "decision": DecisionConfig}
+
+
+def _check_keys(cfg: DictConfig) -> None:
+    """A key the schema does not have (`+decision.typo=1`) is refused, never dropped without a word."""
+    for section, schema in _SECTIONS.items():
+        node = cfg.get(section)
+        if not isinstance(node, DictConfig):
+            continue
+        known = [f.name for f in fields(schema)]
+        unknown = sorted(str(k) for k in node.keys() if k not in known)
+        if unknown:
+            raise ConfigError(f"unknown {section} setting(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
+                              f"valid: {', '.join(known)}")
+
+
+def _check_finite(resolved: Mapping[str, Any]) -> None:
+    """NaN and infinity are no setting: every comparison with them is false, so range checks would pass them."""
+    for key, value in flatten(resolved).items():
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{key} must be a finite number, got {v}")
+
+
+def _check_dataset_file(d: DatasetConfig) -> None:
+    """dataset.path with `~` expanded (as the loader does); a file that is not whole 4096-byte pages is refused
+    (it would be padded with zeros into pages it does not hold). A missing file is left to datasets.plan_pages."""
+    if not d.path:
+        return
+    d.path = os.path.expanduser(d.path)
+    try:
+        size = os.stat(d.path).st_size if os.path.isfile(d.path) else None
+    except OSError:
+        size = None
+    if size is not None and size % PAGE_BYTES:
+        raise ConfigError(f"dataset.path {d.path!r} is {size} bytes, not a whole number of {PAGE_BYTES}-byte pages "
+                          f"({size // PAGE_BYTES} pages and {size % PAGE_BYTES} bytes): point it at a page-matrix file")
 
 
 def _typed(cfg: DictConfig) -> Schema:
@@ -267,16 +317,19 @@ def parse(cfg: DictConfig, known_strategies: tuple[str, ...] = (), known_engines
     """Validate a composed Hydra config into a RunConfig (raises ConfigError)."""
     if "hydra" in cfg:
         cfg = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
+    _check_keys(cfg)
     s = _typed(cfg)
     resolved = _plain(OmegaConf.structured(s))
+    _check_finite(resolved)
 
     max_q = _int(s.max_q, "max_q", 1, MAX_Q)
     _int(s.q, "q", 1, max_q, hint=" (queries per batch, e.g. q=8)")
-    _int(s.seed, "seed", 0)
+    _int(s.seed, "seed", 0, MAX_SEED, hint=" (the pages and keys take a 32-bit seed)")
     _check_bench(s.bench)
     if not s.dataset.name:
         raise ConfigError("dataset.name must be set (the conf/dataset/<name>.yaml that chose it)")
     _int(s.dataset.num_pages, "dataset.num_pages", 1, 1 << 32)
+    _check_dataset_file(s.dataset)
     _check_engine(s.engine, known_engines)
     _check_placement(s.placement)
     _int(s.parity.numpy_reference_queries, "parity.numpy_reference_queries", 0)

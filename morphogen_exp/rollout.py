@@ -8,7 +8,12 @@ YAML written from typed values, so every knob (lists, booleans, null, ints) load
 Beside each `<name>.yaml` is `<name>.meta.json` (`GuardMeta`): the sweep behind the guard (folder, run, store,
 code, device kind, dataset, engine, the configurations it ships and falls back to, the q values), which a rollout
 trial (trial.py) reads to find the promise it checks. The record is written first and names the sha256 of the
-yaml it belongs to, so a reader never pairs a guard with another publish's record."""
+yaml it belongs to, so a reader never pairs a guard with another publish's record.
+
+A guard is data, never code: `strategy.guard_env` names match `[A-Z_][A-Z0-9_]*`, values are scalars without line
+breaks or NUL (`env_value`, checked when a config is validated and again when a guard is rebuilt from MLflow params),
+and `selected.env` quotes each value (`shlex.quote`), so `set -a; . selected.env` only sets variables. The yaml
+carries the same environment, and the device count its sweep measured (a guard never means "every device")."""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -36,6 +42,10 @@ RESOLVER = "morphogen_rollout_root"
 _REPO = Path(__file__).resolve().parents[1]
 # Strategy params that are not knobs of the strategy's code: the guard leaves them to conf/strategy/.
 _NOT_KNOBS = ("name", "original")
+ENV_PREFIX = "strategy.guard_env."
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+# No configuration is GO: the environment of one query at a time (multi_stream with streams=1, no_go_mapping).
+NO_GO_ENV = {"MORPHOGEN_GPU_BATCH_POLICY": "latency", "MORPHOGEN_GPU_STREAMS": 1, "MORPHOGEN_GPU_CUDA_GRAPH": False}
 
 
 def root() -> Path:
@@ -82,20 +92,67 @@ def typed(value: Any) -> Any:
         return {"null": None, "true": True, "false": False}.get(value, value)
 
 
-def guard_mapping(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The guard of one configuration from its flattened params: strategy, engine and their settings."""
+def env_value(name: Any, value: Any) -> str:
+    """A guard_env entry as the text the environment gets ('True' and True -> 'true'); ConfigError (one line) for a
+    name that is not `[A-Z_][A-Z0-9_]*` or a value that is not a scalar, or holds a line break or NUL."""
+    if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
+        raise ConfigError(f"strategy.guard_env: {str(name)[:80]!r} is not an environment variable name "
+                          "(capitals, digits and _, not starting with a digit)")
+    if isinstance(value, bool) or str(value) in ("True", "False"):
+        return str(value).lower()
+    if value is None or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"strategy.guard_env.{name} must be a string, number or boolean, got {value!r}")
+    text = str(value)
+    if any(c in text for c in "\n\r\0"):
+        raise ConfigError(f"strategy.guard_env.{name} must be one line without NUL, got {text[:80]!r}")
+    return text
+
+
+def check_env(env: Mapping[str, Any]) -> dict[str, str]:
+    """Every guard_env entry checked (`env_value`): name -> the text the environment gets."""
+    return {name: env_value(name, value) for name, value in env.items()}
+
+
+def env_of(params: Mapping[str, Any]) -> dict[str, str]:
+    """The guard environment of one configuration from its flattened params (MLflow strings), checked."""
+    return check_env({k[len(ENV_PREFIX):]: v for k, v in params.items() if k.startswith(ENV_PREFIX)})
+
+
+def env_text(env: Mapping[str, Any]) -> str:
+    """`NAME=value` lines for `set -a; . file` (values shell-quoted, so sourcing sets variables and runs nothing)."""
+    return "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(check_env(env).items()))
+
+
+def _exact(text: str) -> Any:
+    """A guard_env param typed only where its type prints back as the same text ('4' -> 4, '0x10' stays a string):
+    the yaml's value then gives the environment the .env's text."""
+    value = typed(text)
+    return value if isinstance(value, (bool, int, float)) and env_value("X", value) == env_value("X", text) else text
+
+
+def guard_mapping(params: Mapping[str, Any], devices_used: Any = None, *, with_env: bool = False) -> dict[str, Any]:
+    """The guard of one configuration from its flattened params: strategy, engine, their settings and the placement
+    with the device count the sweep measured (`devices_used`, a cell's tag, where its placement.devices was null:
+    every device). `with_env`: the guard environment too, as the .env carries it (a guard's yaml); without it the
+    mapping's strategy node is the strategy's knobs alone (a run's name, a report's label)."""
     strategy = str(params["strategy.name"])
     engine = str(params.get("engine.name", "xla"))
     knobs = nested({k[len("strategy."):]: typed(v) for k, v in params.items()
-                     if k.startswith("strategy.") and not k.startswith("strategy.guard_env.")
+                     if k.startswith("strategy.") and not k.startswith(ENV_PREFIX)
                      and k[len("strategy."):] not in _NOT_KNOBS})
+    env = env_of(params) if with_env else {}
+    if env:
+        knobs["guard_env"] = {k: _exact(v) for k, v in sorted(env.items())}
     engine_cfg = nested({k[len("engine."):]: typed(v) for k, v in params.items()
                           if k.startswith("engine.") and k != "engine.name"})
-    placement = str(params.get("placement.name", "single"))  # and its device count: placement.devices below
+    placement = str(params.get("placement.name", "single"))
     out: dict[str, Any] = {"defaults": [{"override /strategy": strategy}, {"override /engine": engine},
                                         {"override /placement": placement}, "_self_"]}
-    if "placement.devices" in params:
-        out["placement"] = {"devices": typed(params["placement.devices"])}
+    devices = typed(params.get("placement.devices"))
+    if devices is None and devices_used is not None:
+        devices = typed(str(devices_used))
+    if devices is not None:
+        out["placement"] = {"devices": devices}
     if knobs:
         out["strategy"] = knobs
     if engine_cfg:
@@ -130,18 +187,47 @@ def to_yaml(mapping: Mapping[str, Any], header: str) -> str:
     return f"# @package _global_\n{comments}" + yaml.safe_dump(dict(mapping), sort_keys=False, default_flow_style=False)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux says it (/proc), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, text: str) -> None:
-    """Write through a uniquely named temp file then rename: readers see the old file or the new one,
-    and two writers never interleave."""
+    """Write through a uniquely named temp file then rename: readers see the old file or the new one, and two
+    writers never interleave. The file gets the permissions a plain open() would (0666 less the umask), not
+    mkstemp's 0600, so a team that shares the folder can read it. Every file the tool writes whole goes through here."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(folder: Path | None = None) -> None:
+    """The guard store (`folder`, default `store()`) can take a guard: created if missing and a file written and
+    removed there. ConfigError (one line) otherwise: a sweep checks this before its first cell."""
+    folder = folder if folder is not None else store()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".writable.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise ConfigError(f"the rollout guard store {folder} is not writable ({err.strerror}); set {ENV_VAR} to a "
+                          "writable folder") from None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,10 @@
   does, minus the settings that do not change what a cell measures): `-m ... resume=true` without
   `hydra.sweep.dir` resumes the newest unfinished sweep of the same cell set (`resume_preflight`).
 - `<folder>/mlflow.json` names the store the sweep used: `python -m morphogen_exp.report --sweep-dir` reads it.
+- A job's folder (`hydra.sweep.subdir`, `job_dir`) is `<num>_<its overrides>` as Hydra names it, or, when that is
+  long (many overrides would pass the 255 bytes a file name may have), its first overrides and a hash of them all.
+- `sweep_preflight`: sweep syntax the basic sweeper cannot expand, or a sweep with no cells, is a one-line error
+  before Hydra starts.
 """
 
 from __future__ import annotations
@@ -31,9 +35,12 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from .config import _NON_IDENTITY_BENCH, _NON_IDENTITY_KEYS, ConfigError
+from . import paths
+from .config import _NON_IDENTITY_BENCH, _NON_IDENTITY_KEYS, ConfigError, one_line
 
 RESOLVER = "morphogen_new_dir"
+JOB_DIR_RESOLVER = "morphogen_job_dir"
+MAX_JOB_DIR = 120  # bytes of a job folder's name kept as Hydra writes it; longer ones keep a prefix and a hash
 LOCK_FILE = ".sweep.lock"
 STORE_FILE = "mlflow.json"
 PARENT_FILE = "parent_run_id"
@@ -63,9 +70,22 @@ def new_dir(path: str) -> str:
     raise ConfigError(f"{path}: 10000 sweeps of that name already; pick hydra.sweep.dir")
 
 
+def job_dir(num: Any, overrides: Any) -> str:
+    """A job's folder name: `<num>_<overrides>` (Hydra's override_dirname) when short, else `<num>_<the first
+    overrides, cut>_<sha256 of them all, 12 hex>` (one file name, no `/`, well under 255 bytes)."""
+    name = f"{num}_{overrides}"
+    if len(name.encode()) <= MAX_JOB_DIR:
+        return name
+    text = str(overrides)
+    head = text.encode()[: MAX_JOB_DIR - 40].decode(errors="ignore").replace("/", "_").rstrip(",")
+    return f"{num}_{head}_{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
 def register_resolver() -> None:
     if not OmegaConf.has_resolver(RESOLVER):
         OmegaConf.register_new_resolver(RESOLVER, new_dir, use_cache=True)  # cached: one folder per sweep config
+    if not OmegaConf.has_resolver(JOB_DIR_RESOLVER):
+        OmegaConf.register_new_resolver(JOB_DIR_RESOLVER, job_dir)
 
 
 register_resolver()
@@ -248,6 +268,44 @@ def resume_preflight(argv: list[str]) -> list[str]:
     u = unfinished
     print(f"resume: sweep {u.sweep_dir} (run {u.run_id}), {u.done} of {u.cells} cells done")
     return [*argv, f"hydra.sweep.dir={_hydra_quote(u.sweep_dir)}"]
+
+
+def sweep_preflight(argv: Sequence[str]) -> None:
+    """`-m` with a sweep the basic sweeper cannot expand (`interval(...)`) or that has no cells (an empty
+    `glob(...)`, `range(0)`): ConfigError (one line) before Hydra starts. The sweep is expanded as the sweep's start
+    expands it (`job_overrides`); a command that does not compose is left to Hydra (it says why, exit 2)."""
+    from hydra import initialize_config_dir
+    from hydra.core.override_parser.types import ValueType
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+
+    if not {"-m", "--multirun"} & set(argv):
+        return
+    overrides = [a for a in argv if not a.startswith("-")]
+    with initialize_config_dir(config_dir=str(paths.conf_dir()), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        try:
+            cfg = loader.load_configuration("config", overrides, run_mode=RunMode.MULTIRUN)
+            parsed = OverridesParser.create(config_loader=loader).parse_overrides(overrides)
+        except Exception:
+            return
+        sweeps = [o for o in parsed if o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
+        for o in sweeps:
+            if o.value_type == ValueType.INTERVAL_SWEEP:
+                raise ConfigError(f"{o.input_line}: interval(...) is for a search sweeper (Optuna, Nevergrad), not a grid; "
+                                  f"list the values ({o.key_or_group}=1,2,4), or use range(...) or glob(...)")
+        try:
+            jobs = job_overrides(cfg)
+        except HydraException as err:
+            raise ConfigError(f"the sweep cannot be expanded: {one_line(err)}") from None
+        if jobs:
+            return
+        for o in sweeps:
+            if not list(o.sweep_string_iterator()):
+                options = loader.get_group_options(o.key_or_group) if o.value_type == ValueType.GLOB_CHOICE_SWEEP else []
+                valid = f"; {o.key_or_group} choices: {', '.join(options)}" if options else ""
+                raise ConfigError(f"{o.input_line}: matches nothing, so the sweep has no cells{valid}")
+        raise ConfigError("the sweep has no cells: give each swept setting at least one value")
 
 
 def job_overrides(config: DictConfig) -> list[list[str]]:

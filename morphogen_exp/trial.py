@@ -218,6 +218,16 @@ def _at(config: Mapping[str, Any], q: int) -> RunConfig:
     return app.validate(OmegaConf.create({**copy.deepcopy(dict(config)), "q": q}))
 
 
+def _as_run(row: Mapping[str, Any]) -> dict[str, str]:
+    """A sweep cell's params with the device count it ran on where its placement.devices was null (every device), as
+    its guard pins it (rollout.guard_mapping): the trial compares like with like."""
+    params = dict(row["_params"])
+    used = (row.get("_tags") or {}).get("devices_used")
+    if rollout.typed(params.get("placement.devices")) is None and used is not None:
+        params["placement.devices"] = str(used)
+    return params
+
+
 def plan(meta: rollout.GuardMeta, base: RunConfig, df: pd.DataFrame, given: set[str], tie_within: float) -> Plan:
     """The trial of `meta`'s guard composed as `base` (the guard plus the command line), against the sweep's cells `df`."""
     ok = df[df["status"] == "ok"] if not df.empty else df
@@ -225,7 +235,7 @@ def plan(meta: rollout.GuardMeta, base: RunConfig, df: pd.DataFrame, given: set[
     if mine.empty:
         raise ConfigError(f"guard {meta.guard!r}: its sweep run {meta.parent_run_id} holds no ok cell of {meta.selected} "
                           f"({meta.config_id}); re-publish the guard from a sweep that does, or pick another guard")
-    params = mine.iloc[0]["_params"]
+    params = _as_run(mine.iloc[0])
     measured = _as_measured(base.resolved, params, given)
     qs = [base.q] if "q" in given else sorted({int(q) for q in mine["q"]})
     notes = [f"q={q}: the sweep did not measure the guard there, so it is judged against its fallback only"
@@ -236,7 +246,7 @@ def plan(meta: rollout.GuardMeta, base: RunConfig, df: pd.DataFrame, given: set[
     if meta.fallback and fb_rows.empty:
         notes.append(f"the fallback {meta.fallback} has no ok cell in the sweep: the guard meets {LOOP} instead")
     elif meta.fallback:
-        fparams = fb_rows.iloc[0]["_params"]
+        fparams = _as_run(fb_rows.iloc[0])
         other = sorted(k for k in set(params) | set(fparams) if k.startswith(_SETTINGS) and params.get(k) != fparams.get(k))
         if other:
             notes.append(f"the fallback {meta.fallback} runs with other settings ({', '.join(f'{k}={fparams.get(k)}' for k in other)}) "
@@ -361,7 +371,14 @@ def run(cfg: DictConfig, session: Session, guard: str, overrides: Sequence[str])
     app.enable_compilation_cache(base.bench.compilation_cache_dir)
     tracker, parent = _sweep_run(meta, base, given, session)
     own_margin = [f"tie_within={base.decision['tie_within']}"] if _set_by("decision.tie_within", given) else []
-    rules = report.load_rules(tracker.client, parent, own_margin)
+    try:
+        rules = report.load_rules(tracker.client, parent, own_margin)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, OSError) as err:  # decision.json unreadable or not JSON
+        raise ConfigError(f"guard {meta.guard!r}: the decision rules (decision.json) of its sweep run {meta.parent_run_id} "
+                          f"cannot be read ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}); restore the "
+                          "file in the sweep's store, or run the sweep again") from None
     p = plan(meta, base, report.cells_frame(tracker.children(meta.parent_run_id)), given, rules.tie_within)
     here = app.identity_tags(p.guard[p.qs[0]])
     diffs = differences(p, here)
