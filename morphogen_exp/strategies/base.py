@@ -11,11 +11,11 @@ import fnmatch
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import jax
 
+from .. import paths
 from ..pir import EngineSpec, KeyBatch
 
 # (pages_words, keys (3, ...)) -> (3, 1024) u32: traceable, not jitted; strategies compose it.
@@ -95,7 +95,7 @@ def knob(knobs: Mapping[str, Any], name: str, lo: int = 1) -> int:
     return value
 
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = paths.conf_dir()
 _NOT_KNOBS = ("name", "original", "guard_env")
 
 
