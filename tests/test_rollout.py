@@ -132,3 +132,94 @@ def test_the_real_command_without_a_saved_guard_exits_2_from_any_directory(tmp_p
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "no rollout guard 'selected'" in res.stderr, res.stderr
     assert not (tmp_path / "outputs").exists()  # nothing ran
+
+
+# --------------------------------------------------------------------------- a guard is data, never code
+
+def test_guard_env_names_and_values_are_checked_and_quoted() -> None:
+    assert rollout.env_text({"B": "x y", "A": True, "C": 4}) == "A=true\nB='x y'\nC=4\n"
+    for name in ("lower", "1X", "A-B", "A;touch x", "", "A B"):
+        with pytest.raises(ConfigError, match="is not an environment variable name"):
+            rollout.env_text({name: "1"})
+    for value in ("a\nb", "a\rb", "a\0b"):
+        with pytest.raises(ConfigError, match="one line without NUL"):
+            rollout.env_text({"A": value})
+    with pytest.raises(ConfigError, match="string, number or boolean"):
+        rollout.env_text({"A": [1, 2]})
+    # rebuilt from MLflow params (anyone may add a child run to a shared store): checked again, one line
+    with pytest.raises(ConfigError, match=r"'X;touch /tmp/y' is not an environment variable name") as err:
+        rollout.env_of({"strategy.guard_env.X;touch /tmp/y": "1", "strategy.name": "full_batch"})
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="one line"):
+        rollout.guard_mapping({"strategy.name": "full_batch", "strategy.guard_env.A": "x\nrm -rf ~"}, with_env=True)
+
+
+def test_a_guard_pins_the_device_count_its_sweep_measured(store: Path) -> None:
+    params = _as_mlflow_params(_compose("placement=replicated", "q=8"))
+    assert params["placement.devices"] == "None"  # every device: 1 on this host, 8 on an 8-GPU one
+    mapping = rollout.guard_mapping(params, devices_used="2")
+    assert mapping["placement"] == {"devices": 2}
+    rollout.publish("rep", rollout.to_yaml(mapping, "replicated on 2"))
+    assert _compose("+rollout=rep").placement.devices == 2
+    assert rollout.guard_mapping({**params, "placement.devices": "3"}, devices_used="8")["placement"] == {"devices": 3}
+
+    from morphogen_exp.trial import _as_run  # a trial holds a cell of that guard to the count it ran on
+    assert _as_run({"_params": params, "_tags": {"devices_used": "2"}})["placement.devices"] == "2"
+    assert _as_run({"_params": {**params, "placement.devices": "3"}, "_tags": {"devices_used": "3"}})["placement.devices"] == "3"
+
+
+def test_a_guard_is_data_on_the_real_cli(cli, workdir: Path) -> None:
+    """The issue's injection, odd but legal values and 16 overrides in one sweep: sourcing the .env sets exactly the
+    values the config had and runs nothing; the yaml carries the same environment; the job folder name stays short;
+    files are created with the umask."""
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+
+    values = {"MORPHOGEN_GPU_BATCH_POLICY": f"latency; touch {workdir}/PWNED #",
+              "MORPHOGEN_ODD": f"it's $HOME `touch {workdir}/PWNED` $(touch {workdir}/PWNED) \"q\" a\\b  é,x=1",
+              "MORPHOGEN_HEX": "0x10", "MORPHOGEN_EMPTY": ""}
+
+    def quoted(v: str) -> str:  # a Hydra override's single-quoted value
+        return "'" + v.replace("'", "\\'") + "'"
+
+    env_args = [f"{'' if k == 'MORPHOGEN_GPU_BATCH_POLICY' else '+'}strategy.guard_env.{k}={quoted(v)}" for k, v in values.items()]
+    fillers = ["bench.max_time_s=3.0", "bench.min_time_s=0.0", "bench.confidence=0.95", "parity.xor_check=true",
+               "parity.numpy_reference_queries=1", "decision.min_speedup=1.0", "decision.tie_within=0.02",
+               "decision.speedup_from_q=4", "engine.tile_pages=16384", "seed=0", "bench.system_metrics_s=null"]
+    args = ["q=1", "bench.finals=false", *env_args, *fillers]
+    assert len(args) >= 16 and len(",".join(args).encode()) > 255  # Hydra's own job folder name would not fit
+    old = os.umask(0o022)
+    try:
+        res = cli("-m", *args, test_strategies=False)
+    finally:
+        os.umask(old)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (sweep,) = (workdir / "outputs" / "multirun").iterdir()
+    (job,) = [p for p in sweep.iterdir() if p.is_dir() and p.name.startswith("0_")]
+    assert len(job.name.encode()) <= 255 and re.fullmatch(r"0_\+strategy\.guard_env\.MORPHOGEN_EMPTY=.*_[0-9a-f]{12}", job.name)
+
+    env_file = sweep / "rollout" / "selected.env"
+    probe = "import json, os; print(json.dumps(dict(os.environ)))"
+
+    def environment(source: str) -> dict[str, str]:  # what a clean bash has after `set -a; . file`
+        out = subprocess.run(["env", "-i", "bash", "-c", f'set -a; {source} {sys.executable} -c "{probe}"', str(env_file)],
+                             cwd=workdir, capture_output=True, text=True, check=True).stdout
+        return json.loads(out)
+
+    bare, sourced = environment(""), environment('. "$0";')
+    assert not (workdir / "PWNED").exists()  # sourcing ran nothing
+    assert {k: sourced[k] for k in values} == values  # bash reads back each exact value
+    added = {k: v for k, v in sourced.items() if bare.get(k) != v}
+    assert set(added) == {*values, "MORPHOGEN_GPU_STREAMS", "MORPHOGEN_GPU_CUDA_GRAPH"}, added  # nothing else set
+
+    guard = _compose("+rollout=selected")  # the store's latest guard, as a trial loads it
+    from_yaml = {k: rollout.env_value(k, v) for k, v in OmegaConf.to_container(guard.strategy.guard_env).items()}
+    assert from_yaml == added  # yaml == env
+    assert guard.strategy.guard_env.MORPHOGEN_HEX == "0x10" and guard.placement.devices == 1
+
+    for path in (env_file, sweep / "rollout" / "selected.yaml", sweep / "report.md", sweep / "matrix.csv",
+                 workdir / "outputs" / "rollout" / "selected.yaml"):
+        assert path.stat().st_mode & 0o777 == 0o644, path  # the umask's, not mkstemp's 0600
