@@ -1,7 +1,7 @@
 """The rollout guard store: one guard per (dataset, device kind, engine), loaded with `+rollout=NAME`.
 
-Guards live in `<root>/rollout/<name>.yaml`, root = $MORPHOGEN_ROLLOUT_DIR or `<repo root>/outputs`,
-whatever the current directory; conf/config.yaml puts the root on Hydra's search path through the
+Guards live in `<root>/rollout/<name>.yaml`, root = $MORPHOGEN_ROLLOUT_DIR or `<checkout>/outputs` whatever the current
+directory (installed from a wheel: `./outputs`); conf/config.yaml puts the root on Hydra's search path through the
 `morphogen_rollout_root` resolver. `selected` is a copy of the latest guard written. A guard is real
 YAML written from typed values, so every knob (lists, booleans, null, ints) loads back as it was.
 
@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
+from . import paths
 from .config import ConfigError
 
 ENV_VAR = "MORPHOGEN_ROLLOUT_DIR"
@@ -39,7 +40,6 @@ GROUP = "rollout"
 LATEST = "selected"
 META_SUFFIX = ".meta.json"
 RESOLVER = "morphogen_rollout_root"
-_REPO = Path(__file__).resolve().parents[1]
 # Strategy params that are not knobs of the strategy's code: the guard leaves them to conf/strategy/.
 _NOT_KNOBS = ("name", "original")
 ENV_PREFIX = "strategy.guard_env."
@@ -49,9 +49,9 @@ NO_GO_ENV = {"MORPHOGEN_GPU_BATCH_POLICY": "latency", "MORPHOGEN_GPU_STREAMS": 1
 
 
 def root() -> Path:
-    """The search-path root that holds `rollout/`: $MORPHOGEN_ROLLOUT_DIR or <repo root>/outputs."""
+    """The search-path root that holds `rollout/`: $MORPHOGEN_ROLLOUT_DIR, else paths.outputs_root()."""
     env = os.environ.get(ENV_VAR)
-    return Path(env).expanduser().resolve() if env else _REPO / "outputs"
+    return Path(env).expanduser().resolve() if env else paths.outputs_root()
 
 
 def store() -> Path:

@@ -328,7 +328,7 @@ def _find_for(overrides: list[str]) -> tuple[str, Unfinished | None, int] | None
 
     from . import tracking  # sets MLflow's retry limits before MLflow loads
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = paths.conf_dir()
     try:
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
             loader = GlobalHydra.instance().config_loader()
