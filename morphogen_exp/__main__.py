@@ -70,15 +70,21 @@ _NOTED: set[str] = set()
 
 
 def _interpret_note(cfg: DictConfig) -> None:
-    """engine=pallas without a GPU runs Triton's interpret mode: say so once per process, before the cell."""
+    """An engine with a ``cpu_note`` (pallas: Triton's interpret mode) run without a GPU: say so once per
+    process, before the cell."""
     engine = str(cfg.get("engine", {}).get("name", ""))
-    if engine == "pallas" and engine not in _NOTED:
+    if engine and engine not in _NOTED:
         import jax
 
-        if jax.default_backend() != "gpu":
+        from .pir import get
+
+        try:
+            note = get(engine).cpu_note
+        except ValueError:  # an unknown engine: the cell's validation says so
+            return
+        if note and jax.default_backend() != "gpu":
             _NOTED.add(engine)
-            log.warning("engine=pallas on %s: Triton's interpret mode (slow; the timings say nothing about a GPU)",
-                        jax.default_backend())
+            log.warning("engine=%s on %s: %s", engine, jax.default_backend(), note)
 
 
 def _one_cell_summary(cfg: DictConfig, out: app.CellOutcome) -> None:

@@ -27,7 +27,7 @@ from . import datasets, devlock, devstate, memory, parity, rollout, stats, strat
 from . import placement as placements
 from .config import ConfigError, RunConfig, digest, flatten, parse
 from .decision import DecisionRules
-from .pir import EngineSpec, available_engines, get_ops, registered_engines, scan_bytes_read, tile_size
+from .pir import Engine, EngineSpec, available_engines, get, scan_bytes_read, tile_size
 from .pir.cuda import CudaUnavailable
 from .progress import Progress
 from .queries import KEYS_PER_QUERY, make_queries
@@ -74,14 +74,13 @@ def validate(cfg: DictConfig) -> RunConfig:
     """Every check that needs no device and no store: types, ranges, names, the dataset file, the
     strategy's knobs and the decision rules. Raises ConfigError (one line)."""
     rc = parse(cfg, known_strategies=tuple(sorted(strategies.registered())), known_engines=tuple(available_engines()))
-    if rc.engine.name not in registered_engines():
-        try:
-            get_ops(rc.engine.name)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-    if get_ops(rc.engine.name).layout is not None and rc.placement.name != "single":
-        raise ConfigError(f"engine={rc.engine.name} holds the database in its own layout and runs with placement=single "
-                          f"only, got placement={rc.placement.name}")
+    try:
+        engine = get(rc.engine.name)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if rc.placement.name not in engine.placements:
+        raise ConfigError(f"engine={engine.name} runs with placement={' or '.join(sorted(engine.placements))} only, "
+                          f"got placement={rc.placement.name}")
     datasets.plan_pages(rc.dataset)  # a bad dataset.path fails here, before any tracking or compiling
     check_knobs(rc.strategy.name, rc.strategy.knobs, rc.q)
     DecisionRules.from_mapping(rc.decision)
@@ -109,7 +108,7 @@ class Prepared:
     tile_pages: int                  # the batch path's scan step
     memory_need: int                 # estimated device bytes, with the batch path's working set
     single_loop: Any = None
-    ops: Any = None
+    engine: Engine | None = None
 
     def batch(self) -> jax.Array:
         return self.path.run(self.kb0)
@@ -127,15 +126,15 @@ def prepare(rc: RunConfig, session: Session, progress: Progress | None = None) -
     builder = strategies.registered()[rc.strategy.name]
 
     plc = placements.resolve(rc.placement)  # more devices than exist: a setting to fix
-    ops = get_ops(spec.name)
-    layout = ops.layout  # an engine with its own database layout (bitsliced): placement=single
+    engine = get(spec.name)
+    layout = engine.layout  # an engine with its own database layout: placement=single (validate)
 
     def fits(live_queries: int) -> int:  # per device: its shard (sharded) or the whole database, plus the working set
         if layout is not None:
-            need = memory.engine_need_bytes(num_pages, live_queries, tile, spec.name)
+            need = memory.engine_need_bytes(engine, num_pages, live_queries, tile)
             memory.check_fits(what, need, rc.bench.memory_cap_gib)
             return need
-        ws = memory.engine_working_set_bytes(live_queries, tile, spec.name)
+        ws = memory.engine_working_set_bytes(engine, live_queries, tile)
         return placements.check_fits(what, num_pages, plc.name, len(plc.devices), ws, rc.bench.memory_cap_gib)
 
     fits(1)  # the database must fit before it is built (a 64 GiB one on a smaller card is "does not fit")
@@ -155,7 +154,7 @@ def prepare(rc: RunConfig, session: Session, progress: Progress | None = None) -
         return jnp.stack([jax.block_until_ready(ctx.single_jit(ds.words, kb)) for kb in singles0])
 
     scan_keys = KEYS_PER_QUERY * -(-rc.q // path.passes)
-    return Prepared(rc, spec, ds, ctx, path, qs, kb0, kb1, scan_keys, tile(scan_keys), need, single_loop, ops)
+    return Prepared(rc, spec, ds, ctx, path, qs, kb0, kb1, scan_keys, tile(scan_keys), need, single_loop, engine)
 
 
 def sampling_policy(b: Any) -> SamplingPolicy:
@@ -244,7 +243,7 @@ def cell_record(p: Prepared, single_t: TimingSummary, batch_t: TimingSummary, re
         **batch_t.as_metrics("batch"),
         **rep.as_metrics(),
     }
-    step_path = p.ops.step_path
+    step_path = p.engine.step_path if p.engine is not None else None
     tags = {
         "checksum_single": rep.checksum_single,
         "checksum_batch": rep.checksum_batch,

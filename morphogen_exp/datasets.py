@@ -4,7 +4,8 @@ raw matrix file (like the original's mainnet_compact.bin) memory-mapped and stre
 The device copy is `(N, 1024) uint32` (a 4096-byte page as little-endian words), or an engine's own
 layout of it (`load(..., layout=)`: built from the raw rows group by group, the raw matrix never
 resident; `Dataset.raw_rows` regenerates raw rows on the device for checks that must not go through
-the layout). The host side can
+the layout), or laid out over several devices (`load(..., sharding=)`: each device's rows generated
+or streamed straight to it, never a whole copy on one device first). The host side can
 always produce any page independently of the device (`host_pages`), which is what parity checks
 compare against: the synthetic generator has a numpy twin, a file is read back from disk.
 """
@@ -28,19 +29,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import ConfigError, DatasetConfig
-from .pir.registry import LayoutFn
+from .pir.engine import LayoutFn
+from .pir.pages import PAGE_BYTES, PAGE_WORDS, domain_bits_for
 
 log = logging.getLogger(__name__)
 
-PAGE_BYTES = 4096
-PAGE_WORDS = PAGE_BYTES // 4
+__all__ = ["PAGE_BYTES", "PAGE_WORDS", "Dataset", "domain_bits_for", "load", "padded_rows", "plan_pages", "read_rows"]
+
 _STREAM_PAGES = 1 << 14  # 64 MiB host->device chunks for files
 StatKey = tuple[str, int, int, int, int, int]  # a file's (resolved path, size, mtime_ns, ctime_ns, device, inode)
-
-
-def domain_bits_for(num_pages: int) -> int:
-    """The smallest power-of-two domain that holds N pages (at least 1 bit)."""
-    return max(1, (num_pages - 1).bit_length())
 
 
 # --- the synthetic generator: murmur3's finalizer over (seed, page, word), in numpy and in jnp ---
@@ -181,16 +178,42 @@ def read_rows(path: Path | None, seed: int) -> Callable[[int, int], jax.Array]:
     return lambda lo, hi: jax.device_put(_file_rows(raw, lo, hi))
 
 
-def _load_file(path: Path, device: jax.Device) -> jax.Array:
-    """Stream a raw matrix to the device in 64 MiB chunks (zero-padding the last page)."""
+def padded_rows(num_pages: int, sharding: jax.sharding.Sharding | None) -> int:
+    """Rows of the device array: N, or D * ceil(N / D) when the rows are split over D devices (rows past
+    N are zero pages, never read)."""
+    if sharding is None or sharding.is_fully_replicated:
+        return num_pages
+    d = len(sharding.device_set)
+    return -(-num_pages // d) * d
+
+
+def _stream_rows(raw: np.memmap, n: int, start: int, count: int, device: jax.Device) -> jax.Array:
+    """Rows [start, start + count) of a raw matrix file of n pages as (count, 1024) u32 on ``device``, streamed
+    in 64 MiB chunks written in place (zeros past the file's end)."""
+    buf = jax.device_put(jnp.zeros((count, PAGE_WORDS), jnp.uint32), device)
+    for off in range(0, count, _STREAM_PAGES):
+        stop = min(count, off + _STREAM_PAGES)
+        words = np.zeros((stop - off, PAGE_WORDS), np.uint32)
+        lo, hi = min(n, start + off), min(n, start + stop)
+        if hi > lo:
+            words[: hi - lo] = _file_rows(raw, lo, hi)
+        # in place (donated); a ragged last chunk compiles once more
+        buf = _write_rows(buf, jax.device_put(words, device), jnp.int32(off))
+    return buf
+
+
+def _load_file(path: Path, sharding: jax.sharding.Sharding | None) -> jax.Array:
+    """The raw matrix on the default device, or each device's rows of ``sharding`` streamed to that device."""
     n = _file_pages(path)
     raw = np.memmap(path, dtype=np.uint8, mode="r")
-    buf = jax.device_put(jnp.zeros((n, PAGE_WORDS), jnp.uint32), device)
-    for start in range(0, n, _STREAM_PAGES):
-        stop = min(n, start + _STREAM_PAGES)
-        words = jax.device_put(_file_rows(raw, start, stop), device)
-        buf = _write_rows(buf, words, jnp.int32(start))  # in place (donated); a ragged last chunk compiles once more
-    return buf
+    if sharding is None:
+        return _stream_rows(raw, n, 0, n, jax.local_devices()[0])
+    rows = padded_rows(n, sharding)
+    parts = []
+    for dev, idx in sharding.addressable_devices_indices_map((rows, PAGE_WORDS)).items():
+        lo, hi, _ = idx[0].indices(rows) if idx else (0, rows, 1)  # this device's rows
+        parts.append(_stream_rows(raw, n, lo, hi - lo, dev))
+    return jax.make_array_from_single_device_arrays((rows, PAGE_WORDS), sharding, parts)
 
 
 # --- identity: what the pages are (a cell's `dataset.fingerprint`, part of its cell_key for resume) ---
@@ -372,17 +395,25 @@ def _load_layout(cfg: DatasetConfig, seed: int, layout: LayoutFn, device: jax.De
     return Dataset(cfg.name, n, words, seed, path, name, time.perf_counter() - t0)
 
 
-def load(cfg: DatasetConfig, seed: int, layout: LayoutFn | None = None) -> Dataset:
+def load(cfg: DatasetConfig, seed: int, layout: LayoutFn | None = None,
+         sharding: jax.sharding.Sharding | None = None) -> Dataset:
     """Build (or load) the dataset on the device (the session keeps it for every cell of a sweep):
-    the raw pages, or with ``layout`` (an engine's, pir EngineOps.layout) that engine's database,
-    built in groups so the raw pages are never resident, its build time in ``layout_build_s``."""
+    the raw pages, or with ``layout`` (an engine's, pir Engine.layout) that engine's database,
+    built in groups so the raw pages are never resident, its build time in ``layout_build_s``. With
+    ``sharding`` the raw pages are laid out over its devices (``padded_rows`` rows; a replicated
+    sharding puts the whole matrix on each), built in place on every device."""
     device = jax.local_devices()[0]
     if layout is not None:
+        if sharding is not None:
+            raise ValueError("an engine's layout is built on one device: load it without a sharding")
         return _load_layout(cfg, seed, layout, device)
     if cfg.path:
         path = Path(cfg.path).expanduser().resolve()
-        words = _load_file(path, device)
-        return Dataset(cfg.name, int(words.shape[0]), words, seed, path)
+        return Dataset(cfg.name, _file_pages(path), _load_file(path, sharding), seed, path)
+    if sharding is not None:
+        rows = padded_rows(cfg.num_pages, sharding)
+        build = jax.jit(lambda: _synthetic_words_device(rows, seed), out_shardings=sharding)
+        return Dataset(cfg.name, cfg.num_pages, jax.block_until_ready(build()), seed)
     with jax.default_device(device):
         words = jax.block_until_ready(_synthetic_words_device(cfg.num_pages, seed))
     return Dataset(cfg.name, cfg.num_pages, words, seed)

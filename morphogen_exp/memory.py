@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import jax
 
-from .datasets import PAGE_BYTES
+from .pir.engine import Engine, mask_working_set_bytes, raw_database_bytes
 from .queries import KEYS_PER_QUERY
 
 GIB = 2**30
@@ -52,15 +52,14 @@ def device_limit_bytes(cap_gib: float | None) -> int | None:
 
 
 def dataset_bytes(num_pages: int) -> int:
-    return num_pages * PAGE_BYTES
+    """The raw pages' bytes."""
+    return raw_database_bytes(num_pages)
 
 
 def working_set_bytes(live_queries: int, tile_pages: Callable[[int], int]) -> int:
-    """Bytes a batch path keeps live besides the database: per live key, one tile of masks and the
-    GGM level temporaries (about 4 tile-sized u32x4 arrays), plus its answer and key material.
-    ``tile_pages(num_keys)`` is the engine's tile for a batch of that many keys."""
-    keys = KEYS_PER_QUERY * live_queries
-    return keys * (tile_pages(keys) * 16 * 4 + 2 * PAGE_BYTES + 4096)
+    """Bytes a batch path keeps live besides the database when it stores its masks (pir
+    ``mask_working_set_bytes``). ``tile_pages(num_keys)`` is the engine's tile for a batch of that many keys."""
+    return mask_working_set_bytes(KEYS_PER_QUERY * live_queries, tile_pages)
 
 
 def check_fits(what: str, need: int, cap_gib: float | None) -> None:
@@ -69,68 +68,14 @@ def check_fits(what: str, need: int, cap_gib: float | None) -> None:
         raise DoesNotFit(what, need, limit)
 
 
-# --- engines with their own database layout (pir EngineOps.layout): what they hold beyond the above ---
+# --- an engine's own model (pir Engine: database, layout build and scan working set), for Q live queries ---
 
-BITSLICED = "bitsliced"
-FUSED = "fused"
-
-
-def engine_database_bytes(num_pages: int, engine: str) -> int:
-    """The database as the engine scans it: the raw pages, or the bit-sliced layout (rounded up to
-    chunks of 256 pages, pir/bitsliced.py): the same size give or take a chunk."""
-    if engine == BITSLICED:
-        from .pir.bitsliced import padded_pages
-
-        return padded_pages(num_pages) * PAGE_BYTES
-    return dataset_bytes(num_pages)
+def engine_working_set_bytes(engine: Engine, live_queries: int, tile_pages: Callable[[int], int]) -> int:
+    """``working_set_bytes`` as ``engine`` keeps it (its memory model: e.g. no stored masks, a kernel's scratch)."""
+    return engine.working_set_bytes(KEYS_PER_QUERY * live_queries, tile_pages)
 
 
-def engine_build_bytes(num_pages: int, engine: str) -> int:
-    """Scratch of building the engine's layout beside it (0 for raw pages): the bit-sliced build
-    streams one raw group and its sliced copy at a time, the raw database is never resident."""
-    if engine == BITSLICED:
-        from .pir.bitsliced import build_scratch_bytes
-
-        return build_scratch_bytes(num_pages)
-    return 0
-
-
-def engine_scratch_bytes(live_queries: int, tile_pages: Callable[[int], int], engine: str) -> int:
-    """Per-tile scratch of the engine's scan step beyond its stored masks or roots: the bit-sliced CUDA op's
-    per-bit page vectors, which its expansion writes and its binary-MMA scan reads (16 bytes per page and
-    key, keys padded to its key groups of 8; up to 8 keys, two groups of 8 chunks per SM). 0 for the
-    raw-page engines."""
-    if engine != BITSLICED:
-        return 0
-    from .pir.cuda import engine_stages, scratch_words
-
-    keys = KEYS_PER_QUERY * live_queries
-    return 4 * scratch_words(keys, tile_pages(keys), None, engine_stages(keys))
-
-
-def engine_working_set_bytes(live_queries: int, tile_pages: Callable[[int], int], engine: str) -> int:
-    """``working_set_bytes`` as the engine keeps it: the fused kernel (up to its key count) and the bit-sliced
-    engine store no masks (one subtree root per 256 leaves instead); the fused kernel adds its partial answers,
-    the bit-sliced op the per-bit page vectors its expansion writes (``engine_scratch_bytes``)."""
-    if engine == FUSED:
-        from .pir.fused import KERNEL_MAX_KEYS  # above it, the Pallas ops: masks stored like any raw-page engine
-
-        if KEYS_PER_QUERY * live_queries > KERNEL_MAX_KEYS:
-            return working_set_bytes(live_queries, tile_pages)
-    if engine in (FUSED, BITSLICED):
-        from .pir.xla_ops import SUBTREE_LEVELS
-
-        roots = working_set_bytes(live_queries, lambda k: max(1, tile_pages(k) >> SUBTREE_LEVELS))
-        if engine == BITSLICED:
-            return roots + engine_scratch_bytes(live_queries, tile_pages, engine)
-        from .pir.fused import grid_blocks  # one (1024,) u32 partial answer per block group and key
-
-        return roots + KEYS_PER_QUERY * live_queries * grid_blocks(1 << 30) * PAGE_BYTES
-    return working_set_bytes(live_queries, tile_pages) + engine_scratch_bytes(live_queries, tile_pages, engine)
-
-
-def engine_need_bytes(num_pages: int, live_queries: int, tile_pages: Callable[[int], int], engine: str) -> int:
+def engine_need_bytes(engine: Engine, num_pages: int, live_queries: int, tile_pages: Callable[[int], int]) -> int:
     """A cell's device bytes on ``engine``: its database, plus the larger of the layout's build scratch
-    (before any scan) and the scans' working set with the engine's scratch."""
-    scan = engine_working_set_bytes(live_queries, tile_pages, engine)
-    return engine_database_bytes(num_pages, engine) + max(engine_build_bytes(num_pages, engine), scan)
+    (before any scan) and the scans' working set."""
+    return engine.device_bytes(num_pages, KEYS_PER_QUERY * live_queries, tile_pages)

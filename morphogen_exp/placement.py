@@ -2,13 +2,15 @@
 
 - single: one device holds the database and runs everything (the default).
 - replicated: every device holds the whole database; a vmap over queries (every strategy's batch
-  path) is split over the devices with shard_map, each device answering its share in one pass.
+  path) is split over the devices with shard_map, each device answering its share in one pass
+  (pir/scan.py `replicated_query_scan`).
 - sharded: the pages are split over the devices by rows (ceil(N/D) each, pir/scan.py
   `sharded_query_scan`); every device scans its range for all keys, the partial answers are XORed.
 
-A placement builds the database already laid out (never a whole copy on one device first: the
-2^25-page database fits only sharded) and a BuildContext whose `single` / `single_jit` do the
-placement, so strategies are unchanged. Per-device memory: the shard, or the whole database.
+A placement asks `datasets.load` for the database already laid out over its devices (never a whole
+copy on one device first: the 2^25-page database fits only sharded), checks that a device's share
+fits, and builds a BuildContext whose `single` / `single_jit` do the placement, so strategies are
+unchanged. Per-device memory: the shard, or the whole database.
 """
 
 from __future__ import annotations
@@ -17,10 +19,8 @@ import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 from . import datasets, memory
 from .config import ConfigError, DatasetConfig, PlacementConfig
 from .pir import EngineSpec, KeyBatch, make_answer_fn, query_scan
-from .pir.scan import per_database, queries_batched, sharded_query_scan
+from .pir.scan import replicated_query_scan, sharded_query_scan
 from .strategies.base import BuildContext
 
 AXIS = "dev"  # the mesh axis the pages (sharded) or the queries (replicated) are split along
@@ -94,7 +94,7 @@ def resolve(cfg: PlacementConfig) -> Placement:
 def device_dataset_bytes(num_pages: int, name: str, num_devices: int) -> int:
     """Database bytes on each device: its shard (sharded), else the whole database."""
     if name == "sharded":
-        return -(-num_pages // num_devices) * datasets.PAGE_BYTES
+        return memory.dataset_bytes(-(-num_pages // num_devices))
     return memory.dataset_bytes(num_pages)
 
 
@@ -117,7 +117,7 @@ def check_fits(what: str, num_pages: int, name: str, num_devices: int, working_s
 
 def padded_rows(num_pages: int, plc: Placement) -> int:
     """Rows of the device array: D * ceil(N / D) when sharded (rows past N are never read), else N."""
-    return -(-num_pages // len(plc.devices)) * len(plc.devices) if plc.name == "sharded" else num_pages
+    return datasets.padded_rows(num_pages, None if plc.name == "single" else sharding(plc))
 
 
 def sharding(plc: Placement) -> NamedSharding:
@@ -126,43 +126,7 @@ def sharding(plc: Placement) -> NamedSharding:
 
 def load(cfg: DatasetConfig, seed: int, plc: Placement) -> datasets.Dataset:
     """The dataset laid out for the placement, built in place on every device (no whole copy first)."""
-    if plc.name == "single":
-        return datasets.load(cfg, seed)
-    if cfg.path:
-        path = Path(cfg.path).expanduser().resolve()
-        n = datasets.plan_pages(cfg)
-        return datasets.Dataset(cfg.name, n, _load_file(path, n, plc), seed, path)
-    rows = padded_rows(cfg.num_pages, plc)
-    build = jax.jit(lambda: datasets._synthetic_words_device(rows, seed), out_shardings=sharding(plc))  # noqa: SLF001
-    return datasets.Dataset(cfg.name, cfg.num_pages, jax.block_until_ready(build()), seed)
-
-
-def _load_file(path: Path, n: int, plc: Placement) -> jax.Array:
-    """Each device's rows streamed from the file to that device (its shard, or the whole file)."""
-    rows = padded_rows(n, plc)
-    if plc.name == "sharded":
-        per = rows // len(plc.devices)
-        ranges = [(i * per, per) for i in range(len(plc.devices))]
-    else:
-        ranges = [(0, n)] * len(plc.devices)
-    parts = [_file_rows(path, start, count, n, dev) for (start, count), dev in zip(ranges, plc.devices, strict=True)]
-    return jax.make_array_from_single_device_arrays((rows, datasets.PAGE_WORDS), sharding(plc), parts)
-
-
-def _file_rows(path: Path, start: int, count: int, n: int, device: jax.Device) -> jax.Array:
-    """Rows [start, start + count) of the file as (count, 1024) u32 on ``device``; zeros past its end."""
-    raw = np.memmap(path, dtype=np.uint8, mode="r")
-    buf = jax.device_put(jnp.zeros((count, datasets.PAGE_WORDS), jnp.uint32), device)
-    chunk_rows = 1 << 14
-    for off in range(0, count, chunk_rows):
-        stop = min(count, off + chunk_rows)
-        chunk = np.zeros((stop - off) * datasets.PAGE_BYTES, dtype=np.uint8)
-        lo, hi = min(n, start + off), min(n, start + stop)
-        part = raw[lo * datasets.PAGE_BYTES : hi * datasets.PAGE_BYTES]
-        chunk[: len(part)] = part
-        words = jax.device_put(chunk.view("<u4").reshape(-1, datasets.PAGE_WORDS), device)
-        buf = datasets._write_rows(buf, words, jnp.int32(off))  # noqa: SLF001  (in place, donated)
-    return buf
+    return datasets.load(cfg, seed, sharding=None if plc.name == "single" else sharding(plc))
 
 
 # --------------------------------------------------------------------------- the strategies' context
@@ -176,7 +140,7 @@ def new_context(dataset: datasets.Dataset, spec: EngineSpec, plc: Placement) -> 
         single = sharded_query_scan(n, spec, plc.mesh, AXIS)
         single_jit = jax.jit(single)
     else:
-        single = replicated_query_scan(n, spec, plc.mesh)
+        single = replicated_query_scan(n, spec, plc.mesh, AXIS)
         single_jit = _on_one_copy(jax.jit(single), dataset.words)
     return BuildContext(pages=dataset.words, num_pages=n, spec=spec, single=single, single_jit=single_jit,
                         devices=plc.devices, placement=plc.name)
@@ -191,35 +155,3 @@ def _on_one_copy(jitted: Callable[[jax.Array, KeyBatch], jax.Array], words: jax.
         return jitted(home if pages is words else pages, keys)
 
     return run
-
-
-def replicated_query_scan(num_pages: int, spec: EngineSpec, mesh: Mesh):
-    """``query_scan`` on a database replicated over ``mesh``: one query runs as it is (the same on
-    every device); a vmap over Q queries pads Q to a multiple of D (repeating the last query), gives
-    each device Q/D of them (shard_map) and runs them as one pass there."""
-    return _replicated(num_pages, spec, mesh)
-
-
-@functools.cache
-def _replicated(num_pages: int, spec: EngineSpec, mesh: Mesh):
-    base = query_scan(num_pages, spec)
-    d = mesh.shape[AXIS]
-    split = jax.shard_map(lambda pages, keys: jax.vmap(base, in_axes=(None, 0))(pages, keys),
-                          mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS), check_vma=False)
-
-    @jax.custom_batching.custom_vmap
-    def fn(pages: jax.Array, keys: KeyBatch) -> jax.Array:
-        return base(pages, keys)
-
-    @fn.def_vmap
-    def _split(axis_size, in_batched, pages, keys):
-        pages_batched, keys_batched = in_batched
-        if pages_batched:  # several databases: nothing to share
-            return per_database(base, pages, keys, keys_batched), True
-        keys = queries_batched(axis_size, keys, keys_batched)
-        pad = -axis_size % d
-        if pad:
-            keys = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]), keys)
-        return split(pages, keys)[:axis_size], True
-
-    return fn

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import datasets, memory
 from .config import DatasetConfig, MlflowConfig
-from .pir.registry import LayoutFn
+from .pir.engine import LayoutFn
 from .progress import Progress
 from .tracking import Tracker
 

@@ -1,6 +1,7 @@
 """``python scripts/bitsliced_stages.py --keys 96 --tile-log2 20``: where one step of engine "bitsliced" spends
 its time on a GPU. For one tile of 2^tile-log2 random bit-sliced pages and K keys' random subtree roots (8
-levels below them, as the engine hands the CUDA op), the op ``expand_xor_bmma`` is timed: the expansion alone
+levels below them, as the engine hands the CUDA op), the op ``expand_xor_bmma`` is timed stage by stage
+(``call_expand_xor``): the expansion alone
 (stages=1: ChaCha8, transposes, the per-bit vectors written), the MMA scan alone (stages=2: the database and the
 vectors read), both one after the other (stages=3, what the engine runs above 8 keys) and, up to 8 keys, both
 in one pipelined kernel (stages=4, what the engine runs there; its answer checked equal to stages=3); median of --reps
@@ -17,9 +18,10 @@ import sys
 import jax
 import jax.numpy as jnp
 
+from morphogen_exp.bench.bmma import random_roots, random_u32, time_ms
+from morphogen_exp.pir import Window
 from morphogen_exp.pir.bitsliced import bitslice_pages
-from morphogen_exp.pir.cuda import expand_xor_bmma, pipelined
-from morphogen_exp.pir.cuda.bench import _random_roots, _random_u32, _time
+from morphogen_exp.pir.cuda.bmma import call_expand_xor, pipelined
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,19 +35,19 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for k, lg in zip(map(int, a.keys.split(",")), map(int, a.tile_log2.split(",")), strict=True):
         t = 1 << lg
-        db = bitslice_pages(_random_u32((t, 1024), lg), t).words
+        db = bitslice_pages(random_u32((t, 1024), lg), t).words
         jax.block_until_ready(db)
-        args = _random_roots(k, t, 3000 + k)
+        roots = random_roots(k, t, 3000 + k)
         row = {"device": jax.local_devices()[0].device_kind, "keys": k, "tile_pages": t}
         stages = ((1, "expansion_only"), (2, "scan_only"), (3, "both"), (4, "pipelined"))[: 4 if pipelined(k) else 3]
         answers = {}
         for st, name in stages:
-            fn = jax.jit(functools.partial(expand_xor_bmma, lo=0, count=t, stages=st))
-            call = functools.partial(fn, db, jnp.int32(0), *args)
+            fn = jax.jit(functools.partial(call_expand_xor, stages=st))
+            call = functools.partial(fn, db, roots, Window(jnp.int32(0), 0, t))
             answers[st] = jax.block_until_ready(call())
             if a.once:
                 continue
-            row[name] = _time(call, a.reps)
+            row[name] = time_ms(call, a.reps)
             row[f"{name}_ms"] = round(row[name]["ms_median"], 4)
         if 4 in answers:
             row["pipelined_equals_both"] = bool((answers[4] == answers[3]).all())

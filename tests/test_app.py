@@ -154,9 +154,9 @@ def test_pallas_engine_cell_is_exact(make_cfg, workdir, sess):
 def test_a_cuda_engine_that_cannot_build_here_is_a_setup_to_fix(make_cfg, workdir, sess, monkeypatch):
     """engine=fused on a GPU host whose kernels cannot be built (no nvcc, no CUDA backend): one line naming the engine
     and what is missing, the cell recorded FAILED (the sweep stops instead of failing every cell the same way)."""
-    from morphogen_exp.pir import cuda, fused
+    from morphogen_exp.pir import backend, cuda
 
-    monkeypatch.setattr(fused, "_gpu", lambda: True)  # the GPU path on this CPU: register() refuses the backend
+    monkeypatch.setattr(backend, "on_gpu", lambda: True)  # the GPU path on this CPU: register() refuses the backend
     with pytest.raises(ConfigError, match=r"^engine=fused: the CUDA kernels need a CUDA GPU backend") as err:
         app.run(make_cfg("engine=fused", "q=1", "strategy=full_batch"), sess)
     assert "\n" not in str(err.value) and cuda.CudaUnavailable.__name__ in mlflow_runs(workdir)[0].data.tags["error_class"]

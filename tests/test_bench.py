@@ -9,7 +9,7 @@ import pytest
 
 from morphogen_exp.bench.__main__ import main
 from morphogen_exp.bench.common import int_ops_per_s
-from morphogen_exp.pir import registered_engines
+from morphogen_exp.pir import available_engines
 
 
 def _rows(path) -> list[dict[str, str]]:
@@ -51,14 +51,14 @@ def test_bench_ceilings_reports_copy_and_integer_rates(capsys):
 
 def test_bench_breakdown_times_each_part_per_tile_size(tmp_path, capsys):
     out = tmp_path / "breakdown.csv"
-    before = registered_engines()
+    before = available_engines()
     assert main(["breakdown", "--pages", "500", "--keys", "3", "--engine", "xla", "--tiles", "128,256",
                  "--repeats", "1", "--csv", str(out)]) == 0
     rows = _rows(out)
     assert [(r["tile_pages"], r["tiles"], r["tail"], r["what"]) for r in rows] == [
         (t, str(500 // int(t)), str(500 % int(t)), w) for t in ("128", "256") for w in ("xor_only", "expand_only", "top_only", "scan")]
     assert all(float(r["median_ms"]) > 0 and float(r["read_gbps"]) > 0 for r in rows)
-    assert registered_engines() == before  # the parts' op sets are gone again
+    assert available_engines() == before  # the parts' engines are gone again
     assert "read" in capsys.readouterr().out
 
 

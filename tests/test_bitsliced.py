@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from morphogen_exp import pir
-from morphogen_exp.pir import EngineSpec, KeyBatch, cuda, full_eval_jax, get_ops, register_ops
+from morphogen_exp.pir import Engine, EngineSpec, KeyBatch, cuda, full_eval_jax, get
 from morphogen_exp.pir.bitsliced import (
     CHUNK_PAGES,
     BitslicedDB,
@@ -24,6 +24,7 @@ from morphogen_exp.pir.bitsliced import (
     transpose32,
     unslice_pages,
 )
+from morphogen_exp.pir.cuda import bmma
 from morphogen_exp.pir.keys import Key, generate_keys
 from morphogen_exp.pir.reference import answer_numpy
 from morphogen_exp.pir.xla_ops import expand_levels_xla, masked_xor_xla
@@ -139,20 +140,24 @@ def test_registered_engine_answers_reference_vectors(fixtures_dir: Path) -> None
 
 
 def test_registered_engine_wiring() -> None:
-    """The registry's "bitsliced": its own layout (the bit-sliced words, rows padded to 256), read in
+    """Engine "bitsliced": its own layout (the bit-sliced words, rows padded to 256), read in
     place; the expansion is XLA's off the GPU (bit for bit the "xla" engine's full evaluation)."""
-    ops = get_ops("bitsliced")
+    ops = get("bitsliced")
     assert ops.layout is not None and ops.masked_xor_at is not None
     words = ops.prepare(jnp.asarray(PAGES_W), N_PAGES)
     np.testing.assert_array_equal(np.asarray(words), _layout_numpy(PAGES_W))
     raw = jnp.asarray(PAGES_W)
-    assert get_ops("xla").prepare(raw, N_PAGES) is raw  # no layout: the raw pages themselves
+    assert get("xla").prepare(raw, N_PAGES) is raw  # no layout: the raw pages themselves
     keys = KeyBatch.from_keys(generate_keys(DOMAIN_BITS, 3, np.random.default_rng(3))).to_device()
     np.testing.assert_array_equal(np.asarray(full_eval_jax(keys, EngineSpec("bitsliced", unroll=False))),
                                   np.asarray(full_eval_jax(keys, EngineSpec("xla", unroll=False))))
-    with pytest.raises(ValueError, match="needs a masked_xor_at_fn"):
-        register_ops("bitsliced_broken", expand_levels_xla, masked_xor_xla, None, ops.layout)
-    assert "bitsliced_broken" not in pir.registered_engines()
+    with pytest.raises(ValueError, match="needs a masked_xor_at"):
+        Engine(name="bitsliced_broken", expand_levels=expand_levels_xla, masked_xor=masked_xor_xla, layout=ops.layout,
+               placements=frozenset({"single"}))
+    with pytest.raises(ValueError, match="on one device"):
+        Engine(name="bitsliced_broken", expand_levels=expand_levels_xla, masked_xor=masked_xor_xla, layout=ops.layout,
+               masked_xor_at=ops.masked_xor_at)
+    assert ops.placements == {"single"} and "bitsliced_broken" not in pir.available_engines()
 
 
 def test_bad_inputs_name_what_to_fix(db: BitslicedDB) -> None:
@@ -178,10 +183,10 @@ def test_chunk_span_covers_any_offset() -> None:
 
 
 def test_bmma_key_groups() -> None:
-    assert cuda.key_group(3) == (1, 1)
-    assert cuda.key_group(24) == (3, 3)
-    assert cuda.key_group(96) == (4, 12)
-    assert cuda.key_group(40) == (3, 6)  # 5 key tiles: 3+3 pads less than 4+4
+    assert bmma.key_group(3) == (1, 1)
+    assert bmma.key_group(24) == (3, 3)
+    assert bmma.key_group(96) == (4, 12)
+    assert bmma.key_group(40) == (3, 6)  # 5 key tiles: 3+3 pads less than 4+4
 
 
 def test_bmma_without_gpu_or_nvcc_says_so(monkeypatch, tmp_path) -> None:

@@ -17,13 +17,14 @@ import pytest
 from morphogen_exp import app, datasets, memory, parity
 from morphogen_exp.bench.__main__ import main as bench_main
 from morphogen_exp.config import DatasetConfig, ParityConfig
-from morphogen_exp.pir import EngineSpec, bitsliced, bitsliced_ops, get_ops, make_answer_fn, tile_size
+from morphogen_exp.pir import EngineSpec, backend, bitsliced, bitsliced_ops, get, make_answer_fn, tile_size
 from morphogen_exp.queries import make_queries
 from morphogen_exp.session import Session
 
 from .conftest import mlflow_runs
 
-LAYOUT = get_ops("bitsliced").layout
+BITSLICED = get("bitsliced")
+LAYOUT = BITSLICED.layout
 SPEC = EngineSpec("bitsliced", 33554432, None, mask_budget_mib=1536)  # conf/engine/bitsliced.yaml
 TINY = DatasetConfig(name="tiny", num_pages=300)
 
@@ -82,7 +83,7 @@ def test_layout_built_once_per_database_and_one_resident(make_cfg, workdir, monk
     here = ("cuda expansion beside binary MMA (one pipelined kernel)" if jax.default_backend() == "gpu"
             else "xla expansion + jnp GF(2) product (no CUDA backend)")
     assert a.tags["engine_path.batch"] == a.tags["engine_path.single"] == b.tags["engine_path.batch"] == here
-    assert get_ops("bitsliced").step_path is bitsliced_ops.step_path
+    assert BITSLICED.step_path is bitsliced_ops.step_path
     for m in (a.metrics, b.metrics):
         assert m["parity_ok"] == 1 and m["parity_numpy_eq"] == 1 and m["parity_xor_eq"] == 1 and m["parity_xor_checked"] == 2
 
@@ -97,9 +98,9 @@ def test_layout_built_once_per_database_and_one_resident(make_cfg, workdir, monk
 def test_step_path_names_what_a_step_runs(monkeypatch) -> None:
     """The dispatch and each cell's record read one function: on a GPU the pipelined kernel up to 8 keys (Q <= 2),
     the two kernels in a row above; without a GPU the XLA expansion and the jnp product."""
-    monkeypatch.setattr(bitsliced_ops, "_gpu", lambda: False)
+    monkeypatch.setattr(backend, "on_gpu", lambda: False)
     assert bitsliced_ops.step_path(3) == bitsliced_ops.step_path(96) == bitsliced_ops.JNP_PATH
-    monkeypatch.setattr(bitsliced_ops, "_gpu", lambda: True)
+    monkeypatch.setattr(backend, "on_gpu", lambda: True)
     got = {k: bitsliced_ops.step_path(k) for k in (1, 3, 8, 9, 96)}
     assert got == {1: bitsliced_ops.PIPELINED_PATH, 3: bitsliced_ops.PIPELINED_PATH, 8: bitsliced_ops.PIPELINED_PATH,
                    9: bitsliced_ops.CUDA_PATH, 96: bitsliced_ops.CUDA_PATH}
@@ -129,27 +130,28 @@ def test_memory_estimate_knows_the_layout_and_its_scratch(make_cfg, workdir, ses
     n = 16_817_159  # mainnet
     rc = app.validate(make_cfg("dataset=mainnet", "engine=bitsliced", "q=32"))
     assert (rc.engine.tile_pages, rc.engine.mask_budget_mib) == (SPEC.tile_pages, SPEC.mask_budget_mib)
-    assert memory.engine_database_bytes(n, "bitsliced") == 65_693 * 256 * 4096  # padded to 256 pages (65,692 chunks and 7 pages)
-    assert memory.engine_database_bytes(n, "xla") == memory.dataset_bytes(n)
+    assert BITSLICED.database_bytes(n) == 65_693 * 256 * 4096  # padded to 256 pages (65,692 chunks and 7 pages)
+    assert get("xla").database_bytes(n) == memory.dataset_bytes(n)
     tile = lambda k: tile_size(n, 25, SPEC, k)  # noqa: E731
     assert tile(96) == 1 << 20 and tile(3) == 1 << 25  # Q=1: mainnet in one step (2^25 > N)
     roots = memory.working_set_bytes(32, lambda k: tile(k) // 256)  # one subtree root per 256 leaves, no masks
-    scratch = memory.engine_scratch_bytes(32, tile, "bitsliced")
+    scratch = memory.engine_working_set_bytes(BITSLICED, 32, tile) - roots
     # the per-bit page vectors the expansion writes: chunks a tile can touch x 128 bits x 12 key tiles of 64 words
     assert scratch == ((1 << 20) // 256 + 1) * 128 * 12 * 64 * 4
     # 3 keys: one pipelined kernel, at most 192 blocks, each two groups of 8 chunks x 128 bits x 3 keys x 8 words
     # (the two kernels in a row would hold (2^25 / 256 + 1) x 128 x 64 words: 2.1 GiB)
-    assert memory.engine_scratch_bytes(1, tile, "bitsliced") == 192 * 2 * 8 * 128 * 3 * 8 * 4
-    assert memory.engine_working_set_bytes(32, tile, "bitsliced") == roots + scratch < memory.working_set_bytes(32, tile)
-    need = memory.engine_need_bytes(n, 32, tile, "bitsliced")
-    build = memory.engine_build_bytes(n, "bitsliced")
+    roots1 = memory.working_set_bytes(1, lambda k: tile(k) // 256)
+    assert memory.engine_working_set_bytes(BITSLICED, 1, tile) - roots1 == 192 * 2 * 8 * 128 * 3 * 8 * 4
+    assert roots + scratch < memory.working_set_bytes(32, tile)
+    need = memory.engine_need_bytes(BITSLICED, n, 32, tile)
+    build = BITSLICED.build_bytes(n)
     assert build > roots + scratch  # the layout's 2 GiB build scratch outweighs a Q=32 scan's 1.5 GiB of vectors
-    assert need == memory.engine_database_bytes(n, "bitsliced") + build
+    assert need == BITSLICED.database_bytes(n) + build
     assert need < 75 * memory.GIB  # fits an 80 GB card at 0.95 of its memory; raw + layout would not
-    assert memory.dataset_bytes(n) + memory.engine_database_bytes(n, "bitsliced") > 80 * memory.GIB
-    assert memory.engine_build_bytes(n, "bitsliced") == 2 * (1 << 18) * 4096  # one raw group + its sliced copy
-    assert memory.engine_build_bytes(300, "bitsliced") == 2 * 512 * 4096  # a group no larger than the database
-    assert memory.engine_need_bytes(300, 1, lambda k: 2, "bitsliced") == 512 * 4096 + 2 * 512 * 4096
+    assert memory.dataset_bytes(n) + BITSLICED.database_bytes(n) > 80 * memory.GIB
+    assert build == 2 * (1 << 18) * 4096  # one raw group + its sliced copy
+    assert BITSLICED.build_bytes(300) == 2 * 512 * 4096  # a group no larger than the database
+    assert memory.engine_need_bytes(BITSLICED, 300, 1, lambda k: 2) == 512 * 4096 + 2 * 512 * 4096
     out = app.run(make_cfg("dataset=mainnet", "engine=bitsliced", "q=1", "bench.memory_cap_gib=64"), sess)
     assert out.status == "does_not_fit"  # refused before building anything
 
@@ -189,7 +191,7 @@ def test_cli_cell_and_sweep_with_bitsliced_are_exact(cli, workdir):
 @pytest.mark.parametrize("engine", ["xla", "bitsliced"])
 def test_raw_rows_of_a_raw_database_are_its_words(engine):
     """raw_rows is the same function of the pages whatever the layout (what the fold relies on)."""
-    ds = datasets.load(TINY, 2, get_ops(engine).layout)
+    ds = datasets.load(TINY, 2, get(engine).layout)
     np.testing.assert_array_equal(np.asarray(ds.raw_rows(10, 300)), datasets.synthetic_words_numpy(2, np.arange(10, 300)))
 
 

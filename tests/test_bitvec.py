@@ -1,4 +1,4 @@
-"""Engine "bitsliced"'s fused step (pir/bitsliced_ops.py ``expand_xor_at_fn``, pir/cuda/bmma.cu
+"""Engine "bitsliced"'s fused step (pir/bitsliced_ops.py ``expand_xor_at_fn``, pir/cuda/bmma.py + bmma.cu
 ``expand_to_bitvectors``) against the numpy oracle.
 
 On CPU: the index arithmetic of its GPU path (which nodes are expanded to which subtree roots, which of
@@ -13,10 +13,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from morphogen_exp.pir import EngineSpec, KeyBatch, answer_jax, answer_numpy, bitsliced_ops, generate_keys, pages_to_words
+from morphogen_exp.pir import (
+    EngineSpec,
+    KeyBatch,
+    Subtrees,
+    Window,
+    answer_jax,
+    answer_numpy,
+    backend,
+    bitsliced_ops,
+    generate_keys,
+    pages_to_words,
+)
 from morphogen_exp.pir.bitsliced import bitslice_pages, masked_xor_bitsliced_jnp
 from morphogen_exp.pir.scan import scan_range
-from morphogen_exp.pir.xla_ops import expand_levels_xla
+from morphogen_exp.pir.xla_ops import SUBTREE_LEVELS, expand_levels_xla
 
 GPU = jax.default_backend() == "gpu"
 RNG = np.random.default_rng(12)
@@ -30,10 +41,10 @@ def _keys(num_keys: int, n: int = 3000, domain: int = DOMAIN, seed: int = 0) -> 
     return [generate_keys(domain, int(t), rng)[int(t) % 2] for t in rng.integers(0, n, num_keys)]
 
 
-def _kernel_contract(words, row, roots, root_t, seed_cw, t_cw, final_cw, lo, count):
+def _kernel_contract(words: jax.Array, subtrees: Subtrees, window: Window) -> jax.Array:
     """What the CUDA op computes, in jnp: leaves [lo, lo + count) of the subtrees mask layout pages from row."""
-    masks = expand_levels_xla(roots, root_t, seed_cw, t_cw, final_cw)[:, lo : lo + count]
-    return masked_xor_bitsliced_jnp(words, row, masks)
+    masks = expand_levels_xla(*subtrees)[:, window.lo : window.lo + window.count]
+    return masked_xor_bitsliced_jnp(words, window.row, masks)
 
 
 @pytest.fixture
@@ -42,16 +53,16 @@ def contract_kernel(monkeypatch):
     (subtrees, levels, lo, count) and checks what the kernel requires of them."""
     calls: list[tuple[int, int, int, int]] = []
 
-    def kernel(words, row, roots, root_t, seed_cw, t_cw, final_cw, lo, count):
-        s, levels = root_t.shape[1], seed_cw.shape[1]
-        assert levels <= bitsliced_ops.SUBTREE_LEVELS and roots.shape[:2] == root_t.shape
+    def kernel(words: jax.Array, subtrees: Subtrees, window: Window) -> jax.Array:
+        s, levels, lo, count = subtrees.ts.shape[1], subtrees.levels, window.lo, window.count
+        assert levels <= SUBTREE_LEVELS and subtrees.seeds.shape[:2] == subtrees.ts.shape
         # trimmed: the first subtree holds leaf lo, the last one leaf lo + count - 1
         assert 0 <= lo < 1 << levels and (s - 1) << levels < lo + count <= s << levels, (s, levels, lo, count)
         calls.append((s, levels, lo, count))
-        return _kernel_contract(words, row, roots, root_t, seed_cw, t_cw, final_cw, lo, count)
+        return _kernel_contract(words, subtrees, window)
 
     if not GPU:
-        monkeypatch.setattr(bitsliced_ops, "_gpu", lambda: True)
+        monkeypatch.setattr(backend, "on_gpu", lambda: True)
         monkeypatch.setattr(bitsliced_ops, "expand_xor_kernel", kernel)
     return calls
 
@@ -130,7 +141,7 @@ def test_kernel_equals_its_contract_on_random_roots(row: int, lo: int, count: in
     """The op alone on random roots and corrections against the jnp contract (itself checked against numpy
     above): aligned (row - lo = 256) and unaligned rows, a whole-chunk case, a 5-level subtree; up to 8 keys
     both the pipelined kernel (stages=4, the default there) and the two kernels in a row (3)."""
-    from morphogen_exp.pir.cuda import expand_xor_bmma  # noqa: PLC0415
+    from morphogen_exp.pir.cuda.bmma import call_expand_xor, expand_xor_bmma  # noqa: PLC0415
 
     rng = np.random.default_rng(row + lo + count)
     s = -(-(lo + count) // (1 << levels))  # subtrees holding leaves [0, lo + count)
@@ -138,8 +149,12 @@ def test_kernel_equals_its_contract_on_random_roots(row: int, lo: int, count: in
     roots, root_t = u32(num_keys, s, 4), jnp.asarray(rng.integers(0, 2, size=(num_keys, s), dtype=np.uint32))
     scw, tcw, fcw = u32(num_keys, levels, 4), u32(num_keys, levels, 2) & 1, u32(num_keys, 4)
     words = bitslice_pages(jnp.asarray(pages_to_words(PAGES)), 3000).words
-    got = expand_xor_bmma(words, row, roots, root_t, scw, tcw, fcw, lo, count, stages=stages)
-    want = _kernel_contract(words, row, roots, root_t, scw, tcw, fcw, lo, count)
+    subtrees, window = Subtrees(roots, root_t, scw, tcw, fcw), Window(row, lo, count)
+    if stages is None:  # what the engine runs
+        got = expand_xor_bmma(words, subtrees, window)
+    else:
+        got = call_expand_xor(words, subtrees, window, stages=stages)
+    want = _kernel_contract(words, subtrees, window)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
@@ -149,7 +164,7 @@ def test_pipelined_kernel_with_many_groups_per_block_equals_its_contract(num_key
     """Many chunk groups a block (600,000 pages: 2,344 chunks over at most one block per SM, each block's
     groups of 1, 2, 4 then 8 chunks), so each block's expansion and scan alternate halves of its scratch:
     against the jnp contract."""
-    from morphogen_exp.pir.cuda import expand_xor_bmma  # noqa: PLC0415
+    from morphogen_exp.pir.cuda.bmma import call_expand_xor  # noqa: PLC0415
 
     rng = np.random.default_rng(num_keys)
     n, count, row = 600_000, 599_000, 700  # leaves [0, count) mask rows [700, 599,700): aligned to no chunk
@@ -158,6 +173,7 @@ def test_pipelined_kernel_with_many_groups_per_block_equals_its_contract(num_key
     u32 = lambda *shape: jnp.asarray(rng.integers(0, 2**32, size=shape, dtype=np.uint32))  # noqa: E731
     roots, root_t = u32(num_keys, s, 4), jnp.asarray(rng.integers(0, 2, size=(num_keys, s), dtype=np.uint32))
     scw, tcw, fcw = u32(num_keys, 8, 4), u32(num_keys, 8, 2) & 1, u32(num_keys, 4)
-    got = expand_xor_bmma(words, row, roots, root_t, scw, tcw, fcw, 0, count, stages=4)
-    want = _kernel_contract(words, row, roots, root_t, scw, tcw, fcw, 0, count)
+    subtrees, window = Subtrees(roots, root_t, scw, tcw, fcw), Window(row, 0, count)
+    got = call_expand_xor(words, subtrees, window, stages=4)
+    want = _kernel_contract(words, subtrees, window)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

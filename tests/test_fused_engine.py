@@ -1,4 +1,4 @@
-"""Engine "fused" (pir/fused.py, pir/cuda/fused.cu) against the numpy oracle.
+"""Engine "fused" (pir/fused_ops.py; its kernel pir/cuda/fused.py + fused.cu) against the numpy oracle.
 
 On CPU: the engine's wiring, and the index arithmetic of its GPU path (which nodes are expanded to which
 subtree roots, which leaves of them mask which rows) with the CUDA kernel replaced by its contract written
@@ -17,7 +17,21 @@ import numpy as np
 import pytest
 
 from morphogen_exp import memory
-from morphogen_exp.pir import EngineSpec, KeyBatch, answer_jax, answer_numpy, fused, generate_keys, get_ops, pages_to_words
+from morphogen_exp.pir import (
+    EngineSpec,
+    KeyBatch,
+    Subtrees,
+    Window,
+    answer_jax,
+    answer_numpy,
+    backend,
+    fused_ops,
+    generate_keys,
+    get,
+    pages_to_words,
+    pallas_ops,
+)
+from morphogen_exp.pir.cuda import fused as fused_kernel
 from morphogen_exp.pir.scan import scan_range, tile_size
 from morphogen_exp.pir.xla_ops import expand_levels_xla, masked_xor_xla
 
@@ -32,18 +46,18 @@ def _keys(num_keys: int, n: int = 3000, domain: int = DOMAIN, seed: int = 0) -> 
     return [generate_keys(domain, int(t), rng)[int(t) % 2] for t in rng.integers(0, n, num_keys)]
 
 
-def _kernel_contract(pages_words, row, roots, root_t, seed_cw, t_cw, final_cw, lo, count):
+def _kernel_contract(pages_words: jax.Array, subtrees: Subtrees, window: Window) -> jax.Array:
     """What expand_xor_fused computes, in XLA: leaves [lo, lo + count) of the subtrees mask rows from row."""
-    masks = expand_levels_xla(roots, root_t, seed_cw, t_cw, final_cw)[:, lo : lo + count]
-    return masked_xor_xla(jax.lax.dynamic_slice_in_dim(pages_words, row, count, axis=0), masks)
+    masks = expand_levels_xla(*subtrees)[:, window.lo : window.lo + window.count]
+    return masked_xor_xla(jax.lax.dynamic_slice_in_dim(pages_words, window.row, window.count, axis=0), masks)
 
 
 @pytest.fixture
 def contract_kernel(monkeypatch):
     """The GPU path of the engine on this machine, with the kernel replaced by its contract."""
     if not GPU:
-        monkeypatch.setattr(fused, "_gpu", lambda: True)
-        monkeypatch.setattr(fused, "expand_xor_fused", _kernel_contract)
+        monkeypatch.setattr(backend, "on_gpu", lambda: True)
+        monkeypatch.setattr(fused_ops, "expand_xor_fused", _kernel_contract)
 
 
 SPEC = EngineSpec("fused", tile_pages=1024, unroll=False)  # 2 full tiles, a 952-page tail: head, loop and tail steps
@@ -68,9 +82,9 @@ def test_page_range_at_unaligned_starts_equals_numpy(contract_kernel, start: int
 
 
 def test_key_blocks_and_grid() -> None:
-    assert [fused.keys_per_block(k) for k in (1, 3, 4, 5, 6, 13, 96)] == [1, 3, 4, 3, 3, 4, 4]
-    assert fused.grid_blocks(5) == 5 and fused.grid_blocks(10**6) >= 100
-    assert fused.grid_blocks(10**6, key_blocks=4) == fused.grid_blocks(10**6) // 4
+    assert [fused_kernel.keys_per_block(k) for k in (1, 3, 4, 5, 6, 13, 96)] == [1, 3, 4, 3, 3, 4, 4]
+    assert fused_kernel.grid_blocks(5) == 5 and fused_kernel.grid_blocks(10**6) >= 100
+    assert fused_kernel.grid_blocks(10**6, key_blocks=4) == fused_kernel.grid_blocks(10**6) // 4
 
 
 def test_memory_estimate_stores_masks_only_above_the_kernels_keys() -> None:
@@ -78,24 +92,27 @@ def test_memory_estimate_stores_masks_only_above_the_kernels_keys() -> None:
     n = 16_817_159
     spec = EngineSpec("fused", tile_pages=4194304, mask_budget_mib=1536)
     tile = lambda k: tile_size(n, 25, spec, k)  # noqa: E731
-    kernel_ws = memory.engine_working_set_bytes(4, tile, "fused")
+    fused = get("fused")
+    kernel_ws = memory.engine_working_set_bytes(fused, 4, tile)
     assert kernel_ws < memory.GIB < memory.working_set_bytes(4, tile)
-    assert memory.engine_working_set_bytes(5, tile, "fused") == memory.working_set_bytes(5, tile)
-    assert memory.engine_working_set_bytes(32, tile, "pallas") == memory.working_set_bytes(32, tile)
+    assert memory.engine_working_set_bytes(fused, 5, tile) == memory.working_set_bytes(5, tile)
+    assert memory.engine_working_set_bytes(get("pallas"), 32, tile) == memory.working_set_bytes(32, tile)
+    assert fused.database_bytes(n) == memory.dataset_bytes(n) and fused.build_bytes(n) == 0  # the raw pages, no layout
 
 
 def test_more_keys_than_the_kernel_takes_run_the_pallas_ops(monkeypatch) -> None:
     """Above KERNEL_MAX_KEYS a step goes to the Pallas ops (here their stand-in, xla's), at or below it to the kernel."""
     seen: list[int] = []
 
-    def kernel(pages_words, row, roots, *rest):
-        seen.append(roots.shape[0])
-        return _kernel_contract(pages_words, row, roots, *rest)
+    def kernel(pages_words: jax.Array, subtrees: Subtrees, window: Window) -> jax.Array:
+        seen.append(subtrees.num_keys)
+        return _kernel_contract(pages_words, subtrees, window)
 
-    monkeypatch.setattr(fused, "_gpu", lambda: True)
-    monkeypatch.setattr(fused, "expand_xor_fused", kernel)
-    monkeypatch.setattr(fused, "PALLAS", "xla")  # the Pallas kernels need a GPU; the dispatch is what is tested
-    monkeypatch.setattr(fused, "KERNEL_MAX_KEYS", 2)
+    monkeypatch.setattr(backend, "on_gpu", lambda: True)
+    monkeypatch.setattr(fused_ops, "expand_xor_fused", kernel)
+    # the Pallas kernels need a GPU; the dispatch is what is tested: xla's ops stand in for them
+    monkeypatch.setattr(pallas_ops, "ENGINE", get("xla"))
+    monkeypatch.setattr(fused_ops, "KERNEL_MAX_KEYS", 2)
     spec = EngineSpec("fused", tile_pages=512, unroll=False)  # this test's own spec: traced afresh, not from a cache
     for num_keys, kernel_traces in ((3, 0), (2, 2)):  # traces: the tile loop's body and the tail
         seen.clear()
@@ -106,12 +123,12 @@ def test_more_keys_than_the_kernel_takes_run_the_pallas_ops(monkeypatch) -> None
 
 def test_step_path_names_what_a_step_runs(monkeypatch) -> None:
     """The dispatch and each cell's record read one function: the kernel up to KERNEL_MAX_KEYS keys on a GPU,
-    the Pallas ops above, the XLA ops without a GPU; the engine's registered op set carries it."""
-    assert get_ops("fused").step_path is fused.step_path
-    monkeypatch.setattr(fused, "_gpu", lambda: False)
-    assert fused.step_path(3) == fused.step_path(96) == "xla ops (no CUDA backend)"
-    monkeypatch.setattr(fused, "_gpu", lambda: True)
-    got = {k: fused.step_path(k) for k in (1, fused.KERNEL_MAX_KEYS, fused.KERNEL_MAX_KEYS + 1, 96)}
+    the Pallas ops above, the XLA ops without a GPU; the engine object carries it."""
+    assert get("fused").step_path is fused_ops.step_path
+    monkeypatch.setattr(backend, "on_gpu", lambda: False)
+    assert fused_ops.step_path(3) == fused_ops.step_path(96) == "xla ops (no CUDA backend)"
+    monkeypatch.setattr(backend, "on_gpu", lambda: True)
+    got = {k: fused_ops.step_path(k) for k in (1, fused_ops.KERNEL_MAX_KEYS, fused_ops.KERNEL_MAX_KEYS + 1, 96)}
     assert got == {1: "cuda kernel", 12: "cuda kernel", 13: "pallas ops", 96: "pallas ops"}
 
 

@@ -22,19 +22,20 @@ from hypothesis import strategies as st
 
 from morphogen_exp.pir import (
     PAGE_BYTES,
+    Engine,
     EngineSpec,
     KeyBatch,
     answer,
     answer_jax,
     full_eval_jax,
-    get_ops,
+    get,
     make_answer_fn,
     pages_to_words,
-    register_ops,
+    register,
     scan_bytes_read,
     scan_plan,
     tile_size,
-    unregister_ops,
+    unregister,
     words_to_bytes,
 )
 from morphogen_exp.pir.chacha_jax import default_unroll, prg_expand
@@ -227,7 +228,7 @@ def test_vmap_over_queries_matches_per_query() -> None:
 
 
 def test_pluggable_ops_are_used() -> None:
-    """An engine registered by name (no `unroll` keyword) is what the scan calls."""
+    """An engine object registered under its name (no `unroll` keyword) is what the scan calls."""
     calls = {"expand": 0, "xor": 0}
 
     def expand(seeds, ts, seed_cw, t_cw, final_cw):
@@ -238,22 +239,24 @@ def test_pluggable_ops_are_used() -> None:
         calls["xor"] += 1
         return masked_xor_xla(pages, masks)
 
-    register_ops("test-double", expand, xor)
+    register(Engine(name="test-double", expand_levels=expand, masked_xor=xor))
     try:
-        assert get_ops("test-double").expand_kwargs == frozenset()
-        assert get_ops("xla").expand_kwargs == {"unroll", "doubling_levels"}
+        assert get("test-double").expand_kwargs == frozenset()
+        assert get("xla").expand_kwargs == {"unroll", "doubling_levels"}
         keys0, _ = _keys([5, 6, 7], np.random.default_rng(5))
         spec = EngineSpec(name="test-double", tile_pages=64)
         got = answer_jax(PAGES[:200], keys0, spec)
         np.testing.assert_array_equal(got, answer_numpy(PAGES[:200], keys0))
         assert calls == {"expand": 2, "xor": 2}  # traced twice: the tile loop's body and the tail step
-        # re-registering the name serves a new program (the caches key on the op set), not the old one
-        register_ops("test-double", expand, lambda p, m: masked_xor_xla(p, m) * np.uint32(0))
+        # re-registering the name serves a new program (the caches key on the engine object), not the old one
+        register(Engine(name="test-double", expand_levels=expand, masked_xor=lambda p, m: masked_xor_xla(p, m) * np.uint32(0)))
         assert not np.array_equal(answer_jax(PAGES[:200], keys0, spec), got)
     finally:
-        unregister_ops("test-double")
+        unregister("test-double")
     with pytest.raises(ValueError, match="unknown engine 'test-double'"):
-        get_ops("test-double")
+        get("test-double")
+    with pytest.raises(ValueError, match="one of the package's engines"):  # a variant of an engine gets its own name
+        register(Engine(name="xla", expand_levels=expand, masked_xor=xor))
 
 
 def _fixture_keys(fixtures_dir: Path, n: int) -> tuple[list[int], list[Key], list[Key]]:
@@ -279,7 +282,7 @@ def test_answer_by_engine_name_matches_fixtures_and_reference(fixtures_dir: Path
 
 def test_answer_rejects_an_unknown_engine() -> None:
     keys0, _ = _keys([1], np.random.default_rng(0))
-    with pytest.raises(ValueError, match="unknown engine 'nope'; registered engines: 'xla'"):
+    with pytest.raises(ValueError, match="unknown engine 'nope'; engines: 'xla'"):
         answer(PAGES[:4], keys0, backend="jax", engine="nope")
     with pytest.raises(ValueError, match="backend='jax' only"):
         answer(PAGES[:4], keys0, engine="xla")
@@ -333,8 +336,8 @@ def test_engine_spec_validation() -> None:
         EngineSpec(unroll="yes")
     with pytest.raises(ValueError, match="doubling_levels"):
         EngineSpec(doubling_levels=-1)
-    with pytest.raises(ValueError, match="registered engines: .*'xla'"):
-        get_ops("no-such-engine")
+    with pytest.raises(ValueError, match="engines: .*'xla'"):
+        get("no-such-engine")
 
 
 def test_answer_jax_validation() -> None:

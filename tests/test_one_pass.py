@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from morphogen_exp.pir import EngineSpec, KeyBatch, query_scan, register_ops, unregister_ops
+from morphogen_exp.pir import Engine, EngineSpec, KeyBatch, query_scan, register, unregister
 from morphogen_exp.pir.keys import generate_keys
 from morphogen_exp.pir.reference import answer_numpy
 from morphogen_exp.pir.xla_ops import expand_levels_xla, masked_xor_xla
@@ -22,9 +22,9 @@ def _counting_masked_xor(pages, masks):
 
 @pytest.fixture(autouse=True)
 def _counting_engine():
-    register_ops("counting", expand_levels_xla, _counting_masked_xor)
+    register(Engine(name="counting", expand_levels=expand_levels_xla, masked_xor=_counting_masked_xor))
     yield
-    unregister_ops("counting")  # other tests see only the real engines
+    unregister("counting")  # other tests see only the real engines
 
 
 def test_vmap_and_lax_map_over_queries_are_one_pass_per_batch():

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from morphogen_exp.pir import get
 from morphogen_exp.pir.pallas_ggm import (
     GGMBlock,
     chacha8_block_words,
@@ -20,7 +21,6 @@ from morphogen_exp.pir.pallas_ggm import (
     expand_levels_reference,
 )
 from morphogen_exp.pir.pallas_scan import ScanBlock, masked_xor_pallas, masked_xor_reference
-from morphogen_exp.pir.registry import get_ops, registered_engines
 from morphogen_exp.pir.xla_ops import expand_levels_xla, masked_xor_xla
 
 
@@ -178,11 +178,11 @@ def test_pallas_matches_xla_ops():
         np.asarray(expand_levels_xla(*args)))
 
 
-def test_pallas_engine_registers_on_first_use():
-    ops = get_ops("pallas")  # imports pallas_ops, which registers its kernels
+def test_pallas_engine_is_its_modules_object():
+    ops = get("pallas")  # imports pallas_ops, whose last line builds the engine
     from morphogen_exp.pir import pallas_ops  # noqa: PLC0415
 
-    assert "pallas" in registered_engines()
+    assert ops is pallas_ops.ENGINE and ops.name == "pallas" and ops.cpu_note
     assert (ops.expand_levels, ops.masked_xor, ops.masked_xor_at) == (
         pallas_ops.expand_levels_fn, pallas_ops.masked_xor_fn, pallas_ops.masked_xor_at_fn)
 

@@ -26,7 +26,7 @@ import jax
 
 from ..datasets import domain_bits_for
 from ..memory import configure_process
-from ..pir import EngineSpec, full_eval_jax, get_ops, make_answer_fn, scan_bytes_read, tile_size
+from ..pir import EngineSpec, full_eval_jax, get, make_answer_fn, scan_bytes_read, tile_size
 from ..pir.pallas_ggm import GGMBlock
 from ..pir.pallas_scan import ScanBlock
 from .common import copy_gbps, database, int_ops_per_s, keybatches, timed, write_csv
@@ -125,7 +125,7 @@ def _check(args: argparse.Namespace) -> None:
         engines, tiles = ["xla"], [args.tile]
     try:
         for engine, tile in itertools.product(engines, tiles):
-            get_ops(EngineSpec(engine, tile).name)
+            get(EngineSpec(engine, tile).name)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
 

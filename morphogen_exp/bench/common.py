@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..datasets import _fmix32, _synthetic_words_device, domain_bits_for, read_rows
-from ..pir import KeyBatch, generate_keys, get_ops
+from ..pir import KeyBatch, generate_keys, get
+from ..pir.pages import xor_reduce
 from ..timing import measure
 
 
@@ -27,11 +28,11 @@ def database(num_pages: int, engine: str, seed: int = 7) -> tuple[jax.Array, flo
     """The synthetic database as ``engine``'s scan reads it: the raw pages (``pages``), or the
     engine's own layout built from them group by group, the raw pages never resident (a 64 GiB one
     fits an 80 GB card); and the seconds that layout took to build (0.0 for raw pages)."""
-    ops = get_ops(engine)
-    if ops.layout is None:
+    layout = get(engine).layout
+    if layout is None:
         return pages(num_pages, seed), 0.0
     t0 = time.perf_counter()
-    out = jax.block_until_ready(ops.layout(read_rows(None, seed), num_pages))
+    out = jax.block_until_ready(layout(read_rows(None, seed), num_pages))
     return out, time.perf_counter() - t0
 
 
@@ -70,7 +71,7 @@ def read_gbps(words: jax.Array, repeats: int = 5) -> float:
     """Read-only rate: each row XOR-folded to one word (0.1% written), bytes read / time (the scan's
     floor). Pass a few GiB, not a 64 GiB database: XLA's autotuner allocates a scratch copy of the
     operand (out of memory on an 80 GB card)."""
-    t = timed(jax.jit(lambda x: jax.lax.reduce(x, jnp.uint32(0), jax.lax.bitwise_xor, (1,))), [(words,)], repeats)
+    t = timed(jax.jit(lambda x: xor_reduce(x, 1)), [(words,)], repeats)
     return words.nbytes / (t["median_ms"] / 1e3) / 1e9
 
 

@@ -1,4 +1,4 @@
-"""The scan split into its parts, and the Pallas block searches. Each is an op set registered for the
+"""The scan split into its parts, and the Pallas block searches. Each is an engine registered for the
 occasion and run through pir's own scan over the whole database (nothing here re-writes the scan):
 
 - parts: ``xor_only`` (stand-in masks from a hash, no ChaCha8: every tile's masked XOR), ``expand_only``
@@ -25,7 +25,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..datasets import domain_bits_for
-from ..pir import PAGE_WORDS, EngineSpec, get_ops, make_answer_fn, register_ops, scan_bytes_read, scan_plan, unregister_ops
+from ..pir import PAGE_WORDS, Engine, EngineSpec, backend, get, make_answer_fn, register, scan_bytes_read, scan_plan, unregister
+from ..pir.pages import xor_reduce
 from ..pir.pallas_ggm import GGMBlock, expand_levels_pallas
 from ..pir.pallas_scan import ScanBlock, masked_xor_pallas
 from ..pir.xla_ops import expand_levels_xla, masked_xor_xla
@@ -43,27 +44,27 @@ def stand_in_masks(seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: ja
 
 def folded(pages_words: jax.Array, masks: jax.Array) -> jax.Array:
     """A masked XOR that reads no page: the tile's masks XOR-folded and repeated over a page."""
-    return jnp.tile(lax.reduce(masks, jnp.uint32(0), lax.bitwise_xor, (1,)), (1, PAGE_WORDS // 4))
+    return jnp.tile(xor_reduce(masks, 1), (1, PAGE_WORDS // 4))
 
 
 def _interpret() -> bool:
-    return jax.default_backend() != "gpu"
+    return not backend.on_gpu()
 
 
 @contextmanager
-def op_set(name: str, expand: Callable[..., jax.Array], xor: Callable[..., jax.Array],
-           xor_at: Callable[..., jax.Array] | None = None) -> Iterator[str]:
-    """Register an op set as ``name`` for the block, then forget it."""
-    register_ops(name, expand, xor, xor_at)
+def variant(name: str, expand: Callable[..., jax.Array], xor: Callable[..., jax.Array],
+            xor_at: Callable[..., jax.Array] | None = None) -> Iterator[str]:
+    """An engine of these ops registered as ``name`` for the block, then forgotten."""
+    register(Engine(name=name, expand_levels=expand, masked_xor=xor, masked_xor_at=xor_at))
     try:
         yield name
     finally:
-        unregister_ops(name)
+        unregister(name)
 
 
 def part_ops(engine: str, part: str) -> tuple[Callable[..., jax.Array], Callable[..., jax.Array], Callable[..., jax.Array] | None]:
     """The ops of ``engine`` with the expansion, the page read, or both, replaced (see PARTS)."""
-    ops = get_ops(engine)
+    ops = get(engine)
     if part == "scan":
         return ops.expand_levels, ops.masked_xor, ops.masked_xor_at
     expand = stand_in_masks if part in ("xor_only", "top_only") else ops.expand_levels
@@ -95,7 +96,7 @@ def bench_breakdown(num_pages: int, key_counts: list[int], engine: str, tiles: l
         for tp in tiles:
             plan = scan_plan(num_pages, domain_bits_for(num_pages), EngineSpec(engine, tp), k)
             for part in PARTS:
-                with op_set(f"{engine}.{part}", *part_ops(engine, part)) as name:
+                with variant(f"{engine}.{part}", *part_ops(engine, part)) as name:
                     t, _ = _run(name, num_pages, tp, words, kbs, repeats)
                 row = dict(device=dev, jax_version=jax.__version__, engine=engine, pages=num_pages, keys=k,
                            tile_pages=plan.tile, tiles=plan.num_full, tail=plan.tail, what=part, **t,
@@ -112,12 +113,12 @@ def _search(kind: str, num_pages: int, k: int, tile: int, variants: list[Any], r
     ``rate(median_ms)`` gives the row's throughput columns."""
     words, kbs = pages(num_pages), keybatches(num_pages, k, sets=2)
     rgb = read_gbps(words[: 1 << 20])
-    with op_set(f"{kind}.reference", *ref_ops) as name:
+    with variant(f"{kind}.reference", *ref_ops) as name:
         _, want = _run(name, num_pages, tile, words, kbs, 1)
     rows = []
     for v in variants:
         try:
-            with op_set(f"{kind}.variant", *ops_for(v)) as name:
+            with variant(f"{kind}.variant", *ops_for(v)) as name:
                 t, got = _run(name, num_pages, tile, words, kbs, repeats)
         except Exception as e:  # a shape Triton rejects is a result too
             print(f"{v}: failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}", flush=True)

@@ -1,7 +1,7 @@
 """Public API of the ChaCha8 DPF page-PIR engine (morphogenesis-compatible keys and answers).
 
 ``Key``, ``generate_keys``, ``eval_points`` and ``answer`` are numpy-only. The JAX engine's names
-(``KeyBatch``, ``EngineSpec``, ``make_answer_fn``, ``scan_bytes_read``, ...) are exported lazily: the
+(``KeyBatch``, ``EngineSpec``, ``Engine``, ``get``, ``make_answer_fn``, ``scan_bytes_read``, ...) are exported lazily: the
 first access imports the module that defines them, so ``import morphogen_exp.pir`` with the numpy
 backend never imports JAX. The pure ``scan`` function lives in ``morphogen_exp.pir.scan`` (the
 submodule's name).
@@ -19,15 +19,18 @@ from .keys import Key, generate_keys
 from .reference import answer_numpy, eval_points
 
 if TYPE_CHECKING:
+    from .engine import Engine, Subtrees, Window, available_engines, get, register, unregister
     from .host import answer_jax, pages_to_words, words_to_bytes
-    from .keybatch import PAGE_BYTES, PAGE_WORDS, KeyBatch
-    from .registry import EngineOps, EngineSpec, available_engines, get_ops, register_ops, registered_engines, unregister_ops
+    from .keybatch import KeyBatch
+    from .pages import PAGE_BYTES, PAGE_WORDS, domain_bits_for
     from .scan import ScanPlan, full_eval_jax, make_answer_fn, query_scan, scan_bytes_read, scan_plan, tile_size
+    from .spec import EngineSpec
 
 _LAZY = {
-    "keybatch": ("PAGE_BYTES", "PAGE_WORDS", "KeyBatch"),
-    "registry": ("EngineOps", "EngineSpec", "available_engines", "get_ops", "register_ops", "registered_engines",
-                 "unregister_ops"),
+    "pages": ("PAGE_BYTES", "PAGE_WORDS", "domain_bits_for"),
+    "keybatch": ("KeyBatch",),
+    "spec": ("EngineSpec",),
+    "engine": ("Engine", "Subtrees", "Window", "available_engines", "get", "register", "unregister"),
     "scan": ("ScanPlan", "full_eval_jax", "make_answer_fn", "query_scan", "scan_bytes_read", "scan_plan", "tile_size"),
     "host": ("answer_jax", "pages_to_words", "words_to_bytes"),
 }
@@ -35,8 +38,8 @@ _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
 __all__ = [
     "BACKENDS", "Key", "answer", "eval_points", "generate_keys",  # numpy
-    "PAGE_BYTES", "PAGE_WORDS", "KeyBatch",  # keybatch
-    "EngineOps", "EngineSpec", "available_engines", "get_ops", "register_ops", "registered_engines", "unregister_ops",
+    "PAGE_BYTES", "PAGE_WORDS", "domain_bits_for", "KeyBatch", "EngineSpec",  # pages, keybatch, spec
+    "Engine", "Subtrees", "Window", "available_engines", "get", "register", "unregister",  # engine
     "ScanPlan", "full_eval_jax", "make_answer_fn", "query_scan", "scan_bytes_read", "scan_plan", "tile_size",
     "answer_jax", "pages_to_words", "words_to_bytes",  # host
 ]
@@ -53,8 +56,8 @@ def __getattr__(name: str) -> Any:
 def answer(pages: np.ndarray, keys: Sequence[Key], backend: str = "numpy", engine: str | None = None) -> np.ndarray:
     """Server reply for `keys` over `pages` (N, 4096) uint8 -> (K, 4096) uint8.
 
-    backend "numpy" is the reference; "jax" runs the registered engine ``engine`` ("xla" when None;
-    "pallas", or any name given to register_ops), imported lazily so the numpy path never pulls in JAX.
+    backend "numpy" is the reference; "jax" runs the engine ``engine`` ("xla" when None; any name
+    ``get`` knows), imported lazily so the numpy path never pulls in JAX.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
@@ -63,6 +66,6 @@ def answer(pages: np.ndarray, keys: Sequence[Key], backend: str = "numpy", engin
             raise ValueError(f"engine={engine!r} applies to backend='jax' only; the numpy backend is the reference")
         return answer_numpy(pages, keys)
     from .host import answer_jax
-    from .registry import EngineSpec
+    from .spec import EngineSpec
 
     return answer_jax(pages, keys, EngineSpec() if engine is None else EngineSpec(name=engine))

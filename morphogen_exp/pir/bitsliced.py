@@ -14,7 +14,7 @@ per lane. Register reg = qh*2 + hi holds bit position b = (rt*16 + hi*8 + g)*128
 pages 32*(qh*4 + tig) + [0, 32) of the chunk (bit i = page 32*q + i).
 
 ``masked_xor_bitsliced(db, page_offset, masks)`` is the engines' ``masked_xor_at`` contract
-(docs/engine-interface.md) on this layout; on a GPU with the kernel built it calls pir/cuda,
+(docs/engine-interface.md) on this layout; on a GPU it calls the kernel (pir/cuda/bmma.py),
 elsewhere the jnp formulation below (what CPU tests check bit for bit against the numpy oracle).
 """
 
@@ -28,6 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from . import backend
+from .cuda.bmma import CHUNK_PAGES, chunk_span, masked_xor_bmma
+from .pages import PAGE_WORDS, xor_reduce
 
 __all__ = [
     "CHUNK_PAGES",
@@ -44,9 +48,7 @@ __all__ = [
     "chunk_span",
 ]
 
-CHUNK_PAGES = 256
 GROUP_PAGES = 1 << 18  # pages per step of a streamed layout build (1 GiB raw): bounds its scratch
-PAGE_WORDS = 1024
 _IMPLS = ("auto", "jnp", "bmma")
 # (shift, mask of the bit columns kept by the lower row) of the 5 stages of a 32x32 bit transpose
 _STAGES = ((16, 0x0000FFFF), (8, 0x00FF00FF), (4, 0x0F0F0F0F), (2, 0x33333333), (1, 0x55555555))
@@ -187,11 +189,6 @@ def unslice_pages(db: BitslicedDB) -> jax.Array:
     return out.reshape(-1, PAGE_WORDS)[: db.num_pages]
 
 
-def chunk_span(tile_pages: int, db_chunks: int) -> int:
-    """Chunks a tile of ``tile_pages`` pages at any offset can touch (a static bound)."""
-    return min(db_chunks, (tile_pages + CHUNK_PAGES - 1) // CHUNK_PAGES + 1)
-
-
 def _on(pred: jax.Array) -> jax.Array:
     """All-ones uint32 where pred, else 0 (branch-free select, as in xla_ops)."""
     return jnp.uint32(0) - pred.astype(jnp.uint32)
@@ -217,7 +214,7 @@ def masked_xor_bitsliced_jnp(words: jax.Array, page_offset: jax.Array | int, mas
     mp = mp.reshape(k, nch, 8, 32, 4).transpose(0, 1, 2, 4, 3)  # [k, c, q, w, i]
     m = transpose32(mp).reshape(k, nch, 8, 128).transpose(0, 1, 3, 2)  # [k, c, j, q]: pages of bit j
     x = a[None] & m[:, :, :, None, :]  # [k, c, j, r, q]
-    x = jnp.bitwise_xor.reduce(jnp.bitwise_xor.reduce(x, axis=4), axis=1)  # [k, j, r]
+    x = xor_reduce(xor_reduce(x, 4), 1)  # [k, j, r]
     par = lax.population_count(x) & jnp.uint32(1)
     bits = par.transpose(0, 2, 1).reshape(k, 256, 4, 32)  # [k, r, j // 32, j % 32]
     word = jnp.bitwise_or.reduce(bits << jnp.arange(32, dtype=jnp.uint32), axis=-1)
@@ -246,8 +243,6 @@ def masked_xor_bitsliced(
     words = _words(db)
     if masks.ndim != 3 or masks.shape[2] != 4 or masks.dtype != jnp.uint32 or masks.shape[1] < 1:
         raise ValueError(f"masks must be (K, T >= 1, 4) uint32, got {masks.shape} {masks.dtype}")
-    if impl == "bmma" or (impl == "auto" and jax.default_backend() == "gpu"):
-        from morphogen_exp.pir.cuda import masked_xor_bmma  # noqa: PLC0415  (needs CUDA only here)
-
+    if impl == "bmma" or (impl == "auto" and backend.on_gpu()):
         return masked_xor_bmma(words, page_offset, masks)
     return masked_xor_bitsliced_jnp(words, page_offset, masks)

@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
-from .keybatch import PAGE_BYTES, PAGE_WORDS, KeyBatch
-from .registry import EngineSpec, get_ops
+from .engine import get
+from .keybatch import KeyBatch
+from .pages import PAGE_BYTES, PAGE_WORDS
 from .scan import make_answer_fn
+from .spec import EngineSpec
 
 if TYPE_CHECKING:  # keys.py is numpy-only; only its type is needed here
     from .keys import Key
@@ -47,7 +49,7 @@ def answer_jax(pages: np.ndarray, keys: Sequence[Key], spec: EngineSpec | None =
     ``spec`` names (default: EngineSpec(), engine "xla") on the default JAX device; same contract
     and validation as the numpy reference ``answer_numpy``."""
     spec = EngineSpec() if spec is None else spec
-    ops = get_ops(spec.name)  # an unknown engine fails before any work
+    engine = get(spec.name)  # an unknown engine fails before any work
     _check_pages(pages)
     kb = KeyBatch.from_keys(keys)
     n_pages, n = pages.shape[0], kb.domain_bits
@@ -55,6 +57,6 @@ def answer_jax(pages: np.ndarray, keys: Sequence[Key], spec: EngineSpec | None =
         raise ValueError(
             f"{n_pages} pages exceed the DPF domain 2^{n} = {1 << n}: use keys with domain_bits >= {(n_pages - 1).bit_length()}"
         )
-    words = ops.prepare(jax.device_put(pages_to_words(pages)), n_pages)  # the engine's own layout, if it has one
+    words = engine.prepare(jax.device_put(pages_to_words(pages)), n_pages)  # the engine's own layout, if it has one
     out = make_answer_fn(n_pages, spec)(words, kb.to_device())
     return words_to_bytes(jax.device_get(out))

@@ -1,4 +1,4 @@
-"""DPF keys as device arrays: the page geometry and ``KeyBatch``, a JAX pytree of K keys."""
+"""DPF keys as device arrays: ``KeyBatch``, a JAX pytree of K keys."""
 
 from __future__ import annotations
 
@@ -12,10 +12,7 @@ import numpy as np
 if TYPE_CHECKING:  # keys.py is numpy-only; only its type is needed here
     from .keys import Key
 
-__all__ = ["PAGE_BYTES", "PAGE_WORDS", "KeyBatch"]
-
-PAGE_BYTES = 4096
-PAGE_WORDS = PAGE_BYTES // 4
+__all__ = ["KeyBatch"]
 
 
 def _seed_words(b: bytes) -> np.ndarray:

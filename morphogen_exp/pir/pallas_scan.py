@@ -31,9 +31,10 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from .pages import PAGE_WORDS, xor_reduce
+
 __all__ = ["ScanBlock", "masked_xor_pallas", "masked_xor_reference"]
 
-PAGE_WORDS = 1024
 PAGE_VECS = PAGE_WORDS // 4
 _LAYOUTS = ("bcast", "keyloop")
 _COMBINES = ("partials", "atomic")
@@ -272,10 +273,6 @@ def _masked_xor_call(pages3, masks, offset, *, block: ScanBlock, interpret: bool
     )(*args)
 
 
-def _xor_reduce(x: jax.Array, axis: int) -> jax.Array:
-    return lax.reduce(x, jnp.zeros((), x.dtype), lax.bitwise_xor, (axis,))
-
-
 def masked_xor_pallas(
     pages: jax.Array,
     masks: jax.Array,
@@ -334,7 +331,7 @@ def masked_xor_pallas(
         res = _masked_xor_call(pages3, m_main, offset.reshape(1), block=blk,
                                interpret=interpret)
         if blk.combine == "partials":
-            res = _xor_reduce(res, 0)
+            res = xor_reduce(res, 0)
         out = res[:k].reshape(k, PAGE_WORDS)
     if t_main < t:  # remainder pages (< blk.pages): plain jnp, fused by XLA
         rem = t - t_main
@@ -351,4 +348,4 @@ def masked_xor_reference(pages: jax.Array, masks: jax.Array) -> jax.Array:
     t = masks.shape[1]
     p = pages[:t].reshape(1, t, PAGE_VECS, 4)
     m = masks.reshape(masks.shape[0], t, 1, 4)
-    return _xor_reduce(p & m, 1).reshape(masks.shape[0], PAGE_WORDS)
+    return xor_reduce(p & m, 1).reshape(masks.shape[0], PAGE_WORDS)

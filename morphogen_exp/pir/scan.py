@@ -22,12 +22,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .keybatch import PAGE_BYTES, PAGE_WORDS, KeyBatch
-from .registry import EngineOps, EngineSpec, get_ops
+from .engine import Engine, Subtrees, Window, get
+from .keybatch import KeyBatch
+from .pages import PAGE_BYTES, PAGE_WORDS, domain_bits_for, xor_reduce
+from .spec import EngineSpec
 from .xla_ops import descend_left, expand_nodes_xla
 
 __all__ = ["ScanPlan", "scan_plan", "tile_size", "scan_bytes_read", "scan", "query_scan", "make_answer_fn", "full_eval_jax",
-           "shard_bounds", "scan_range", "sharded_query_scan"]
+           "shard_bounds", "scan_range", "sharded_query_scan", "replicated_query_scan"]
 
 
 def _next_pow2(x: int) -> int:
@@ -36,10 +38,6 @@ def _next_pow2(x: int) -> int:
 
 def _log2(x: int) -> int:
     return x.bit_length() - 1
-
-
-def _domain_bits_for(num_pages: int) -> int:
-    return max(1, (num_pages - 1).bit_length())
 
 
 def tile_size(num_pages: int, domain_bits: int, spec: EngineSpec, num_keys: int = 1) -> int:
@@ -96,7 +94,7 @@ def scan_plan(num_pages: int, domain_bits: int, spec: EngineSpec, num_keys: int 
 def scan_bytes_read(num_pages: int, spec: EngineSpec, num_keys: int, domain_bits: int | None = None) -> int:
     """Database bytes one scan of ``num_keys`` keys reads (a batch of Q queries vmapped through
     ``query_scan`` is one scan of 3Q keys). domain_bits defaults to the smallest domain holding N."""
-    n = _domain_bits_for(num_pages) if domain_bits is None else domain_bits
+    n = domain_bits_for(num_pages) if domain_bits is None else domain_bits
     return scan_plan(num_pages, n, spec, num_keys).pages_read * PAGE_BYTES
 
 
@@ -109,11 +107,11 @@ def _check(pages_words: jax.Array, num_pages: int, n: int) -> None:
         raise ValueError(f"{num_pages=} exceeds the DPF domain 2^{n}: generate keys with more domain_bits")
 
 
-def _scan(pages_words: jax.Array, keys: KeyBatch, num_pages: int, spec: EngineSpec, ops: EngineOps) -> jax.Array:
+def _scan(pages_words: jax.Array, keys: KeyBatch, num_pages: int, spec: EngineSpec, engine: Engine) -> jax.Array:
     """Every key to the tile roots once, then the full tiles in a loop and the ragged tail as its own step
     (scan_plan): the page range [0, num_pages) of ``_scan_range``, which also serves shards."""
     _check(pages_words, num_pages, keys.domain_bits)
-    return _scan_range(pages_words, keys, 0, num_pages, spec, ops)
+    return _scan_range(pages_words, keys, 0, num_pages, spec, engine)
 
 
 def scan(pages_words: jax.Array, keys: KeyBatch, *, num_pages: int, spec: EngineSpec) -> jax.Array:
@@ -123,7 +121,7 @@ def scan(pages_words: jax.Array, keys: KeyBatch, *, num_pages: int, spec: Engine
     leading query axis of ``keys`` (pages unbatched). Rows of pages_words from num_pages on are
     never read.
     """
-    return _scan(pages_words, keys, num_pages, spec, get_ops(spec.name))
+    return _scan(pages_words, keys, num_pages, spec, get(spec.name))
 
 
 def query_scan(num_pages: int, spec: EngineSpec) -> Callable[[jax.Array, KeyBatch], jax.Array]:
@@ -133,13 +131,13 @@ def query_scan(num_pages: int, spec: EngineSpec) -> Callable[[jax.Array, KeyBatc
     gets the query axis as an outer grid axis and re-reads each page tile once per query. Here a
     vmap over keys (Q, K, ...) instead flattens them into Q*K keys of one scan, so whichever way a
     strategy batches (vmap, lax.map with batch_size), a (sub)batch reads the database once.
-    Shared per (num_pages, spec, registered ops)."""
-    return _query_scan(num_pages, spec, get_ops(spec.name))
+    Shared per (num_pages, spec, engine)."""
+    return _query_scan(num_pages, spec, get(spec.name))
 
 
 @functools.cache
-def _query_scan(num_pages: int, spec: EngineSpec, ops: EngineOps) -> Callable[[jax.Array, KeyBatch], jax.Array]:
-    return _one_pass_vmap(functools.partial(_scan, num_pages=num_pages, spec=spec, ops=ops))
+def _query_scan(num_pages: int, spec: EngineSpec, engine: Engine) -> Callable[[jax.Array, KeyBatch], jax.Array]:
+    return _one_pass_vmap(functools.partial(_scan, num_pages=num_pages, spec=spec, engine=engine))
 
 
 def per_database(base: Callable[[jax.Array, KeyBatch], jax.Array], pages: jax.Array, keys: KeyBatch,
@@ -176,7 +174,7 @@ def _one_pass_vmap(base: Callable[[jax.Array, KeyBatch], jax.Array]) -> Callable
 
 # --------------------------------------------------------------------------- a page range, and sharded scans
 
-def _scan_range(pages_words: jax.Array, keys: KeyBatch, start: int, count: int, spec: EngineSpec, ops: EngineOps) -> jax.Array:
+def _scan_range(pages_words: jax.Array, keys: KeyBatch, start: int, count: int, spec: EngineSpec, engine: Engine) -> jax.Array:
     """Answers of K keys over global pages [start, start + count), held as rows [0, count) of
     ``pages_words`` (a shard). The shard's own plan: tile T = tile_size(count); an unaligned head
     inside tile start // T (that tile's subtree expanded, its last pages used), full tiles, and the
@@ -194,15 +192,16 @@ def _scan_range(pages_words: jax.Array, keys: KeyBatch, start: int, count: int, 
     top_seeds, top_ts = expand_nodes_xla(root_seed[:, None, :], root_t[:, None], seed_cw[:, :d], t_cw[:, :d],
                                          unroll=spec.resolved_unroll, doubling_levels=0)
 
-    def tile_xor(row: jax.Array | int, seeds: jax.Array, ts: jax.Array, depth: int, lo: int, count: int) -> jax.Array:
-        return ops.expand_xor(spec, pages_words, row, seeds, ts, seed_cw[:, depth:], t_cw[:, depth:], final_cw, lo, count)
+    def tile_xor(nodes: tuple[jax.Array, jax.Array], depth: int, window: Window) -> jax.Array:
+        subtrees = Subtrees(*nodes, seed_cw[:, depth:], t_cw[:, depth:], final_cw)
+        return engine.expand_xor(spec, pages_words, subtrees, window)
 
     acc = jnp.zeros((root_t.shape[0], PAGE_WORDS), jnp.uint32)
     first = -(-start // tile)  # the first tile that starts inside the range
     head_end = min(end, first * tile)
     if head_end > start:  # pages before the first aligned tile: part of tile start // tile
         j = start // tile
-        acc = acc ^ tile_xor(0, top_seeds[:, j : j + 1], top_ts[:, j : j + 1], d, start - j * tile, head_end - start)
+        acc = acc ^ tile_xor((top_seeds[:, j : j + 1], top_ts[:, j : j + 1]), d, Window(0, start - j * tile, head_end - start))
     if head_end == end:
         return acc
     num_full, tail = divmod(end - first * tile, tile)
@@ -211,14 +210,14 @@ def _scan_range(pages_words: jax.Array, keys: KeyBatch, start: int, count: int, 
     def body(i: jax.Array, a: jax.Array) -> jax.Array:
         j = first + i
         node = (lax.dynamic_slice_in_dim(top_seeds, j, 1, axis=1), lax.dynamic_slice_in_dim(top_ts, j, 1, axis=1))
-        return a ^ tile_xor(base_row + i * tile, *node, d, 0, tile)
+        return a ^ tile_xor(node, d, Window(base_row + i * tile, 0, tile))
 
     if num_full:
         acc = lax.fori_loop(0, num_full, body, acc)
     if tail:
         j, td = first + num_full, n - _log2(_next_pow2(tail))
         seeds, ts = descend_left(top_seeds[:, j], top_ts[:, j], seed_cw[:, d:td], t_cw[:, d:td])
-        acc = acc ^ tile_xor(base_row + num_full * tile, seeds[:, None], ts[:, None], td, 0, tail)
+        acc = acc ^ tile_xor((seeds[:, None], ts[:, None]), td, Window(base_row + num_full * tile, 0, tail))
     return acc
 
 
@@ -226,7 +225,7 @@ def scan_range(pages_words: jax.Array, keys: KeyBatch, *, start: int, count: int
     """Server answers of K keys over global pages [start, start + count) held as rows [0, count) of
     ``pages_words``: (K, 1024) uint32. Pure (start, count, spec static); XOR over a partition of
     [0, N) equals ``scan`` over N pages."""
-    return _scan_range(pages_words, keys, start, count, spec, get_ops(spec.name))
+    return _scan_range(pages_words, keys, start, count, spec, get(spec.name))
 
 
 def shard_bounds(num_pages: int, num_shards: int) -> tuple[tuple[int, int], ...]:
@@ -243,20 +242,16 @@ def sharded_query_scan(num_pages: int, spec: EngineSpec, mesh: jax.sharding.Mesh
     its own plan (``shard_bounds``; the branch is chosen by the device's index), for all keys; the
     partial answers are all-gathered and XOR-reduced, so the answer is exact and replicated.
     vmap over queries is one pass (per device) like ``query_scan``."""
-    return _sharded_query_scan(num_pages, spec, get_ops(spec.name), mesh, axis)
-
-
-def xor_reduce(parts: jax.Array, axis: int = 0) -> jax.Array:
-    """XOR of ``parts`` along ``axis`` (exact; a psum would add)."""
-    return lax.reduce(parts, jnp.uint32(0), lax.bitwise_xor, (axis,))
+    return _sharded_query_scan(num_pages, spec, get(spec.name), mesh, axis)
 
 
 @functools.cache
-def _sharded_query_scan(num_pages: int, spec: EngineSpec, ops: EngineOps, mesh: jax.sharding.Mesh, axis: str
+def _sharded_query_scan(num_pages: int, spec: EngineSpec, engine: Engine, mesh: jax.sharding.Mesh, axis: str
                         ) -> Callable[[jax.Array, KeyBatch], jax.Array]:
     from jax.sharding import PartitionSpec as P
 
-    branches = [functools.partial(_scan_range, start=s, count=c, spec=spec, ops=ops) for s, c in shard_bounds(num_pages, mesh.shape[axis])]
+    branches = [functools.partial(_scan_range, start=s, count=c, spec=spec, engine=engine)
+                for s, c in shard_bounds(num_pages, mesh.shape[axis])]
 
     def local(pages_local: jax.Array, keys: KeyBatch) -> jax.Array:
         part = lax.switch(lax.axis_index(axis), branches, pages_local, keys)
@@ -267,21 +262,57 @@ def _sharded_query_scan(num_pages: int, spec: EngineSpec, ops: EngineOps, mesh: 
 
 def make_answer_fn(num_pages: int, spec: EngineSpec) -> Callable[[jax.Array, KeyBatch], jax.Array]:
     """Jitted ``fn(pages_words, keybatch) -> (K, 1024) u32``, shared by every caller with the same
-    (num_pages, spec, registered ops) so compiled executables are reused (jit caches per shape)."""
-    return _answer_fn(num_pages, spec, get_ops(spec.name))
+    (num_pages, spec, engine) so compiled executables are reused (jit caches per shape)."""
+    return _answer_fn(num_pages, spec, get(spec.name))
 
 
 @functools.cache
-def _answer_fn(num_pages: int, spec: EngineSpec, ops: EngineOps) -> Callable[[jax.Array, KeyBatch], jax.Array]:
-    return jax.jit(_query_scan(num_pages, spec, ops))
+def _answer_fn(num_pages: int, spec: EngineSpec, engine: Engine) -> Callable[[jax.Array, KeyBatch], jax.Array]:
+    return jax.jit(_query_scan(num_pages, spec, engine))
 
 
 def full_eval_jax(keys: KeyBatch, spec: EngineSpec) -> jax.Array:
     """All 2^n DPF outputs of K keys, (K, 2^n, 4) uint32, in index order (tests and benchmarks)."""
-    return _full_eval(keys, spec, get_ops(spec.name))
+    return _full_eval(keys, spec, get(spec.name))
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "ops"))
-def _full_eval(keys: KeyBatch, spec: EngineSpec, ops: EngineOps) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("spec", "engine"))
+def _full_eval(keys: KeyBatch, spec: EngineSpec, engine: Engine) -> jax.Array:
     root_seed, root_t, seed_cw, t_cw, final_cw = (jnp.asarray(f) for f in keys)
-    return ops.expand(spec, root_seed[:, None, :], root_t[:, None], seed_cw, t_cw, final_cw)
+    return engine.expand(spec, Subtrees(root_seed[:, None, :], root_t[:, None], seed_cw, t_cw, final_cw))
+
+
+def replicated_query_scan(num_pages: int, spec: EngineSpec, mesh: jax.sharding.Mesh, axis: str
+                          ) -> Callable[[jax.Array, KeyBatch], jax.Array]:
+    """``query_scan`` on a database replicated over ``mesh``: one query runs as it is (the same on
+    every device); a vmap over Q queries pads Q to a multiple of D (repeating the last query), gives
+    each device Q/D of them (shard_map along ``axis``) and runs them as one pass there."""
+    return _replicated_query_scan(num_pages, spec, get(spec.name), mesh, axis)
+
+
+@functools.cache
+def _replicated_query_scan(num_pages: int, spec: EngineSpec, engine: Engine, mesh: jax.sharding.Mesh, axis: str
+                           ) -> Callable[[jax.Array, KeyBatch], jax.Array]:
+    from jax.sharding import PartitionSpec as P
+
+    base = _query_scan(num_pages, spec, engine)
+    d = mesh.shape[axis]
+    split = jax.shard_map(lambda pages, keys: jax.vmap(base, in_axes=(None, 0))(pages, keys),
+                          mesh=mesh, in_specs=(P(), P(axis)), out_specs=P(axis), check_vma=False)
+
+    @jax.custom_batching.custom_vmap
+    def fn(pages: jax.Array, keys: KeyBatch) -> jax.Array:
+        return base(pages, keys)
+
+    @fn.def_vmap
+    def _split(axis_size, in_batched, pages, keys):
+        pages_batched, keys_batched = in_batched
+        if pages_batched:  # several databases: nothing to share
+            return per_database(base, pages, keys, keys_batched), True
+        keys = queries_batched(axis_size, keys, keys_batched)
+        pad = -axis_size % d
+        if pad:
+            keys = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]), keys)
+        return split(pages, keys)[:axis_size], True
+
+    return fn

@@ -3,7 +3,7 @@
 Compile time is the constraint that shapes the expansion (expand_nodes_xla): every ChaCha8 pair
 written out as straight-line code costs seconds of XLA compile time (CPU and GPU), so most levels
 run in a fixed-shape loop and only the last few are expanded by doubling. Signatures are the
-engine-interface ones (docs/engine-interface.md); registry.py registers them as engine "xla".
+engine-interface ones (docs/engine-interface.md); the module ends with engine "xla", the two ops alone.
 """
 
 from __future__ import annotations
@@ -15,14 +15,17 @@ import jax.numpy as jnp
 from jax import lax
 
 from .chacha_jax import default_unroll, prg_expand
-from .keybatch import PAGE_WORDS
+from .cuda.dpf import MAX_LEVELS
+from .engine import Engine, Subtrees, Window
+from .pages import PAGE_WORDS, xor_reduce
+from .spec import default_doubling_levels
 
-__all__ = ["SUBTREE_LEVELS", "default_doubling_levels", "descend_left", "expand_nodes_xla", "expand_levels_xla", "masked_xor_xla",
+__all__ = ["ENGINE", "SUBTREE_LEVELS", "descend_left", "expand_nodes_xla", "expand_levels_xla", "masked_xor_xla",
            "subtree_roots", "kernel_below_subtree_roots"]
 
-# The CUDA scan steps' subtrees (engines fused and bitsliced; pir/cuda/dpf.cuh kMaxLevels): 2^8 = 256 leaves,
-# one shared-memory heap per key, one 256-page chunk of the bit-sliced layout.
-SUBTREE_LEVELS = 8
+# The CUDA scan steps' subtrees (engines fused and bitsliced): 2^8 = 256 leaves, one shared-memory heap per
+# key, one 256-page chunk of the bit-sliced layout.
+SUBTREE_LEVELS = MAX_LEVELS
 
 
 def _on(t: jax.Array) -> jax.Array:
@@ -83,19 +86,6 @@ def _expand_compact(
     return lax.fori_loop(0, levels, level, (seeds, ts))
 
 
-# Default doubling levels when unrolled. Measured with JAX 0.11.2, 2^20 pages, K = 3, tile 4096:
-# each unrolled ChaCha8 pair in the program costs about 4 s of compile time (H100); on an H200 all
-# 12 tile levels by doubling compiled in 105 s and ran in 26.9 ms, 3 doubling levels in 13.2 s /
-# 35.1 ms, none in 5.4 s / 39.9 ms (the scan is launch-bound at K = 3; tile 16384 with 3 levels:
-# 16.3 s / 15.9 ms). At K = 96 the compact loop's extra arithmetic (about L/2 times the
-# doubling's) would dominate; 3 levels keep it near 1.6x for 12-level tiles.
-_UNROLLED_DOUBLING_LEVELS = 3
-
-
-def default_doubling_levels(unroll: bool) -> int:
-    return _UNROLLED_DOUBLING_LEVELS if unroll else 0
-
-
 def expand_nodes_xla(
     seeds: jax.Array,
     ts: jax.Array,
@@ -142,14 +132,16 @@ def masked_xor_xla(pages: jax.Array, masks: jax.Array) -> jax.Array:
     so the (K, T, 256, 4) product is never stored."""
     t = pages.shape[0]
     prod = pages.reshape(t, PAGE_WORDS // 4, 4)[None] & masks[:, :, None, :]
-    return jnp.bitwise_xor.reduce(prod, axis=1).reshape(masks.shape[0], PAGE_WORDS)
+    return xor_reduce(prod, 1).reshape(masks.shape[0], PAGE_WORDS)
 
 
-def subtree_roots(seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array, lo: int, count: int, *,
-                  unroll: bool) -> tuple[jax.Array, jax.Array, int, int]:
-    """Of the nodes (K, R) a scan step is handed (their leaves L = seed_cw.shape[1] levels down), the ones whose
-    leaves [lo, lo + count) are used, expanded to the roots of the subtrees of min(L, SUBTREE_LEVELS) levels that
-    hold those leaves: (roots (K, S, 4), root_t (K, S), lo within them, levels left below them)."""
+def subtree_roots(subtrees: Subtrees, window: Window, *, unroll: bool) -> tuple[Subtrees, Window]:
+    """Of the nodes (K, R) a scan step is handed (their leaves L = subtrees.levels down), the ones whose leaves
+    [window.lo, window.lo + window.count) are used, expanded to the roots of the subtrees of
+    min(L, SUBTREE_LEVELS) levels that hold those leaves: those subtrees (with the corrections of the levels
+    below them) and the window's leaves counted within them."""
+    seeds, ts, seed_cw, t_cw, final_cw = subtrees
+    lo, count = window.lo, window.count
     levels = seed_cw.shape[1]
     sub = min(levels, SUBTREE_LEVELS)
     top = levels - sub
@@ -158,18 +150,17 @@ def subtree_roots(seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax
                                      unroll=unroll, doubling_levels=0)
     lo -= r0 << levels
     s0, s1 = lo >> sub, (lo + count - 1) >> sub  # subtrees whose leaves are used
-    return roots[:, s0 : s1 + 1], root_t[:, s0 : s1 + 1], lo - (s0 << sub), sub
+    below = Subtrees(roots[:, s0 : s1 + 1], root_t[:, s0 : s1 + 1], seed_cw[:, top:], t_cw[:, top:], final_cw)
+    return below, Window(window.row, lo - (s0 << sub), count)
 
 
-def kernel_below_subtree_roots(kernel: Callable[..., jax.Array], pages_words: jax.Array, row: jax.Array | int,
-                               seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array, final_cw: jax.Array,
-                               lo: int, count: int, *, unroll: bool) -> jax.Array:
+def kernel_below_subtree_roots(kernel: Callable[[jax.Array, Subtrees, Window], jax.Array], pages_words: jax.Array,
+                               subtrees: Subtrees, window: Window, *, unroll: bool) -> jax.Array:
     """A CUDA engine's scan step: the nodes expanded in XLA to their ``subtree_roots``, then
-    ``kernel(pages_words, row, roots, root_t, seed_cw, t_cw, final_cw, lo, count)`` expands the subtrees'
-    levels (the corrections below the roots) and XORs the masked pages: (K, 1024) u32."""
-    roots, root_t, sub_lo, sub = subtree_roots(seeds, ts, seed_cw, t_cw, lo, count, unroll=unroll)
-    top = seed_cw.shape[1] - sub
-    return kernel(pages_words, row, roots, root_t, seed_cw[:, top:], t_cw[:, top:], final_cw, sub_lo, count)
+    ``kernel(pages_words, roots, window)`` expands the subtrees' levels (the corrections below the roots)
+    and XORs the masked pages: (K, 1024) u32."""
+    roots, sub_window = subtree_roots(subtrees, window, unroll=unroll)
+    return kernel(pages_words, roots, sub_window)
 
 
 def descend_left(seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -188,3 +179,6 @@ def descend_left(seeds: jax.Array, ts: jax.Array, seed_cw: jax.Array, t_cw: jax.
         return left ^ (cw & on[..., None]), tl ^ (tcw & on)
 
     return lax.fori_loop(0, seed_cw.shape[-2], level, (seeds, ts))
+
+
+ENGINE = Engine(name="xla", expand_levels=expand_levels_xla, masked_xor=masked_xor_xla)

@@ -1,4 +1,4 @@
-"""``python -m morphogen_exp.pir.cuda.bench [--pages-log2 20,22] [--keys 3,96] [--out DIR]``: on a GPU, check
+"""``python -m morphogen_exp.bench.bmma [--pages-log2 20,22] [--keys 3,96] [--out DIR]``: on a GPU, check
 the binary-MMA masked XOR bit for bit (small ragged cases against numpy, the XLA op and the jnp
 formulation; the scan on DPF keys against the numpy server answer; big tiles against the XLA op) and time
 it beside the Pallas and XLA masked XOR and a copy, each kernel alone (median of device-synchronized
@@ -25,31 +25,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from morphogen_exp.pir.bitsliced import bitslice_pages, masked_xor_bitsliced
-from morphogen_exp.pir.cuda import build, expand_xor_bmma, masked_xor_bmma
+from ..pir.bitsliced import bitslice_pages, masked_xor_bitsliced
+from ..pir.cuda import build
+from ..pir.cuda.bmma import call_expand_xor, call_masked_xor, expand_xor_bmma, masked_xor_bmma
+from ..pir.engine import Subtrees, Window
+from .common import mix
 
-
-def _fmix32(x: jax.Array) -> jax.Array:
-    """murmur3's finalizer: a fast bijective hash of uint32 (random-looking data without jax.random,
-    whose threefry counters do not reach 2^32 elements)."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = x * jnp.uint32(0xC2B2AE35)
-    return x ^ (x >> 16)
+BMMA_OP = "bitsliced-bmma-op"  # the masked-XOR kernel as an engine of its own (the scan check)
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "seed"))
-def _random_u32(shape: tuple[int, ...], seed: int) -> jax.Array:
+def random_u32(shape: tuple[int, ...], seed: int) -> jax.Array:
+    """Random-looking uint32 of any shape from a hash of the index (jax.random's threefry counters do not
+    reach 2^32 elements)."""
     idx = jnp.zeros(shape, jnp.uint32)
     stride = 1
     for ax in reversed(range(len(shape))):
         idx = idx + jax.lax.broadcasted_iota(jnp.uint32, shape, ax) * jnp.uint32(stride & 0xFFFFFFFF)
         stride *= shape[ax]
-    return _fmix32(_fmix32(idx ^ jnp.uint32(seed * 0x9E3779B9 & 0xFFFFFFFF)) + jnp.uint32(seed))
+    return mix(mix(idx ^ jnp.uint32(seed * 0x9E3779B9 & 0xFFFFFFFF)) + jnp.uint32(seed))
 
 
-def _time(fn: Callable[[], Any], reps: int, warmup: int = 2) -> dict[str, float]:
+def time_ms(fn: Callable[[], Any], reps: int, warmup: int = 2) -> dict[str, float]:
     for _ in range(warmup):
         jax.block_until_ready(fn())
     ts = []
@@ -61,7 +58,7 @@ def _time(fn: Callable[[], Any], reps: int, warmup: int = 2) -> dict[str, float]
 
 
 def _small_checks(res: dict[str, Any]) -> None:
-    from morphogen_exp.pir.xla_ops import masked_xor_xla  # noqa: PLC0415
+    from ..pir.xla_ops import masked_xor_xla  # noqa: PLC0415
 
     rng = np.random.default_rng(1)
     n = 5000
@@ -83,30 +80,30 @@ def _small_checks(res: dict[str, Any]) -> None:
     print(f"small ragged checks: {'all exact' if not bad else bad}", flush=True)
 
 
-def _random_roots(k: int, t: int, seed: int) -> tuple[jax.Array, ...]:
+def random_roots(k: int, t: int, seed: int) -> Subtrees:
     """Roots of the t / 256 subtrees of 8 levels under a tile of t pages, with random corrections: (roots,
     root_t, scw, tcw, fcw) for ``expand_xor_bmma`` (any 128-bit seeds are valid GGM nodes)."""
     s = max(1, t // 256)
-    return (_random_u32((k, s, 4), seed), _random_u32((k, s), seed + 1) & jnp.uint32(1), _random_u32((k, 8, 4), seed + 2),
-            _random_u32((k, 8, 2), seed + 3) & jnp.uint32(1), _random_u32((k, 4), seed + 4))
+    return Subtrees(random_u32((k, s, 4), seed), random_u32((k, s), seed + 1) & jnp.uint32(1), random_u32((k, 8, 4), seed + 2),
+            random_u32((k, 8, 2), seed + 3) & jnp.uint32(1), random_u32((k, 4), seed + 4))
 
 
 def _expand_small_checks(res: dict[str, Any]) -> None:
-    from morphogen_exp.pir.bitsliced import masked_xor_bitsliced_jnp  # noqa: PLC0415
-    from morphogen_exp.pir.xla_ops import expand_levels_xla  # noqa: PLC0415
+    from ..pir.bitsliced import masked_xor_bitsliced_jnp  # noqa: PLC0415
+    from ..pir.xla_ops import expand_levels_xla  # noqa: PLC0415
 
     n = 5000
-    db = bitslice_pages(_random_u32((n, 1024), 7), n)
+    db = bitslice_pages(random_u32((n, 1024), 7), n)
     bad = []
     # (K, row, lo, count, levels): aligned (row - lo = 0 mod 256), unaligned, ragged, < 8 levels, 96 keys
     for k, row, lo, count, levels in [(1, 0, 0, 256, 8), (3, 512, 0, 1000, 8), (13, 1024, 256, 3000, 8),
                                       (96, 256, 0, 4096, 8), (3, 5, 0, 999, 8), (40, 700, 300, 1500, 8),
                                       (6, 4000, 3, 20, 5), (2, 4999, 1, 1, 1)]:
         s = -(-(lo + count) // (1 << levels))
-        roots, root_t, scw, tcw, fcw = _random_roots(k, s * 256, 100 + k)
+        roots, root_t, scw, tcw, fcw = random_roots(k, s * 256, 100 + k)
         roots, root_t, scw, tcw = roots[:, :s], root_t[:, :s], scw[:, :levels], tcw[:, :levels]
-        got = np.asarray(jax.jit(expand_xor_bmma, static_argnames=("lo", "count"))(
-            db.words, jnp.int32(row), roots, root_t, scw, tcw, fcw, lo=lo, count=count))
+        got = np.asarray(jax.jit(expand_xor_bmma)(db.words, Subtrees(roots, root_t, scw, tcw, fcw),
+                                                  Window(jnp.int32(row), lo, count)))
         masks = expand_levels_xla(roots, root_t, scw, tcw, fcw)[:, lo : lo + count]
         ref = np.asarray(masked_xor_bitsliced_jnp(db.words, jnp.int32(row), masks))
         if not np.array_equal(got, ref):
@@ -117,18 +114,19 @@ def _expand_small_checks(res: dict[str, Any]) -> None:
 
 
 def _scan_check(res: dict[str, Any]) -> None:
-    from morphogen_exp.pir import EngineSpec, KeyBatch, make_answer_fn, register_ops  # noqa: PLC0415
-    from morphogen_exp.pir.keys import generate_keys  # noqa: PLC0415
-    from morphogen_exp.pir.reference import answer_numpy  # noqa: PLC0415
-    from morphogen_exp.pir.xla_ops import expand_levels_xla, masked_xor_xla  # noqa: PLC0415
+    from ..pir import Engine, EngineSpec, KeyBatch, make_answer_fn, register  # noqa: PLC0415
+    from ..pir.keys import generate_keys  # noqa: PLC0415
+    from ..pir.reference import answer_numpy  # noqa: PLC0415
+    from ..pir.xla_ops import expand_levels_xla, masked_xor_xla  # noqa: PLC0415
 
-    register_ops("bitsliced", expand_levels_xla, masked_xor_xla, masked_xor_bmma)
+    # the masked-XOR kernel alone on the layout (the XLA expansion): not the engine's fused step
+    register(Engine(name=BMMA_OP, expand_levels=expand_levels_xla, masked_xor=masked_xor_xla, masked_xor_at=masked_xor_bmma))
     rng = np.random.default_rng(2)
     n, bits = 3000, 12
     pages = rng.integers(0, 256, size=(n, 4096), dtype=np.uint8)
     keys = [key for t in (0, 1234, 2999) for key in generate_keys(bits, t, rng)]
     db = bitslice_pages(jnp.asarray(pages.view("<u4")), n)
-    fn = make_answer_fn(n, EngineSpec(name="bitsliced", tile_pages=1024, unroll=False))
+    fn = make_answer_fn(n, EngineSpec(name=BMMA_OP, tile_pages=1024, unroll=False))
     out = np.asarray(fn(db.words, KeyBatch.from_keys(keys).to_device())).view(np.uint8).reshape(len(keys), 4096)
     ok = bool(np.array_equal(out, answer_numpy(pages, keys)))
     recon = all(np.array_equal(out[2 * i] ^ out[2 * i + 1], pages[t]) for i, t in enumerate((0, 1234, 2999)))
@@ -138,25 +136,26 @@ def _scan_check(res: dict[str, Any]) -> None:
 
 def _big(res: dict[str, Any], log2: int, keys: list[int], reps: int) -> None:
     from morphogen_exp.pir.pallas_scan import ScanBlock, masked_xor_pallas  # noqa: PLC0415
-    from morphogen_exp.pir.xla_ops import masked_xor_xla  # noqa: PLC0415
+
+    from ..pir.xla_ops import masked_xor_xla  # noqa: PLC0415
 
     t = 1 << log2
     row: dict[str, Any] = {"pages": t, "db_gib": t * 4096 / 2**30}
-    pages = _random_u32((t, 1024), log2)
+    pages = random_u32((t, 1024), log2)
     jax.block_until_ready(pages)
     copy = jax.jit(lambda x: x ^ jnp.uint32(0x9E3779B9))
-    row["copy"] = _time(lambda: copy(pages), reps)
+    row["copy"] = time_ms(lambda: copy(pages), reps)
     row["copy"]["gbps_rw"] = 2 * t * 4096 / row["copy"]["ms_median"] / 1e6
     read = jax.jit(lambda x: jnp.bitwise_xor.reduce(x, axis=0))
-    row["read_reduce"] = _time(lambda: read(pages), reps)
+    row["read_reduce"] = time_ms(lambda: read(pages), reps)
     row["read_reduce"]["gbps"] = t * 4096 / row["read_reduce"]["ms_median"] / 1e6
     t0 = time.perf_counter()
     db = bitslice_pages(pages, t)
     jax.block_until_ready(db.words)
     row["bitslice_first_s"] = time.perf_counter() - t0
-    row["bitslice"] = _time(lambda: bitslice_pages(pages, t).words, 3, warmup=0)
+    row["bitslice"] = time_ms(lambda: bitslice_pages(pages, t).words, 3, warmup=0)
     for k in keys:
-        masks = _random_u32((k, t, 4), 1000 + k)
+        masks = random_u32((k, t, 4), 1000 + k)
         kr: dict[str, Any] = {}
         bm = jax.jit(masked_xor_bmma)
         xla = jax.jit(masked_xor_xla)
@@ -166,15 +165,15 @@ def _big(res: dict[str, Any], log2: int, keys: list[int], reps: int) -> None:
         kr["bmma_equals_xla"] = bool(np.array_equal(got, ref))
         try:
             kr["pallas_equals_xla"] = bool(np.array_equal(np.asarray(pal(pages, masks)), ref))
-            kr["pallas"] = _time(functools.partial(pal, pages, masks), reps)
+            kr["pallas"] = time_ms(functools.partial(pal, pages, masks), reps)
         except Exception as e:  # noqa: BLE001 - record and go on
             kr["pallas_error"] = f"{type(e).__name__}: {e}"[:300]
-        kr["bmma"] = _time(functools.partial(bm, db.words, jnp.int32(0), masks), reps)
+        kr["bmma"] = time_ms(functools.partial(bm, db.words, jnp.int32(0), masks), reps)
         for st, name in ((1, "bmma_transpose_only"), (2, "bmma_mma_only")):
-            fn = jax.jit(lambda w, m, st=st: masked_xor_bmma(w, jnp.int32(0), m, stages=st))
-            kr[name] = _time(functools.partial(fn, db.words, masks), reps)
+            fn = jax.jit(lambda w, m, st=st: call_masked_xor(w, jnp.int32(0), m, stages=st))
+            kr[name] = time_ms(functools.partial(fn, db.words, masks), reps)
         _time_expand(kr, db.words, k, t, reps)
-        kr["xla"] = _time(functools.partial(xla, pages, masks), max(3, reps // 4))
+        kr["xla"] = time_ms(functools.partial(xla, pages, masks), max(3, reps // 4))
         kr["and_bits"] = k * t * 32768
         kr["bmma_tand_per_s"] = kr["and_bits"] / kr["bmma"]["ms_median"] / 1e9
         kr["bmma_bytes_min"] = t * 4096 + k * t * 16
@@ -187,16 +186,16 @@ def _big(res: dict[str, Any], log2: int, keys: list[int], reps: int) -> None:
 def _time_expand(kr: dict[str, Any], words: jax.Array, k: int, t: int, reps: int) -> None:
     """The tile's step from subtree roots: new (expansion writes the bit vectors) vs old (Pallas masks, then
     the transpose and the MMA scan), checked equal; and the new expansion alone."""
-    from morphogen_exp.pir.pallas_ops import expand_levels_fn  # noqa: PLC0415
+    from ..pir.pallas_ops import expand_levels_fn  # noqa: PLC0415
 
-    args = _random_roots(k, t, 3000 + k)
-    new = jax.jit(lambda w, r, rt, c, tc, f: expand_xor_bmma(w, 0, r, rt, c, tc, f, lo=0, count=t))
-    only = jax.jit(lambda w, r, rt, c, tc, f: expand_xor_bmma(w, 0, r, rt, c, tc, f, lo=0, count=t, stages=1))
-    old = jax.jit(lambda w, r, rt, c, tc, f: masked_xor_bmma(w, 0, expand_levels_fn(r, rt, c, tc, f)))
+    args = random_roots(k, t, 3000 + k)
+    new = jax.jit(lambda w, *r: expand_xor_bmma(w, Subtrees(*r), Window(0, 0, t)))
+    only = jax.jit(lambda w, *r: call_expand_xor(w, Subtrees(*r), Window(0, 0, t), stages=1))
+    old = jax.jit(lambda w, *r: masked_xor_bmma(w, 0, expand_levels_fn(*r)))
     kr["expand_bmma_equals_old_path"] = bool(np.array_equal(np.asarray(new(words, *args)), np.asarray(old(words, *args))))
-    kr["expand_bmma"] = _time(functools.partial(new, words, *args), reps)
-    kr["expand_bmma_expansion_only"] = _time(functools.partial(only, words, *args), reps)
-    kr["old_pallas_expand_then_bmma"] = _time(functools.partial(old, words, *args), reps)
+    kr["expand_bmma"] = time_ms(functools.partial(new, words, *args), reps)
+    kr["expand_bmma_expansion_only"] = time_ms(functools.partial(only, words, *args), reps)
+    kr["old_pallas_expand_then_bmma"] = time_ms(functools.partial(old, words, *args), reps)
 
 
 def main(argv: list[str] | None = None) -> int:
