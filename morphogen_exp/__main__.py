@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import signal
+import subprocess
 import sys
 from typing import Any
 
@@ -137,19 +138,19 @@ def main() -> None:
     user_full_error = "HYDRA_FULL_ERROR" in os.environ
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra's errors come to us: one line, exit 2
     try:
+        _one_line_args(sys.argv[1:])
         rollout.preflight(sys.argv[1:])  # a guard named by +rollout= must exist before Hydra composes
         trial.preflight(sys.argv[1:])  # a trial: the guard's record, and a command line that keeps its strategy
-        sys.argv[1:] = sweepdir.resume_preflight(sys.argv[1:])  # resume=true: which sweep, before Hydra fixes the folder
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-        _one_line_args(sys.argv[1:])
-    try:
-        hydra_entry()
         sweepdir.sweep_preflight(sys.argv[1:])  # sweep syntax the sweeper cannot expand, a sweep of no cells
         if {"-m", "--multirun"} & set(sys.argv[1:]):
             rollout.check_writable()  # the sweep ends by saving its guard: known now, not after every cell ran
         _backend_preflight(sys.argv[1:])
+        sys.argv[1:] = sweepdir.resume_preflight(sys.argv[1:])  # resume=true: which sweep, before Hydra fixes the folder
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        hydra_entry()
     except KeyboardInterrupt:  # signals are ignored from here on (_interrupt)
         _interrupted()
         sys.exit(130)
@@ -164,12 +165,6 @@ def main() -> None:
         raise
 
 
-def _verbose_arg(args: list[str]) -> str:
-    """hydra.verbose=... on the command line ('' when absent or false)."""
-    values = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("hydra.verbose=")]
-    return "" if not values or values[-1].strip().lower() in ("", "false", "null", "[]") else values[-1]
-
-
 def _one_line_args(args: list[str]) -> None:
     """No setting holds a line break or NUL (an .env line, a folder name, an error line would break on it)."""
     for arg in args:
@@ -180,19 +175,27 @@ def _one_line_args(args: list[str]) -> None:
 
 def _backend_preflight(args: list[str]) -> None:
     """JAX_PLATFORMS names a backend this machine lacks (`cuda` without a GPU or its plugin): ConfigError (one line)
-    instead of JAX's bare AssertionError in the first cell. Nothing to check without JAX_PLATFORMS (JAX picks one)."""
+    instead of JAX's bare AssertionError in the first cell. Asked of a child process, so this one starts no backend
+    before a multi-host run's jax.distributed.initialize(). Nothing to check without JAX_PLATFORMS (JAX picks one)."""
     platforms = os.environ.get("JAX_PLATFORMS", "").strip()
     if not platforms or {"--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--version"} & set(args):
         return
-    import jax
-
+    probe = "import jax; jax.devices()"
     try:
-        jax.devices()
-    except Exception as err:  # RuntimeError, or a bare AssertionError when no plugin registers the platform
-        why = (str(err).strip().splitlines() or [""])[0][:200] or "no such backend here"
-        raise ConfigError(f"JAX_PLATFORMS={platforms}: JAX cannot start it on this machine ({type(err).__name__}: {why}); "
-                          "unset JAX_PLATFORMS to run on what is here, or install the backend (pip install -e '.[cuda12]' "
-                          "on a GPU machine)") from None
+        res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired):
+        return  # no answer: the cell says what is wrong
+    if res.returncode != 0:
+        lines = [line.strip() for line in res.stderr.splitlines() if line.strip()]
+        why = lines[-1][:200] if lines else f"exit status {res.returncode}"
+        raise ConfigError(f"JAX_PLATFORMS={platforms}: JAX cannot start it on this machine ({why}); unset JAX_PLATFORMS "
+                          "to run on what is here, or install the backend (pip install -e '.[cuda12]' on a GPU machine)")
+
+
+def _verbose_arg(args: list[str]) -> str:
+    """hydra.verbose=... on the command line ('' when absent or false)."""
+    values = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("hydra.verbose=")]
+    return "" if not values or values[-1].strip().lower() in ("", "false", "null", "[]") else values[-1]
 
 
 def _end_sweep(status: str) -> None:
