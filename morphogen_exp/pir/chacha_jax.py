@@ -9,11 +9,10 @@ The state is a tuple of 16 uint32 arrays (one per ChaCha word, any common shape)
 elementwise and a whole GGM level is one fused kernel on the GPU.
 
 Two forms of the same arithmetic (``unroll``):
-- ``False``: ``lax.fori_loop`` over the 4 double rounds. XLA's CPU backend compiled the fully
-  unrolled 16-word form for *minutes* on a 2-core machine (WORKLOAD.md); the loop form compiles
-  in well under a second, and the GGM expansion calls this once per tree level.
+- ``False``: ``lax.fori_loop`` over the 4 double rounds. XLA's CPU backend compiles the fully
+  unrolled 16-word form for minutes; the loop form compiles in well under a second, and the GGM expansion calls this once per tree level.
 - ``True``: a Python loop, i.e. straight-line code; on the GPU XLA fuses it into one elementwise
-  kernel per level (about 18 G blocks/s on an H100), with no while-loop overhead.
+  kernel per level, with no while-loop overhead.
 Everything stays in uint32: constants and shift amounts are jnp.uint32 so nothing promotes.
 """
 

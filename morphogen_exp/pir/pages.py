@@ -1,10 +1,16 @@
-"""The page geometry every layer shares, the XOR reduction of partial answers, and the DPF domain of N pages."""
+"""The page geometry every layer shares, the DPF domain of N pages, and the XOR reduction of partial answers.
+
+Importing it imports no JAX (the numpy reference uses the geometry too).
+"""
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-from jax import lax
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import jax
 
 __all__ = ["PAGE_BYTES", "PAGE_WORDS", "domain_bits_for", "xor_reduce"]
 
@@ -19,4 +25,6 @@ def domain_bits_for(num_pages: int) -> int:
 
 def xor_reduce(parts: jax.Array, axis: int = 0) -> jax.Array:
     """XOR of ``parts`` along ``axis`` (exact; a psum would add)."""
-    return lax.reduce(parts, jnp.zeros((), parts.dtype), lax.bitwise_xor, (axis,))
+    from jax import lax  # noqa: PLC0415  (this module stays importable without JAX)
+
+    return lax.reduce(parts, np.zeros((), parts.dtype), lax.bitwise_xor, (axis,))

@@ -8,13 +8,13 @@ tests/fixtures/README.md).
 Design: one node per lane.  A program takes ``NB`` nodes of one key, holds each of their four
 seed words as a (NB,) vector, and runs ``levels`` tree levels in registers: per level two
 ChaCha8 blocks per node (16 u32 word vectors each, 4 double rounds: a ``fori_loop`` over double
-rounds by default, which on an H100 ran about as fast as the unrolled form and compiles in
-seconds, or unrolled), then the correction words of that level (scalars of the program's key).
+rounds by default, about as fast as the unrolled form on a GPU and compiled in seconds, or
+unrolled), then the correction words of that level (scalars of the program's key).
 The children are kept as separate groups per path suffix and written either as one
 (n, 4 * 2**levels) row block assembled with broadcasts and selects (``store="select"``, the
 default) or with strided stores (``"split"``), so that no join / reshape reaches Triton
-(``"join"`` / ``"strided"`` interleave in registers with ``stack`` + ``reshape``; they crashed
-the Triton compiler of JAX 0.11.2 on an H100).  The last call of an expansion applies
+(``"join"`` / ``"strided"`` interleave in registers with ``stack`` + ``reshape``, which can crash
+the Triton compiler: docs/performance.md).  The last call of an expansion applies
 ``final_cw`` and writes no t.  ``levels`` > 1 saves intermediate HBM round trips and launches;
 L levels take ceil(L / levels) ``pallas_call``s in one jitted program (the first level of a call
 is an operand, so the calls share kernels).
@@ -66,14 +66,12 @@ class GGMBlock:
             row block with broadcasts and selects, then stored contiguously), "split" (children
             groups stored with strided slices: only loads, stores and elementwise ops), "join"
             (children interleaved in registers with Triton's join + reshape) or "strided" (join
-            interleave, one strided store per word).  "join" and "strided" crashed the Triton
-            compiler (SIGSEGV) with JAX 0.11.2 on an H100: CPU / interpret mode only.
+            interleave, one strided store per word).  "join" and "strided" can crash the Triton
+            compiler (SIGSEGV; docs/performance.md): CPU / interpret mode only.
     """
 
-    # Defaults: measured on an H100 (JAX 0.11.2) on all three bench shapes: 43 G ChaCha8
-    # blocks/s on 96 x 2^19 leaves (XLA: 8.9), the fastest on the small subtree shapes, and a
-    # ~3 s compile.  The top rate, 52 G blocks/s, was GGMBlock(levels=1, unroll=True) (5 s
-    # compile); an unrolled levels=2 kernel compiles for ~20 s, levels=4 for over a minute.
+    # Defaults: the best rate for its compile time over the bench shapes; unrolled or deeper
+    # blocks gain a little rate for much longer compiles (docs/performance.md, "Kernel defaults").
     nodes: int = 256
     levels: int = 2
     num_warps: int = 4

@@ -38,7 +38,7 @@ __all__ = ["ScanBlock", "masked_xor_pallas", "masked_xor_reference"]
 PAGE_VECS = PAGE_WORDS // 4
 _LAYOUTS = ("bcast", "keyloop")
 _COMBINES = ("partials", "atomic")
-_TARGET_PROGRAMS = 4 * 132  # about 4 programs per SM of an H100
+_TARGET_PROGRAMS = 4 * 132  # about 4 programs per SM of a 132-SM card
 
 
 def _is_pow2(x: int) -> bool:
@@ -93,8 +93,7 @@ class ScanBlock:
              partials in HBM; GPU only: interpret mode has no atomic XOR).
     """
 
-    # Defaults: the fastest measured at K = 96 on an H100 (5.5 ms for 2 GiB of pages, 9.3 T
-    # AND-XOR/s, 4.5x XLA; docs/benchmarks/2026-11-27-kernels-h100.md).
+    # Defaults: the fastest block of the search at K = 96 (docs/performance.md, "Kernel defaults").
     keys: int = 8
     vecs: int = 256
     pages: int = 2048
@@ -128,13 +127,11 @@ class ScanBlock:
     def get_default(cls, num_keys: int | None = None, num_pages: int | None = None) -> ScanBlock:
         """Default block for ``num_keys`` keys over a tile of ``num_pages`` pages (None: unknown).
 
-        Measured on an H100 (JAX 0.11.2): K <= 4 is memory-bound; over the 64 GiB database in
-        tiles of 2^22 pages, whole pages per program, unroll 4 and one warp read 2.86 TB/s (24.0 ms,
-        the read rate of an XLA reduction in the same run; the earlier half-page, 2-warp block: 26.8
-        ms; 108 shapes in docs/benchmarks/2026-11-27-h100-scan-blocks.csv).  K = 12 did best
-        with 3 blocks of 4 keys, unroll 8 (1.25 ms, 4.3x XLA); K = 96 with 8 keys x the whole
-        page, per-key accumulators (5.5 ms, 4.5x XLA).  Two warps won everywhere.  Pages per
-        program are then chosen so that about 4 programs per H100 SM (132) run.
+        K <= 4 is memory-bound: whole pages per program, unroll 4 and one warp read at the device's
+        read rate.  Up to 31 keys: blocks of 4 or 8 keys (K = 12: 3 blocks of 4), unroll 8, two
+        warps; more: 8 keys x the whole page, per-key accumulators.  Pages per program are then
+        chosen so that about 4 programs per SM run.  The block searches behind these choices are
+        in docs/performance.md ("Kernel defaults").
         """
         if num_keys is not None and num_keys <= 4:
             base = cls(keys=_pow2_ceil(num_keys), vecs=256, pages=4096, unroll=4, num_warps=1,

@@ -20,9 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .keys import Key
+from .pages import PAGE_BYTES
 from .prg import OUTPUT_BYTES, prg_rows, seed_bytes_to_words, words_to_u8
 
-PAGE_BYTES = 4096
 # Pages per chunk in answer_numpy: 2^14 pages = 64 MiB of page data, bounded temporaries.
 DEFAULT_CHUNK_LOG2 = 14
 

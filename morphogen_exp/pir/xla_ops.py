@@ -58,8 +58,8 @@ def _expand_compact(
     pair, however many levels there are. Slot p of the final (..., R*2^L) array holds, after level
     l, the ancestor at depth d+l+1 of output p: shared ancestors are recomputed (L PRG pairs per
     output instead of about 2). Why: program size, hence compile time, of the doubling form grows
-    with the level count (XLA:CPU, 2 cores: ~0.4 s per level with looped rounds, 12 s for a
-    16-level full eval; XLA:GPU: ~4 s per unrolled level), while this stays constant."""
+    with the level count (seconds per level, more when unrolled; docs/performance.md), while this
+    stays constant."""
     levels = seed_cw.shape[-2]
     if levels == 0:
         return seeds, ts
@@ -75,8 +75,8 @@ def _expand_compact(
         cw = lax.dynamic_index_in_dim(seed_cw, lvl, seed_cw.ndim - 2, keepdims=False)  # (..., 4)
         tcw = lax.dynamic_index_in_dim(t_cw, lvl, t_cw.ndim - 2, keepdims=False)  # (..., 2)
         on = _on(t)
-        # Selects written as masks, not jnp.where: XLA:CPU (jax 0.10.2) miscompiled the
-        # where(iota-derived predicate) form of this function (wrong leaves at domain_bits=1).
+        # Selects written as masks, not jnp.where: XLA:CPU can miscompile the where(iota-derived
+        # predicate) form of this function (wrong leaves at domain_bits=1; docs/performance.md).
         take_right = _on(bit)
         child = left ^ ((left ^ right) & take_right[:, None])
         t_child = tl ^ ((tl ^ tr) & bit)

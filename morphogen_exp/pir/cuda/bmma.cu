@@ -10,7 +10,7 @@
 // GF(2) product (256 r x pages) @ (pages x K), as mma.m16n8k256 .and.popc (A = database rows r, 256 pages
 // per k-step; B = key columns; the s32 count's low bit is the answer bit).
 //
-// XLA FFI handler "MorphogenBmmaExpandXor" (issue 11: the masks never reach HBM): the same scan, but the
+// XLA FFI handler "MorphogenBmmaExpandXor" (the masks never reach HBM): the same scan, but the
 // per-bit page vectors are written by `expand_to_bitvectors` straight from subtree roots (the tile's last
 // GGM levels expanded per warp, dpf.cuh), instead of from stored masks. Inputs words, row () s32 (the DB
 // page of leaf `lo`), roots (K, S, 4) u32, root_t (K, S) u32, scw (K, L <= 8, 4), tcw (K, L, 2), fcw (K, 4)

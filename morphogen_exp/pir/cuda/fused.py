@@ -10,6 +10,7 @@ answer per block group; their XOR is the step's answer.
 from __future__ import annotations
 
 import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
