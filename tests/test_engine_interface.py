@@ -4,6 +4,9 @@ placement check and memory estimate come from the object, never from its name.""
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -51,3 +54,16 @@ def test_the_engines_placements_and_memory_model_decide(tiny, make_cfg, sess) ->
     out = app.run(make_cfg("engine.name=tiny", "q=1", "bench.memory_cap_gib=0.5"), sess)
     assert out.status == "does_not_fit"  # a tiny database, but the engine's own 1 GiB of scratch does not fit 0.5 GiB
     assert tiny.device_bytes(300, 3, lambda k: 128) == 300 * 4096 + tiny_engine.working_set_bytes(3, lambda k: 128)
+
+
+def test_no_function_in_pir_takes_more_than_six_positional_parameters() -> None:
+    """Long positional signatures are where a swapped argument is a silent wrong answer: pytrees instead."""
+    root = Path(pir.__file__).parent
+    long = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                positional = len(node.args.posonlyargs) + len(node.args.args)
+                if positional > 6:
+                    long.append(f"{path.relative_to(root)}:{node.lineno} {getattr(node, 'name', 'lambda')} ({positional})")
+    assert len(list(root.rglob("*.py"))) > 20 and not long, long
