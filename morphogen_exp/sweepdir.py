@@ -19,12 +19,15 @@
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import json
 import os
 import re
+import shutil
 import socket
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +108,19 @@ class Claim:
             os.close(self.fd)
             self.fd = None
 
+    def cancel_jobs(self) -> None:
+        """At exit while still held (the sweep was interrupted or failed): cancel the SLURM jobs submitit
+        submitted from this folder (`.submitit/<array id>`), so none outlives its launcher; each running
+        cell then ends KILLED (app.JobCancelled)."""
+        if self.fd is None or shutil.which("scancel") is None:
+            return
+        ids = [d.name for d in (self.path / ".submitit").glob("*") if d.name.isdigit()]
+        if ids:
+            try:
+                subprocess.run(["scancel", *ids], capture_output=True, timeout=60, check=False)
+            except (OSError, subprocess.SubprocessError):  # exiting anyway: the jobs end at their time limit
+                pass
+
 
 def holder(path: Path) -> str:
     """Who holds a sweep folder's lock, as its lock file says ("pid N on host")."""
@@ -149,6 +165,7 @@ def claim(path: Path, *, resume: bool, store_parent: str | None) -> Claim:
     except BaseException:
         held.release()
         raise
+    atexit.register(held.cancel_jobs)
     return held
 
 

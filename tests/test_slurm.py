@@ -7,6 +7,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -177,3 +178,37 @@ def test_a_cancelled_job_is_recorded_killed_and_resume_runs_only_it(slurm, cli, 
     jobs = _jobs(sweep)
     assert len(jobs) == 4 and {j for j, s in _states(jobs).items() if s == "COMPLETED"} == set(jobs) - {job}
     assert _wait_gone(sweep, jobs) == []
+
+
+def test_ctrl_c_of_the_launcher_cancels_its_jobs(slurm, cli, workdir):
+    stall = workdir / "stall"
+    stall.touch()
+    env = {**STABLE, "MORPHOGEN_TEST_STALL": str(stall)}
+    proc = cli("-m", *LAUNCHER, "strategy=stall", "q=1,2", extra_env=env, background=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if any(r.info.status == "RUNNING" for r in mlflow_runs(workdir) if r.data.tags.get("strategy") == "stall"):
+                break
+            time.sleep(1)
+        time.sleep(2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    sweep = _sweep(workdir)
+    arrays = [d.name for d in (sweep / ".submitit").iterdir() if d.name.isdigit()]
+    try:
+        assert len(arrays) == 1 and _wait_gone(sweep, arrays) == []  # no job outlives its launcher
+    finally:
+        _cancel(workdir)  # a failing test leaves nothing either
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "interrupted" in err
+    states = [line.split()[0] for line in _sh("sacct", "-X", "-n", "-P", "-o", "State", f"-j{arrays[0]}").splitlines()]
+    assert states and set(states) == {"CANCELLED"}, states
+    deadline = time.time() + 60  # each running cell records its own end when its job is cancelled
+    while (cells := [r for r in mlflow_runs(workdir) if r.data.tags.get("morphogen.role") == "cell"]) and \
+            any(r.info.status == "RUNNING" for r in cells) and time.time() < deadline:
+        time.sleep(1)
+    assert cells and {r.info.status for r in cells} == {"KILLED"}
+    assert {r.info.status for r in mlflow_runs(workdir) if r.data.tags.get("morphogen.role") == "sweep"} == {"KILLED"}
