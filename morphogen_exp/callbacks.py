@@ -11,8 +11,13 @@ exit status is decided; the last line says the decision and where the report is.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
+import os
+import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +29,7 @@ from omegaconf import DictConfig
 from . import app, session, sweepdir
 from .config import ConfigError, MlflowConfig, flatten, one_line
 from .sweepdir import job_overrides
-from .tracking import PARENT_TAG, ROLE_TAG, Tracker, code_version, shielded
+from .tracking import PARENT_TAG, ROLE_TAG, StoreLost, Tracker, code_version, process_gone, shielded
 
 log = logging.getLogger(__name__)
 PARENT_FILE = sweepdir.PARENT_FILE
@@ -60,6 +65,28 @@ def validate_cells(config: DictConfig) -> tuple[int, Any]:
     return len(jobs), first
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when the thread that started it exits
+
+
+def die_with_launcher(launcher_pid: int, launcher_host: str) -> None:
+    """In a worker process of the launcher `launcher_pid` (a joblib worker, its direct child): ask the kernel to
+    SIGKILL this process when the launcher dies, so a killed launcher leaves no worker measuring queued cells.
+    The launcher itself, a worker on another host (SLURM) and non-Linux systems: nothing. A worker whose
+    launcher died before this point exits at once."""
+    if os.getpid() == launcher_pid or socket.gethostname() != launcher_host or not sys.platform.startswith("linux"):
+        return
+    if os.getppid() != launcher_pid:  # not its child (a scheduler's job), or the launcher is already gone
+        if process_gone(launcher_pid):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("worker %d will not die with its launcher: prctl failed (errno %d)", os.getpid(), ctypes.get_errno())
+        return
+    if os.getppid() != launcher_pid:  # the launcher died between the check and prctl
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _fatal(hook: str) -> None:
     """Hydra turns a callback's exception into a warning and goes on: a broken sweep start must stop."""
     log.exception("%s failed", hook)
@@ -70,6 +97,12 @@ class SweepCallback(Callback):
     def __init__(self) -> None:
         self._claim: sweepdir.Claim | None = None  # the sweep folder, held from the start to the end
         self._finals = True                           # bench.finals of the sweep's cells
+        # The process that launches the cells (this object is pickled to a process launcher's workers).
+        self._launcher = (os.getpid(), socket.gethostname())
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Each cell, in the process that runs it: a launcher's worker dies with the launcher."""
+        die_with_launcher(*self._launcher)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -80,8 +113,27 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             self._end()
+        except StoreLost as err:
+            self._store_lost(err)
         except Exception:
             _fatal("sweep end")
+
+    def _store_lost(self, err: StoreLost) -> None:
+        """The store went away (a server past its wait, a full disk): the sweep run ends FAILED where the store still
+        takes it, and the sweep stops with one line (exit 2); resume=true finishes it."""
+        sess = session.current()
+        live = getattr(sess, "_progress", None)
+        if live is not None:
+            live.close()
+        if sess.sweep is not None:
+            tracker, ref = sess.sweep
+            parent = sweep_ref(ref.sweep_dir).parent_id
+            if parent:
+                with shielded(), contextlib.suppress(Exception):
+                    tracker.end(parent, "FAILED")
+            sess.sweep = None
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
     def _start(self, config: DictConfig) -> None:
         n_cells, first = validate_cells(config)
@@ -106,12 +158,16 @@ class SweepCallback(Callback):
         if closed:
             log.warning("closed %d stale RUNNING run(s) of %s as KILLED (their process is gone)", len(closed), sweep_dir)
         overrides = list(config.hydra.overrides.task)
-        parent = tracker.start_run(
-            f"sweep {sweep_dir.name}",
-            {ROLE_TAG: "sweep", PARENT_TAG: str(sweep_dir), "overrides": " ".join(overrides),
-             "cells_expected": n_cells, sweepdir.DIGEST_TAG: sweepdir.cells_digest(jobs),
-             "code_version": code_version(), **app.device_tags()},
-        )
+        try:
+            parent = tracker.start_run(
+                f"sweep {sweep_dir.name}",
+                {ROLE_TAG: "sweep", PARENT_TAG: str(sweep_dir), "overrides": " ".join(overrides),
+                 "cells_expected": n_cells, sweepdir.DIGEST_TAG: sweepdir.cells_digest(jobs),
+                 "code_version": code_version(), **app.device_tags()},
+            )
+        except ConfigError as err:  # the server refused the first write (no permission on the experiment)
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
         try:
             self._finals = bool(first.bench.finals)
             decision = dict(first.decision)
@@ -145,6 +201,8 @@ class SweepCallback(Callback):
             log.info("report: %s", files.markdown)
             print(f"review: {review_hint(tracker.cfg.tracking_uri, tracker.experiment_id)}")
             print(f"decision: {files.decision.headline()} — report: {files.markdown}")
+        except StoreLost:
+            raise
         except Exception as err:  # the cells are recorded; a report bug must not hide them
             problems.append(f"report: {type(err).__name__}: {err}")
             code = max(code, 1)
@@ -184,7 +242,7 @@ def review_hint(tracking_uri: str, experiment_id: str) -> str:
 def outcome_problems(tracker: Tracker, parent: str) -> tuple[list[str], int]:
     """Each cell that failed, did not fit, was killed or never recorded, read from MLflow; and the
     exit status they imply (2 if a cell's setting was rejected when it ran, else 1)."""
-    run = tracker.client.get_run(parent)
+    run = tracker.get_run(parent)
     cells = [r for r in tracker.children(parent) if r.data.tags.get(ROLE_TAG, "cell") == "cell"]  # not the finals
     problems, code = [], 0
     for r in sorted(cells, key=lambda r: r.info.start_time):

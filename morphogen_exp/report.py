@@ -18,11 +18,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import json
 import os
-import re
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,29 +27,16 @@ from typing import Any
 
 import pandas as pd
 
-from . import rollout
+from . import rollout, tracking
 from .config import ConfigError
-from .decision import (
-    Decision,
-    DecisionRules,
-    Final,
-    best_per_q,
-    config_id,
-    config_labels,
-    decide,
-    estimate,
-    mapping_from_params,
-    with_assignments,
-)
+from .decision import Decision, DecisionRules, best_per_q, decide, estimate, with_assignments
+from .tracking import DERIVED, FINAL_ROLE, PATH_METRICS, cells_frame, load_rules, open_store  # noqa: F401 (finals.py, trial.py read them here)
 
 ORIGINAL_COLUMNS = [
     "strategy", "policy", "adaptive_threshold", "gpu_streams", "gpu_cuda_graph", "gpu_batch_tile_size", "q",
     "single_ms_per_batch", "batch_ms_per_batch", "batch_vs_single_speedup", "single_qps", "batch_qps",
     "checksum_single", "checksum_batch", "checksum_match",
 ]
-DERIVED = ["single_ms_per_batch", "batch_ms_per_batch", "batch_vs_single_speedup", "single_qps", "batch_qps"]
-PATH_METRICS = [f"{p}_{m}" for p in ("single", "batch")
-                for m in ("ms_p50", "ms_p50_lo", "ms_p50_hi", "samples", "noise", "capped")]
 OUR_COLUMNS = [
     "config", "config_id", "cell_key", "our_strategy", "engine", "dataset", "dataset_fingerprint", "device_kind",
     "device_uuid", "status", "parity_ok", "parity_numpy_eq", "parity_numpy_checked", "parity_xor_eq",
@@ -60,13 +44,9 @@ OUR_COLUMNS = [
     "single_ms_p90", "batch_ms_p90", "batch_ms_min", "batch_ms_max",
     "compile_s", "batch_effective_gbps", "memory_estimate_gib", "scan_keys", "engine_path", "error_message", "run_id",
 ]
-_OTHER_METRICS = ["parity_numpy_checked", "parity_xor_checked", "single_ms_p90", "batch_ms_p90", "batch_ms_min", "batch_ms_max",
-                  "compile_s", "batch_effective_gbps", "memory_estimate_gib", "scan_keys"]
-ROLE_TAG, PARENT_TAG = "morphogen.role", "morphogen.sweep_dir"
 LOOP = "single-query loop"  # the fallback when no configuration is the fallback: the report and decision.fallback say the same
 DRY_RUN = "CPU dry run: every cell ran on the CPU backend; this tests the pipeline and its decision means nothing for a GPU"
-FINAL_ROLE = "final"  # a head-to-head final run under a sweep (finals.py): read here, never counted as a cell
-_RUN_ID = re.compile(r"[0-9a-f]{32}")
+
 
 
 @dataclass
@@ -77,130 +57,6 @@ class ReportFiles:
     rollout: Path | None  # None: no guard (the cells ran on several kinds of device)
     env: Path | None
     decision: Decision
-
-
-# --------------------------------------------------------------------------- data from MLflow
-
-def _int_or(v: Any, default: int) -> int:
-    try:
-        return int(float(v))
-    except (TypeError, ValueError):
-        return default
-
-
-def _flag(m: Mapping[str, float], key: str) -> int | None:
-    return None if key not in m else int(m[key])
-
-
-NOT_APPLICABLE = "-"  # an original's knob column for a strategy without that knob (matrix.csv; not a metric)
-
-
-def _knob(params: Mapping[str, Any], key: str) -> int | str:
-    """A strategy knob for the original's columns: its value, or "-" where the strategy has no such knob."""
-    return _int_or(params[key], 0) if key in params else NOT_APPLICABLE
-
-
-def cell_row(run: Any) -> dict[str, Any]:
-    """One cell run as a row: the original's columns, then ours (intervals, noise, configuration)."""
-    t, m, p = run.data.tags, run.data.metrics, run.data.params
-    status = t.get("cell_status") or {"FINISHED": "ok", "RUNNING": "running"}.get(run.info.status, run.info.status.lower())
-    if run.info.status == "KILLED":
-        status = "killed"
-    env = {k.split(".")[-1]: v for k, v in p.items() if k.startswith("strategy.guard_env.")}
-    q = _int_or(t.get("q", p.get("q", m.get("q"))), 0)
-    # Old runs lack the tag; one that failed before logging params is identified by its tags.
-    cid = t.get("config_id") or config_id(p or {f"{k}.name": t.get(k) for k in ("strategy", "engine", "dataset")})
-    row: dict[str, Any] = {
-        "strategy": t.get("original_strategy", p.get("strategy.original", t.get("strategy"))),
-        "policy": env.get("MORPHOGEN_GPU_BATCH_POLICY", "latency"),
-        "adaptive_threshold": _knob(p, "strategy.threshold"),
-        "gpu_streams": _int_or(env.get("MORPHOGEN_GPU_STREAMS"), 1),
-        "gpu_cuda_graph": int(str(env.get("MORPHOGEN_GPU_CUDA_GRAPH", "False")).lower() == "true"),
-        "gpu_batch_tile_size": _knob(p, "strategy.tile"),
-        "q": q,
-        "checksum_single": t.get("checksum_single"),
-        "checksum_batch": t.get("checksum_batch"),
-        "checksum_match": _flag(m, "checksum_match"),
-        "config_id": cid,
-        "cell_key": t.get("cell_key") or f"{cid}-q{q}",
-        "our_strategy": t.get("strategy", p.get("strategy.name")),
-        "engine": t.get("engine", p.get("engine.name")),
-        "dataset": t.get("dataset", p.get("dataset.name")),
-        "dataset_fingerprint": t.get("dataset.fingerprint"),
-        "device_kind": t.get("device_kind"),
-        "device_uuid": t.get("device.device_uuid"),
-        "engine_path": t.get("engine_path.batch"),  # what the batch path's scan step ran (engines of several paths)
-        "status": status,
-        "parity_ok": _flag(m, "parity_ok"),
-        "parity_numpy_eq": _flag(m, "parity_numpy_eq"),
-        "parity_xor_eq": _flag(m, "parity_xor_eq"),
-        "max_noise": rollout.typed(p["bench.max_noise"]) if "bench.max_noise" in p else None,
-        "confidence": m.get("confidence", rollout.typed(p["bench.confidence"]) if "bench.confidence" in p else None),
-        "speedup_pairs": m.get("speedup_pairs"),
-        "error_message": t.get("error_message", ""),
-        "run_id": run.info.run_id,
-        "_start": run.info.start_time or 0,
-        "_params": p,
-        "_info": {k[len("strategy_info."):]: v for k, v in t.items() if k.startswith("strategy_info.")},
-        "_tags": t,
-    }
-    for col in [*DERIVED, *(f"{d}_{b}" for d in DERIVED for b in ("lo", "hi")), *PATH_METRICS, *_OTHER_METRICS]:
-        row[col] = m.get(col)
-    return row
-
-
-def cells_frame(runs: Sequence[Any]) -> pd.DataFrame:
-    """One row per cell (the newest run of each cell_key), labelled by configuration."""
-    cells = [r for r in runs if r.data.tags.get(ROLE_TAG, "cell") == "cell"]  # never a final or a trial
-    rows = sorted((cell_row(r) for r in cells), key=lambda r: -r["_start"])
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
-    df = df.drop_duplicates("cell_key", keep="first")  # a re-run or resumed cell: the newest counts
-    configs = {r["config_id"]: (str(r["our_strategy"]), r["_params"]) for r in df.to_dict("records")}
-    labels = config_labels(configs)
-    df["config"] = df["config_id"].map(labels)
-    return df.sort_values(["config", "q"]).reset_index(drop=True)
-
-
-def load_rules(client: Any, parent: Any, overrides: Sequence[str] = ()) -> DecisionRules:
-    """The sweep's rules (decision.json, else `decision.*` params) with --rule overrides, validated."""
-    run_id = parent.info.run_id
-    raw: Any
-    if any(a.path == "decision.json" for a in client.list_artifacts(run_id)):
-        with tempfile.TemporaryDirectory() as tmp:
-            raw = json.loads(Path(client.download_artifacts(run_id, "decision.json", tmp)).read_text())
-        if not isinstance(raw, dict):
-            raise ConfigError(f"sweep run {run_id}: decision.json is not a mapping")
-    else:
-        raw = mapping_from_params(parent.data.params)
-    raw = with_assignments(raw, overrides)
-    try:
-        return DecisionRules.from_mapping(raw)
-    except ConfigError as err:
-        raise ConfigError(f"sweep run {run_id}: {err} (override it: --rule NAME=VALUE)") from None
-
-
-def read_finals(client: Any, runs: Sequence[Any], df: pd.DataFrame) -> tuple[list[Final], list[dict[str, Any]]]:
-    """The sweep's finished final runs (finals.py) among `runs`: as decision Finals (labels from df) and as
-    their raw records (finals.json), newest per q."""
-    labels = dict(zip(df["config_id"], df["config"], strict=False)) if not df.empty else {}
-    newest: dict[int, Any] = {}
-    for r in sorted(runs, key=lambda r: r.info.start_time or 0):
-        if r.data.tags.get(ROLE_TAG) == FINAL_ROLE and r.info.status == "FINISHED":
-            newest[_int_or(r.data.tags.get("q"), 0)] = r
-    finals: list[Final] = []
-    records: list[dict[str, Any]] = []
-    for q, r in sorted(newest.items()):
-        with tempfile.TemporaryDirectory() as tmp:
-            rec = json.loads(Path(client.download_artifacts(r.info.run_id, "finals.json", tmp)).read_text())
-        records.append(rec)
-        inc = labels.get(rec["incumbent"], rec["incumbent"])
-        finals += [Final(q, inc, labels.get(c["config_id"], c["config_id"]), c["ratio"], c["lo"], c["hi"], rec["rounds"])
-                   for c in rec["challengers"]]
-        if not rec["challengers"]:
-            finals.append(Final(q, inc, inc, 1.0, 1.0, 1.0, rec["rounds"]))  # re-measured alone: confirms nothing new
-    return [f for f in finals if f.challenger != f.incumbent], records
 
 
 def _finals_section(records: list[dict[str, Any]], df: pd.DataFrame, decision: Decision) -> str:
@@ -441,6 +297,9 @@ def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: Map
                  "values and a tie is a fixed fraction.")
     engines = f"engine{'s' if df['engine'].nunique() > 1 else ''}: {_distinct(df, 'engine') or '?'}"
     dry = f"- **{decision.dry_run[0].upper() + decision.dry_run[1:]}**\n" if decision.dry_run else ""
+    dead = df[df["status"] == "killed"]
+    died = (f"- **Cells that died** (killed, or their process is gone; `resume=true` runs them again): "
+            f"{', '.join(f'{n} (run {i})' for n, i in zip(dead['_name'], dead['run_id'], strict=True))}\n" if len(dead) else "")
     return f"""# Batching decision report
 
 ## Summary
@@ -449,7 +308,7 @@ def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: Map
 {dry}- Device: {devices} ({meta.get('backend', '?')}), JAX {meta.get('jax_version', '?')}; code {meta.get('code_version', '?')}
 - Settings: warmup={meta.get('warmup', '?')}, iterations={meta.get('iterations', '?')}, seed={meta.get('seed', '?')}; latencies are medians
 - Cells: {len(df)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}); configurations: {df['config'].nunique()}
-- Generated {meta.get('date', '')}
+{died}- Generated {meta.get('date', '')}
 
 **Decision: {decision.headline()}**
 
@@ -545,7 +404,7 @@ def guard_meta(df: pd.DataFrame, decision: Decision, name: str, text: str, paren
     row = df[df["config"] == sel].iloc[0] if sel else df.iloc[0]
     ok = df[(df["status"] == "ok") & (df["config"] == sel)]
     return rollout.GuardMeta(
-        guard=name, guard_sha256=rollout.sha256(text), sweep_dir=str(parent.data.tags.get(PARENT_TAG, "")),
+        guard=name, guard_sha256=rollout.sha256(text), sweep_dir=str(parent.data.tags.get(tracking.PARENT_TAG, "")),
         parent_run_id=str(parent.info.run_id), tracking_uri=tracking_uri, experiment=experiment,
         code_version=str(parent.data.tags.get("code_version", "unknown")), device_kind=str(row["device_kind"]),
         dataset=str(row["dataset"]), dataset_fingerprint=str(row["dataset_fingerprint"]), engine=str(row["engine"]),
@@ -560,30 +419,41 @@ def _env(params: Mapping[str, Any]) -> str:
 
 def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, rules_override: Sequence[str] = (),
           rollout_dir: Path | None = None) -> ReportFiles:
-    """Build the report of one sweep from MLflow (`store` has .client and .experiment_id): files in out_dir.
+    """The report of one sweep as recorded in MLflow (`store` has .client and .experiment_id): files in out_dir.
     Only `publish` (what a sweep does at its end) writes the record: the files logged to the parent run, the
     decision as its description and `decision.*` tags, the guard saved in the rollout store (or in
     `rollout_dir`/rollout if given). Without it nothing in MLflow or the guard store changes (a what-if)."""
-    client = store.client
-    parent = client.get_run(parent_id)
-    runs = client.search_runs([store.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=50000)
-    if not runs:
-        raise ConfigError(f"sweep run {parent_id} has no cell runs: nothing to report")
-    rules = load_rules(client, parent, rules_override)
-    df = cells_frame(runs)
-    finals, final_records = read_finals(client, runs, df)
-    decision = decide(df, rules, finals)
+    record = tracking.read_sweep(store, parent_id, rules_override)
+    files, matrix, guard = write(record, out_dir, save_guard=publish or rollout_dir is not None, rollout_dir=rollout_dir)
+    if publish:
+        decision = files.decision
+        tags = {"mlflow.note.content": decision.summary(), "decision.selected": decision.selected or "none",
+                "decision.fallback": decision.fallback or LOOP, "decision.guard": guard}
+        guards = [p for p in (files.rollout, files.env) if p is not None]
+        meta = [files.rollout.with_name(rollout.LATEST + rollout.META_SUFFIX)] if files.rollout is not None else []
+        tracking.publish(store, parent_id, [files.markdown, files.csv, *guards, *meta, *files.plots], tags,
+                         shipped_metrics(record.frame, decision), matrix)
+    return files
+
+
+def write(record: tracking.SweepRecord, out_dir: Path, *, save_guard: bool = False,
+          rollout_dir: Path | None = None) -> tuple[ReportFiles, pd.DataFrame, str]:
+    """Decide and render a sweep into out_dir (report.md, matrix.csv, plots, rollout/ guard); with `save_guard`
+    the guard also goes to the guard store (or `rollout_dir`/rollout). Returns the files, the matrix and the
+    guard's name ("none" when the cells ran on several kinds of device)."""
+    df, parent, parent_id = record.frame, record.parent, str(record.parent.info.run_id)
+    decision = decide(df, record.rules, record.finals)
     if cpu_only(df):
         decision.dry_run = DRY_RUN
     out_dir.mkdir(parents=True, exist_ok=True)
     p0, first_tags = df["_params"].iloc[0], df["_tags"].iloc[0]
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    sweep_dir = parent.data.tags.get(PARENT_TAG, str(out_dir))
+    sweep_dir = parent.data.tags.get(tracking.PARENT_TAG, str(out_dir))
     header = f"Rollout guard from sweep {sweep_dir} (run {parent_id}), {first_tags.get('device_kind')}, {date}"
     name, guard_yaml, guard_env = guard_texts(df, decision, header)
     meta = {
-        "finals": final_records,
-        "sweep_dir": sweep_dir, "parent_run": parent_id, "tracking_uri": client.tracking_uri,
+        "finals": record.final_records,
+        "sweep_dir": sweep_dir, "parent_run": parent_id, "tracking_uri": record.tracking_uri,
         "backend": first_tags.get("backend"), "jax_version": first_tags.get("jax_version"),
         "code_version": parent.data.tags.get("code_version"), "warmup": p0.get("bench.warmup"),
         "iterations": p0.get("bench.iterations"), "seed": p0.get("seed"), "date": date, "guard_name": name,
@@ -596,28 +466,20 @@ def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, r
     plots = _plots(df, out_dir, plot_subtitle(df, meta), decision.selected)
     guard_path, env_path = out_dir / "rollout" / "selected.yaml", out_dir / "rollout" / "selected.env"
     meta_path = guard_path.with_name(rollout.LATEST + rollout.META_SUFFIX)
-    guards: tuple[Path, ...] = ()
-    if decision.devices_mixed:  # no guard at all: a "serve one at a time" guard would overwrite a good one
+    guarded = not decision.devices_mixed
+    if not guarded:  # no guard at all: a "serve one at a time" guard would overwrite a good one
         for path in (guard_path, env_path, meta_path):
             path.unlink(missing_ok=True)
         name = "none"
     else:
-        record = guard_meta(df, decision, name, guard_yaml, parent, client.tracking_uri,
-                            client.get_experiment(store.experiment_id).name)
-        rollout.save(guard_path.parent, rollout.LATEST, guard_yaml, record)
+        meta_record = guard_meta(df, decision, name, guard_yaml, parent, record.tracking_uri, record.experiment)
+        rollout.save(guard_path.parent, rollout.LATEST, guard_yaml, meta_record)
         rollout.atomic_write(env_path, guard_env)
-        guards = (guard_path, env_path, meta_path)
-        if publish or rollout_dir is not None:
-            rollout.publish(name, guard_yaml, None if rollout_dir is None else rollout_dir / rollout.GROUP, record)
-    rollout.atomic_write(md, render(df, decision, rules, meta))
-    if publish:
-        for path in (md, csv, *guards, *plots):
-            client.log_artifact(parent_id, str(path), "report")
-        for key, value in {"mlflow.note.content": decision.summary(), "decision.selected": decision.selected or "none",
-                           "decision.fallback": decision.fallback or LOOP, "decision.guard": name}.items():
-            client.set_tag(parent_id, key, value)
-        publish_to_ui(client, parent_id, df, matrix, decision)
-    return ReportFiles(md, csv, plots, guard_path if guards else None, env_path if guards else None, decision)
+        if save_guard:
+            rollout.publish(name, guard_yaml, None if rollout_dir is None else rollout_dir / rollout.GROUP, meta_record)
+    rollout.atomic_write(md, render(df, decision, record.rules, meta))
+    files = ReportFiles(md, csv, plots, guard_path if guarded else None, env_path if guarded else None, decision)
+    return files, matrix, name
 
 
 def cpu_only(df: pd.DataFrame) -> bool:
@@ -642,89 +504,7 @@ def shipped_metrics(df: pd.DataFrame, decision: Decision) -> dict[str, float]:
     return out
 
 
-def publish_to_ui(client: Any, parent_id: str, df: pd.DataFrame, matrix: pd.DataFrame, decision: Decision) -> None:
-    """What the MLflow UI shows of a published report on the sweep run itself: the shipped configuration's metrics
-    and the matrix as a table artifact (`matrix.json`, the UI's artifact view and Evaluation tab). A republish
-    replaces the table (log_table alone would append to it)."""
-    from mlflow.entities import Metric
-
-    now = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
-    metrics = [Metric(k, v, now, 0) for k, v in shipped_metrics(df, decision).items()]
-    for i in range(0, len(metrics), 1000):
-        client.log_batch(parent_id, metrics=metrics[i:i + 1000])
-    table = matrix.astype(object).where(matrix.notna(), None)
-    if any(a.path == "matrix.json" for a in client.list_artifacts(parent_id)):
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "matrix.json"
-            table.to_json(path, orient="split", index=False, date_format="iso")
-            client.log_artifact(parent_id, str(path))
-    else:
-        client.log_table(parent_id, data=table, artifact_file="matrix.json")
-
-
 # --------------------------------------------------------------------------- command line
-
-@dataclass
-class Store:
-    client: Any
-    experiment_id: str
-
-
-def open_store(uri: str, experiment: str) -> Store:
-    """An existing store and experiment, or a ConfigError: a report never creates either."""
-    from mlflow.tracking import MlflowClient
-
-    local = _local_path(uri)
-    if local is not None and not local.exists():
-        raise ConfigError(f"--tracking-uri {uri!r}: {local} does not exist (a report never creates a store); "
-                          "pass the sweep's mlflow.tracking_uri")
-    if local is not None and uri.startswith("sqlite:") and not local.is_file():
-        raise ConfigError(f"--tracking-uri {uri!r}: {local} is not an SQLite file")
-    try:
-        client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(experiment)
-    except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise ConfigError(f"--tracking-uri {uri!r} cannot be read: {first}") from None
-    if exp is None:
-        raise ConfigError(f"no experiment {experiment!r} at {uri} (pass --experiment)")
-    return Store(client, exp.experiment_id)
-
-
-def _local_path(uri: str) -> Path | None:
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):])
-    if uri.startswith("file://"):
-        return Path(uri[len("file://"):])
-    if "://" not in uri and not uri.startswith(("databricks", "postgresql", "mysql", "mssql")):
-        return Path(uri)
-    return None
-
-
-def find_parent(store: Store, sweep_dir: str | None, run_id: str | None) -> str:
-    """The sweep run: by id, by its folder (matched exactly, any characters), else the latest."""
-    client = store.client
-    if run_id:
-        if not _RUN_ID.fullmatch(run_id):
-            raise ConfigError(f"--parent-run {run_id!r} is not an MLflow run id (32 hex digits)")
-        try:
-            run = client.get_run(run_id)
-        except Exception:
-            raise ConfigError(f"no run {run_id} in this store") from None
-        if run.info.experiment_id != store.experiment_id or run.data.tags.get(ROLE_TAG) != "sweep":
-            raise ConfigError(f"run {run_id} is not a sweep run of this experiment")
-        return run_id
-    sweeps = client.search_runs([store.experiment_id], f"tags.`{ROLE_TAG}` = 'sweep'",
-                                order_by=["attributes.start_time DESC"], max_results=5000)
-    if sweep_dir is not None:  # compared here, not in a filter string: a folder name may hold quotes
-        want = {sweep_dir, str(Path(sweep_dir).resolve())}
-        sweeps = [r for r in sweeps if r.data.tags.get(PARENT_TAG) in want]
-        if not sweeps:
-            raise ConfigError(f"no sweep run for {sweep_dir!r} in this store")
-    if not sweeps:
-        raise ConfigError("no sweep in this store yet")
-    return str(sweeps[0].info.run_id)
-
 
 def _writable_dir(path: Path) -> Path:
     try:
@@ -766,9 +546,9 @@ def main(argv: list[str] | None = None) -> int:
             named_uri, named_exp = read_store(Path(args.sweep_dir))
             uri, experiment = uri or named_uri, experiment or named_exp
         store = open_store(uri or f"sqlite:///{Path('outputs').resolve()}/mlflow.db", experiment or "morphogen_exp")
-        parent = find_parent(store, args.sweep_dir, args.parent_run)
+        parent = tracking.find_sweep(store, args.sweep_dir, args.parent_run)
         run = store.client.get_run(parent)
-        folder = Path(run.data.tags.get(PARENT_TAG, "."))
+        folder = Path(run.data.tags.get(tracking.PARENT_TAG, "."))
         if args.publish:
             out = _writable_dir(args.out or folder)
         elif args.out is not None:
@@ -783,6 +563,10 @@ def main(argv: list[str] | None = None) -> int:
             out = _writable_dir(Path(new_dir(str(folder / f"whatif-{stamp}"))))  # created exclusively
         else:
             raise ConfigError(f"the sweep folder {folder} is not on this machine: pass --out for a what-if")
+        if args.publish:  # the record is rebuilt: runs whose process is gone end KILLED first (a what-if only names them)
+            closed = tracking.close_stale(store, str(folder))
+            if closed:
+                print(f"closed {len(closed)} RUNNING run(s) of {folder} as KILLED (their process is gone)", file=sys.stderr)
         try:
             files = build(store, parent, out, publish=args.publish, rules_override=args.rule)
         except BaseException:

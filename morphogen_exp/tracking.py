@@ -12,22 +12,30 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import itertools
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sqlite3
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pandas as pd
+
+from . import rollout
 from .config import ConfigError, MlflowConfig
+from .decision import DecisionRules, Final, config_id, config_labels, mapping_from_params, with_assignments
 
 # Fail fast on an unreachable server instead of MLflow's minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -37,27 +45,106 @@ import mlflow  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+# MLflow logs each SQLite error with its traceback before raising it; `_retry` handles them all (lock contention
+# retried, a full disk one line), so its log would only print tracebacks above that line.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 PARENT_TAG = "morphogen.sweep_dir"
 ROLE_TAG = "morphogen.role"  # "sweep" | "cell"
 PID_TAG, HOST_TAG = "morphogen.pid", "morphogen.host"  # the process that opened a run
+FINAL_ROLE = "final"  # a head-to-head final run under a sweep (finals.py): read with its sweep, never counted as a cell
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
-def _retry(fn: Callable[[], T], attempts: int = 12) -> T:
-    """Run a store operation, retrying SQLite lock contention with backoff."""
-    for i in range(attempts):
+WAIT_ENV = "MORPHOGEN_MLFLOW_WAIT_S"  # how long a lost tracking server is waited for, in seconds
+DEFAULT_WAIT_S = 300.0
+# A server that is down, restarting or behind a failing proxy (MLflow's own HTTP retries are off: see above).
+_UNREACHABLE = ("connection refused", "max retries exceeded", "failed to establish a new connection", "connection aborted",
+                "remotedisconnected", "read timed out", "connection reset", "error code 502", "error code 503",
+                "error code 504")
+_DISK_FULL = ("database or disk is full", "no space left on device")
+
+
+class StoreLost(ConfigError):
+    """The store cannot be written: its server stayed unreachable past the wait, or its disk is full. What was
+    recorded stays; the same command with resume=true finishes the sweep once the store is back."""
+
+
+_lost: str | None = None  # this process's store loss: later writes fail at once instead of waiting again
+_reserves: set[Path] = set()  # space set aside beside SQLite stores, freed to close runs on a full disk
+
+
+def wait_s() -> float:
+    """How long a lost tracking server is retried ($MORPHOGEN_MLFLOW_WAIT_S, default 300 s)."""
+    try:
+        return max(0.0, float(os.environ.get(WAIT_ENV, DEFAULT_WAIT_S)))
+    except ValueError:
+        return DEFAULT_WAIT_S
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
+def _retry(fn: Callable[[], T], attempts: int = 12, closing: bool = False) -> T:
+    """Run a store operation: SQLite lock contention retried with backoff; a server that does not answer retried
+    for `wait_s()`; then, or on a full disk, StoreLost (one line), and this process's later operations fail at
+    once. `closing` (ending runs): tried once even after a loss, on a full disk with the space set aside freed."""
+    global _lost
+    if _lost is not None and not closing:
+        raise StoreLost(_lost)
+    deadline: float | None = None
+    for i in itertools.count():
         try:
             return fn()
-        except Exception as err:  # MlflowException wraps sqlalchemy.OperationalError
-            if "locked" not in str(err).lower() or i == attempts - 1:
-                raise
-            time.sleep(min(2.0, 0.05 * 2**i))
+        except Exception as err:  # MlflowException wraps sqlalchemy.OperationalError and requests' errors
+            text = str(err).lower()
+            if "locked" in text and i < attempts - 1:
+                time.sleep(min(2.0, 0.05 * 2**i))
+                continue
+            if any(s in text for s in _DISK_FULL):
+                for reserve in list(_reserves):
+                    reserve.unlink(missing_ok=True)  # room to end the runs FAILED/KILLED
+                    _reserves.discard(reserve)
+                _lost = (f"the disk of the MLflow store is full ({_first_line(err)}); free space, then finish the sweep "
+                         "with the same command and resume=true")
+                raise StoreLost(_lost) from None
+            if any(s in text for s in _UNREACHABLE):
+                if _lost is not None:  # a run being ended after the loss: one try
+                    raise StoreLost(_lost) from None
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + wait_s()
+                    log.warning("tracking server not answering (%s); retrying for up to %.0f s", _first_line(err), wait_s())
+                if now < deadline:
+                    time.sleep(min(5.0, 0.5 * 2 ** min(i, 4), max(0.0, deadline - now)))
+                    continue
+                _lost = (f"the tracking server did not answer for {wait_s():.0f} s ({_first_line(err)}); start it again, "
+                         f"then finish the sweep with the same command and resume=true ({WAIT_ENV} sets the wait)")
+                raise StoreLost(_lost) from None
+            raise
     raise AssertionError("unreachable")
+
+
+def _reserve_space(db: Path, size: int = 4 << 20) -> None:
+    """Set `size` bytes aside beside an SQLite store (once per process), freed on a full disk so that the runs
+    can still be ended instead of left RUNNING. Best effort: a disk already full gets none."""
+    path = db.with_name(f".{db.name}.reserve")
+    try:
+        if not path.exists() or path.stat().st_size < size:
+            with open(path, "wb") as fh:
+                fh.write(b"\0" * size)
+                fh.flush()
+                os.fsync(fh.fileno())
+        _reserves.add(path)
+    except OSError:
+        path.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -84,14 +171,20 @@ def shielded() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _process_gone(pid: str) -> bool:
+def process_gone(pid: str | int) -> bool:
+    """No live process `pid` on this host: none, or a zombie (dead, not yet reaped: a killed worker whose launcher
+    died too waits for init). A pid we may not signal counts as alive."""
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
     except (ValueError, PermissionError):
         return False
-    return False
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except OSError:
+        return False  # no /proc (not Linux): signalled fine, so alive
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
 
 
 def _quote(value: str) -> str:
@@ -130,6 +223,20 @@ def _is_commit(version: str) -> bool:
     return len(head) == 40 and all(c in "0123456789abcdef" for c in head)
 
 
+def access_error(err: Exception, uri: str, experiment: str) -> str | None:
+    """What to fix when a tracking server refused this client (basic auth): wrong or missing credentials, or no
+    write permission on the experiment; None for any other error. Never repeats a credential."""
+    code = getattr(err, "error_code", "")
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if code == "UNAUTHENTICATED":
+        return (f"mlflow.tracking_uri {uri!r} refused the credentials{f' of user {user!r}' if user else ' (none given)'}: "
+                "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server")
+    if code == "PERMISSION_DENIED":
+        return (f"mlflow.tracking_uri {uri!r}: user {user or '(anonymous)'!r} may not write to experiment {experiment!r}; "
+                "ask its owner for EDIT on it, or pick another mlflow.experiment")
+    return None
+
+
 def _warn_local_artifacts(experiment: str, uri: str, location: str) -> None:
     """A shared server whose experiment keeps artifacts at a local path: other machines cannot open them."""
     if location.startswith(("/", "file:")):
@@ -166,6 +273,7 @@ class Tracker:
                     exp_id = self._get_or_create_experiment(artifacts=db.parent / "mlartifacts")
                     with sqlite3.connect(db, timeout=30) as con:  # WAL: readers never block the writer
                         con.execute("PRAGMA journal_mode=WAL")
+                _reserve_space(db)
                 return exp_id
             self.client = MlflowClient(tracking_uri=uri)
             exp_id = self._get_or_create_experiment(artifacts=None)  # a server picks it: mlflow-artifacts:/ when it serves them
@@ -175,6 +283,9 @@ class Tracker:
         except ConfigError:
             raise
         except Exception as err:
+            denied = access_error(err, uri, self.cfg.experiment)
+            if denied:
+                raise ConfigError(denied) from None
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
             if db is not None and "_alembic_tmp" in str(err):
                 raise ConfigError(f"mlflow.tracking_uri {uri!r}: {db} was left half-created by an interrupted run; "
@@ -209,7 +320,13 @@ class Tracker:
         tags = {k: str(v) for k, v in tags.items()}
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
-        run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags))
+        try:
+            run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags))
+        except Exception as err:  # the first write of a sweep or a run: a read-only user learns it here
+            denied = access_error(err, self.cfg.tracking_uri, self.cfg.experiment)
+            if denied:
+                raise ConfigError(denied) from None
+            raise
         return run.info.run_id
 
     def log(self, run_id: str, *, params: Mapping[str, Any] = {}, metrics: Mapping[str, float] = {}, tags: Mapping[str, Any] = {}) -> None:
@@ -248,9 +365,12 @@ class Tracker:
         _retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
 
     def end(self, run_id: str, status: str) -> None:
-        _retry(lambda: self.client.set_terminated(run_id, status=status))
+        _retry(lambda: self.client.set_terminated(run_id, status=status), closing=True)
 
     # --- queries ---
+    def get_run(self, run_id: str) -> mlflow.entities.Run:
+        return _retry(lambda: self.client.get_run(run_id))
+
     def find_parent(self, sweep_dir: str) -> str | None:
         runs = _retry(lambda: self.client.search_runs(
             [self.experiment_id],
@@ -261,26 +381,8 @@ class Tracker:
         return runs[0].info.run_id if runs else None
 
     def close_stale(self, sweep_dir: str, wait_s: float = 0.0) -> list[str]:
-        """End RUNNING runs of this sweep dir whose process is gone (same host, pid dead) as KILLED.
-        Runs of live processes or of other hosts are left alone. Returns the closed run ids."""
-        host = socket.gethostname()
-        runs = _retry(lambda: self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = {_quote(sweep_dir)} and attributes.status = 'RUNNING'",
-            max_results=5000,
-        ))
-        mine = [r for r in runs if r.data.tags.get(HOST_TAG) == host and PID_TAG in r.data.tags]
-        deadline = time.monotonic() + wait_s
-        while any(not _process_gone(r.data.tags[PID_TAG]) for r in mine) and time.monotonic() < deadline:
-            time.sleep(0.2)  # workers of an interrupted launcher may still be exiting
-        closed = []
-        for r in mine:
-            if _process_gone(r.data.tags[PID_TAG]):
-                if r.data.tags.get(ROLE_TAG) == "cell" and not r.data.tags.get("cell_status"):
-                    self.log(r.info.run_id, tags={"cell_status": "killed"})
-                self.end(r.info.run_id, "KILLED")
-                closed.append(r.info.run_id)
-        return closed
+        """`close_stale` on this store."""
+        return close_stale(self, sweep_dir, wait_s)
 
     def children(self, parent_id: str) -> list[mlflow.entities.Run]:
         return _retry(lambda: self.client.search_runs(
@@ -315,6 +417,289 @@ class Tracker:
                 return r
         return None
 
+
+# --------------------------------------------------------------------------- reading a sweep (what a report renders)
+
+# The metrics a cell row carries, beside the original's columns.
+DERIVED = ["single_ms_per_batch", "batch_ms_per_batch", "batch_vs_single_speedup", "single_qps", "batch_qps"]
+PATH_METRICS = [f"{p}_{m}" for p in ("single", "batch")
+                for m in ("ms_p50", "ms_p50_lo", "ms_p50_hi", "samples", "noise", "capped")]
+_OTHER_METRICS = ["parity_numpy_checked", "parity_xor_checked", "single_ms_p90", "batch_ms_p90", "batch_ms_min", "batch_ms_max",
+                  "compile_s", "batch_effective_gbps", "memory_estimate_gib", "scan_keys"]
+
+
+def _int_or(v: Any, default: int) -> int:
+    try:
+        return int(float(v))
+    except (TypeError, ValueError):
+        return default
+
+
+def _flag(m: Mapping[str, float], key: str) -> int | None:
+    return None if key not in m else int(m[key])
+
+
+NOT_APPLICABLE = "-"  # an original's knob column for a strategy without that knob (matrix.csv; not a metric)
+
+
+def _knob(params: Mapping[str, Any], key: str) -> int | str:
+    """A strategy knob for the original's columns: its value, or "-" where the strategy has no such knob."""
+    return _int_or(params[key], 0) if key in params else NOT_APPLICABLE
+
+
+def cell_row(run: Any) -> dict[str, Any]:
+    """One cell run as a row: the original's columns, then ours (intervals, noise, configuration)."""
+    t, m, p = run.data.tags, run.data.metrics, run.data.params
+    status = t.get("cell_status") or {"FINISHED": "ok", "RUNNING": "running"}.get(run.info.status, run.info.status.lower())
+    if run.info.status == "KILLED" or died(run):
+        status = "killed"
+    env = {k.split(".")[-1]: v for k, v in p.items() if k.startswith("strategy.guard_env.")}
+    q = _int_or(t.get("q", p.get("q", m.get("q"))), 0)
+    # Old runs lack the tag; one that failed before logging params is identified by its tags.
+    cid = t.get("config_id") or config_id(p or {f"{k}.name": t.get(k) for k in ("strategy", "engine", "dataset")})
+    row: dict[str, Any] = {
+        "strategy": t.get("original_strategy", p.get("strategy.original", t.get("strategy"))),
+        "policy": env.get("MORPHOGEN_GPU_BATCH_POLICY", "latency"),
+        "adaptive_threshold": _knob(p, "strategy.threshold"),
+        "gpu_streams": _int_or(env.get("MORPHOGEN_GPU_STREAMS"), 1),
+        "gpu_cuda_graph": int(str(env.get("MORPHOGEN_GPU_CUDA_GRAPH", "False")).lower() == "true"),
+        "gpu_batch_tile_size": _knob(p, "strategy.tile"),
+        "q": q,
+        "checksum_single": t.get("checksum_single"),
+        "checksum_batch": t.get("checksum_batch"),
+        "checksum_match": _flag(m, "checksum_match"),
+        "config_id": cid,
+        "cell_key": t.get("cell_key") or f"{cid}-q{q}",
+        "our_strategy": t.get("strategy", p.get("strategy.name")),
+        "engine": t.get("engine", p.get("engine.name")),
+        "dataset": t.get("dataset", p.get("dataset.name")),
+        "dataset_fingerprint": t.get("dataset.fingerprint"),
+        "device_kind": t.get("device_kind"),
+        "device_uuid": t.get("device.device_uuid"),
+        "engine_path": t.get("engine_path.batch"),  # what the batch path's scan step ran (engines of several paths)
+        "status": status,
+        "parity_ok": _flag(m, "parity_ok"),
+        "parity_numpy_eq": _flag(m, "parity_numpy_eq"),
+        "parity_xor_eq": _flag(m, "parity_xor_eq"),
+        "max_noise": rollout.typed(p["bench.max_noise"]) if "bench.max_noise" in p else None,
+        "confidence": m.get("confidence", rollout.typed(p["bench.confidence"]) if "bench.confidence" in p else None),
+        "speedup_pairs": m.get("speedup_pairs"),
+        "error_message": t.get("error_message", ""),
+        "run_id": run.info.run_id,
+        "_name": run.info.run_name,
+        "_start": run.info.start_time or 0,
+        "_params": p,
+        "_info": {k[len("strategy_info."):]: v for k, v in t.items() if k.startswith("strategy_info.")},
+        "_tags": t,
+    }
+    for col in [*DERIVED, *(f"{d}_{b}" for d in DERIVED for b in ("lo", "hi")), *PATH_METRICS, *_OTHER_METRICS]:
+        row[col] = m.get(col)
+    return row
+
+
+def cells_frame(runs: Sequence[Any]) -> pd.DataFrame:
+    """One row per cell (the newest run of each cell_key), labelled by configuration."""
+    cells = [r for r in runs if r.data.tags.get(ROLE_TAG, "cell") == "cell"]  # never a final or a trial
+    rows = sorted((cell_row(r) for r in cells), key=lambda r: -r["_start"])
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    df = df.drop_duplicates("cell_key", keep="first")  # a re-run or resumed cell: the newest counts
+    configs = {r["config_id"]: (str(r["our_strategy"]), r["_params"]) for r in df.to_dict("records")}
+    labels = config_labels(configs)
+    df["config"] = df["config_id"].map(labels)
+    return df.sort_values(["config", "q"]).reset_index(drop=True)
+
+
+def load_rules(client: Any, parent: Any, overrides: Sequence[str] = ()) -> DecisionRules:
+    """The sweep's rules (decision.json, else `decision.*` params) with --rule overrides, validated."""
+    run_id = parent.info.run_id
+    raw: Any
+    if any(a.path == "decision.json" for a in client.list_artifacts(run_id)):
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = json.loads(Path(client.download_artifacts(run_id, "decision.json", tmp)).read_text())
+        if not isinstance(raw, dict):
+            raise ConfigError(f"sweep run {run_id}: decision.json is not a mapping")
+    else:
+        raw = mapping_from_params(parent.data.params)
+    raw = with_assignments(raw, overrides)
+    try:
+        return DecisionRules.from_mapping(raw)
+    except ConfigError as err:
+        raise ConfigError(f"sweep run {run_id}: {err} (override it: --rule NAME=VALUE)") from None
+
+
+def read_finals(client: Any, runs: Sequence[Any], df: pd.DataFrame) -> tuple[list[Final], list[dict[str, Any]]]:
+    """The sweep's finished final runs (finals.py) among `runs`: as decision Finals (labels from df) and as
+    their raw records (finals.json), newest per q."""
+    labels = dict(zip(df["config_id"], df["config"], strict=False)) if not df.empty else {}
+    newest: dict[int, Any] = {}
+    for r in sorted(runs, key=lambda r: r.info.start_time or 0):
+        if r.data.tags.get(ROLE_TAG) == FINAL_ROLE and r.info.status == "FINISHED":
+            newest[_int_or(r.data.tags.get("q"), 0)] = r
+    finals: list[Final] = []
+    records: list[dict[str, Any]] = []
+    for q, r in sorted(newest.items()):
+        with tempfile.TemporaryDirectory() as tmp:
+            rec = json.loads(Path(client.download_artifacts(r.info.run_id, "finals.json", tmp)).read_text())
+        records.append(rec)
+        inc = labels.get(rec["incumbent"], rec["incumbent"])
+        finals += [Final(q, inc, labels.get(c["config_id"], c["config_id"]), c["ratio"], c["lo"], c["hi"], rec["rounds"])
+                   for c in rec["challengers"]]
+        if not rec["challengers"]:
+            finals.append(Final(q, inc, inc, 1.0, 1.0, 1.0, rec["rounds"]))  # re-measured alone: confirms nothing new
+    return [f for f in finals if f.challenger != f.incumbent], records
+
+
+@dataclass
+class SweepRecord:
+    """Everything a report of one sweep reads from MLflow: the sweep run, its child runs, one row per cell
+    (`cells_frame`), the decision rules, the finals (as decision Finals and as their raw records)."""
+
+    parent: Any
+    runs: list[Any]
+    frame: pd.DataFrame
+    rules: DecisionRules
+    finals: list[Final]
+    final_records: list[dict[str, Any]]
+    tracking_uri: str
+    experiment: str
+
+
+def read_sweep(store: Any, parent_id: str, rules_override: Sequence[str] = ()) -> SweepRecord:
+    """One sweep as recorded (`store` has .client and .experiment_id): never writes."""
+    client = store.client
+    parent = _retry(lambda: client.get_run(parent_id))
+    runs = _retry(lambda: client.search_runs([store.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                                             max_results=50000))
+    if not runs:
+        raise ConfigError(f"sweep run {parent_id} has no cell runs: nothing to report")
+    rules = load_rules(client, parent, rules_override)
+    df = cells_frame(runs)
+    finals, records = read_finals(client, runs, df)
+    experiment = client.get_experiment(store.experiment_id).name
+    return SweepRecord(parent, runs, df, rules, finals, records, client.tracking_uri, experiment)
+
+
+def died(run: Any) -> bool:
+    """A run still RUNNING whose process, on this host, is gone (a killed worker or launcher): what `close_stale`
+    will end as KILLED. Runs of other hosts are never judged from here."""
+    t = run.data.tags
+    return bool(run.info.status == "RUNNING" and t.get(HOST_TAG) == socket.gethostname() and PID_TAG in t
+                and process_gone(t[PID_TAG]))
+
+
+@dataclass
+class Store:
+    """An MLflow store opened for reading a sweep (a Tracker has the same two fields)."""
+
+    client: Any
+    experiment_id: str
+
+
+def open_store(uri: str, experiment: str) -> Store:
+    """An existing store and experiment, or a ConfigError: a report never creates either."""
+    local = local_path(uri)
+    if local is not None and not local.exists():
+        raise ConfigError(f"--tracking-uri {uri!r}: {local} does not exist (a report never creates a store); "
+                          "pass the sweep's mlflow.tracking_uri")
+    if local is not None and uri.startswith("sqlite:") and not local.is_file():
+        raise ConfigError(f"--tracking-uri {uri!r}: {local} is not an SQLite file")
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ConfigError(f"--tracking-uri {uri!r} cannot be read: {first}") from None
+    if exp is None:
+        raise ConfigError(f"no experiment {experiment!r} at {uri} (pass --experiment)")
+    return Store(client, exp.experiment_id)
+
+
+def local_path(uri: str) -> Path | None:
+    """The file or folder a local store URI names (None for a server or a database server)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    if uri.startswith("file://"):
+        return Path(uri[len("file://"):])
+    if "://" not in uri and not uri.startswith(("databricks", "postgresql", "mysql", "mssql")):
+        return Path(uri)
+    return None
+
+
+def find_sweep(store: Store, sweep_dir: str | None, run_id: str | None) -> str:
+    """The sweep run: by id, by its folder (matched exactly, any characters), else the latest."""
+    client = store.client
+    if run_id:
+        if not _RUN_ID.fullmatch(run_id):
+            raise ConfigError(f"--parent-run {run_id!r} is not an MLflow run id (32 hex digits)")
+        try:
+            run = client.get_run(run_id)
+        except Exception:
+            raise ConfigError(f"no run {run_id} in this store") from None
+        if run.info.experiment_id != store.experiment_id or run.data.tags.get(ROLE_TAG) != "sweep":
+            raise ConfigError(f"run {run_id} is not a sweep run of this experiment")
+        return run_id
+    sweeps = client.search_runs([store.experiment_id], f"tags.`{ROLE_TAG}` = 'sweep'",
+                                order_by=["attributes.start_time DESC"], max_results=5000)
+    if sweep_dir is not None:  # compared here, not in a filter string: a folder name may hold quotes
+        want = {sweep_dir, str(Path(sweep_dir).resolve())}
+        sweeps = [r for r in sweeps if r.data.tags.get(PARENT_TAG) in want]
+        if not sweeps:
+            raise ConfigError(f"no sweep run for {sweep_dir!r} in this store")
+    if not sweeps:
+        raise ConfigError("no sweep in this store yet")
+    return str(sweeps[0].info.run_id)
+
+
+def publish(store: Any, parent_id: str, files: Sequence[Path], tags: Mapping[str, str], metrics: Mapping[str, float],
+            matrix: pd.DataFrame) -> None:
+    """Record a sweep's report on its sweep run: `files` under report/, `tags` (its description and decision),
+    `metrics` (what the runs table shows of the shipped configuration) and the matrix as a table artifact
+    (`matrix.json`, the UI's artifact view and Evaluation tab). A republish replaces the table (log_table alone
+    would append to it)."""
+    client = store.client
+    for path in files:
+        _retry(functools.partial(client.log_artifact, parent_id, str(path), "report"))
+    for key, value in tags.items():
+        _retry(functools.partial(client.set_tag, parent_id, key, value))
+    now = int(time.time() * 1000)
+    batch = [Metric(k, v, now, 0) for k, v in metrics.items()]
+    for i in range(0, len(batch), 1000):
+        _retry(functools.partial(client.log_batch, parent_id, metrics=batch[i:i + 1000]))
+    table = matrix.astype(object).where(matrix.notna(), None)
+    if any(a.path == "matrix.json" for a in client.list_artifacts(parent_id)):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "matrix.json"
+            table.to_json(path, orient="split", index=False, date_format="iso")
+            client.log_artifact(parent_id, str(path))
+    else:
+        client.log_table(parent_id, data=table, artifact_file="matrix.json")
+
+
+def close_stale(store: Any, sweep_dir: str, wait_s: float = 0.0) -> list[str]:
+    """End RUNNING runs of this sweep dir whose process is gone (same host, pid dead) as KILLED, a cell's
+    `cell_status` then `killed`. Runs of live processes or of other hosts are left alone. `store` has .client
+    and .experiment_id. Returns the closed run ids."""
+    host = socket.gethostname()
+    runs = _retry(lambda: store.client.search_runs(
+        [store.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = {_quote(sweep_dir)} and attributes.status = 'RUNNING'",
+        max_results=5000,
+    ))
+    mine = [r for r in runs if r.data.tags.get(HOST_TAG) == host and PID_TAG in r.data.tags]
+    deadline = time.monotonic() + wait_s
+    while any(not process_gone(r.data.tags[PID_TAG]) for r in mine) and time.monotonic() < deadline:
+        time.sleep(0.2)  # workers of an interrupted launcher may still be exiting
+    closed = []
+    for r in mine:
+        if process_gone(r.data.tags[PID_TAG]):
+            run_id = r.info.run_id
+            if r.data.tags.get(ROLE_TAG) == "cell" and not r.data.tags.get("cell_status"):
+                _retry(functools.partial(store.client.set_tag, run_id, "cell_status", "killed"))
+            _retry(functools.partial(store.client.set_terminated, run_id, status="KILLED"), closing=True)
+            closed.append(run_id)
+    return closed
 
 # --------------------------------------------------------------------------- what the MLflow UI shows of a cell
 

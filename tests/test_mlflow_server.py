@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,33 +33,48 @@ def _healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """`mlflow server` on a free loopback port; bounded wait for /health; always stopped (its own process group)."""
-    port = _free_port()
+@contextmanager
+def serve(tmp_path: Path, *args: str, port: int | None = None,
+          env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`mlflow server` (SQLite backend in tmp_path, artifacts served) on a loopback port, `args` added (e.g.
+    `--app-name basic-auth`); bounded wait for /health; always stopped with its whole process group. The same
+    port and tmp_path again: the same server back with its records. Yields its URL and process."""
+    port = port or _free_port()
     url = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "server.log").open("w")
+    log = (tmp_path / "server.log").open("a")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--serve-artifacts",
-         "--artifacts-destination", str(tmp_path / "served-artifacts")],
-        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+         "--artifacts-destination", str(tmp_path / "served-artifacts"), *args],
+        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
     try:
         deadline = time.monotonic() + SERVER_START_S
         while not _healthy(url):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"mlflow server did not come up in {SERVER_START_S} s: {(tmp_path / 'server.log').read_text()[-2000:]}")
             time.sleep(0.5)
-        yield url
+        yield url, proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers: the group this fixture started
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
+        stop(proc)
         log.close()
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop a server started by `serve` and its workers (its own process group), SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    with serve(tmp_path) as (url, _):
+        yield url
 
 
 @pytest.mark.slow

@@ -38,8 +38,8 @@ def _cells(device: str = "cpu") -> list:
     return cells
 
 
-def _store(sweeps: Sweeps) -> report.Store:
-    return report.Store(sweeps.client, sweeps.exp)
+def _store(sweeps: Sweeps) -> tracking.Store:
+    return tracking.Store(sweeps.client, sweeps.exp)
 
 
 def test_a_published_report_puts_the_shipped_numbers_and_the_matrix_on_the_sweep_run(sweeps, tmp_path) -> None:

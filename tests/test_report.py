@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from morphogen_exp import report, rollout
+from morphogen_exp import report, rollout, tracking
 from morphogen_exp.config import flatten
 from morphogen_exp.decision import DecisionRules, decide
 
@@ -94,7 +94,7 @@ def tile_sweep(sweeps, tmp_path_factory) -> tuple[str, Path]:
 
 def test_every_cell_is_a_row_and_every_configuration_is_ranked(sweeps, tile_sweep, tmp_path, guard_store) -> None:
     parent, _ = tile_sweep
-    files = report.build(report.Store(sweeps.client, sweeps.exp), parent, tmp_path, publish=True)
+    files = report.build(tracking.Store(sweeps.client, sweeps.exp), parent, tmp_path, publish=True)
     d = files.decision
     assert set(d.verdicts) == {"tiled[tile=1]", "tiled[tile=2]", "tiled[tile=4]", "full_batch"}
     assert d.intervals and all(v.go for v in d.verdicts.values())
@@ -123,7 +123,7 @@ def test_a_configuration_ahead_at_some_q_is_named(sweeps, tmp_path, guard_store)
     cells = [(["strategy=full_batch"], 4, _metrics(10.0, 0.1), {}), (["strategy=tiled"], 4, _metrics(12.0, 0.1), {}),
              (["strategy=full_batch"], 32, _metrics(150.0, 1.0), {}), (["strategy=tiled"], 32, _metrics(120.0, 1.0), {})]
     parent = sweeps.sweep(tmp_path / "per-q", cells)
-    md = report.build(report.Store(sweeps.client, sweeps.exp), parent, tmp_path).markdown.read_text()
+    md = report.build(tracking.Store(sweeps.client, sweeps.exp), parent, tmp_path).markdown.read_text()
     assert "| 4 | tiled | 12 [11.9, 12.1] | — |" in md and "| 32 | full_batch (ships) | 150 [149, 151] | — |" in md
     assert "Ahead of full_batch, which ships, beyond its interval (q=4: tiled): a per-q choice" in md
 
@@ -134,7 +134,7 @@ def test_old_runs_without_intervals_or_decision_json_keep_the_point_rules(sweeps
     parent = sweeps.sweep(tmp_path / "old", cells, rules=None)
     sweeps.client.log_param(parent, "decision.tie_within", "0.02")
     sweeps.client.log_param(parent, "decision.prefer", "['full_batch', 'micro_batch']")
-    files = report.build(report.Store(sweeps.client, sweeps.exp), parent, tmp_path / "out")
+    files = report.build(tracking.Store(sweeps.client, sweeps.exp), parent, tmp_path / "out")
     assert not files.decision.intervals and files.decision.selected == "full_batch"  # within 2%: preferred
     assert "**Intervals were not available**" in files.markdown.read_text()
     assert not list(guard_store.glob("*.yaml"))  # not published unless asked
@@ -144,7 +144,7 @@ def test_a_straddling_speedup_is_reported_as_inconclusive(sweeps, tmp_path, guar
     m = _metrics(200.0, 1.0, speedup=1.02)
     cells = [(["strategy=multi_stream"], q, m, {}) for q in (4, 32)]
     parent = sweeps.sweep(tmp_path / "straddle", cells)
-    files = report.build(report.Store(sweeps.client, sweeps.exp), parent, tmp_path / "out", publish=True)
+    files = report.build(tracking.Store(sweeps.client, sweeps.exp), parent, tmp_path / "out", publish=True)
     assert files.decision.selected is None
     md = files.markdown.read_text()
     assert "| multi_stream | INCONCLUSIVE |" in md and "more rounds" in md
@@ -230,7 +230,7 @@ def test_a_sweep_whose_cells_ran_on_two_kinds_of_device_ships_nothing(sweeps, tm
     cells = [(["strategy=full_batch"], 4, _metrics(10.0, 0.1), h100), (["strategy=tiled"], 4, _metrics(12.0, 0.1), h200),
              (["strategy=full_batch"], 32, _metrics(150.0, 1.0), h100), (["strategy=tiled"], 32, _metrics(120.0, 1.0), h200)]
     parent = sweeps.sweep(tmp_path / "mixed", cells)
-    built = report.build(report.Store(sweeps.client, sweeps.exp), parent, tmp_path)
+    built = report.build(tracking.Store(sweeps.client, sweeps.exp), parent, tmp_path)
     md = built.markdown.read_text()
     assert "- Device: NVIDIA H100 80GB HBM3, NVIDIA H200 (" in md
     assert "**Decision: NO DECISION: the cells ran on 2 device kinds (NVIDIA H100 80GB HBM3, NVIDIA H200)" in md
@@ -246,7 +246,7 @@ def test_the_engine_path_of_each_batch_step_is_shown_and_kept_in_the_csv(sweeps,
     cells = [(["strategy=full_batch", "engine=fused"], 4, _metrics(100.0, 1.0) | {"scan_keys": 12}, {"engine_path.batch": kernel}),
              (["strategy=full_batch", "engine=fused"], 32, _metrics(145.0, 1.0) | {"scan_keys": 96}, {"engine_path.batch": pallas}),
              (["strategy=micro_batch", "engine=fused"], 32, _metrics(60.0, 1.0) | {"scan_keys": 6}, {"engine_path.batch": kernel})]
-    built = report.build(report.Store(sweeps.client, sweeps.exp), sweeps.sweep(tmp_path / "paths", cells), tmp_path / "a")
+    built = report.build(tracking.Store(sweeps.client, sweeps.exp), sweeps.sweep(tmp_path / "paths", cells), tmp_path / "a")
     md = built.markdown.read_text()
     section = md.split("## Engine path of the batch step (keys per scan)\n")[1].split("\n\n")[0]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in section.splitlines()[2:]}
@@ -256,8 +256,8 @@ def test_the_engine_path_of_each_batch_step_is_shown_and_kept_in_the_csv(sweeps,
     assert got[("full_batch", "32")] == (pallas, "96.0") and got[("micro_batch", "32")] == (kernel, "6.0")
 
     same = [(["strategy=full_batch", "engine=fused"], q, _metrics(100.0 * q, 1.0), {"engine_path.batch": kernel}) for q in (1, 2)]
-    md = report.build(report.Store(sweeps.client, sweeps.exp), sweeps.sweep(tmp_path / "one", same), tmp_path / "b").markdown.read_text()
+    md = report.build(tracking.Store(sweeps.client, sweeps.exp), sweeps.sweep(tmp_path / "one", same), tmp_path / "b").markdown.read_text()
     assert "Engine path of every batch step: cuda kernel." in md and "## Engine path" not in md
     plain = [(["strategy=full_batch"], q, _metrics(100.0 * q, 1.0), {}) for q in (1, 2)]
-    md = report.build(report.Store(sweeps.client, sweeps.exp), sweeps.sweep(tmp_path / "xla", plain), tmp_path / "c").markdown.read_text()
+    md = report.build(tracking.Store(sweeps.client, sweeps.exp), sweeps.sweep(tmp_path / "xla", plain), tmp_path / "c").markdown.read_text()
     assert "Engine path" not in md

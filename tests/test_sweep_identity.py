@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from morphogen_exp import report, sweepdir
+from morphogen_exp import report, sweepdir, tracking
 from morphogen_exp.callbacks import review_hint
 from morphogen_exp.config import ConfigError, MlflowConfig
 from morphogen_exp.tracking import PARENT_TAG, ROLE_TAG, Tracker
@@ -95,7 +95,7 @@ def test_resume_finishes_the_killed_sweep_from_its_own_cells_and_a_report_only_r
 
     # A report run elsewhere finds the sweep's store from its folder; without --publish it writes a what-if only.
     monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
-    client = report.open_store(f"sqlite:///{workdir}/outputs/mlflow.db", "morphogen_exp").client
+    client = tracking.open_store(f"sqlite:///{workdir}/outputs/mlflow.db", "morphogen_exp").client
 
     def record():
         run = client.get_run(resumed.info.run_id)
