@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CellOutcome:
-    status: str                      # ok | failed | does_not_fit | resumed | config_error
+    status: str                      # ok | failed | does_not_fit | resumed | config_error | killed
     name: str = ""
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -323,6 +324,8 @@ def run(cfg: DictConfig, session: Session, sweep: SweepRef | None = None) -> Cel
         **({PARENT_TAG: sweep.sweep_dir} if sweep else {}),
         **note("running"),
     }
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":  # a SLURM job: scancel and the time limit send SIGTERM
+        signal.signal(signal.SIGTERM, _job_cancelled)
     run_id = tracker.start_run(run_name, tags, sweep.parent_id if sweep else None)
     t0 = time.perf_counter()
     try:  # from here on every way out ends the run
@@ -350,10 +353,13 @@ def run(cfg: DictConfig, session: Session, sweep: SweepRef | None = None) -> Cel
     except CudaUnavailable as err:  # the engine's CUDA kernels cannot be built or run here: the same for every cell
         _end_failed(tracker, run_id, "CudaUnavailable", str(err), note=note("failed", error=str(err)))
         raise ConfigError(f"engine={rc.engine.name}: {err}") from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         with shielded():
-            tracker.log(run_id, tags={"cell_status": "killed", **note("killed")})
+            why = {"error_message": str(err)} if isinstance(err, JobCancelled) else {}
+            tracker.log(run_id, tags={"cell_status": "killed", **why, **note("killed")})
             tracker.end(run_id, "KILLED")
+        if isinstance(err, JobCancelled):  # the launcher gets the outcome; the other jobs and the report go on
+            return CellOutcome("killed", name, run_id, error=str(err))
         raise
     except BaseException as err:
         msg = (str(err).strip().splitlines() or [""])[0][:500]
@@ -368,6 +374,18 @@ def run(cfg: DictConfig, session: Session, sweep: SweepRef | None = None) -> Cel
     log.info("%s: single %.2f ms, batch %.2f ms (x%.2f), parity ok", name,
              metrics["single_ms_per_batch"], metrics["batch_ms_per_batch"], metrics["batch_vs_single_speedup"])
     return CellOutcome("ok", name, run_id, metrics)
+
+
+class JobCancelled(KeyboardInterrupt):
+    """SIGTERM in a SLURM job (scancel, its time limit): the cell ends KILLED and its job returns that outcome."""
+
+
+def _job_cancelled(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one clean-up: a second SIGTERM must not cut it short
+    env = os.environ
+    job = (f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_TASK_ID" in env
+           else env.get("SLURM_JOB_ID", "?"))
+    raise JobCancelled(f"SLURM job {job} was cancelled (SIGTERM); resume=true runs it again")
 
 
 def _end_failed(tracker: Tracker, run_id: str, error_class: str, message: str, trace: str = "",
