@@ -162,7 +162,8 @@ def guard_mapping(params: Mapping[str, Any], devices_used: Any = None, *, with_e
 
 def no_go_mapping() -> dict[str, Any]:
     """No configuration is GO: serve one query at a time."""
-    return {"defaults": [{"override /strategy": "multi_stream"}, "_self_"], "strategy": {"streams": 1}}
+    return {"defaults": [{"override /strategy": "multi_stream"}, "_self_"],
+            "strategy": {"streams": 1, "guard_env": dict(NO_GO_ENV)}}  # the environment NO_GO_ENV's .env sets
 
 
 def tree(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

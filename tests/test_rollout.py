@@ -154,6 +154,14 @@ def test_guard_env_names_and_values_are_checked_and_quoted() -> None:
         rollout.guard_mapping({"strategy.name": "full_batch", "strategy.guard_env.A": "x\nrm -rf ~"}, with_env=True)
 
 
+def test_the_no_go_guard_sets_what_its_env_sets(store: Path) -> None:
+    rollout.publish("nogo", rollout.to_yaml(rollout.no_go_mapping(), "no configuration is GO"))
+    env = OmegaConf.to_container(_compose("+rollout=nogo").strategy.guard_env)
+    text = "".join(f"{k}={rollout.env_value(k, v)}\n" for k, v in sorted(env.items()))
+    assert text == rollout.env_text(rollout.NO_GO_ENV) == (
+        "MORPHOGEN_GPU_BATCH_POLICY=latency\nMORPHOGEN_GPU_CUDA_GRAPH=false\nMORPHOGEN_GPU_STREAMS=1\n")
+
+
 def test_a_guard_pins_the_device_count_its_sweep_measured(store: Path) -> None:
     params = _as_mlflow_params(_compose("placement=replicated", "q=8"))
     assert params["placement.devices"] == "None"  # every device: 1 on this host, 8 on an 8-GPU one
