@@ -39,6 +39,18 @@ def lock_dir() -> Path:
     return d
 
 
+def host_gpu_indices() -> list[str]:
+    """The host's indices of the GPUs this process sees, in CUDA's order: CUDA_VISIBLE_DEVICES, or the list SLURM
+    gave the job when SLURM set it (with cgroup device constraints every job's CUDA_VISIBLE_DEVICES counts from 0,
+    so two jobs on one node would take each other's GPUs for their own; SLURM_STEP_GPUS/SLURM_JOB_GPUS do not)."""
+    def listed(name: str) -> list[str]:
+        return [v.strip() for v in os.environ.get(name, "").split(",") if v.strip()]
+
+    cuda = listed("CUDA_VISIBLE_DEVICES")
+    slurm = listed("SLURM_STEP_GPUS") or listed("SLURM_JOB_GPUS")
+    return slurm if cuda and len(slurm) == len(cuda) else cuda
+
+
 def device_keys() -> list[str]:
     """One key per device this process can see: host-backend-index (sorted, unique)."""
     import jax
@@ -47,7 +59,7 @@ def device_keys() -> list[str]:
     host = socket.gethostname()
     if backend == "cpu":  # every CPU "device" is the host's one CPU
         return [f"{host}-cpu"]
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    visible = host_gpu_indices()
     keys = set()
     for d in jax.local_devices():
         index = visible[d.id] if backend in ("gpu", "cuda") and d.id < len(visible) else str(d.id)

@@ -8,6 +8,7 @@ import pickle
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -212,3 +213,32 @@ def test_ctrl_c_of_the_launcher_cancels_its_jobs(slurm, cli, workdir):
         time.sleep(1)
     assert cells and {r.info.status for r in cells} == {"KILLED"}
     assert {r.info.status for r in mlflow_runs(workdir) if r.data.tags.get("morphogen.role") == "sweep"} == {"KILLED"}
+
+
+def test_the_device_lock_keys_a_jobs_gpus_by_their_index_on_the_host(monkeypatch):
+    """Two jobs on one node, one GPU each: under cgroup device constraints both see CUDA_VISIBLE_DEVICES=0; the lock
+    keys them by SLURM's host indices, so neither waits for the other's GPU."""
+    import jax
+
+    from morphogen_exp import devlock
+
+    class Device:
+        id = 0
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax, "local_devices", lambda: [Device()])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    host = socket.gethostname()
+    keys = []
+    for gpu in ("2", "5"):
+        monkeypatch.setenv("SLURM_JOB_GPUS", gpu)
+        keys.append(devlock.device_keys())
+    assert keys == [[f"{host}-gpu-2"], [f"{host}-gpu-5"]]
+    monkeypatch.setenv("SLURM_STEP_GPUS", "6")  # a step's own GPUs come first
+    assert devlock.device_keys() == [f"{host}-gpu-6"]
+    monkeypatch.delenv("SLURM_JOB_GPUS")
+    monkeypatch.delenv("SLURM_STEP_GPUS")
+    assert devlock.device_keys() == [f"{host}-gpu-0"]  # outside SLURM: CUDA's own indices
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setenv("SLURM_JOB_GPUS", "3,4")  # narrowed inside the job: CUDA_VISIBLE_DEVICES says which
+    assert devlock.device_keys() == [f"{host}-gpu-3"]
