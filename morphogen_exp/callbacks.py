@@ -26,7 +26,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from . import app, session, sweepdir
+from . import app, session, sweepdir, uiview
 from .config import ConfigError, MlflowConfig, flatten, one_line
 from .sweepdir import job_overrides
 from .tracking import PARENT_TAG, ROLE_TAG, StoreLost, Tracker, code_version, process_gone, shielded
@@ -199,7 +199,7 @@ class SweepCallback(Callback):
         try:
             files = report.build(tracker, parent, Path(ref.sweep_dir), publish=True)
             log.info("report: %s", files.markdown)
-            print(f"review: {review_hint(tracker.cfg.tracking_uri, tracker.experiment_id)}")
+            print(f"review: {review_hint(tracker.cfg.tracking_uri, tracker.experiment_id, view=True)}")
             print(f"decision: {files.decision.headline()} — report: {files.markdown}")
         except StoreLost:
             raise
@@ -230,13 +230,14 @@ def run_finals(tracker: Tracker, parent: str, sess: session.Session) -> None:
         log.warning("finals not run: %s: %s", type(err).__name__, (str(err).splitlines() or [""])[0][:300])
 
 
-def review_hint(tracking_uri: str, experiment_id: str) -> str:
-    """Where to look at a sweep: the runs table (MLflow 3 may open a bare experiment address on its GenAI view);
-    a server is opened at its own address, a local store through `mlflow ui`."""
-    runs = f"#/experiments/{experiment_id}/runs"
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri.rstrip('/')}/{runs}"
-    return f"mlflow ui --backend-store-uri {tracking_uri}  then open http://127.0.0.1:5000/{runs}"
+def review_hint(tracking_uri: str, experiment_id: str, view: bool = False) -> str:
+    """Where to look at a sweep: the runs table (MLflow 3 may open a bare experiment address on its GenAI view), with
+    `view` (a published sweep) on the experiment's saved view of the matrix (uiview); a server is opened at its own
+    address, a local store through `mlflow ui`."""
+    server = tracking_uri.startswith(("http://", "https://"))
+    base = tracking_uri.rstrip("/") if server else "http://127.0.0.1:5000"
+    url = uiview.runs_url(base, experiment_id, uiview.KEY) if view else f"{base}/#/experiments/{experiment_id}/runs"
+    return f"open {url}" if server else f"mlflow ui --backend-store-uri {tracking_uri}  then open {url}"
 
 
 def outcome_problems(tracker: Tracker, parent: str) -> tuple[list[str], int]:

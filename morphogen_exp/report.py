@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import rollout, tracking
+from . import rollout, tracking, uiview
 from .config import ConfigError
 from .decision import Decision, DecisionRules, best_per_q, decide, estimate, with_assignments
 from .tracking import DERIVED, FINAL_ROLE, PATH_METRICS, cells_frame, load_rules, open_store  # noqa: F401 (finals.py, trial.py read them here)
@@ -433,6 +433,7 @@ def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, r
         meta = [files.rollout.with_name(rollout.LATEST + rollout.META_SUFFIX)] if files.rollout is not None else []
         tracking.publish(store, parent_id, [files.markdown, files.csv, *guards, *meta, *files.plots], tags,
                          shipped_metrics(record.frame, decision), matrix)
+        uiview.share_view(store.client, store.experiment_id)  # the runs page's saved view of the matrix
     return files
 
 

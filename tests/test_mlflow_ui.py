@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from morphogen_exp import report, rollout, tracking, uiview
+from morphogen_exp.callbacks import review_hint
 from morphogen_exp.decision import DecisionRules, decide
 
 from .test_report import Sweeps, _metrics
@@ -246,3 +247,14 @@ def test_a_report_rebuild_never_writes_the_view(sweeps, tmp_path) -> None:
     parent = exp.sweep(tmp_path / "sweep", _cells())
     report.build(_store(exp), parent, tmp_path / "whatif")
     assert _views(exp) == {}
+
+
+def test_a_published_report_shares_the_view_and_the_sweep_prints_its_address(sweeps, tmp_path) -> None:
+    exp = _experiment(sweeps, "ui-view-published")
+    report.build(_store(exp), exp.sweep(tmp_path / "sweep", _cells()), tmp_path / "pub", publish=True)
+    assert set(_views(exp)) == {f"mlflow.sharedViewState.{uiview.KEY}"}
+    assert review_hint("sqlite:////x/mlflow.db", exp.exp, view=True) == (
+        f"mlflow ui --backend-store-uri sqlite:////x/mlflow.db  then open "
+        f"http://127.0.0.1:5000/#/experiments/{exp.exp}/runs?viewStateShareKey={uiview.KEY}")
+    assert review_hint("http://host:5000/", "7", view=True) == \
+        f"open http://host:5000/#/experiments/7/runs?viewStateShareKey={uiview.KEY}"
