@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,15 @@ def check_multi_device(num_devices: int) -> None:
         padded = np.zeros((rows, 1024), np.uint32)
         padded[:N_PAGES] = words
         pw = jax.device_put(padded, placements.sharding(plc))
+        from morphogen_exp.config import DatasetConfig
         from morphogen_exp.datasets import Dataset
+
+        with tempfile.TemporaryDirectory() as tmp:  # the one page streamer: each device's rows from a file
+            path = Path(tmp) / "pages.bin"
+            path.write_bytes(pages.tobytes())
+            loaded = placements.load(DatasetConfig("f", 1, str(path)), 0, plc)
+            assert loaded.num_pages == N_PAGES and loaded.words.sharding == placements.sharding(plc)
+            assert np.array_equal(np.asarray(loaded.words), padded), f"{name} over {num_devices}: the file's rows differ"
 
         ctx = placements.new_context(Dataset("t", N_PAGES, pw, 0), spec, plc)
         one = np.asarray(ctx.single_jit(ctx.pages, kb.take(0))).view(np.uint8).reshape(3, 4096)
