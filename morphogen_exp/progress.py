@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 PHASES = ("building data", "compiling", "timing", "parity", "logging", "finals")
 VERBOSE_ENV = "MORPHOGEN_VERBOSE"
 # Hydra's launchers log a "#k : overrides" line per cell: the cell's own result line names it, one line a cell.
-QUIET_LOGGERS = ("mlflow", "jax", "absl", "hydra._internal.core_plugins.basic_launcher", "hydra_plugins.hydra_joblib_launcher")
+QUIET_LOGGERS = ("mlflow", "jax", "absl", "hydra._internal.core_plugins.basic_launcher", "hydra_plugins.hydra_joblib_launcher",
+                 "hydra_plugins.hydra_submitit_launcher")
 
 
 def verbose_asked(hydra_verbose: object = False) -> bool:
