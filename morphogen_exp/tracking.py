@@ -6,6 +6,13 @@ lock, the database runs in WAL mode, and writes that still meet "database is loc
 A new store is built in a temporary file beside it and renamed into place, so an interrupt never
 leaves a half-migrated store. Every run records the pid and host that opened it, so a later run of
 the same sweep can close runs whose process is gone (KILLED) instead of leaving them RUNNING.
+
+A tracking server that stops answering is retried for $MORPHOGEN_MLFLOW_WAIT_S seconds, then the store is lost
+(`StoreLost`, one line); so is a full disk under an SQLite store, which keeps a little space set aside to end its
+runs. A basic-auth server's refusals (wrong credentials, no write permission) are one line before any cell runs.
+
+Reading a sweep for its report (`read_sweep`: cells, rules, finals) and recording a published report (`publish`)
+live here too: report.py only renders.
 """
 
 from __future__ import annotations

@@ -135,8 +135,6 @@ def _resumed_cleanly(cli, workdir, uri: str, runs) -> None:
 def test_a_lost_tracking_server_stops_the_sweep_in_one_line_and_it_resumes_once_back(cli, workdir, tmp_path):
     """The server killed while a cell runs: retried for $MORPHOGEN_MLFLOW_WAIT_S (3 s here), then one line and exit 2;
     the same server back, resume=true finishes the sweep with nothing lost."""
-    from mlflow.tracking import MlflowClient
-
     from .test_mlflow_server import _free_port, serve, stop
 
     server_dir, port, flag = tmp_path / "server", _free_port(), workdir / "stall.flag"
@@ -151,12 +149,7 @@ def test_a_lost_tracking_server_stops_the_sweep_in_one_line_and_it_resumes_once_
         finally:
             proc.kill()
     with serve(server_dir, port=port) as (url, _):
-        client = MlflowClient(url)
-
-        def runs():
-            return client.search_runs([client.get_experiment_by_name("morphogen_exp").experiment_id], max_results=100)
-
-        _resumed_cleanly(cli, workdir, url, runs)
+        _resumed_cleanly(cli, workdir, url, lambda: mlflow_runs_at(url))
 
 
 @pytest.mark.slow
@@ -198,4 +191,6 @@ def mlflow_runs_at(uri: str):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    return client.search_runs([client.get_experiment_by_name("morphogen_exp").experiment_id], max_results=100)
+    exp = client.get_experiment_by_name("morphogen_exp")
+    assert exp is not None, f"no experiment in {uri}"
+    return client.search_runs([exp.experiment_id], max_results=100)

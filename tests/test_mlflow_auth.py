@@ -55,7 +55,9 @@ def _runs(url: str) -> list:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(url)
-    return client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], max_results=1000)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    assert exp is not None
+    return client.search_runs([exp.experiment_id], max_results=1000)
 
 
 def _texts(url: str, run, dest: Path) -> list[str]:
