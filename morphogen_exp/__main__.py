@@ -27,8 +27,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from . import app, progress, rollout, session, sweepdir, trial
-from .callbacks import review_hint, sweep_ref
+from . import app, paths, progress, rollout, session, sweepdir, trial
+from .callbacks import SweepCallback, review_hint, sweep_ref
 from .config import ConfigError, one_line
 from .strategies.base import knob_error
 from .tracking import shielded
@@ -36,7 +36,7 @@ from .tracking import shielded
 log = logging.getLogger("morphogen_exp")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(paths.conf_dir()), config_name="config")  # checkout or wheel
 def hydra_entry(cfg: DictConfig) -> dict[str, Any]:
     """One cell, in whatever process the launcher runs it; the outcome is the return value."""
     hc = HydraConfig.get()
@@ -132,7 +132,7 @@ def _interrupted() -> None:
 
 def main() -> None:
     progress.quiet_logging(progress.verbose_asked(_verbose_arg(sys.argv[1:])))  # before JAX and MLflow say anything
-    session.current()  # the process's memory settings before anything (the sweep callback) starts the backend
+    SweepCallback.sess = session.current()  # memory settings before anything starts the backend; the callback's session
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     user_full_error = "HYDRA_FULL_ERROR" in os.environ

@@ -20,7 +20,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
@@ -94,6 +94,10 @@ def _fatal(hook: str) -> None:
 
 
 class SweepCallback(Callback):
+    # This process's session, handed over by __main__ before Hydra builds the callback from the config; a class
+    # attribute, so it is never pickled to a process launcher's workers (they only run on_job_start).
+    sess: ClassVar[session.Session]
+
     def __init__(self) -> None:
         self._claim: sweepdir.Claim | None = None  # the sweep folder, held from the start to the end
         self._finals = True                           # bench.finals of the sweep's cells
@@ -121,7 +125,7 @@ class SweepCallback(Callback):
     def _store_lost(self, err: StoreLost) -> None:
         """The store went away (a server past its wait, a full disk): the sweep run ends FAILED where the store still
         takes it, and the sweep stops with one line (exit 2); resume=true finishes it."""
-        sess = session.current()
+        sess = self.sess
         live = getattr(sess, "_progress", None)
         if live is not None:
             live.close()
@@ -139,7 +143,7 @@ class SweepCallback(Callback):
         n_cells, first = validate_cells(config)
         jobs = job_overrides(config)
         try:
-            tracker = session.current().tracker(MlflowConfig(first.mlflow.tracking_uri, first.mlflow.experiment))
+            tracker = self.sess.tracker(MlflowConfig(first.mlflow.tracking_uri, first.mlflow.experiment))
             sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()  # the default one is created here, exclusively
             known = tracker.sweep_runs(str(sweep_dir))
             self._claim = sweepdir.claim(sweep_dir, resume=bool(first.resume),
@@ -178,13 +182,13 @@ class SweepCallback(Callback):
             with shielded():
                 tracker.end(parent, "FAILED")
             raise
-        session.current().sweep = (tracker, session.SweepRef(str(sweep_dir), parent))
+        self.sess.sweep = (tracker, session.SweepRef(str(sweep_dir), parent))
         log.info("sweep run %s in %s: %d cells", parent, tracker.cfg.tracking_uri, n_cells)
 
     def _end(self) -> None:
         from . import report
 
-        sess = session.current()
+        sess = self.sess
         if sess.sweep is None:
             return
         tracker, ref = sess.sweep

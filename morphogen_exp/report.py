@@ -382,10 +382,11 @@ def guard_texts(df: pd.DataFrame, decision: Decision, header: str) -> tuple[str,
         r = df.iloc[0]
         name = rollout.guard_name(str(r["dataset"]), str(r["device_kind"]), str(r["engine"]))
         text = rollout.to_yaml(rollout.no_go_mapping(), header + "\nNo configuration is GO: serve one query at a time.")
-        return name, text, "MORPHOGEN_GPU_BATCH_POLICY=latency\nMORPHOGEN_GPU_STREAMS=1\nMORPHOGEN_GPU_CUDA_GRAPH=false\n"
+        return name, text, rollout.env_text(rollout.NO_GO_ENV)
     row = df[df["config"] == decision.selected].iloc[0]
     name = rollout.guard_name(str(row["dataset"]), str(row["device_kind"]), str(row["engine"]))
-    text = rollout.to_yaml(rollout.guard_mapping(row["_params"]), f"{header}\nships {decision.selected} ({row['config_id']})")
+    mapping = rollout.guard_mapping(row["_params"], row["_tags"].get("devices_used"), with_env=True)  # as measured
+    text = rollout.to_yaml(mapping, f"{header}\nships {decision.selected} ({row['config_id']})")
     env_text = _env(row["_params"])
     if decision.fallback:
         fb = df[df["config"] == decision.fallback].iloc[0]
@@ -413,8 +414,7 @@ def guard_meta(df: pd.DataFrame, decision: Decision, name: str, text: str, paren
 
 
 def _env(params: Mapping[str, Any]) -> str:
-    env = {k[len("strategy.guard_env."):]: v for k, v in params.items() if k.startswith("strategy.guard_env.")}
-    return "".join(f"{k}={str(v).lower() if str(v) in ('True', 'False') else v}\n" for k, v in sorted(env.items()))
+    return rollout.env_text(rollout.env_of(params))  # names and values checked, values shell-quoted
 
 
 def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, rules_override: Sequence[str] = (),

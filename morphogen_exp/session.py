@@ -1,9 +1,10 @@
 """The state of one process, with one owner: the resident database, the compiled contexts built on
 it, the oracle's answers, the MLflow trackers, and (in the process that frames a multirun) the sweep.
 
-The Hydra entry point takes `current()` and passes it explicitly; nothing else reads it. What must
-outlive the process (the sweep's parent run id, cell outcomes) is in the sweep dir and MLflow, never
-only here, so a launcher that runs cells in other processes sees the same sweep."""
+Only `__main__` reads `current()`: it passes the session to app.run / trial.run and hands it to the sweep
+callback (`SweepCallback.sess`: Hydra builds the callback from the config). What must outlive the process
+(the sweep's parent run id, cell outcomes) is in the sweep dir and MLflow, never only here, so a launcher
+that runs cells in other processes sees the same sweep."""
 
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ _CURRENT: Session | None = None
 
 
 def current() -> Session:
-    """This process's session (created on first use, before the device backend starts)."""
+    """This process's session (created on first use, before the device backend starts); read by `__main__` only."""
     global _CURRENT
     if _CURRENT is None:
         memory.configure_process()  # read when the backend starts: before any device use, in any worker
