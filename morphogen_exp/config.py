@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,7 +23,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 MAX_Q = 32
 MAX_SEED = 2**32 - 1  # the synthetic pages and query keys take a 32-bit seed: a larger one would alias a smaller one
-PAGE_BYTES = 4096     # a dataset.path file holds whole pages (datasets.PAGE_BYTES)
+PAGE_BYTES = 4096     # a dataset.path file holds whole pages (pir.pages.PAGE_BYTES; config stays free of the engine)
 # Settings that do not change what a cell measures: excluded from its identity (resume, config_id).
 _NON_IDENTITY_KEYS = ("resume", "mlflow", "hydra", "decision")
 _NON_IDENTITY_BENCH = ("compilation_cache_dir", "cell_timeout_s", "finals")
@@ -227,9 +228,32 @@ def _check_placement(p: PlacementConfig) -> None:
                               "use placement=replicated or placement=sharded for more")
 
 
-def _strategy(st: dict[str, Any], known_strategies: tuple[str, ...]) -> StrategyConfig:
-    from .rollout import check_env  # rollout imports this module
+# A guard_env name: what `set -a; . selected.env` can set and nothing else (rollout writes the .env).
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
+
+def env_value(name: Any, value: Any) -> str:
+    """A guard_env entry as the text the environment gets ('True' and True -> 'true'); ConfigError (one line) for a
+    name that is not `[A-Z_][A-Z0-9_]*` or a value that is not a scalar, or holds a line break or NUL."""
+    if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
+        raise ConfigError(f"strategy.guard_env: {str(name)[:80]!r} is not an environment variable name "
+                          "(capitals, digits and _, not starting with a digit)")
+    if isinstance(value, bool) or str(value) in ("True", "False"):
+        return str(value).lower()
+    if value is None or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"strategy.guard_env.{name} must be a string, number or boolean, got {value!r}")
+    text = str(value)
+    if any(c in text for c in "\n\r\0"):
+        raise ConfigError(f"strategy.guard_env.{name} must be one line without NUL, got {text[:80]!r}")
+    return text
+
+
+def check_env(env: Mapping[str, Any]) -> dict[str, str]:
+    """Every guard_env entry checked (`env_value`): name -> the text the environment gets."""
+    return {name: env_value(name, value) for name, value in env.items()}
+
+
+def _strategy(st: dict[str, Any], known_strategies: tuple[str, ...]) -> StrategyConfig:
     name = st.pop("name", None)
     if known_strategies and name not in known_strategies:
         raise ConfigError(f"unknown strategy {name!r}; valid: {', '.join(known_strategies)}")

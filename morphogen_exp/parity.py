@@ -27,6 +27,7 @@ import numpy as np
 
 from .config import ParityConfig
 from .datasets import Dataset, verify
+from .pir.pages import PAGE_WORDS, xor_reduce
 from .pir.reference import answer_numpy, eval_prefix
 from .queries import QuerySet
 
@@ -99,8 +100,7 @@ _FOLD_PAGES = 1 << 20  # pages per device fold step: (K, 2^20, 4) masks = 16 MiB
 def _fold(words: jax.Array, start: jax.Array, size: int, masks: jax.Array) -> jax.Array:
     """XOR over raw pages [start, start + size) of ``words`` of page AND mask: (K, 1024) u32. Plain jnp on purpose."""
     pages = jax.lax.dynamic_slice_in_dim(words, start, size, axis=0).reshape(size, 256, 4)
-    prod = pages[None] & masks[:, :, None, :]
-    return jax.lax.reduce(prod, jnp.uint32(0), jax.lax.bitwise_xor, (1,)).reshape(masks.shape[0], 1024)
+    return xor_reduce(pages[None] & masks[:, :, None, :], axis=1).reshape(masks.shape[0], PAGE_WORDS)
 
 
 def _raw_pages(dataset: Dataset, start: int, size: int) -> tuple[jax.Array, jax.Array]:
@@ -122,7 +122,7 @@ def _numpy_dpf_answer(dataset: Dataset, keys: tuple, cache: OracleCache) -> np.n
     def compute() -> np.ndarray:
         n = dataset.num_pages
         masks = np.stack([eval_prefix(k, n) for k in keys]).view("<u4")  # (K, N, 4): 16 output bytes per page
-        acc = np.zeros((len(keys), 1024), np.uint32)
+        acc = np.zeros((len(keys), PAGE_WORDS), np.uint32)
         if not dataset.is_raw:  # an engine's layout on the device: fold raw pages regenerated apart from it
             for start in range(0, n, _FOLD_PAGES):
                 size = min(_FOLD_PAGES, n - start)

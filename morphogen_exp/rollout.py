@@ -33,7 +33,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from . import paths
-from .config import ConfigError
+from .config import ConfigError, check_env, env_value
 
 ENV_VAR = "MORPHOGEN_ROLLOUT_DIR"
 GROUP = "rollout"
@@ -43,7 +43,6 @@ RESOLVER = "morphogen_rollout_root"
 # Strategy params that are not knobs of the strategy's code: the guard leaves them to conf/strategy/.
 _NOT_KNOBS = ("name", "original")
 ENV_PREFIX = "strategy.guard_env."
-ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 # No configuration is GO: the environment of one query at a time (multi_stream with streams=1, no_go_mapping).
 NO_GO_ENV = {"MORPHOGEN_GPU_BATCH_POLICY": "latency", "MORPHOGEN_GPU_STREAMS": 1, "MORPHOGEN_GPU_CUDA_GRAPH": False}
 
@@ -90,27 +89,6 @@ def typed(value: Any) -> Any:
         return ast.literal_eval(value)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         return {"null": None, "true": True, "false": False}.get(value, value)
-
-
-def env_value(name: Any, value: Any) -> str:
-    """A guard_env entry as the text the environment gets ('True' and True -> 'true'); ConfigError (one line) for a
-    name that is not `[A-Z_][A-Z0-9_]*` or a value that is not a scalar, or holds a line break or NUL."""
-    if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
-        raise ConfigError(f"strategy.guard_env: {str(name)[:80]!r} is not an environment variable name "
-                          "(capitals, digits and _, not starting with a digit)")
-    if isinstance(value, bool) or str(value) in ("True", "False"):
-        return str(value).lower()
-    if value is None or not isinstance(value, (str, int, float)):
-        raise ConfigError(f"strategy.guard_env.{name} must be a string, number or boolean, got {value!r}")
-    text = str(value)
-    if any(c in text for c in "\n\r\0"):
-        raise ConfigError(f"strategy.guard_env.{name} must be one line without NUL, got {text[:80]!r}")
-    return text
-
-
-def check_env(env: Mapping[str, Any]) -> dict[str, str]:
-    """Every guard_env entry checked (`env_value`): name -> the text the environment gets."""
-    return {name: env_value(name, value) for name, value in env.items()}
 
 
 def env_of(params: Mapping[str, Any]) -> dict[str, str]:

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from morphogen_exp import rollout
-from morphogen_exp.config import ConfigError, flatten
+from morphogen_exp.config import ConfigError, env_value, flatten
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,7 +157,7 @@ def test_guard_env_names_and_values_are_checked_and_quoted() -> None:
 def test_the_no_go_guard_sets_what_its_env_sets(store: Path) -> None:
     rollout.publish("nogo", rollout.to_yaml(rollout.no_go_mapping(), "no configuration is GO"))
     env = OmegaConf.to_container(_compose("+rollout=nogo").strategy.guard_env)
-    text = "".join(f"{k}={rollout.env_value(k, v)}\n" for k, v in sorted(env.items()))
+    text = "".join(f"{k}={env_value(k, v)}\n" for k, v in sorted(env.items()))
     assert text == rollout.env_text(rollout.NO_GO_ENV) == (
         "MORPHOGEN_GPU_BATCH_POLICY=latency\nMORPHOGEN_GPU_CUDA_GRAPH=false\nMORPHOGEN_GPU_STREAMS=1\n")
 
@@ -224,7 +224,7 @@ def test_a_guard_is_data_on_the_real_cli(cli, workdir: Path) -> None:
     assert set(added) == {*values, "MORPHOGEN_GPU_STREAMS", "MORPHOGEN_GPU_CUDA_GRAPH"}, added  # nothing else set
 
     guard = _compose("+rollout=selected")  # the store's latest guard, as a trial loads it
-    from_yaml = {k: rollout.env_value(k, v) for k, v in OmegaConf.to_container(guard.strategy.guard_env).items()}
+    from_yaml = {k: env_value(k, v) for k, v in OmegaConf.to_container(guard.strategy.guard_env).items()}
     assert from_yaml == added  # yaml == env
     assert guard.strategy.guard_env.MORPHOGEN_HEX == "0x10" and guard.placement.devices == 1
 
