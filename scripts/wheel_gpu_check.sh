@@ -4,6 +4,7 @@
 # package (python -m morphogen_exp.pir.cuda, into a fresh cache), printing the package, its config tree, the
 # sources it compiled and the library it built.
 #   bash scripts/wheel_gpu_check.sh        # exit 0: built from the wheel; otherwise the failing step's output
+#   then one cell (CELL, default "q=1 engine=bitsliced") with the installed console script, outside the checkout
 # On the device tool, with the dependency wheels carried as for scripts/device_matrix.sh (carry: [".whl"]):
 # they are installed into a folder the venv sees first (SKIP_WHEELS=1: use this interpreter's packages only).
 set -euo pipefail
@@ -34,19 +35,33 @@ site_packages=$("$work/venv/bin/python" -c 'import sysconfig; print(sysconfig.ge
 if [ -n "$deps" ]; then echo "$deps" >"$site_packages/_deps.pth"; fi
 python3 -m pip --python "$work/venv/bin/python" install -q --no-index --no-deps --force-reinstall "$wheel"
 
-cd /tmp  # outside the checkout; PYTHONPATH unset: the package comes from the venv
+cd /tmp  # outside the checkout; the checkout left off PYTHONPATH: the package comes from the venv
 export MORPHOGEN_CUDA_CACHE=$work/cuda-cache  # a fresh build from the installed sources, never a cached library
-env -u PYTHONPATH "$work/venv/bin/python" - <<'EOF'
-import morphogen_exp, morphogen_exp.paths as paths
+PYTHONPATH=$(printf '%s' "${PYTHONPATH:-}" | tr ':' '\n' | grep -v -x -e "$repo" -e '' | paste -sd: -) || true
+export PYTHONPATH
+"$work/venv/bin/python" - "$work" <<'EOF'
+import sys
 from pathlib import Path
+
+import morphogen_exp
+import morphogen_exp.paths as paths
 
 package = Path(morphogen_exp.__file__).parent
 print("package:", package)
+assert str(package).startswith(sys.argv[1]), f"morphogen_exp imported from {package}, not the venv"
 print("config:", paths.conf_dir(), "(checkout)" if paths.checkout() else "(installed)")
 print("cuda sources:", " ".join(sorted(str(p.relative_to(package)) for e in ("*.cu", "*.cuh") for p in package.rglob(e))))
 EOF
-lib=$(env -u PYTHONPATH "$work/venv/bin/python" -m morphogen_exp.pir.cuda)
+lib=$("$work/venv/bin/python" -m morphogen_exp.pir.cuda)
 echo "built: $lib ($(stat -c %s "$lib") bytes)"
 if command -v nm >/dev/null; then
   echo "exports: $(nm -D --defined-only "$lib" | awk '/ T Morphogen/ {print $3}' | tr '\n' ' ')"
+fi
+# One cell from the installed package, in a folder outside the checkout (CELL="..." overrides; CELL= skips it).
+cell=${CELL-q=1 engine=bitsliced}
+if [ -n "$cell" ]; then
+  mkdir -p "$work/cell" && cd "$work/cell"
+  # shellcheck disable=SC2086
+  "$work/venv/bin/morphogen-exp" $cell
+  echo "cell outputs: $(ls "$work/cell/outputs" | tr '\n' ' ')"
 fi
