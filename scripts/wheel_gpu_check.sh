@@ -33,6 +33,10 @@ echo "wheel: $wheel"
 python3 -m venv --system-site-packages --without-pip "$work/venv"
 site_packages=$("$work/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 if [ -n "$deps" ]; then echo "$deps" >"$site_packages/_deps.pth"; fi
+# This interpreter's own packages too: where python3 is itself a venv (the GPU image's), --system-site-packages
+# reaches only the base interpreter's.
+python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"]); print(sysconfig.get_paths()["platlib"])' \
+  | sort -u >"$site_packages/_interpreter.pth"
 python3 -m pip --python "$work/venv/bin/python" install -q --no-index --no-deps --force-reinstall "$wheel"
 
 cd /tmp  # outside the checkout; the checkout left off PYTHONPATH: the package comes from the venv

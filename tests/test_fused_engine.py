@@ -149,7 +149,8 @@ def test_kernel_equals_numpy(num_pages: int, num_keys: int, tile: int) -> None:
 def test_the_sharded_gate_script_passes_over_two_virtual_devices() -> None:
     """scripts/check_sharded.py (run before a multi-GPU sweep): shards that start off the tile and subtree grid."""
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONPATH": str(repo),
+    path = os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH", "")) if p)  # the checkout, then what is there
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONPATH": path,
            "JAX_PLATFORMS": "cpu"}
     res = subprocess.run([sys.executable, str(repo / "scripts" / "check_sharded.py"), "fused"], capture_output=True,
                          text=True, env=env, timeout=600, check=False)
