@@ -31,7 +31,7 @@ from . import app, paths, progress, rollout, session, sweepdir, trial
 from .callbacks import SweepCallback, review_hint, sweep_ref
 from .config import ConfigError, one_line
 from .strategies.base import knob_error
-from .tracking import shielded
+from .tracking import StoreLost, shielded
 
 log = logging.getLogger("morphogen_exp")
 
@@ -56,7 +56,8 @@ def hydra_entry(cfg: DictConfig) -> dict[str, Any]:
         if not multirun:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
-        log.error("cell [%s]: setting to fix: %s", " ".join(hc.overrides.task), err)  # recorded FAILED by app.run
+        what = "the tracking store is lost" if isinstance(err, StoreLost) else "setting to fix"
+        log.error("cell [%s]: %s: %s", " ".join(hc.overrides.task), what, err)  # recorded FAILED by app.run
         return app.CellOutcome("config_error", error=str(err)).as_dict()
     if not multirun and out.status in ("failed", "does_not_fit"):
         why = f"does not fit: {out.error}" if out.status == "does_not_fit" else out.error
@@ -160,8 +161,12 @@ def main() -> None:
             raise
         print(f"error: {knob_error(err, sys.argv[1:]) or one_line(err)}", file=sys.stderr)
         sys.exit(2)
-    except Exception:  # a launcher's failure (e.g. a worker process died): the sweep run must not stay RUNNING
+    except Exception as err:  # a launcher's failure (e.g. a worker process died): the sweep run must not stay RUNNING
         _end_sweep("FAILED")
+        if type(err).__name__ == "UncompletedJobError" and not user_full_error:  # submitit: a job died before its cell
+            print(f"error: a SLURM job ended without a result ({one_line(err)[:240]}); its log is under <sweep>/.submitit/; "
+                  "finish the sweep with resume=true", file=sys.stderr)
+            sys.exit(1)
         raise
 
 

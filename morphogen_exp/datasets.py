@@ -259,7 +259,7 @@ def _hash_file(path: Path) -> str:
 def cache_file() -> Path:
     """The on-disk fingerprint cache: $MORPHOGEN_FINGERPRINT_CACHE, else
     <outputs>/cache/dataset-fingerprints.json beside the guard store (<outputs> = $MORPHOGEN_ROLLOUT_DIR
-    or <repo>/outputs, whatever the current directory): every sweep and process of a checkout shares
+    or <checkout>/outputs whatever the current directory; ./outputs when installed): every sweep and process of a checkout shares
     it, so a 68 GB file is hashed once; never beside the dataset."""
     env = os.environ.get("MORPHOGEN_FINGERPRINT_CACHE")
     if env:

@@ -79,7 +79,7 @@ class DecisionRules:
             v = m.get(name, getattr(default, name))
             if v is None and optional:
                 return None
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo:  # NaN passes `<`
                 raise ConfigError(f"decision.{name} must be a number >= {lo:g}{' or null' if optional else ''}, got {v!r}")
             return v
 

@@ -6,7 +6,7 @@ and each GO configuration whose ranking estimate at that q overlaps or beats it 
 on the incumbent's engine and placement: one database layout is resident at a time). Their batch paths
 run in rounds in this process (`timing.measure_interleaved`), their answers are compared bit for bit, and
 each q is logged as a run of role "final" under the sweep's parent run (`finals.json`). The report reads
-them back (`report.read_finals` -> `decision.decide(..., finals)`); a rebuild never re-measures.
+them back (`tracking.read_finals` -> `decision.decide(..., finals)`); a rebuild never re-measures.
 
 The incumbent is re-measured at every q even alone: its time against its own sweep cell is the drift
 between the start and the end of the sweep, reported beside the decision.
@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import app, report
+from . import app
 from .decision import RANKABLE, Decision, DecisionRules, decide, estimate, tied
 from .session import Session
 from .stats import blocked_median_ci
-from .tracking import PARENT_TAG, ROLE_TAG, Tracker, shielded
+from .tracking import FINAL_ROLE, PARENT_TAG, ROLE_TAG, Tracker, cells_frame, load_rules, shielded
 
 log = logging.getLogger(__name__)
-ROLE = report.FINAL_ROLE
+ROLE = FINAL_ROLE
 MAX_FINALISTS = 4
 
 
@@ -75,11 +75,11 @@ def run(tracker: Tracker, parent_id: str, session: Session) -> list[FinalRecord]
     """Plan and run the finals of one sweep, each q logged as a final run under `parent_id`. A final that
     cannot run (a setting, the memory) is logged FAILED and skipped; the decision then stands on the cells."""
     runs = tracker.children(parent_id)
-    df = report.cells_frame(runs)
+    df = cells_frame(runs)
     if df.empty:
         return []
     parent = tracker.client.get_run(parent_id)
-    rules = report.load_rules(tracker.client, parent)
+    rules = load_rules(tracker.client, parent)
     decision = decide(df, rules)
     schedule = plan(df, decision, rules)
     records = []

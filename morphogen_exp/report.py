@@ -30,7 +30,7 @@ import pandas as pd
 from . import rollout, tracking, uiview
 from .config import ConfigError
 from .decision import Decision, DecisionRules, best_per_q, decide, estimate, with_assignments
-from .tracking import DERIVED, FINAL_ROLE, PATH_METRICS, cells_frame, load_rules, open_store  # noqa: F401 (finals.py, trial.py read them here)
+from .tracking import DERIVED, PATH_METRICS, open_store
 
 ORIGINAL_COLUMNS = [
     "strategy", "policy", "adaptive_threshold", "gpu_streams", "gpu_cuda_graph", "gpu_batch_tile_size", "q",
@@ -287,7 +287,8 @@ def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: Map
     guard_line = (f"- **Rollout guard**: none written ({decision.refusal})." if decision.devices_mixed
                   else f"""- **Rollout guard**: `rollout/selected.yaml` and `rollout/selected.env` beside this report; saved as
   `+rollout={meta.get('guard_name', '?')}` (and `+rollout=selected`, the latest) in the guard store
-  ($MORPHOGEN_ROLLOUT_DIR or <repo>/outputs), each with its record (`.meta.json`: this sweep, for rollout trials).""")
+  ($MORPHOGEN_ROLLOUT_DIR, else <checkout>/outputs, or ./outputs when installed), each with its record
+  (`.meta.json`: this sweep, for rollout trials).""")
     tie = (f"ties (overlapping intervals; point estimates: within {rules.tie_within:.0%}) go to the first of decision.prefer, "
            "then the finals decide" if decision.intervals else f"ties within {rules.tie_within:.0%} go to the first of decision.prefer")
     intervals = ("Each value is the median with its confidence interval `[lo, hi]`. The single-query loop and the batch path "

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from . import rollout
+from . import paths, rollout
 from .config import ConfigError, MlflowConfig
 from .decision import DecisionRules, Final, config_id, config_labels, mapping_from_params, with_assignments
 
@@ -206,8 +206,10 @@ def code_version() -> str:
     machine's) is told which commit it runs."""
     if os.environ.get("MORPHOGEN_CODE_VERSION"):
         return os.environ["MORPHOGEN_CODE_VERSION"]
-    root = Path(__file__).resolve().parents[1]
+    root = paths.checkout()
     try:
+        if root is None:  # installed from a wheel: a git repository around the venv is not this code's
+            raise LookupError("no checkout")
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         diff = subprocess.run(["git", "-C", str(root), "diff", "HEAD", "--", "morphogen_exp", "conf"],
                               capture_output=True, check=True).stdout
@@ -524,7 +526,11 @@ def load_rules(client: Any, parent: Any, overrides: Sequence[str] = ()) -> Decis
     raw: Any
     if any(a.path == "decision.json" for a in client.list_artifacts(run_id)):
         with tempfile.TemporaryDirectory() as tmp:
-            raw = json.loads(Path(client.download_artifacts(run_id, "decision.json", tmp)).read_text())
+            try:
+                raw = json.loads(Path(client.download_artifacts(run_id, "decision.json", tmp)).read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ConfigError(f"sweep run {run_id}: its decision.json is not JSON ({err}); "
+                                  "rebuild with --rule NAME=VALUE for each rule, or fix the artifact") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"sweep run {run_id}: decision.json is not a mapping")
     else:

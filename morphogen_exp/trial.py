@@ -35,14 +35,14 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from . import app, devlock, report, rollout
+from . import app, devlock, rollout
 from . import placement as placements
 from .config import ConfigError, MlflowConfig, RunConfig, flatten
 from .decision import Estimate, estimate, measurement_setting
 from .session import Session
 from .stats import paired_ratio_ci
 from .timing import TimingSummary
-from .tracking import PARENT_TAG, ROLE_TAG, Tracker, shielded, sqlite_path
+from .tracking import PARENT_TAG, ROLE_TAG, Tracker, cells_frame, load_rules, shielded, sqlite_path
 
 log = logging.getLogger(__name__)
 ROLE = "trial"
@@ -182,7 +182,7 @@ def verdict_line(judgements: Sequence[Judgement], comparable: bool = True) -> st
 @dataclass
 class Plan:
     """What a trial runs: per q the guard's configuration and its fallback's (None: the loop), and the sweep cells
-    (rows of report.cells_frame) it is held to."""
+    (rows of tracking.cells_frame) it is held to."""
 
     meta: rollout.GuardMeta
     tie_within: float
@@ -372,14 +372,14 @@ def run(cfg: DictConfig, session: Session, guard: str, overrides: Sequence[str])
     tracker, parent = _sweep_run(meta, base, given, session)
     own_margin = [f"tie_within={base.decision['tie_within']}"] if _set_by("decision.tie_within", given) else []
     try:
-        rules = report.load_rules(tracker.client, parent, own_margin)
+        rules = load_rules(tracker.client, parent, own_margin)
     except ConfigError:
         raise
     except (ValueError, TypeError, OSError) as err:  # decision.json unreadable or not JSON
         raise ConfigError(f"guard {meta.guard!r}: the decision rules (decision.json) of its sweep run {meta.parent_run_id} "
                           f"cannot be read ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}); restore the "
                           "file in the sweep's store, or run the sweep again") from None
-    p = plan(meta, base, report.cells_frame(tracker.children(meta.parent_run_id)), given, rules.tie_within)
+    p = plan(meta, base, cells_frame(tracker.children(meta.parent_run_id)), given, rules.tie_within)
     here = app.identity_tags(p.guard[p.qs[0]])
     diffs = differences(p, here)
     notes = _measurement_notes(p, here) + p.notes

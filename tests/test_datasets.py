@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from morphogen_exp import app, datasets, parity, report
+from morphogen_exp import app, datasets, parity, report, tracking
 from morphogen_exp.config import DatasetConfig
 from morphogen_exp.session import Session
 
@@ -231,7 +231,7 @@ def test_a_cell_with_both_independent_checks_off_records_them_as_not_checked(mak
     assert m["parity_xor_checked"] == 0 and "parity_xor_eq" not in m
     assert m["parity_ok"] == 1 and m["parity_batch_eq_single"] == 1 and m["checksum_match"] == 1
     assert run.data.tags["parity_numpy_note"].startswith("not checked")
-    table = report._status_table(report.cells_frame([run]))
+    table = report._status_table(tracking.cells_frame([run]))
     assert "exact (numpy 0q: not checked, xor not checked, checksum =)" in table and "ok" not in table
 
 

@@ -240,3 +240,10 @@ def test_the_fallback_among_tied_configurations_follows_prefer_not_noise() -> No
                      "full_batch": (order[2], 1.0)})
         d = decide(m, DecisionRules(prefer=prefer))
         assert (d.selected, d.fallback) == ("tiled", "full_batch"), order
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_rules_refuse_numbers_that_are_not_finite(value: float) -> None:
+    """NaN compares false with every bound, so a rule of NaN would pass every check: refused by name."""
+    with pytest.raises(ConfigError, match="decision.min_speedup must be a number"):
+        DecisionRules.from_mapping({"min_speedup": value})

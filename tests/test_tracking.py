@@ -40,3 +40,21 @@ def test_a_dataset_input_that_keeps_failing_only_warns(tmp_path, monkeypatch, ca
     with caplog.at_level(logging.WARNING):
         tr.log_dataset(run, "tiny", "abc123", "synthetic(seed=0)", {"num_pages": 300})
     assert "dataset input not logged" in caplog.text and "store says no" in caplog.text
+
+
+def test_a_corrupt_decision_json_is_one_line_naming_the_run(tmp_path) -> None:
+    """report --sweep-dir on a sweep whose decision.json artifact is not JSON: a ConfigError naming the run and the
+    way out, never a JSONDecodeError traceback."""
+    import pytest
+
+    from morphogen_exp.config import ConfigError
+    from morphogen_exp.tracking import load_rules
+
+    t = Tracker(MlflowConfig(f"sqlite:///{tmp_path}/mlflow.db", "e"))
+    run = t.client.create_run(t.experiment_id)
+    bad = tmp_path / "decision.json"
+    bad.write_text("{not json")
+    t.client.log_artifact(run.info.run_id, str(bad))
+    with pytest.raises(ConfigError, match=f"sweep run {run.info.run_id}: its decision.json is not JSON") as err:
+        load_rules(t.client, t.client.get_run(run.info.run_id))
+    assert "\n" not in str(err.value)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from morphogen_exp import report, rollout, sweepdir, trial
+from morphogen_exp import report, rollout, sweepdir, tracking, trial
 from morphogen_exp.config import ConfigError
 from morphogen_exp.decision import Estimate
 from morphogen_exp.trial import BETTER, HOLDS, IMPROVED, INCONCLUSIVE, REGRESSED, TIED, UNDECIDED, WORSE
@@ -202,9 +202,9 @@ def test_a_trial_holds_the_guard_to_its_sweep_and_is_never_a_cell(cli, workdir):
     newest = max(trials, key=lambda r: r.info.start_time)
     client.set_tag(newest.info.run_id, "cell_key", cell4.data.tags["cell_key"])  # the newest run of that key, were it a cell
     client.set_tag(newest.info.run_id, "cell_status", "ok")
-    store = report.open_store(f"sqlite:///{workdir}/outputs/mlflow.db", "morphogen_exp")
+    store = tracking.open_store(f"sqlite:///{workdir}/outputs/mlflow.db", "morphogen_exp")
     children = client.search_runs([store.experiment_id], f"tags.`mlflow.parentRunId` = '{meta.parent_run_id}'")
-    df = report.cells_frame(children)
+    df = tracking.cells_frame(children)
     assert len(df) == 4 and not set(df["run_id"]) & {r.info.run_id for r in trials}
     assert {r.info.run_id for r in sweepdir._children(client, store.experiment_id, meta.parent_run_id)} == {
         c.info.run_id for c in cells.values()}
