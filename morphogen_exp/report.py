@@ -30,7 +30,7 @@ import pandas as pd
 from . import rollout, tracking, uiview
 from .config import ConfigError
 from .decision import Decision, DecisionRules, best_per_q, decide, estimate, with_assignments
-from .tracking import DERIVED, FLOOR_MARK, PATH_METRICS, open_store
+from .tracking import DERIVED, PATH_METRICS, open_store
 
 ORIGINAL_COLUMNS = [
     "strategy", "policy", "adaptive_threshold", "gpu_streams", "gpu_cuda_graph", "gpu_batch_tile_size", "q",
@@ -44,6 +44,7 @@ OUR_COLUMNS = [
     "single_ms_p90", "batch_ms_p90", "batch_ms_min", "batch_ms_max",
     "compile_s", "batch_effective_gbps", "memory_estimate_gib", "scan_keys", "engine_path", "error_message", "run_id",
 ]
+FLOOR_MARK = "_floor_"  # the card's floors and each cell's fraction of them (floors.py): matrix.csv's `*_floor_*` columns
 LOOP = "single-query loop"  # the fallback when no configuration is the fallback: the report and decision.fallback say the same
 DRY_RUN = "CPU dry run: every cell ran on the CPU backend; this tests the pipeline and its decision means nothing for a GPU"
 
@@ -262,6 +263,16 @@ def _best_per_q_table(df: pd.DataFrame, decision: Decision, rules: DecisionRules
     return "\n".join(lines)
 
 
+def with_floors(df: pd.DataFrame, runs: Sequence[Any]) -> pd.DataFrame:
+    """The cells' floor metrics (`*_floor_*`, recorded where bench.floors probed) as columns of df, each one only
+    where some cell has it (no column of NaN for a sweep that probed nothing)."""
+    if df.empty:
+        return df
+    metrics = {r.info.run_id: r.data.metrics for r in runs}
+    names = sorted({k for run_id in df["run_id"] for k in metrics.get(run_id, {}) if FLOOR_MARK in k})
+    return df.assign(**{k: [metrics.get(run_id, {}).get(k) for run_id in df["run_id"]] for k in names})
+
+
 def _floors_line(df: pd.DataFrame, decision: Decision) -> str:
     """One line: the card's floors and the fractions of them that the shipped configuration (else the fastest ok cell
     of each q) reaches; empty where no cell recorded floors."""
@@ -464,7 +475,7 @@ def write(record: tracking.SweepRecord, out_dir: Path, *, save_guard: bool = Fal
     """Decide and render a sweep into out_dir (report.md, matrix.csv, plots, rollout/ guard); with `save_guard`
     the guard also goes to the guard store (or `rollout_dir`/rollout). Returns the files, the matrix and the
     guard's name ("none" when the cells ran on several kinds of device)."""
-    df, parent, parent_id = record.frame, record.parent, str(record.parent.info.run_id)
+    df, parent, parent_id = with_floors(record.frame, record.runs), record.parent, str(record.parent.info.run_id)
     decision = decide(df, record.rules, record.finals)
     if cpu_only(df):
         decision.dry_run = DRY_RUN

@@ -506,17 +506,6 @@ def cell_row(run: Any) -> dict[str, Any]:
     return row
 
 
-FLOOR_MARK = "_floor_"  # the card's floors and each cell's fraction of them (floors.py): matrix.csv's `*_floor_*` columns
-
-
-def _with_floors(df: pd.DataFrame, runs: Sequence[Any]) -> pd.DataFrame:
-    """The cells' floor metrics (`*_floor_*`, recorded where bench.floors probed) as columns of df, each one only
-    where some cell has it (no column of NaN for a sweep that probed nothing)."""
-    metrics = {r.info.run_id: r.data.metrics for r in runs}
-    names = sorted({k for run_id in df["run_id"] for k in metrics.get(run_id, {}) if FLOOR_MARK in k})
-    return df.assign(**{k: [metrics.get(run_id, {}).get(k) for run_id in df["run_id"]] for k in names})
-
-
 def cells_frame(runs: Sequence[Any]) -> pd.DataFrame:
     """One row per cell (the newest run of each cell_key), labelled by configuration."""
     cells = [r for r in runs if r.data.tags.get(ROLE_TAG, "cell") == "cell"]  # never a final or a trial
@@ -525,7 +514,6 @@ def cells_frame(runs: Sequence[Any]) -> pd.DataFrame:
     if df.empty:
         return df
     df = df.drop_duplicates("cell_key", keep="first")  # a re-run or resumed cell: the newest counts
-    df = _with_floors(df, cells)
     configs = {r["config_id"]: (str(r["our_strategy"]), r["_params"]) for r in df.to_dict("records")}
     labels = config_labels(configs)
     df["config"] = df["config_id"].map(labels)
