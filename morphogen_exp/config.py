@@ -26,7 +26,7 @@ MAX_SEED = 2**32 - 1  # the synthetic pages and query keys take a 32-bit seed: a
 PAGE_BYTES = 4096     # a dataset.path file holds whole pages (pir.pages.PAGE_BYTES; config stays free of the engine)
 # Settings that do not change what a cell measures: excluded from its identity (resume, config_id).
 _NON_IDENTITY_KEYS = ("resume", "mlflow", "hydra", "decision")
-_NON_IDENTITY_BENCH = ("compilation_cache_dir", "cell_timeout_s", "finals", "floors")
+_NON_IDENTITY_BENCH = ("compilation_cache_dir", "cell_timeout_s", "finals")
 
 
 class ConfigError(ValueError):
@@ -84,7 +84,6 @@ class BenchConfig:
     memory_cap_gib: float | None = None
     compilation_cache_dir: str | None = None
     finals: bool = True                  # after a sweep's cells: the shipped configuration and its ties head to head
-    floors: bool | str = "auto"          # probe the card's read and expansion floors (floors.py): auto = on a GPU only
 
 
 @dataclass
@@ -207,8 +206,6 @@ def _check_bench(b: BenchConfig) -> None:
     _positive(b.cell_timeout_s, "bench.cell_timeout_s")
     _positive(b.system_metrics_s, "bench.system_metrics_s")
     _positive(b.memory_cap_gib, "bench.memory_cap_gib")
-    if b.floors not in (True, False, "auto"):
-        raise ConfigError(f"bench.floors must be auto, true or false, got {b.floors!r}")
 
 
 def _check_engine(e: EngineConfig, known_engines: tuple[str, ...]) -> None:

@@ -44,7 +44,6 @@ OUR_COLUMNS = [
     "single_ms_p90", "batch_ms_p90", "batch_ms_min", "batch_ms_max",
     "compile_s", "batch_effective_gbps", "memory_estimate_gib", "scan_keys", "engine_path", "error_message", "run_id",
 ]
-FLOOR_MARK = "_floor_"  # the card's floors and each cell's fraction of them (floors.py): matrix.csv's `*_floor_*` columns
 LOOP = "single-query loop"  # the fallback when no configuration is the fallback: the report and decision.fallback say the same
 DRY_RUN = "CPU dry run: every cell ran on the CPU backend; this tests the pipeline and its decision means nothing for a GPU"
 
@@ -263,37 +262,6 @@ def _best_per_q_table(df: pd.DataFrame, decision: Decision, rules: DecisionRules
     return "\n".join(lines)
 
 
-def with_floors(df: pd.DataFrame, runs: Sequence[Any]) -> pd.DataFrame:
-    """The cells' floor metrics (`*_floor_*`, recorded where bench.floors probed) as columns of df, each one only
-    where some cell has it (no column of NaN for a sweep that probed nothing)."""
-    if df.empty:
-        return df
-    metrics = {r.info.run_id: r.data.metrics for r in runs}
-    names = sorted({k for run_id in df["run_id"] for k in metrics.get(run_id, {}) if FLOOR_MARK in k})
-    return df.assign(**{k: [metrics.get(run_id, {}).get(k) for run_id in df["run_id"]] for k in names})
-
-
-def _floors_line(df: pd.DataFrame, decision: Decision) -> str:
-    """One line: the card's floors and the fractions of them that the shipped configuration (else the fastest ok cell
-    of each q) reaches; empty where no cell recorded floors."""
-    cols = ("read_floor_gbps", "expand_floor_blocks_per_s", "batch_read_floor_frac", "batch_expand_floor_frac")
-    if not set(cols) <= set(df.columns):
-        return ""
-    ok = df[(df["status"] == "ok") & df["read_floor_gbps"].notna()]
-    if ok.empty:
-        return ""
-    rows, who = ok[ok["config"] == decision.selected], f"{decision.selected} (ships)"
-    if rows.empty:
-        ranked = ok.dropna(subset=["batch_qps"])
-        rows, who = ranked.loc[ranked.groupby("q")["batch_qps"].idxmax()], "The fastest cell of each q"
-    expand = "; ".join(f"{g['expand_floor_blocks_per_s'].median() / 1e9:.3g} G ChaCha8 blocks/s ({engine}'s expand_levels)"
-                       for engine, g in ok.groupby("engine"))
-    reach = "; ".join(f"q={int(r['q'])} {r['batch_read_floor_frac']:.1%} of the read floor, {r['batch_expand_floor_frac']:.1%} "
-                      "of the expansion floor" for r in rows.sort_values("q").to_dict("records"))
-    return (f"\nFloors on {_distinct(ok, 'device_kind') or '?'}: read {ok['read_floor_gbps'].median():.4g} GB/s (a plain stream), "
-            f"expansion {expand}. {who} reaches: {reach} (a batch reads the database once and expands 3 keys a query).\n")
-
-
 def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: Mapping[str, Any]) -> str:
     first = df.iloc[0]
     configs = []
@@ -368,7 +336,7 @@ Single-query loop (same cells, ms per Q queries):
 
 ## Best configuration per q (ok cells{', exact parity' if rules.require_parity else ''})
 {_best_per_q_table(df, decision, rules)}
-{_floors_line(df, decision)}{_engine_path_section(df)}
+{_engine_path_section(df)}
 ## Finals (after the cells: the shipped configuration and what ties it, head to head in rounds)
 {_finals_section(list(meta.get('finals') or []), df, decision)}
 
@@ -475,7 +443,7 @@ def write(record: tracking.SweepRecord, out_dir: Path, *, save_guard: bool = Fal
     """Decide and render a sweep into out_dir (report.md, matrix.csv, plots, rollout/ guard); with `save_guard`
     the guard also goes to the guard store (or `rollout_dir`/rollout). Returns the files, the matrix and the
     guard's name ("none" when the cells ran on several kinds of device)."""
-    df, parent, parent_id = with_floors(record.frame, record.runs), record.parent, str(record.parent.info.run_id)
+    df, parent, parent_id = record.frame, record.parent, str(record.parent.info.run_id)
     decision = decide(df, record.rules, record.finals)
     if cpu_only(df):
         decision.dry_run = DRY_RUN
@@ -495,7 +463,7 @@ def write(record: tracking.SweepRecord, out_dir: Path, *, save_guard: bool = Fal
                         f"{first_tags.get('dataset.source', '')}",
     }
     csv, md = out_dir / "matrix.csv", out_dir / "report.md"
-    matrix = df[ORIGINAL_COLUMNS + OUR_COLUMNS + [c for c in df.columns if FLOOR_MARK in c]]
+    matrix = df[ORIGINAL_COLUMNS + OUR_COLUMNS]
     rollout.atomic_write(csv, matrix.to_csv(index=False))
     plots = _plots(df, out_dir, plot_subtitle(df, meta), decision.selected)
     guard_path, env_path = out_dir / "rollout" / "selected.yaml", out_dir / "rollout" / "selected.env"
