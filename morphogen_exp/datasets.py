@@ -12,7 +12,6 @@ compare against: the synthetic generator has a numpy twin, a file is read back f
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -28,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import paths
 from .config import ConfigError, DatasetConfig
 from .pir.engine import LayoutFn
 from .pir.pages import PAGE_BYTES, PAGE_WORDS, domain_bits_for
@@ -288,21 +288,16 @@ def _disk_get(key: StatKey) -> str | None:
 
 
 def _disk_put(key: StatKey, digest: str) -> None:
-    """Add an entry (read, merge, write a temporary file, rename: atomic; a lost race loses a cache
-    entry only). A cache that cannot be written is logged and skipped, never a failed run."""
+    """Add an entry (read, merge, paths.atomic_write: a lost race loses a cache entry only). A cache that cannot
+    be written is logged and skipped, never a failed run."""
     path = cache_file()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         entries = _disk_entries(path)
         entries[json.dumps(key)] = {"sha256": digest, "at": time.time()}
         newest = sorted(entries.items(), key=lambda kv: kv[1].get("at", 0))[-_DISK_CACHE_ENTRIES:]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"version": 1, "entries": dict(newest)}, indent=0))
-        os.replace(tmp, path)
+        paths.atomic_write(path, json.dumps({"version": 1, "entries": dict(newest)}, indent=0))
     except OSError as err:
         log.info("dataset fingerprint cache %s not written (%s): the file will be hashed again by the next process", path, err)
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
 
 
 def file_digest(path: Path, attempts: int = 3) -> tuple[str, StatKey]:

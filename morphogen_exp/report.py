@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import rollout, tracking, uiview
+from . import paths, rollout, tracking, uiview
 from .config import ConfigError
 from .decision import Decision, DecisionRules, best_per_q, decide, estimate, with_assignments
 from .tracking import DERIVED, PATH_METRICS, open_store
@@ -464,7 +464,7 @@ def write(record: tracking.SweepRecord, out_dir: Path, *, save_guard: bool = Fal
     }
     csv, md = out_dir / "matrix.csv", out_dir / "report.md"
     matrix = df[ORIGINAL_COLUMNS + OUR_COLUMNS]
-    rollout.atomic_write(csv, matrix.to_csv(index=False))
+    paths.atomic_write(csv, matrix.to_csv(index=False))
     plots = _plots(df, out_dir, plot_subtitle(df, meta), decision.selected)
     guard_path, env_path = out_dir / "rollout" / "selected.yaml", out_dir / "rollout" / "selected.env"
     meta_path = guard_path.with_name(rollout.LATEST + rollout.META_SUFFIX)
@@ -476,10 +476,10 @@ def write(record: tracking.SweepRecord, out_dir: Path, *, save_guard: bool = Fal
     else:
         meta_record = guard_meta(df, decision, name, guard_yaml, parent, record.tracking_uri, record.experiment)
         rollout.save(guard_path.parent, rollout.LATEST, guard_yaml, meta_record)
-        rollout.atomic_write(env_path, guard_env)
+        paths.atomic_write(env_path, guard_env)
         if save_guard:
             rollout.publish(name, guard_yaml, None if rollout_dir is None else rollout_dir / rollout.GROUP, meta_record)
-    rollout.atomic_write(md, render(df, decision, record.rules, meta))
+    paths.atomic_write(md, render(df, decision, record.rules, meta))
     files = ReportFiles(md, csv, plots, guard_path if guarded else None, env_path if guarded else None, decision)
     return files, matrix, name
 

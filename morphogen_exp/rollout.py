@@ -166,35 +166,6 @@ def to_yaml(mapping: Mapping[str, Any], header: str) -> str:
     return f"# @package _global_\n{comments}" + yaml.safe_dump(dict(mapping), sort_keys=False, default_flow_style=False)
 
 
-def _umask() -> int:
-    """The process umask, read without changing it where Linux says it (/proc), else set and restored."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write through a uniquely named temp file then rename: readers see the old file or the new one, and two
-    writers never interleave. The file gets the permissions a plain open() would (0666 less the umask), not
-    mkstemp's 0600, so a team that shares the folder can read it. Every file the tool writes whole goes through here."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def check_writable(folder: Path | None = None) -> None:
     """The guard store (`folder`, default `store()`) can take a guard: created if missing and a file written and
     removed there. ConfigError (one line) otherwise: a sweep checks this before its first cell."""
@@ -250,8 +221,8 @@ def sha256(text: str) -> str:
 def save(folder: Path, name: str, text: str, meta: GuardMeta | None = None) -> Path:
     """Write `<name>.yaml` (and its record `<name>.meta.json` first, when given) in `folder`, each atomically."""
     if meta is not None:
-        atomic_write(folder / f"{name}{META_SUFFIX}", meta.to_json())
-    atomic_write(folder / f"{name}.yaml", text)
+        paths.atomic_write(folder / f"{name}{META_SUFFIX}", meta.to_json())
+    paths.atomic_write(folder / f"{name}.yaml", text)
     return folder / f"{name}.yaml"
 
 

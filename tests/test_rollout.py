@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from morphogen_exp import rollout
+from morphogen_exp import paths, rollout
 from morphogen_exp.config import ConfigError, env_value, flatten
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def test_two_writers_never_interleave(tmp_path: Path) -> None:
 
     def write(t: str) -> None:
         for _ in range(30):
-            rollout.atomic_write(target, t)
+            paths.atomic_write(target, t)
             now = target.read_text()  # whole: one writer's text, never a mix
             seen.append(now[:1] + str(len(now)) + str(len(set(now))))
 

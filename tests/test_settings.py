@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from morphogen_exp import rollout
+from morphogen_exp import paths, rollout
 from morphogen_exp.config import MlflowConfig
 
 PAGE = 4096
@@ -100,12 +100,12 @@ def test_a_corrupt_decision_record_is_one_line_for_a_trial(cli, workdir) -> None
 def test_files_the_tool_writes_follow_the_umask(tmp_path) -> None:
     old = os.umask(0o027)
     try:
-        rollout.atomic_write(tmp_path / "a" / "report.md", "x")
+        paths.atomic_write(tmp_path / "a" / "report.md", "x")
         rollout.save(tmp_path / "b", "g", "y")
         assert (tmp_path / "a" / "report.md").stat().st_mode & 0o777 == 0o640
         assert (tmp_path / "b" / "g.yaml").stat().st_mode & 0o777 == 0o640
         os.umask(0o002)
-        rollout.atomic_write(tmp_path / "a" / "report.md", "z")  # replaced: the new file's mode
+        paths.atomic_write(tmp_path / "a" / "report.md", "z")  # replaced: the new file's mode
         assert (tmp_path / "a" / "report.md").stat().st_mode & 0o777 == 0o664
     finally:
         os.umask(old)
