@@ -597,9 +597,12 @@ def read_sweep(store: Any, parent_id: str, rules_override: Sequence[str] = ()) -
 def died(run: Any) -> bool:
     """A run still RUNNING whose process, on this host, is gone (a killed worker or launcher): what `close_stale`
     will end as KILLED. Runs of other hosts are never judged from here."""
-    t = run.data.tags
-    return bool(run.info.status == "RUNNING" and t.get(HOST_TAG) == socket.gethostname() and PID_TAG in t
-                and process_gone(t[PID_TAG]))
+    return bool(run.info.status == "RUNNING" and _of_this_host(run) and process_gone(run.data.tags[PID_TAG]))
+
+
+def _of_this_host(run: Any) -> bool:
+    """The run records a process of this host (its pid can be checked from here)."""
+    return run.data.tags.get(HOST_TAG) == socket.gethostname() and PID_TAG in run.data.tags
 
 
 @dataclass
@@ -694,19 +697,18 @@ def close_stale(store: Any, sweep_dir: str, wait_s: float = 0.0) -> list[str]:
     """End RUNNING runs of this sweep dir whose process is gone (same host, pid dead) as KILLED, a cell's
     `cell_status` then `killed`. Runs of live processes or of other hosts are left alone. `store` has .client
     and .experiment_id. Returns the closed run ids."""
-    host = socket.gethostname()
     runs = _retry(lambda: store.client.search_runs(
         [store.experiment_id],
         filter_string=f"tags.`{PARENT_TAG}` = {_quote(sweep_dir)} and attributes.status = 'RUNNING'",
         max_results=5000,
     ))
-    mine = [r for r in runs if r.data.tags.get(HOST_TAG) == host and PID_TAG in r.data.tags]
+    mine = [r for r in runs if _of_this_host(r)]
     deadline = time.monotonic() + wait_s
     while any(not process_gone(r.data.tags[PID_TAG]) for r in mine) and time.monotonic() < deadline:
         time.sleep(0.2)  # workers of an interrupted launcher may still be exiting
     closed = []
     for r in mine:
-        if process_gone(r.data.tags[PID_TAG]):
+        if died(r):
             run_id = r.info.run_id
             if r.data.tags.get(ROLE_TAG) == "cell" and not r.data.tags.get("cell_status"):
                 _retry(functools.partial(store.client.set_tag, run_id, "cell_status", "killed"))
