@@ -28,7 +28,8 @@ SOURCES = tuple(sorted(HERE.glob("*.cu")))
 HEADERS = tuple(sorted(HERE.glob("*.cuh")))
 # FFI target name -> the handler symbol the library exports
 TARGETS = {"morphogen_bmma_masked_xor": "MorphogenBmmaMaskedXor", "morphogen_expand_xor_fused": "MorphogenExpandXorFused",
-           "morphogen_bmma_expand_xor": "MorphogenBmmaExpandXor"}
+           "morphogen_bmma_expand_xor": "MorphogenBmmaExpandXor",
+           "morphogen_probe_stream_xor": "MorphogenProbeStreamXor"}
 # Hopper's own target (HOPPER.md: the -gencode form); $MORPHOGEN_CUDA_ARCH overrides (e.g. sm_80).
 DEFAULT_ARCH = "sm_90a"
 _CUDA_HOMES = ("CUDA_HOME", "CUDA_PATH")  # environment variables naming a CUDA toolkit
