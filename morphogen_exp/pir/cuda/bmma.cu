@@ -603,30 +603,47 @@ ffi::Error BmmaExpandXorImpl(cudaStream_t stream, ffi::Buffer<ffi::U32> words, f
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MorphogenBmmaMaskedXor, BmmaMaskedXorImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Ret<ffi::Buffer<ffi::U32>>()
-                                  .Ret<ffi::Buffer<ffi::U32>>()
-                                  .Attr<int32_t>("kg")
-                                  .Attr<int32_t>("stages"));
+// The bindings, shared by each handler and its command-buffer-compatible twin below.
+#define MORPHOGEN_BMMA_MASKED_XOR_BINDING                                          \
+  ffi::Ffi::Bind()                                                                \
+      .Ctx<ffi::PlatformStream<cudaStream_t>>()                                   \
+      .Arg<ffi::Buffer<ffi::U32>>() /* words: (256*C, 1024) bit-sliced layout */  \
+      .Arg<ffi::Buffer<ffi::S32>>() /* offset: the tile's first page, scalar */   \
+      .Arg<ffi::Buffer<ffi::U32>>() /* masks: (K, T, 4) */                        \
+      .Ret<ffi::Buffer<ffi::U32>>() /* out: (K, 1024) answers */                  \
+      .Ret<ffi::Buffer<ffi::U32>>() /* scratch: per-bit page vectors */           \
+      .Attr<int32_t>("kg")                                                        \
+      .Attr<int32_t>("stages")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MorphogenBmmaExpandXor, BmmaExpandXorImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Ret<ffi::Buffer<ffi::U32>>()
-                                  .Ret<ffi::Buffer<ffi::U32>>()
-                                  .Attr<int64_t>("lo")
-                                  .Attr<int64_t>("count")
-                                  .Attr<int32_t>("kg")
-                                  .Attr<int32_t>("stages"));
+#define MORPHOGEN_BMMA_EXPAND_XOR_BINDING                                          \
+  ffi::Ffi::Bind()                                                                \
+      .Ctx<ffi::PlatformStream<cudaStream_t>>()                                   \
+      .Arg<ffi::Buffer<ffi::U32>>() /* words: (256*C, 1024) bit-sliced layout */  \
+      .Arg<ffi::Buffer<ffi::S32>>() /* row: the window's first DB page, scalar */ \
+      .Arg<ffi::Buffer<ffi::U32>>() /* roots: (K, S, 4) subtree seeds */          \
+      .Arg<ffi::Buffer<ffi::U32>>() /* root_t: (K, S) control bits */             \
+      .Arg<ffi::Buffer<ffi::U32>>() /* scw: (K, levels, 4) seed correction */     \
+      .Arg<ffi::Buffer<ffi::U32>>() /* tcw: (K, levels, 2) control correction */  \
+      .Arg<ffi::Buffer<ffi::U32>>() /* fcw: (K, 4) final correction words */      \
+      .Ret<ffi::Buffer<ffi::U32>>() /* out: (K, 1024) answers */                  \
+      .Ret<ffi::Buffer<ffi::U32>>() /* scratch: per-bit page vectors */           \
+      .Attr<int64_t>("lo")                                                        \
+      .Attr<int64_t>("count")                                                     \
+      .Attr<int32_t>("kg")                                                        \
+      .Attr<int32_t>("stages")
+
+// The default targets: XLA never captures them into a command buffer (CUDA graph).
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MorphogenBmmaMaskedXor, BmmaMaskedXorImpl, MORPHOGEN_BMMA_MASKED_XOR_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MorphogenBmmaExpandXor, BmmaExpandXorImpl, MORPHOGEN_BMMA_EXPAND_XOR_BINDING);
+
+// The same handlers declared command-buffer compatible (targets *_graph; cuda/capture.py picks them only while
+// graph_replay lowers an executable that asks XLA to capture custom calls). Capture-safe: each body only enqueues
+// work on `stream` (cudaMemsetAsync, kernel launches) into buffers XLA passes in; cudaGetDevice,
+// cudaDeviceGetAttribute, cudaFuncSetAttribute and cudaGetLastError are not stream operations; no allocation,
+// no synchronous copy, no stream or device synchronisation, no query of the stream's state. What the handler
+// computes on the host (grid sizes from shapes and attributes) is fixed for the executable, so a recorded graph
+// replays the same launches.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MorphogenBmmaMaskedXorGraph, BmmaMaskedXorImpl, MORPHOGEN_BMMA_MASKED_XOR_BINDING,
+                              {ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MorphogenBmmaExpandXorGraph, BmmaExpandXorImpl, MORPHOGEN_BMMA_EXPAND_XOR_BINDING,
+                              {ffi::Traits::kCmdBufferCompatible});

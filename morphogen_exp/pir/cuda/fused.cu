@@ -125,17 +125,29 @@ ffi::Error ExpandXorFusedImpl(cudaStream_t stream, ffi::Buffer<ffi::U32> pages, 
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MorphogenExpandXorFused, ExpandXorFusedImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Ret<ffi::Buffer<ffi::U32>>()
-                                  .Attr<int64_t>("lo")
-                                  .Attr<int64_t>("count")
-                                  .Attr<int32_t>("kb"));
+// The binding, shared by the handler and its command-buffer-compatible twin below.
+#define MORPHOGEN_EXPAND_XOR_FUSED_BINDING                                         \
+  ffi::Ffi::Bind()                                                                \
+      .Ctx<ffi::PlatformStream<cudaStream_t>>()                                   \
+      .Arg<ffi::Buffer<ffi::U32>>() /* pages: (P, 1024) raw pages */              \
+      .Arg<ffi::Buffer<ffi::S32>>() /* row: the window's first DB page, scalar */ \
+      .Arg<ffi::Buffer<ffi::U32>>() /* roots: (K, S, 4) subtree seeds */          \
+      .Arg<ffi::Buffer<ffi::U32>>() /* root_t: (K, S) control bits */             \
+      .Arg<ffi::Buffer<ffi::U32>>() /* scw: (K, levels, 4) seed correction */     \
+      .Arg<ffi::Buffer<ffi::U32>>() /* tcw: (K, levels, 2) control correction */  \
+      .Arg<ffi::Buffer<ffi::U32>>() /* fcw: (K, 4) final correction words */      \
+      .Ret<ffi::Buffer<ffi::U32>>() /* partial: (G, K, 1024) per block group */   \
+      .Attr<int64_t>("lo")                                                        \
+      .Attr<int64_t>("count")                                                     \
+      .Attr<int32_t>("kb")
+
+// The default target: XLA never captures it into a command buffer (CUDA graph).
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MorphogenExpandXorFused, ExpandXorFusedImpl, MORPHOGEN_EXPAND_XOR_FUSED_BINDING);
+
+// The same handler declared command-buffer compatible (target *_graph; cuda/capture.py picks it only while
+// graph_replay lowers an executable that asks XLA to capture custom calls). Capture-safe: the body only launches
+// one kernel on `stream` into the buffer XLA passes in (cudaGetLastError is not a stream operation); no
+// allocation, copy, synchronisation or stream query; its grid comes from shapes and attributes, fixed for the
+// executable.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MorphogenExpandXorFusedGraph, ExpandXorFusedImpl, MORPHOGEN_EXPAND_XOR_FUSED_BINDING,
+                              {ffi::Traits::kCmdBufferCompatible});
