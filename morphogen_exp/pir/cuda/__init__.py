@@ -30,6 +30,10 @@ HEADERS = tuple(sorted(HERE.glob("*.cuh")))
 TARGETS = {"morphogen_bmma_masked_xor": "MorphogenBmmaMaskedXor", "morphogen_expand_xor_fused": "MorphogenExpandXorFused",
            "morphogen_bmma_expand_xor": "MorphogenBmmaExpandXor",
            "morphogen_probe_stream_xor": "MorphogenProbeStreamXor"}
+# the same handlers declared command-buffer compatible (XLA may capture them into a CUDA graph; cuda/capture.py)
+TARGETS |= {"morphogen_bmma_masked_xor_graph": "MorphogenBmmaMaskedXorGraph",
+            "morphogen_bmma_expand_xor_graph": "MorphogenBmmaExpandXorGraph",
+            "morphogen_expand_xor_fused_graph": "MorphogenExpandXorFusedGraph"}
 # Hopper's own target (HOPPER.md: the -gencode form); $MORPHOGEN_CUDA_ARCH overrides (e.g. sm_80).
 DEFAULT_ARCH = "sm_90a"
 _CUDA_HOMES = ("CUDA_HOME", "CUDA_PATH")  # environment variables naming a CUDA toolkit
