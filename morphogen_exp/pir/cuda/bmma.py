@@ -8,7 +8,8 @@
   one kernel whose expansion runs beside the scan (``pipelined``).
 
 Both take the stages the engine runs; ``call_masked_xor`` / ``call_expand_xor`` launch any stage (one
-stage alone is what the benchmarks in morphogen_exp/bench time). The constants below are bmma.cu's.
+stage alone is what the benchmarks in morphogen_exp/bench time). The constants below are bmma.cu's. Inside
+``capture.capturable_targets()`` (graph_replay) both call the targets' command-buffer compatible twins.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import register
+from .capture import target
 from .dpf import MAX_LEVELS, Window
 
 __all__ = ["CHUNK_PAGES", "PIPELINED_MAX_KEYS", "call_expand_xor", "call_masked_xor", "chunk_span", "engine_stages",
@@ -73,7 +75,7 @@ def call_masked_xor(words: jax.Array, page_offset: jax.Array | int, masks: jax.A
     k, t, _ = masks.shape
     kg, _ = key_group(k)
     call = jax.ffi.ffi_call(
-        "morphogen_bmma_masked_xor",
+        target("morphogen_bmma_masked_xor"),
         (jax.ShapeDtypeStruct((k, words.shape[1]), jnp.uint32),
          jax.ShapeDtypeStruct((scratch_words(k, t, words.shape[0]),), jnp.uint32)),  # masks as per-bit page vectors
         vmap_method="sequential",
@@ -102,7 +104,7 @@ def call_expand_xor(words: jax.Array, subtrees: tuple[jax.Array, ...], window: W
         raise ValueError(f"{stages=} must be 1, 2, 3, or 4 with at most {PIPELINED_MAX_KEYS} keys ({k} given)")
     kg, _ = key_group(k)
     call = jax.ffi.ffi_call(
-        "morphogen_bmma_expand_xor",
+        target("morphogen_bmma_expand_xor"),
         (jax.ShapeDtypeStruct((k, words.shape[1]), jnp.uint32),
          jax.ShapeDtypeStruct((scratch_words(k, count, words.shape[0], stages),), jnp.uint32)),
         vmap_method="sequential",

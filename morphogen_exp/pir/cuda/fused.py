@@ -4,7 +4,8 @@ in shared memory and the masked XOR of the raw pages in the same kernel, so the 
 Each block expands subtrees of up to 256 leaves and XORs their pages into accumulators for up to
 ``MAX_KEYS_PER_BLOCK`` keys; more keys run as more key blocks side by side, walking the same subtrees (the
 pages read from HBM once, from L2 by the other key blocks). ``partial_answers_fused`` returns one partial
-answer per block group; their XOR is the step's answer.
+answer per block group; their XOR is the step's answer. Inside ``capture.capturable_targets()`` (graph_replay)
+it calls the target's command-buffer compatible twin.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import register
+from .capture import target
 from .dpf import MAX_LEVELS, Window
 
 __all__ = ["MAX_KEYS_PER_BLOCK", "grid_blocks", "keys_per_block", "partial_answers_fused"]
@@ -53,8 +55,8 @@ def partial_answers_fused(pages_words: jax.Array, subtrees: tuple[jax.Array, ...
         raise ValueError(f"subtrees of {levels} levels: the kernel expands at most {MAX_LEVELS}")
     kb = keys_per_block(k)
     g = grid_blocks(s, -(-k // kb))
-    call = jax.ffi.ffi_call("morphogen_expand_xor_fused", jax.ShapeDtypeStruct((g, k, pages_words.shape[1]), jnp.uint32),
-                            vmap_method="sequential")
+    call = jax.ffi.ffi_call(target("morphogen_expand_xor_fused"),  # or its command-buffer compatible twin (capture.py)
+                            jax.ShapeDtypeStruct((g, k, pages_words.shape[1]), jnp.uint32), vmap_method="sequential")
     return call(pages_words, jnp.asarray(window.row, jnp.int32).reshape(()), roots, root_t.astype(jnp.uint32), seed_cw,
                 t_cw.astype(jnp.uint32), final_cw, lo=np.int64(window.lo), count=np.int64(window.count),
                 kb=np.int32(kb))
