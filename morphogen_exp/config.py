@@ -8,11 +8,14 @@ checks live in `parse`; every failure is a `ConfigError` whose one-line message 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,7 +29,7 @@ MAX_SEED = 2**32 - 1  # the synthetic pages and query keys take a 32-bit seed: a
 PAGE_BYTES = 4096     # a dataset.path file holds whole pages (pir.pages.PAGE_BYTES; config stays free of the engine)
 # Settings that do not change what a cell measures: excluded from its identity (resume, config_id).
 _NON_IDENTITY_KEYS = ("resume", "mlflow", "hydra", "decision")
-_NON_IDENTITY_BENCH = ("compilation_cache_dir", "cell_timeout_s", "finals")
+_NON_IDENTITY_BENCH = ("compilation_cache_dir", "cell_timeout_s", "finals", "floors")
 
 
 class ConfigError(ValueError):
@@ -84,6 +87,7 @@ class BenchConfig:
     memory_cap_gib: float | None = None
     compilation_cache_dir: str | None = None
     finals: bool = True                  # after a sweep's cells: the shipped configuration and its ties head to head
+    floors: bool | str = "auto"          # the card's read and expansion floors beside each cell (floors.py): auto = a GPU only
 
 
 @dataclass
@@ -206,6 +210,24 @@ def _check_bench(b: BenchConfig) -> None:
     _positive(b.cell_timeout_s, "bench.cell_timeout_s")
     _positive(b.system_metrics_s, "bench.system_metrics_s")
     _positive(b.memory_cap_gib, "bench.memory_cap_gib")
+    if b.floors not in (True, False, "auto"):
+        raise ConfigError(f"bench.floors must be auto, true or false, got {b.floors!r}")
+    if b.floors is True and (backend := jax_backend_here()) not in ("gpu", ""):
+        raise ConfigError(f"bench.floors=true needs a GPU (its probes are CUDA kernels) and JAX runs on {backend} here: "
+                          "use bench.floors=auto (a GPU only) or false")
+
+
+@functools.cache
+def jax_backend_here() -> str:
+    """The backend JAX starts on this machine ('' when it cannot tell), asked of a child process so that this one
+    starts none (a launcher must not hold the device its cells need)."""
+    try:
+        res = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"], capture_output=True,
+                             text=True, timeout=300, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    lines = res.stdout.split()
+    return lines[-1] if res.returncode == 0 and lines else ""
 
 
 def _check_engine(e: EngineConfig, known_engines: tuple[str, ...]) -> None:

@@ -34,12 +34,14 @@ GO, NO_GO, UNDECIDED = "GO", "NO-GO", "INCONCLUSIVE"
 # these compares data or settings, never configurations, and gets no decision (as for mixed devices).
 _CONTEXT_PREFIXES = ("dataset.", "bench.", "parity.")
 _CONTEXT_KEYS = ("seed", "max_q")
-_CONTEXT_IGNORED = ("bench.compilation_cache_dir", "bench.cell_timeout_s", "bench.system_metrics_s", "bench.finals")
+_CONTEXT_IGNORED = ("bench.compilation_cache_dir", "bench.cell_timeout_s", "bench.system_metrics_s", "bench.finals",
+                    "bench.floors")
 
 
 def measurement_setting(key: str) -> bool:
     """A flattened param that says what was measured and how (dataset, seed, bench, parity), not a configuration;
-    the process-local bench settings (cache folder, timeouts, system metrics, finals) change no measurement."""
+    the process-local bench settings (cache folder, timeouts, system metrics, finals) change no measurement, and
+    bench.floors only adds the card's floors (a property of the card) beside it."""
     return (key.startswith(_CONTEXT_PREFIXES) or key in _CONTEXT_KEYS) and key not in _CONTEXT_IGNORED
 
 
