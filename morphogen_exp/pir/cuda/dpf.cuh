@@ -9,19 +9,66 @@
 
 namespace dpf {
 
-__device__ __forceinline__ uint32_t rotl(uint32_t x, int r) { return __funnelshift_l(x, x, r); }
+// MORPHOGEN_CHACHA_FMA (compile time, default 0): a bit mask of the quarter round's rotations (1: by 16,
+// 2: by 12, 4: by 8, 8: by 7) computed on the FMA pipe rather than the ALU pipe, where an ALU-bound
+// expansion has spare FMA issue (docs/bitsliced.md, "ChaCha8 on two pipes"; build with
+// MORPHOGEN_CUDA_DEFINES=MORPHOGEN_CHACHA_FMA=2). 0 compiles exactly the all-ALU rotations.
+#ifndef MORPHOGEN_CHACHA_FMA
+#define MORPHOGEN_CHACHA_FMA 0
+#endif
+// MORPHOGEN_DPF_HOST: ChaCha8 compiled as host code too (tests/support/chacha_host_check.cu, which checks
+// every mask against the numpy original); the device build is the same code either way.
+#ifdef MORPHOGEN_DPF_HOST
+#define DPF_HD __host__ __device__
+#else
+#define DPF_HD __device__
+#endif
+
+DPF_HD __forceinline__ uint32_t rotl(uint32_t x, int r) {
+#if defined(MORPHOGEN_DPF_HOST) && !defined(__CUDA_ARCH__)
+  return (x << r) | (x >> (32 - r));
+#else
+  return __funnelshift_l(x, x, r);
+#endif
+}
+
+// rotl(x, R) on the FMA pipe: x * 2^R = hi:lo (64 bits) with lo = x << R and hi = x >> (32 - R), which do not
+// overlap, so lo + hi is the rotation: IMAD.HI.U32 then IMAD. Inline PTX with the immediate 2^R: in C++
+// ptxas turns the multiply back into a funnel shift (SHF, ALU pipe).
+template <int R>
+DPF_HD __forceinline__ uint32_t rotl_fma(uint32_t x) {
+  constexpr uint32_t kMul = 1u << R;
+#ifdef __CUDA_ARCH__
+  uint32_t hi, out;
+  asm("mul.hi.u32 %0, %1, %2;" : "=r"(hi) : "r"(x), "n"(kMul));
+  asm("mad.lo.u32 %0, %1, %2, %3;" : "=r"(out) : "r"(x), "n"(kMul), "r"(hi));
+  return out;
+#else
+  return x * kMul + static_cast<uint32_t>((static_cast<uint64_t>(x) * kMul) >> 32);  // the two PTX ops' meaning
+#endif
+}
+
+// The rotation by R of the quarter round, on the pipe that bit `bit` of mask M selects.
+template <int R, int M, int bit>
+DPF_HD __forceinline__ uint32_t rot(uint32_t x) {
+  if constexpr ((M & bit) != 0) {
+    return rotl_fma<R>(x);
+  } else {
+    return rotl(x, R);
+  }
+}
 
 #define DPF_QR(a, b, c, d)                                    \
-  a += b; d ^= a; d = ::dpf::rotl(d, 16);                     \
-  c += d; b ^= c; b = ::dpf::rotl(b, 12);                     \
-  a += b; d ^= a; d = ::dpf::rotl(d, 8);                      \
-  c += d; b ^= c; b = ::dpf::rotl(b, 7);
+  a += b; d ^= a; d = ::dpf::rot<16, M, 1>(d);                \
+  c += d; b ^= c; b = ::dpf::rot<12, M, 2>(b);                \
+  a += b; d ^= a; d = ::dpf::rot<8, M, 4>(d);                 \
+  c += d; b ^= c; b = ::dpf::rot<7, M, 8>(b);
 
 constexpr uint32_t kSigma0 = 0x61707865u, kSigma1 = 0x3320646Eu, kSigma2 = 0x79622D32u, kSigma3 = 0x6B206574u;
 
-// The first NW words of ChaCha8 block `ctr` of key seed||seed, zero nonce.
-template <int NW>
-__device__ __forceinline__ void chacha8(const uint4& s, uint32_t ctr, uint32_t (&out)[NW]) {
+// The first NW words of ChaCha8 block `ctr` of key seed||seed, zero nonce; M: the rotations on the FMA pipe.
+template <int NW, int M = MORPHOGEN_CHACHA_FMA>
+DPF_HD __forceinline__ void chacha8(const uint4& s, uint32_t ctr, uint32_t (&out)[NW]) {
   uint32_t x0 = kSigma0, x1 = kSigma1, x2 = kSigma2, x3 = kSigma3;
   uint32_t x4 = s.x, x5 = s.y, x6 = s.z, x7 = s.w, x8 = s.x, x9 = s.y, x10 = s.z, x11 = s.w;
   uint32_t x12 = ctr, x13 = 0, x14 = 0, x15 = 0;
