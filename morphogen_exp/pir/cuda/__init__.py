@@ -15,6 +15,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -38,6 +39,8 @@ TARGETS |= {"morphogen_bmma_masked_xor_graph": "MorphogenBmmaMaskedXorGraph",
 DEFAULT_ARCH = "sm_90a"
 _CUDA_HOMES = ("CUDA_HOME", "CUDA_PATH")  # environment variables naming a CUDA toolkit
 _DEFAULT_CUDA_HOME = "/usr/local/cuda"
+NVCC_FLAGS = ("-O3", "-std=c++17")  # shared with bench/sass.py, which compiles the same code to count its SASS
+_DEFINE = re.compile(r"[A-Za-z_]\w*(=\S*)?")
 
 
 class CudaUnavailable(RuntimeError):
@@ -69,19 +72,29 @@ def _arch_flags(arch: str) -> list[str]:
     return [f"-gencode=arch=compute_{num},code=sm_{num}"]
 
 
+def cuda_defines(text: str) -> list[str]:
+    """Space-separated NAME or NAME=VALUE (``$MORPHOGEN_CUDA_DEFINES``, e.g. MORPHOGEN_CHACHA_FMA=2) -> -D arguments."""
+    bad = [d for d in text.split() if not _DEFINE.fullmatch(d)]
+    if bad:
+        raise CudaUnavailable(f"MORPHOGEN_CUDA_DEFINES: {bad[0]!r} is not NAME or NAME=VALUE (space-separated)")
+    return text.split()
+
+
 def build(force: bool = False) -> Path:
-    """Compile the *.cu sources into one shared library (cached by sources, arch and JAX include dir); its path."""
+    """Compile the *.cu sources into one shared library (cached by sources, arch, JAX include dir and $MORPHOGEN_CUDA_DEFINES); its path."""
     arch = os.environ.get("MORPHOGEN_CUDA_ARCH", DEFAULT_ARCH)
     include = jax.ffi.include_dir()
+    defines = cuda_defines(os.environ.get("MORPHOGEN_CUDA_DEFINES", ""))
     text = b"".join(f.name.encode() + f.read_bytes() for f in (*SOURCES, *HEADERS))
-    digest = hashlib.sha256(text + f"{arch}|{include}|{jax.__version__}".encode()).hexdigest()
+    digest = hashlib.sha256(text + f"{arch}|{include}|{jax.__version__}".encode()
+                            + (f"|{' '.join(defines)}".encode() if defines else b"")).hexdigest()
     lib = _cache_dir() / digest[:16] / "libmorphogen_cuda.so"
     if lib.is_file() and not force:
         return lib
     nvcc = find_nvcc()
     lib.parent.mkdir(parents=True, exist_ok=True)
     tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-    cmd = [nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", *_arch_flags(arch),
+    cmd = [nvcc, *NVCC_FLAGS, *(f"-D{d}" for d in defines), "-shared", "-Xcompiler", "-fPIC", *_arch_flags(arch),
            f"-I{include}", f"-I{HERE}", *map(str, SOURCES), "-o", str(tmp)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
