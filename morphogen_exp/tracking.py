@@ -506,14 +506,29 @@ def cell_row(run: Any) -> dict[str, Any]:
     return row
 
 
+FLOOR_MARK = "_floor_"  # the card's floors and each cell's fraction of them (floors.py): matrix.csv's `*_floor_*` columns
+# floor -> (the card's rate, the batch path's fraction of it; the fraction also with _lo and _hi), as floors.py records them
+FLOORS = {"read": ("read_floor_gbps", "batch_read_floor_frac"), "expansion": ("expand_floor_blocks_per_s", "batch_expand_floor_frac")}
+READ_FLOOR_PROBES = ("read_floor_stream_gbps", "read_floor_scan_gbps")  # the read floor is the larger of the two
+
+
+def _with_floors(df: pd.DataFrame, runs: Sequence[Any]) -> pd.DataFrame:
+    """The cells' floor metrics (`*_floor_*`, recorded where bench.floors probed) as columns of df, each one only
+    where some cell has it (no column of NaN for a sweep that probed nothing)."""
+    metrics = {r.info.run_id: r.data.metrics for r in runs}
+    names = sorted({k for run_id in df["run_id"] for k in metrics.get(run_id, {}) if FLOOR_MARK in k})
+    return df.assign(**{k: [metrics.get(run_id, {}).get(k) for run_id in df["run_id"]] for k in names})
+
+
 def cells_frame(runs: Sequence[Any]) -> pd.DataFrame:
-    """One row per cell (the newest run of each cell_key), labelled by configuration."""
+    """One row per cell (the newest run of each cell_key), labelled by configuration, with the floor columns
+    some cell recorded."""
     cells = [r for r in runs if r.data.tags.get(ROLE_TAG, "cell") == "cell"]  # never a final or a trial
     rows = sorted((cell_row(r) for r in cells), key=lambda r: -r["_start"])
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    df = df.drop_duplicates("cell_key", keep="first")  # a re-run or resumed cell: the newest counts
+    df = _with_floors(df.drop_duplicates("cell_key", keep="first"), cells)  # a re-run or resumed cell: the newest counts
     configs = {r["config_id"]: (str(r["our_strategy"]), r["_params"]) for r in df.to_dict("records")}
     labels = config_labels(configs)
     df["config"] = df["config_id"].map(labels)
