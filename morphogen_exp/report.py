@@ -30,7 +30,7 @@ import pandas as pd
 from . import paths, rollout, tracking, uiview
 from .config import ConfigError
 from .decision import Decision, DecisionRules, best_per_q, decide, estimate, with_assignments
-from .tracking import DERIVED, PATH_METRICS, open_store
+from .tracking import DERIVED, FLOORS, PATH_METRICS, READ_FLOOR_PROBES, open_store
 
 ORIGINAL_COLUMNS = [
     "strategy", "policy", "adaptive_threshold", "gpu_streams", "gpu_cuda_graph", "gpu_batch_tile_size", "q",
@@ -151,6 +151,70 @@ def _engine_path_section(df: pd.DataFrame) -> str:
     texts = [f"{r['engine_path']} ({int(r['scan_keys'])} keys)" if pd.notna(r.get("scan_keys")) else str(r["engine_path"])
              for r in ok.to_dict("records")]
     return f"\n## Engine path of the batch step (keys per scan)\n{_grid(df, ok, texts)}\n"
+
+
+def floor_checks(df: pd.DataFrame) -> dict[str, str]:
+    """The guard of the card's floors (floors.py), per floor some cell recorded ("read", "expansion"): "" where it
+    held, else why it is invalid for this sweep. A floor is invalid where an ok cell (exact answers: a wrong one may
+    skip work) lies above it beyond its own interval: the low end of its fraction (from the slow end of its batch
+    time's interval) over 1. The line names the cell that went furthest above it."""
+    out = {}
+    for name, (rate, frac) in FLOORS.items():
+        if rate not in df.columns or frac not in df.columns:
+            continue
+        ok = df[(df["status"] == "ok") & df[frac].notna()]
+        low = ok[f"{frac}_lo"].fillna(ok[frac]) if f"{frac}_lo" in ok.columns else ok[frac]
+        above = ok.assign(_low=low)[low > 1.0]
+        out[name] = ""
+        if not above.empty:
+            worst = above.loc[above["_low"].idxmax()]
+            out[name] = (f"{name} floor probe invalid: {worst['config']} q={int(worst['q'])} reached {worst[frac]:.0%} of it "
+                         f"(at least {worst['_low']:.0%}, the low end of its interval)")
+    return out
+
+
+def with_floor_flags(df: pd.DataFrame, checks: Mapping[str, str]) -> pd.DataFrame:
+    """matrix.csv's `*_floor_valid` columns: per floor some cell recorded, whether it held for this sweep
+    (floor_checks), on each row that has it (empty elsewhere)."""
+    flags = {}
+    for name, why in checks.items():
+        rate = FLOORS[name][0]  # read_floor_gbps -> read_floor_valid
+        flags[rate.split("_floor_")[0] + "_floor_valid"] = [(not why) if pd.notna(v) else None for v in df[rate]]
+    return df.assign(**flags)
+
+
+def _pct(r: Mapping[str, Any], frac: str) -> str:
+    """A fraction with its interval, as percentages."""
+    lo, hi = r.get(f"{frac}_lo"), r.get(f"{frac}_hi")
+    bounds = f" [{lo:.0%}, {hi:.0%}]" if lo is not None and hi is not None and pd.notna(lo) and pd.notna(hi) else ""
+    return f"{r[frac]:.0%}{bounds}"
+
+
+def _floors_section(df: pd.DataFrame, decision: Decision) -> str:
+    """One paragraph: the card's floors and, per floor that held (floor_checks), the fractions of it that the shipped
+    configuration (else the fastest ok cell of each q) reaches; the guard's line instead for one that did not;
+    nothing where no cell recorded floors."""
+    checks = floor_checks(df)
+    read, read_frac = FLOORS["read"]
+    expand, expand_frac = FLOORS["expansion"]
+    if not checks or read not in df.columns or expand not in df.columns:
+        return ""
+    ok = df[(df["status"] == "ok") & df[read].notna()]
+    if ok.empty:
+        return ""
+    rows, who = ok[ok["config"] == decision.selected], f"{decision.selected} (ships)"
+    if rows.empty:
+        ranked = ok.dropna(subset=["batch_qps"])
+        rows, who = ranked.loc[ranked.groupby("q")["batch_qps"].idxmax()], "the fastest cell of each q"
+    records = rows.sort_values("q").to_dict("records")
+    stream, scan = (f"{ok[c].median():.4g} GB/s" if c in ok.columns else "?" for c in READ_FLOOR_PROBES)
+    parts = [checks[name] or f"{who} reaches " + ", ".join(f"q={int(r['q'])} {_pct(r, frac)}" for r in records) +
+             f" of the {name} floor" for name, frac in (("read", read_frac), ("expansion", expand_frac))]
+    return (f"\nFloors on {_distinct(ok, 'device_kind') or '?'}: read {ok[read].median():.4g} GB/s (the faster of a plain "
+            f"16-byte stream, {stream}, and the bitsliced MMA scan alone, {scan}), expansion "
+            f"{ok[expand].median() / 1e9:.3g} G ChaCha8 blocks/s (the bitsliced CUDA expansion alone, 96 keys). "
+            f"{'; '.join(parts)} (a batch reads the database once and expands 3 keys a query over its pages; "
+            "100% is at the card's limit).\n")
 
 
 def _sampling_table(df: pd.DataFrame) -> str:
@@ -336,7 +400,7 @@ Single-query loop (same cells, ms per Q queries):
 
 ## Best configuration per q (ok cells{', exact parity' if rules.require_parity else ''})
 {_best_per_q_table(df, decision, rules)}
-{_engine_path_section(df)}
+{_floors_section(df, decision)}{_engine_path_section(df)}
 ## Finals (after the cells: the shipped configuration and what ties it, head to head in rounds)
 {_finals_section(list(meta.get('finals') or []), df, decision)}
 
@@ -463,7 +527,8 @@ def write(record: tracking.SweepRecord, out_dir: Path, *, save_guard: bool = Fal
                         f"{first_tags.get('dataset.source', '')}",
     }
     csv, md = out_dir / "matrix.csv", out_dir / "report.md"
-    matrix = df[ORIGINAL_COLUMNS + OUR_COLUMNS]
+    flagged = with_floor_flags(df, floor_checks(df))  # the card's floors, raw, and whether each held (floor_checks)
+    matrix = flagged[ORIGINAL_COLUMNS + OUR_COLUMNS + [c for c in flagged.columns if tracking.FLOOR_MARK in c]]
     paths.atomic_write(csv, matrix.to_csv(index=False))
     plots = _plots(df, out_dir, plot_subtitle(df, meta), decision.selected)
     guard_path, env_path = out_dir / "rollout" / "selected.yaml", out_dir / "rollout" / "selected.env"
