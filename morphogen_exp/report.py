@@ -305,6 +305,26 @@ def _plots(df: pd.DataFrame, out_dir: Path, subtitle: str = "", shipped: str | N
     return paths
 
 
+def _graph_replay_notes(df: pd.DataFrame) -> str:
+    """Notes lines for graph_replay configurations whose cells' traces saw no CUDA graph launched, or could not
+    be read: their times are not CUDA-graph replay, whatever the strategy's name says."""
+    lines = []
+    for config, g in df[df["our_strategy"] == "graph_replay"].groupby("config"):
+        infos = [(int(r["q"]), r["_info"]) for r in g.to_dict("records") if isinstance(r["_info"], dict)]
+        for value, said, times in (
+                ("0", "ran as plain kernel launches (no CUDA graph captured)",
+                 "its times are full_batch's program compiled ahead of time, not CUDA-graph replay"),
+                ("unknown", "ran without a readable trace (whether a CUDA graph was launched is unknown)",
+                 "its times cannot be read as CUDA-graph replay")):
+            cells = [(q, i) for q, i in infos if str(i.get("graph_launches")) == value]
+            if cells:
+                backends = ", ".join(sorted({str(i.get("backend", "?")) for _, i in cells}))
+                qs = ", ".join(str(q) for q, _ in sorted(cells, key=lambda c: c[0]))
+                lines.append(f"- **{config} {said}** on {backends} (graph_launches={value}, from a profiler trace of "
+                             f"one replay, at q={qs}): {times}.\n")
+    return "".join(lines)
+
+
 def _yerr(g: pd.DataFrame, col: str) -> list[list[float]] | None:
     lo, hi = f"{col}_lo", f"{col}_hi"
     if lo not in g.columns or g[lo].isna().all() or g[hi].isna().all():
@@ -429,7 +449,7 @@ ranked by {rules.rank_by} at q={decision.rank_q}, {tie}.
 - multi_stream on one device: XLA runs a process's executables on the device's one compute stream; what
   overlaps is host dispatch with device work, not kernels. Lanes map to devices under placement=replicated.
 - Batch and single paths answer the same queries; every cell compares them bit for bit before it is recorded.
-"""
+{_graph_replay_notes(df)}"""
 
 
 def _short_reasons(reasons: Sequence[str], notes: Sequence[str]) -> str:

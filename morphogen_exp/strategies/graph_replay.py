@@ -1,19 +1,31 @@
 """graph_replay (original: cuda_graph_replay): the whole batch compiled ahead of time
 (jit(...).lower(...).compile()) and that one executable replayed every iteration.
 
-On the GPU, XLA wraps eligible parts of the executable in command buffers (CUDA graphs); what it
-captured is read from the optimized HLO and recorded (`command_buffers`), not assumed. With XLA's
-default set an H100 captured none (the scan is a while loop of Pallas calls); the knob
-`command_buffer` sets the command types for this one executable (XLA's
-xla_gpu_enable_command_buffer, e.g. `strategy.command_buffer=[FUSION,CUSTOM_CALL,WHILE,CONDITIONAL]`) for a rollout trial."""
+On the GPU, XLA may wrap parts of the executable in command buffers (CUDA graphs). What ran is read from
+a profiler trace of one replay (morphogen_exp/tracecount.py), taken once per cell on the first call, after
+one untraced replay (XLA records a command buffer on its first run) and apart from the timed samples:
+`graph_launches` (CUDA graph launches seen; 0: the batch ran as plain kernel launches; "unknown" with
+`trace_note` where no trace could be read), `kernel_launches` (kernels launched one by one), `traced_ops`
+(kernels and copies the GPU ran, or the CPU runtime's thunks) and `trace_s`. The executable is compiled with
+xla_enable_command_buffers_during_profiling, without which XLA runs command buffers op by op under a
+profiler; it changes nothing outside a trace.
+
+The knob `command_buffer` sets the command types XLA may capture for this one executable (XLA's
+xla_gpu_enable_command_buffer, e.g. `strategy.command_buffer=[FUSION,CUSTOM_CALL,WHILE,CONDITIONAL]`).
+When it lists CUSTOM_CALL, the batch is lowered inside `cuda.capture.capturable_targets()`: the CUDA
+engines' kernels are called through their command-buffer compatible FFI targets, so XLA may capture them
+too (`ffi_targets` records which); otherwise, as every other strategy, through the default targets."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import jax
 
+from .. import tracecount
 from ..config import ConfigError
+from ..pir.cuda.capture import capturable_targets
 from .base import BatchPath, BuildContext, register
 from .full_batch import vmapped_batch
 
@@ -24,23 +36,39 @@ def build(knobs, q: int, ctx: BuildContext) -> BatchPath:
     buffers = knobs.get("command_buffer")
     if isinstance(buffers, (list, tuple)):  # strategy.command_buffer=[FUSION,WHILE] on the command line
         buffers = ",".join(map(str, buffers))
-    options = None if buffers is None else {"xla_gpu_enable_command_buffer": str(buffers)}
+    options: dict[str, str | bool] = dict(tracecount.PROFILE_WITH_COMMAND_BUFFERS)
+    if buffers is not None:
+        options["xla_gpu_enable_command_buffer"] = str(buffers)
+    capture_ffi = buffers is not None and "CUSTOM_CALL" in str(buffers).upper().split(",")
     compiled = {}
+
+    def first_call(keys):
+        """Compile, replay once untraced, then once traced (what ran, into `info`); the untraced answers."""
+        t0 = time.perf_counter()
+        try:
+            with capturable_targets() if capture_ffi else contextlib.nullcontext(False) as twins:
+                lowered = fn.lower(ctx.pages, keys)
+            exe = lowered.compile(compiler_options=options)
+        except Exception as err:  # XLA names the bad value: say which override to fix
+            if buffers is not None and "xla_gpu_enable_command_buffer" in str(err):
+                raise ConfigError(f"strategy.command_buffer={buffers!r}: {str(err).splitlines()[0]}") from None
+            raise
+        info["aot_compile_s"] = round(time.perf_counter() - t0, 4)
+        info["ffi_targets"] = "command-buffer compatible" if twins else "default"
+        compiled["exe"] = exe
+        out = jax.block_until_ready(exe(ctx.pages, keys))
+        t0 = time.perf_counter()
+        try:
+            seen = tracecount.count_launches(lambda: exe(ctx.pages, keys), tracecount.hlo_names(exe.as_text() or ""))
+            info.update(graph_launches=seen.graph_launches, kernel_launches=seen.kernel_launches, traced_ops=seen.ops)
+        except tracecount.TraceUnreadable as err:
+            info.update(graph_launches="unknown", trace_note=str(err))
+        info["trace_s"] = round(time.perf_counter() - t0, 4)
+        return out
 
     def run(keys):
         if "exe" not in compiled:  # ahead-of-time, once per cell; replays skip tracing and dispatch checks
-            t0 = time.perf_counter()
-            try:
-                exe = fn.lower(ctx.pages, keys).compile(compiler_options=options)
-            except Exception as err:  # XLA names the bad value: say which override to fix
-                if options and "xla_gpu_enable_command_buffer" in str(err):
-                    raise ConfigError(f"strategy.command_buffer={buffers!r}: {str(err).splitlines()[0]}") from None
-                raise
-            compiled["exe"] = exe
-            text = exe.as_text() or ""
-            info["aot_compile_s"] = round(time.perf_counter() - t0, 4)
-            info["command_buffers"] = text.count("command_buffer")
-            info["while_loops"] = text.count(" while(")
+            return first_call(keys)
         return compiled["exe"](ctx.pages, keys)
 
     info: dict = {"backend": jax.default_backend(), "command_buffer_types": buffers or "xla default"}

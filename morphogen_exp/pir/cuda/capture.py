@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["CAPTURE_SCOPED", "GRAPH_SUFFIX", "capturable_targets", "target"]
 
 GRAPH_SUFFIX = "_graph"
 
+_STATE: Any  # jax._src.config.State[bool], or None where this JAX cannot define it
 try:  # a JAX-internal API: bool_state with include_in_trace_context puts the choice in every tracing cache key
     from jax._src import config as _jax_config
 

@@ -1,0 +1,128 @@
+"""graph_replay records what ran from a real profiler trace (tracecount), the report says when no CUDA graph
+was launched, and the CUDA kernels' command-buffer compatible FFI targets are chosen only inside
+capture.capturable_targets(). On a GPU: tests/test_graph_replay_gpu.py."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from morphogen_exp import app, tracecount
+from morphogen_exp.pir import cuda
+from morphogen_exp.pir.cuda import capture
+
+from .conftest import mlflow_runs
+from .test_cli import _sweep_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_exe():
+    """One small compiled CPU executable, shared (compiles are slow here)."""
+    x = jnp.arange(64.0).reshape(8, 8)
+    exe = jax.jit(lambda a: jnp.sin(a) @ a + 1).lower(x).compile(compiler_options=tracecount.PROFILE_WITH_COMMAND_BUFFERS)
+    return exe, x
+
+
+def test_a_real_cpu_trace_is_parsed_and_counts_what_ran(tiny_exe):
+    exe, x = tiny_exe
+    names = tracecount.hlo_names(exe.as_text())
+    assert names, "the executable's HLO names"
+    once = tracecount.count_launches(lambda: exe(x), names)
+    assert once.ops > 0 and once.graph_launches == 0 and once.kernel_launches == 0
+    # the count follows what ran: two replays in one trace are twice the ops of one
+    twice = tracecount.count_launches(lambda: (exe(x), exe(x)), names)
+    assert twice.ops == 2 * once.ops
+    # the ops are the host events named after HLO instructions, not every event of the trace
+    assert tracecount.count_launches(lambda: exe(x), frozenset()).ops == 0
+
+
+def test_hlo_names_reads_both_printings():
+    text = "ENTRY %main {\n  %p = f32[2] parameter(0)\n  ROOT add.3 = f32[2] add(p, p)\n}\n"
+    assert tracecount.hlo_names(text) == {"p", "add.3"}
+
+
+def _plane(name, lines):
+    return SimpleNamespace(name=name, lines=[SimpleNamespace(name=ln, events=[SimpleNamespace(name=e) for e in evs])
+                                            for ln, evs in lines.items()])
+
+
+def test_gpu_planes_count_graph_and_kernel_launches_and_device_ops():
+    # the shape of a GPU trace: CUPTI's API calls on /host:CUPTI, kernels on the device's stream lines
+    planes = [_plane("/host:CUPTI", {"thread 1": ["cuGraphLaunch", "cuGraphLaunch_ptsz", "cuLaunchKernel", "cuLaunchKernelEx",
+                                                  "cuMemcpyAsync"]}),
+              _plane("/device:GPU:0", {"Stream #13(compute)": ["bmma_scan<1>", "loop_add_fusion", "MemcpyD2H"],
+                                       "XLA Ops": ["fusion.1"]})]
+    seen = tracecount.count(planes, gpu=True)
+    assert seen == tracecount.Launches(graph_launches=2, kernel_launches=2, ops=3)
+    with pytest.raises(tracecount.TraceUnreadable, match="no GPU stream activity"):
+        tracecount.count([planes[0]], gpu=True)  # CUPTI's device records missing: nothing is known
+
+
+def test_a_trace_that_cannot_be_taken_is_unreadable_not_a_crash(tiny_exe):
+    exe, x = tiny_exe
+    with pytest.raises(tracecount.TraceUnreadable, match="profiler trace not taken"):
+        tracecount.count_launches(lambda: tracecount.count_launches(lambda: exe(x)))  # a trace inside a trace
+
+
+def test_graph_replay_cell_records_the_traced_launches(make_cfg, workdir, sess):
+    out = app.run(make_cfg("strategy=graph_replay", "q=2"), sess)
+    assert out.status == "ok", out.error
+    (run,) = mlflow_runs(workdir)
+    info = {k.removeprefix("strategy_info."): v for k, v in run.data.tags.items() if k.startswith("strategy_info.")}
+    assert info["backend"] == "cpu" and info["graph_launches"] == "0" and info["kernel_launches"] == "0"
+    assert int(info["traced_ops"]) > 0 and float(info["trace_s"]) > 0
+    assert info["ffi_targets"] == "default"  # no CUSTOM_CALL in the command buffers: the default targets
+    assert "command_buffers" not in info and "while_loops" not in info  # no HLO-text counts
+    assert run.data.metrics["parity_numpy_eq"] == 1
+
+
+def test_report_says_graph_replay_ran_as_plain_launches(cli, workdir):
+    res = cli("-m", "strategy=graph_replay", "q=1,2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = (_sweep_dir(workdir) / "report.md").read_text()
+    notes = report[report.index("## Notes"):]
+    assert ("- **graph_replay ran as plain kernel launches (no CUDA graph captured)** on cpu "
+            "(graph_launches=0, from a profiler trace of one replay, at q=1, 2)") in notes
+    assert "graph_launches=0" in report[report.index("## Strategies compared"):report.index("## Batch latency")]
+
+
+def test_custom_call_in_the_command_buffers_lowers_to_the_graph_targets(make_cfg, workdir, sess):
+    # the choice is scoped: inside capturable_targets the twin, outside (before and after) the default target,
+    # even for one shared jitted function (the choice is part of JAX's trace cache key)
+    def body(x):
+        return jax.ffi.ffi_call(capture.target("morphogen_probe_target"), jax.ShapeDtypeStruct(x.shape, x.dtype))(x)
+
+    fn = jax.jit(body)
+    x = jnp.zeros(4, jnp.uint32)
+    assert "@morphogen_probe_target(" in fn.lower(x).as_text()
+    with capture.capturable_targets() as twins:
+        assert twins and "@morphogen_probe_target_graph(" in fn.lower(x).as_text()
+    assert "@morphogen_probe_target(" in fn.lower(x).as_text()
+    # graph_replay asks only when its command buffers include custom calls (the xla engine has none to capture)
+    out = app.run(make_cfg("strategy=graph_replay", "q=1", "strategy.command_buffer=[FUSION,CUSTOM_CALL]"), sess)
+    assert out.status == "ok", out.error
+    (run,) = mlflow_runs(workdir)
+    assert run.data.tags["strategy_info.ffi_targets"] == "command-buffer compatible"
+    assert np.isfinite(run.data.metrics["batch_qps"])
+
+
+@pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm (binutils)")
+def test_the_library_exports_the_command_buffer_compatible_handlers():
+    """nvcc compiles the kXCmdBufferCompatible twins (no GPU needed) and every registered symbol is exported."""
+    try:
+        lib = cuda.build()
+    except cuda.CudaUnavailable as err:
+        pytest.skip(str(err))
+    exported = subprocess.run(["nm", "-D", "--defined-only", str(lib)], capture_output=True, text=True, check=True).stdout
+    symbols = {line.split()[-1] for line in exported.splitlines() if line.strip()}
+    graph = {t: s for t, s in cuda.TARGETS.items() if t.endswith(capture.GRAPH_SUFFIX)}
+    assert graph == {"morphogen_bmma_masked_xor_graph": "MorphogenBmmaMaskedXorGraph",
+                     "morphogen_bmma_expand_xor_graph": "MorphogenBmmaExpandXorGraph",
+                     "morphogen_expand_xor_fused_graph": "MorphogenExpandXorFusedGraph"}
+    assert set(cuda.TARGETS.values()) <= symbols
