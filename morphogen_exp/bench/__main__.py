@@ -6,6 +6,7 @@
                                                        # where a scan's time goes, per tile size
     python -m morphogen_exp.bench blocks --pages 16777216 --keys 3 --tile 4194304 --grid "num_warps=1,2"
     python -m morphogen_exp.bench ggm --pages 1048576 --keys 96 --tile 65536 --grid "levels=1,2 num_warps=4,8"
+    python -m morphogen_exp.bench sass --define MORPHOGEN_CHACHA_FMA=2 --out DIR   # static SASS mix, no GPU (sass.py)
 
 engine: for each engine and key count, full-domain evaluation alone, then the one-pass scan, each with
 compile time apart (and the engine's own database layout, if it has one, built once apart:
@@ -29,6 +30,7 @@ from ..memory import configure_process
 from ..pir import EngineSpec, full_eval_jax, get, make_answer_fn, scan_bytes_read, tile_size
 from ..pir.pallas_ggm import GGMBlock
 from ..pir.pallas_scan import ScanBlock
+from . import sass
 from .common import copy_gbps, database, int_ops_per_s, keybatches, timed, write_csv
 from .kernels import bench_blocks, bench_breakdown, bench_ggm, parse_grid
 
@@ -95,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--tile", type=int, default=4096)
         s.add_argument("--grid", default="num_warps=1,2" if name == "blocks" else "levels=1,2",
                        help="space-separated field=v1,v2 lists crossed over the default block")
+    sass.add_parser(sub)
     for p in (e, b, sub.choices["blocks"], sub.choices["ggm"]):
         p.add_argument("--pages", type=int, default=4096)
         p.add_argument("--repeats", type=int, default=5)
@@ -107,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:
         return 2 if e.code else 0
+    if args.cmd == "sass":  # compile and disassemble only: no device
+        return sass.main(args)
     configure_process()
     try:
         return _run(args)
