@@ -6,13 +6,15 @@ levels below them, as the engine hands the CUDA op), the op ``expand_xor_bmma`` 
 vectors read), both one after the other (stages=3, what the engine runs above 8 keys) and, up to 8 keys, both
 in one pipelined kernel (stages=4, what the engine runs there; its answer checked equal to stages=3); median of --reps
 device-synchronized calls. One JSON line per K on stdout (and --json). With --once each op runs once and
-nothing is timed (for ``ncu``)."""
+nothing is timed (for ``ncu``). --defines builds the kernels with those -D defines ($MORPHOGEN_CUDA_DEFINES,
+e.g. MORPHOGEN_CHACHA_FMA=2: a compile-time variant timed against the default in the next process)."""
 
 from __future__ import annotations
 
 import argparse
 import functools
 import json
+import os
 import sys
 
 import jax
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 from morphogen_exp.bench.bmma import random_roots, random_u32, time_ms
 from morphogen_exp.pir import Window
 from morphogen_exp.pir.bitsliced import bitslice_pages
+from morphogen_exp.pir.cuda import CudaUnavailable, cuda_defines
 from morphogen_exp.pir.cuda.bmma import call_expand_xor, pipelined
 
 
@@ -31,14 +34,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--once", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--defines", default=None, help="space-separated NAME[=VALUE] for the CUDA build (default: the environment's)")
     a = ap.parse_args(argv)
+    if a.defines is not None:  # before the first kernel call, which builds and loads the library
+        try:
+            cuda_defines(a.defines)
+        except CudaUnavailable as e:
+            ap.error(str(e))
+        os.environ["MORPHOGEN_CUDA_DEFINES"] = a.defines
     rows = []
     for k, lg in zip(map(int, a.keys.split(",")), map(int, a.tile_log2.split(",")), strict=True):
         t = 1 << lg
         db = bitslice_pages(random_u32((t, 1024), lg), t).words
         jax.block_until_ready(db)
         roots = random_roots(k, t, 3000 + k)
-        row = {"device": jax.local_devices()[0].device_kind, "keys": k, "tile_pages": t}
+        row = {"device": jax.local_devices()[0].device_kind, "keys": k, "tile_pages": t,
+               "cuda_defines": os.environ.get("MORPHOGEN_CUDA_DEFINES", "")}
         stages = ((1, "expansion_only"), (2, "scan_only"), (3, "both"), (4, "pipelined"))[: 4 if pipelined(k) else 3]
         answers = {}
         for st, name in stages:
