@@ -9,9 +9,11 @@ reads the trace back with ``jax.profiler.ProfileData`` and counts:
   ``cbdata->functionName``; XLA's CommandBufferThunk launches its graph with the driver's cuGraphLaunch);
 - ``kernel_launches``: kernels launched one by one (``cuLaunchKernel*`` / ``cudaLaunchKernel*`` calls); a kernel
   inside a graph is not launched this way;
-- ``ops``: what the trace saw execute: on a GPU the events of the device planes' stream lines (every kernel and
-  copy, inside a graph or not); on the CPU the host events named after the executable's HLO instructions
-  (``op_names``: the CPU runtime's thunks trace under their instruction's name).
+- ``ops``: what the trace saw execute: on a GPU the events of the ``/device:GPU:N`` planes' ``Stream #N`` lines
+  (CUPTI's kernel and copy records, inside a graph or not; XLA cupti_collector.cc GetDeviceXLineName names those
+  lines; the other lines of a device plane, such as "XLA Ops", are derived summaries and not counted); on the CPU
+  the host events named after the executable's HLO instructions (``op_names``: the CPU runtime's thunks trace
+  under their instruction's name).
 
 Caveat built in: XLA runs a command buffer as plain thunks while a profiler session is active unless the
 executable was compiled with ``xla_enable_command_buffers_during_profiling`` (XLA's CommandBufferThunk, bug
@@ -68,7 +70,7 @@ def count(planes: Iterable[Any], op_names: Collection[str] = (), gpu: bool = Fal
     graphs = kernels = device_ops = host_ops = 0
     saw_device = False
     for plane in planes:
-        on_device = plane.name.startswith("/device:") and "CPU" not in plane.name
+        on_device = plane.name.startswith("/device:GPU:")
         for line in plane.lines:
             stream = on_device and line.name.startswith("Stream")
             for event in line.events:
