@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import shutil
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from morphogen_exp import app, floors, report, tracking
 from morphogen_exp.config import ConfigError
+from morphogen_exp.pir import cuda
 from morphogen_exp.pir.cuda import CudaUnavailable, bmma, probe
 from morphogen_exp.timing import TimingSummary
 
@@ -26,6 +29,14 @@ from .conftest import mlflow_runs
 from .test_report import Sweeps, _metrics
 
 CARD = floors.Floors("card", stream_gbps=80.0, scan_gbps=100.0, expand_blocks_per_s=2e9, read_rows=1 << 16)
+
+
+def _has_nvcc() -> bool:
+    try:
+        cuda.find_nvcc()
+    except CudaUnavailable:
+        return False
+    return True
 
 
 def _batch(times_ms: list[float]) -> TimingSummary:
@@ -116,6 +127,18 @@ def test_the_probe_runs_once_per_device_on_a_gpu_only(monkeypatch, caplog) -> No
     broken = SimpleNamespace(platform="gpu", id=8, device_kind="fake card")
     monkeypatch.setattr(floors, "_measure", lambda device, shape: floors.Floors("c", 1.0, 0.0, math.inf, 1))
     assert floors.for_cell("auto", broken) is None  # a non-positive or infinite rate is no floor
+
+
+@pytest.mark.skipif(shutil.which("nm") is None or not _has_nvcc(), reason="no nvcc or nm here")
+def test_the_probe_kernel_compiles_into_the_library_and_exports_its_handler(monkeypatch, tmp_path) -> None:
+    """probe.cu builds with the other kernels for sm_90a (no GPU needed) and the library exports the symbol its FFI
+    target names, as register() loads it on a GPU."""
+    monkeypatch.setenv("MORPHOGEN_CUDA_CACHE", str(tmp_path))
+    lib = cuda.build(force=True)
+    exported = subprocess.run(["nm", "-D", "--defined-only", str(lib)], capture_output=True, text=True, check=True).stdout
+    symbols = {line.split()[-1] for line in exported.splitlines() if line.split()[1:2] == ["T"]}
+    assert cuda.TARGETS["morphogen_probe_stream_xor"] == "MorphogenProbeStreamXor" in symbols
+    assert set(cuda.TARGETS.values()) <= symbols
 
 
 def test_bench_floors_is_checked_and_no_part_of_a_cells_identity(make_cfg, cli, workdir) -> None:
