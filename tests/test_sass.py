@@ -90,6 +90,9 @@ def test_fma_variant_moves_alu_work_to_the_fma_pipe(bmma_mix: tuple[dict[tuple[s
         # the pair's busiest pipe shrinks by over 10% while its instruction count grows by under 15%
         assert max(new.pipes("chacha")["alu"], new.pipes("chacha")["fma"]) < 0.9 * old.pipes("chacha")["alu"]
         assert sum(new.chacha.values()) < 1.15 * sum(old.chacha.values())
+        # the same registers and spills: the same blocks an SM (the kernels' __launch_bounds__ occupancy)
+        assert (new.registers, new.spill_stores, new.spill_loads) == (old.registers, old.spill_stores, old.spill_loads)
+        assert 0 < old.registers <= 255
     assert mixes["default", "bmma_scan<4>"].opcodes == mixes["fma", "bmma_scan<4>"].opcodes  # no ChaCha8 there
 
 

@@ -2,6 +2,7 @@
 
     python -m morphogen_exp.bench sass                                      # the default build
     python -m morphogen_exp.bench sass --define MORPHOGEN_CHACHA_FMA=2 --out DIR  # default and one variant
+    python -m morphogen_exp.bench sass --sources bmma --define X=1 --define "X=2 Y" # two variants, bmma.cu only
 
 Each ``pir/cuda/*.cu`` (with ``dpf.cuh``) is compiled to a cubin with the flags of ``pir.cuda.build`` (arch
 ``$MORPHOGEN_CUDA_ARCH`` or sm_90a), once per variant (the default, then one per ``--define``, whose value
@@ -53,6 +54,8 @@ CHACHA_MARK = "0x61707865"  # ChaCha's first constant ("expa"): present in, and 
 _ENDS_BLOCK = ("BRA", "BRX", "EXIT", "RET", "BSYNC", "BAR", "WARPSYNC", "CALL")
 _INSTR = re.compile(r"/\*[0-9a-f]+\*/\s+(?:@!?U?P[T\d]+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 _FUNC = re.compile(r"^//-+ \.text\.(\S+) -+$", re.M)
+_PTXAS = re.compile(r"Function properties for (\S+)\s+\d+ bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads"
+                    r"\s+ptxas info\s+: Used (\d+) registers")
 _ANON = re.compile(r"_GLOBAL__N__[0-9a-f]+_")  # the anonymous namespace's per-path hash: not part of the code
 
 
@@ -76,6 +79,9 @@ class KernelMix:
     opcodes: collections.Counter[str] = field(default_factory=collections.Counter)
     chacha: collections.Counter[str] = field(default_factory=collections.Counter)
     chacha_blocks: int = 0  # basic blocks with ChaCha8 rounds (one per inlined expand_node)
+    registers: int = 0  # ptxas's report: registers a thread, bytes spilled to local memory
+    spill_stores: int = 0
+    spill_loads: int = 0
 
     def pipes(self, region: str = "kernel") -> dict[str, int]:
         """Counts per pipe (``PIPE_COLUMNS``) of the whole kernel or of its ChaCha8 block."""
@@ -100,18 +106,19 @@ def find_nvdisasm() -> str:
                           "or set MORPHOGEN_NVDISASM to its path")
 
 
-def compile_cubin(source: Path, out: Path, defines: list[str], arch: str) -> Path:
-    """One .cu compiled to a cubin for `arch` with build()'s flags and `defines`; nvcc's errors as CudaUnavailable."""
+def compile_cubin(source: Path, out: Path, defines: list[str], arch: str) -> dict[str, tuple[int, int, int]]:
+    """One .cu compiled to the cubin `out` for `arch` with build()'s flags and `defines` (nvcc's errors as
+    CudaUnavailable); ptxas's report per mangled kernel: (registers, spill store bytes, spill load bytes)."""
     import jax  # only for the FFI headers' folder, as build() does
 
-    cmd = [find_nvcc(), *NVCC_FLAGS, *(f"-D{d}" for d in defines), "-cubin", *_arch_flags(arch),
+    cmd = [find_nvcc(), *NVCC_FLAGS, *(f"-D{d}" for d in defines), "-cubin", "-Xptxas", "-v", *_arch_flags(arch),
            f"-I{jax.ffi.include_dir()}", f"-I{HERE}", str(source), "-o", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         errors = [ln for ln in res.stderr.splitlines() if "error" in ln] or res.stderr.splitlines()[-1:]
         raise CudaUnavailable(f"nvcc failed on {source.name} with {defines or 'no defines'}: "
                               f"{errors[0] if errors else res.returncode}")
-    return out
+    return {m.group(1): (int(m.group(4)), int(m.group(2)), int(m.group(3))) for m in _PTXAS.finditer(res.stderr)}
 
 
 def disassemble(cubin: Path) -> str:
@@ -155,11 +162,13 @@ def parse_sass(text: str) -> dict[str, list[list[str]]]:
     return kernels
 
 
-def mixes(text: str, source: str, variant: str) -> list[KernelMix]:
-    """Per kernel of one disassembled cubin: opcode counts, whole and in its largest ChaCha8 block."""
+def mixes(text: str, source: str, variant: str, resources: dict[str, tuple[int, int, int]] | None = None) -> list[KernelMix]:
+    """Per kernel of one disassembled cubin: opcode counts, whole and in its largest ChaCha8 block (and
+    registers and spills where ptxas's report `resources` names the kernel)."""
     out = []
     for mangled, blocks in parse_sass(text).items():
-        mix = KernelMix(source, kernel_name(mangled), variant)
+        regs, stores, loads = (resources or {}).get(mangled, (0, 0, 0))
+        mix = KernelMix(source, kernel_name(mangled), variant, registers=regs, spill_stores=stores, spill_loads=loads)
         mix.opcodes.update(ins.split()[0] for b in blocks for ins in b)
         rounds = [b for b in blocks if any(CHACHA_MARK in ins for ins in b)]
         mix.chacha_blocks = len(rounds)
@@ -182,10 +191,12 @@ def measure(variants: dict[str, list[str]], sources: tuple[Path, ...] = SOURCES,
     with tempfile.TemporaryDirectory(prefix="morphogen-sass-") as tmp:
         for label, defines in variants.items():
             for src in sources:
-                text = disassemble(compile_cubin(src, Path(tmp) / f"{src.stem}.cubin", defines, arch))
+                cubin = Path(tmp) / f"{src.stem}.cubin"
+                resources = compile_cubin(src, cubin, defines, arch)
+                text = disassemble(cubin)
                 if keep is not None:
                     (keep / f"{src.stem}.{_slug(label)}.sass").write_text(text)
-                rows += mixes(text, src.name, label)
+                rows += mixes(text, src.name, label, resources)
     return rows
 
 
@@ -202,7 +213,8 @@ def pipe_rows(mixes_: list[KernelMix]) -> list[dict[str, object]]:
                 continue
             p = m.pipes("kernel" if region == "kernel" else "chacha")
             rows.append(dict(variant=m.variant, source=m.source, kernel=m.kernel, region=region,
-                             total=sum(p.values()), **p, chacha8_blocks=m.chacha_blocks))
+                             total=sum(p.values()), **p, chacha8_blocks=m.chacha_blocks, registers=m.registers,
+                             spill_stores=m.spill_stores, spill_loads=m.spill_loads))
     return rows
 
 
@@ -217,13 +229,13 @@ def table(rows: list[dict[str, object]]) -> str:
     """The pipe rows as an aligned text table, ALU:FMA ratio last."""
     head = ("variant", "kernel", "region", "total", "alu", "fma", "undocumented", "other")
     lines = [f"{head[0]:<24} {head[1]:<26} {head[2]:<14}" + "".join(f"{h:>8}" for h in head[3:6]) + f"{head[6]:>13}"
-             + f"{head[7]:>8}  alu/fma"]
+             + f"{head[7]:>8}  alu/fma  regs spill(st/ld B)"]
     for r in rows:
         other = sum(int(str(r[c])) for c in PIPE_COLUMNS if c not in ("alu", "fma", "undocumented"))
         alu, fma = int(str(r["alu"])), int(str(r["fma"]))
         lines.append(f"{str(r['variant'])[:24]:<24} {str(r['kernel'])[:26]:<26} {str(r['region']):<14}"
                      + "".join(f"{v:>8}" for v in (r["total"], alu, fma)) + f"{r['undocumented']:>13}{other:>8}"
-                     + f"  {alu / fma if fma else float('inf'):7.2f}")
+                     + f"  {alu / fma if fma else float('inf'):7.2f}  {r['registers']:>4} {r['spill_stores']}/{r['spill_loads']}")
     return "\n".join(lines)
 
 
@@ -240,7 +252,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--define", action="append", default=[], metavar="'NAME[=VALUE] ...'",
                    help="one variant's defines (space-separated), compiled beside the default; repeat for more variants")
     s.add_argument("--arch", default=None, help=f"target (default $MORPHOGEN_CUDA_ARCH or {DEFAULT_ARCH})")
-    s.add_argument("--out", default=None, help="folder for sass_pipes.csv, sass_opcodes.csv and the SASS text")
+    s.add_argument("--sources", default=None, help="comma-separated .cu stems (default: all of pir/cuda, e.g. bmma,fused)")
+    s.add_argument("--out", default=None, help="folder for sass_pipes.csv and sass_opcodes.csv")
+    s.add_argument("--sass", action="store_true", help="also keep each cubin's SASS text in --out (about 1.5 MB a source)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -249,10 +263,16 @@ def main(args: argparse.Namespace) -> int:
         variants: dict[str, list[str]] = {"default": []} | {d.strip(): cuda_defines(d) for d in args.define}
         if any(not defs for defs in list(variants.values())[1:]):
             raise CudaUnavailable("--define needs at least one NAME or NAME=VALUE")
+        by_stem = {src.stem: src for src in SOURCES}
+        stems = args.sources.split(",") if args.sources else list(by_stem)
+        if unknown := [s for s in stems if s not in by_stem]:
+            raise CudaUnavailable(f"--sources: no {unknown[0]}.cu in {HERE} (have: {', '.join(by_stem)})")
+        if args.sass and not args.out:
+            raise CudaUnavailable("--sass needs --out (the folder for the SASS text)")
         out = Path(args.out) if args.out else None
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-        found = measure(variants, arch=args.arch, keep=out)
+        found = measure(variants, tuple(by_stem[s] for s in stems), arch=args.arch, keep=out if args.sass else None)
     except (CudaUnavailable, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -261,5 +281,5 @@ def main(args: argparse.Namespace) -> int:
     if out is not None:
         _write(out / "sass_pipes.csv", rows)
         _write(out / "sass_opcodes.csv", opcode_rows(found))
-        print(f"wrote {out / 'sass_pipes.csv'}, {out / 'sass_opcodes.csv'} and the SASS text")
+        print(f"wrote {out / 'sass_pipes.csv'} and {out / 'sass_opcodes.csv'}" + (" and the SASS text" if args.sass else ""))
     return 0
