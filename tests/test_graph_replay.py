@@ -4,18 +4,19 @@ capture.capturable_targets(). On a GPU: tests/test_graph_replay_gpu.py."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from morphogen_exp import app, tracecount
 from morphogen_exp.pir import cuda
 from morphogen_exp.pir.cuda import capture
+from morphogen_exp.strategies import graph_replay
 
 from .conftest import mlflow_runs
 from .test_cli import _sweep_dir
@@ -77,7 +78,7 @@ def test_graph_replay_cell_records_the_traced_launches(make_cfg, workdir, sess):
     info = {k.removeprefix("strategy_info."): v for k, v in run.data.tags.items() if k.startswith("strategy_info.")}
     assert info["backend"] == "cpu" and info["graph_launches"] == "0" and info["kernel_launches"] == "0"
     assert int(info["traced_ops"]) > 0 and float(info["trace_s"]) > 0
-    assert info["ffi_targets"] == "default"  # no CUSTOM_CALL in the command buffers: the default targets
+    assert info["ffi_targets"] == "none"  # engine=xla calls no CUDA kernel
     assert "command_buffers" not in info and "while_loops" not in info  # no HLO-text counts
     assert run.data.metrics["parity_numpy_eq"] == 1
 
@@ -92,9 +93,9 @@ def test_report_says_graph_replay_ran_as_plain_launches(cli, workdir):
     assert "graph_launches=0" in report[report.index("## Strategies compared"):report.index("## Batch latency")]
 
 
-def test_custom_call_in_the_command_buffers_lowers_to_the_graph_targets(make_cfg, workdir, sess):
-    # the choice is scoped: inside capturable_targets the twin, outside (before and after) the default target,
-    # even for one shared jitted function (the choice is part of JAX's trace cache key)
+def test_the_graph_targets_are_chosen_only_inside_the_scope():
+    # inside capturable_targets the twin, outside (before and after) the default target, even for one shared
+    # jitted function: the choice is part of JAX's trace cache key, so nothing traced inside leaks out
     def body(x):
         return jax.ffi.ffi_call(capture.target("morphogen_probe_target"), jax.ShapeDtypeStruct(x.shape, x.dtype))(x)
 
@@ -103,13 +104,26 @@ def test_custom_call_in_the_command_buffers_lowers_to_the_graph_targets(make_cfg
     assert "@morphogen_probe_target(" in fn.lower(x).as_text()
     with capture.capturable_targets() as twins:
         assert twins and "@morphogen_probe_target_graph(" in fn.lower(x).as_text()
+        assert capture.target("morphogen_bmma_expand_xor") == "morphogen_bmma_expand_xor_graph"
     assert "@morphogen_probe_target(" in fn.lower(x).as_text()
-    # graph_replay asks only when its command buffers include custom calls (the xla engine has none to capture)
-    out = app.run(make_cfg("strategy=graph_replay", "q=1", "strategy.command_buffer=[FUSION,CUSTOM_CALL]"), sess)
-    assert out.status == "ok", out.error
-    (run,) = mlflow_runs(workdir)
-    assert run.data.tags["strategy_info.ffi_targets"] == "command-buffer compatible"
-    assert np.isfinite(run.data.metrics["batch_qps"])
+    assert capture.target("morphogen_bmma_expand_xor") == "morphogen_bmma_expand_xor"
+
+
+def test_graph_replay_asks_for_the_graph_targets_only_with_custom_calls(make_cfg, workdir, sess, monkeypatch):
+    entered: list[bool] = []
+
+    @contextlib.contextmanager
+    def recorded():
+        with capture.capturable_targets() as twins:
+            entered.append(twins)
+            yield twins
+
+    monkeypatch.setattr(graph_replay, "capturable_targets", recorded)
+    for knob, asked in (("strategy.command_buffer=[FUSION,WHILE]", []), ("strategy.command_buffer=[FUSION,CUSTOM_CALL]", [True])):
+        entered.clear()
+        out = app.run(make_cfg("strategy=graph_replay", "q=1", knob), sess)
+        assert out.status == "ok", out.error
+        assert entered == asked, knob
 
 
 @pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm (binutils)")

@@ -33,7 +33,9 @@ def test_captured_kernels_answer_exactly(make_cfg, workdir, engine, q):
     assert graph.metrics["parity_numpy_eq"] == 1 and graph.metrics["parity_xor_eq"] == 1
     assert graph.tags["answers_sha256"] == full.tags["answers_sha256"]
     info = {k.removeprefix("strategy_info."): v for k, v in graph.tags.items() if k.startswith("strategy_info.")}
-    assert info["backend"] == "gpu" and info["ffi_targets"] == "command-buffer compatible"
+    assert info["backend"] == "gpu"
+    twins = {"bitsliced": "morphogen_bmma_expand_xor_graph", "fused": "morphogen_expand_xor_fused_graph"}[engine]
+    assert twins in info["ffi_targets"].split("+") and all(t.endswith("_graph") for t in info["ffi_targets"].split("+"))
     assert info["command_buffer_types"] == "FUSION,CUSTOM_CALL,WHILE,CONDITIONAL"
     # what the trace saw: counts, never a guess (a GPU trace without CUPTI records "unknown" and its reason)
     assert info["graph_launches"].isdigit(), info.get("trace_note")

@@ -14,11 +14,13 @@ The knob `command_buffer` sets the command types XLA may capture for this one ex
 xla_gpu_enable_command_buffer, e.g. `strategy.command_buffer=[FUSION,CUSTOM_CALL,WHILE,CONDITIONAL]`).
 When it lists CUSTOM_CALL, the batch is lowered inside `cuda.capture.capturable_targets()`: the CUDA
 engines' kernels are called through their command-buffer compatible FFI targets, so XLA may capture them
-too (`ffi_targets` records which); otherwise, as every other strategy, through the default targets."""
+too; otherwise, as every other strategy, through the default targets. `ffi_targets` lists the CUDA kernels'
+FFI targets the program calls (`<target>_graph`: the twins; "none": an engine without CUDA kernels)."""
 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 
 import jax
@@ -28,6 +30,8 @@ from ..config import ConfigError
 from ..pir.cuda.capture import capturable_targets
 from .base import BatchPath, BuildContext, register
 from .full_batch import vmapped_batch
+
+_OUR_TARGET = re.compile(r"custom_call @(morphogen_\w+)\(")
 
 
 @register("graph_replay")
@@ -46,7 +50,7 @@ def build(knobs, q: int, ctx: BuildContext) -> BatchPath:
         """Compile, replay once untraced, then once traced (what ran, into `info`); the untraced answers."""
         t0 = time.perf_counter()
         try:
-            with capturable_targets() if capture_ffi else contextlib.nullcontext(False) as twins:
+            with capturable_targets() if capture_ffi else contextlib.nullcontext():
                 lowered = fn.lower(ctx.pages, keys)
             exe = lowered.compile(compiler_options=options)
         except Exception as err:  # XLA names the bad value: say which override to fix
@@ -54,7 +58,8 @@ def build(knobs, q: int, ctx: BuildContext) -> BatchPath:
                 raise ConfigError(f"strategy.command_buffer={buffers!r}: {str(err).splitlines()[0]}") from None
             raise
         info["aot_compile_s"] = round(time.perf_counter() - t0, 4)
-        info["ffi_targets"] = "command-buffer compatible" if twins else "default"
+        # the CUDA kernels' FFI targets the program calls (the *_graph twins: XLA may capture them)
+        info["ffi_targets"] = "+".join(sorted(set(_OUR_TARGET.findall(lowered.as_text())))) or "none"
         compiled["exe"] = exe
         out = jax.block_until_ready(exe(ctx.pages, keys))
         t0 = time.perf_counter()
