@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -62,6 +63,16 @@ def test_a_batch_must_compute_the_nodes_above_its_pages_and_the_fractions_come_f
     two = floors.cell_record(CARD, batch, database_bytes=10**9, blocks=4 * 10**7, devices=2)
     assert two[floors.READ_FRAC] == pytest.approx(0.25)  # two cards: twice the floor
     assert floors.cell_record(None, batch, database_bytes=10**9, blocks=1) == {}  # not probed: nothing recorded
+
+
+def test_the_stream_kernels_reference_and_its_argument_check_hold_on_a_cpu() -> None:
+    """stream_xor_reference is the GPU test's oracle; the kernel's wrapper refuses what its 16-byte loads cannot read
+    before it needs a GPU."""
+    words = np.random.default_rng(3).integers(0, 2**32, size=(5, 36), dtype=np.uint32)
+    assert np.asarray(probe.stream_xor_reference(jnp.asarray(words))).tolist() == [int(np.bitwise_xor.reduce(words.ravel()))]
+    for bad in (jnp.zeros((6,), jnp.uint32), jnp.zeros((8,), jnp.int32)):
+        with pytest.raises(ValueError, match="16-byte loads"):
+            probe.stream_xor(bad)
 
 
 def _fake_kernels(monkeypatch, calls: list[str]) -> None:
