@@ -126,9 +126,35 @@ def test_graph_replay_asks_for_the_graph_targets_only_with_custom_calls(make_cfg
         assert entered == asked, knob
 
 
-@pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm (binutils)")
-def test_the_library_exports_the_command_buffer_compatible_handlers():
-    """nvcc compiles the kXCmdBufferCompatible twins (no GPU needed) and every registered symbol is exported."""
+# Reads each named handler's traits as XLA does when it registers one: a call frame carrying the metadata extension.
+_TRAITS_READER = r"""
+#include <dlfcn.h>
+#include <cstdio>
+#include "xla/ffi/api/c_api.h"
+int main(int argc, char** argv) {
+  void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+  if (!lib) { std::printf("dlopen: %s\n", dlerror()); return 2; }
+  for (int i = 2; i < argc; ++i) {
+    auto* fn = reinterpret_cast<XLA_FFI_Handler*>(dlsym(lib, argv[i]));
+    if (!fn) return 3;
+    XLA_FFI_Metadata metadata = {XLA_FFI_Metadata_STRUCT_SIZE};
+    XLA_FFI_Metadata_Extension ext = {{XLA_FFI_Metadata_Extension_STRUCT_SIZE, XLA_FFI_Extension_Metadata, nullptr},
+                                      &metadata};
+    XLA_FFI_CallFrame frame = {};
+    frame.struct_size = XLA_FFI_CallFrame_STRUCT_SIZE;
+    frame.extension_start = &ext.extension_base;
+    if (fn(&frame) != nullptr) return 4;
+    std::printf("%s %u\n", argv[i], metadata.traits);
+  }
+  return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("nm") is None or shutil.which("g++") is None, reason="needs nm and g++")
+def test_the_library_exports_the_command_buffer_compatible_handlers(tmp_path):
+    """nvcc compiles the twins (no GPU needed); every registered symbol is exported, and each twin declares
+    XLA's command-buffer trait (XLA_FFI_HANDLER_TRAITS_COMMAND_BUFFER_COMPATIBLE, 1) where its default does not."""
     try:
         lib = cuda.build()
     except cuda.CudaUnavailable as err:
@@ -140,3 +166,13 @@ def test_the_library_exports_the_command_buffer_compatible_handlers():
                      "morphogen_bmma_expand_xor_graph": "MorphogenBmmaExpandXorGraph",
                      "morphogen_expand_xor_fused_graph": "MorphogenExpandXorFusedGraph"}
     assert set(cuda.TARGETS.values()) <= symbols
+
+    (tmp_path / "traits.cc").write_text(_TRAITS_READER)
+    subprocess.run(["g++", "-std=c++17", f"-I{jax.ffi.include_dir()}", str(tmp_path / "traits.cc"), "-o",
+                    str(tmp_path / "traits"), "-ldl"], check=True)
+    pairs = [(t.removesuffix(capture.GRAPH_SUFFIX), t) for t in graph]
+    names = [cuda.TARGETS[n] for pair in pairs for n in pair]
+    res = subprocess.run([str(tmp_path / "traits"), str(lib), *names], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    traits = dict(line.split() for line in res.stdout.splitlines())
+    assert traits == {cuda.TARGETS[n]: ("1" if n.endswith(capture.GRAPH_SUFFIX) else "0") for n in {*graph, *(d for d, _ in pairs)}}
