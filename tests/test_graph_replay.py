@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from morphogen_exp import app, tracecount
+from morphogen_exp import app, report, tracecount, tracking
 from morphogen_exp.pir import cuda
 from morphogen_exp.pir.cuda import capture
 from morphogen_exp.strategies import graph_replay
@@ -81,6 +81,20 @@ def test_graph_replay_cell_records_the_traced_launches(make_cfg, workdir, sess):
     assert info["ffi_targets"] == "none"  # engine=xla calls no CUDA kernel
     assert "command_buffers" not in info and "while_loops" not in info  # no HLO-text counts
     assert run.data.metrics["parity_numpy_eq"] == 1
+
+
+def test_without_a_trace_reader_the_cell_records_unknown_and_the_report_says_so(make_cfg, workdir, sess, monkeypatch):
+    monkeypatch.delattr(jax.profiler, "ProfileData")  # a JAX without the trace reader
+    out = app.run(make_cfg("strategy=graph_replay", "q=1"), sess)
+    assert out.status == "ok", out.error  # never a crash: the cell is measured and checked as always
+    runs = mlflow_runs(workdir)
+    tags = runs[0].data.tags
+    assert tags["strategy_info.graph_launches"] == "unknown"
+    assert tags["strategy_info.trace_note"].startswith("jax.profiler.ProfileData is not available")
+    assert "strategy_info.traced_ops" not in tags
+    notes = report._graph_replay_notes(tracking.cells_frame(runs))
+    assert notes.startswith("- **graph_replay ran without a readable trace (whether a CUDA graph was launched is unknown)** "
+                            "on cpu (graph_launches=unknown") and "cannot be read as CUDA-graph replay" in notes
 
 
 def test_report_says_graph_replay_ran_as_plain_launches(cli, workdir):
