@@ -83,6 +83,7 @@ DPF_HD __forceinline__ void chacha8(const uint4& s, uint32_t ctr, uint32_t (&out
 }
 
 #undef DPF_QR
+#undef DPF_HD
 
 __device__ __forceinline__ uint4 xor_and(const uint4& a, const uint4& b, uint32_t on) {
   return make_uint4(a.x ^ (b.x & on), a.y ^ (b.y & on), a.z ^ (b.z & on), a.w ^ (b.w & on));
