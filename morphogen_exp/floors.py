@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from .bench.common import mix
+from .bench.bmma import random_u32
 from .pir.cuda import CudaUnavailable
 from .pir.engine import Subtrees, Window
 from .pir.pages import PAGE_BYTES
@@ -198,15 +197,9 @@ def _rows_that_fit(device: Any, shape: ProbeShape, scratch_words: Any) -> int:
 
 
 def _random(device: Any, dims: tuple[int, ...], salt: int) -> jax.Array:
-    """Random-looking u32 built on ``device`` (a hash of the index: a card that compresses zeros reads no faster)."""
-    def build() -> jax.Array:
-        idx, stride = jnp.zeros(dims, jnp.uint32), 1
-        for ax in reversed(range(len(dims))):  # the flat index, wrapping at 2^32 (16 GiB holds 2^32 words)
-            idx = idx + jax.lax.broadcasted_iota(jnp.uint32, dims, ax) * jnp.uint32(stride & 0xFFFFFFFF)
-            stride *= dims[ax]
-        return mix(mix(idx ^ jnp.uint32(salt * 0x9E3779B9 & 0xFFFFFFFF)) + jnp.uint32(salt))
-
-    return jax.block_until_ready(jax.jit(build, out_shardings=jax.sharding.SingleDeviceSharding(device))())
+    """Random-looking u32 built on ``device`` (bench's hash of the index: a card that compresses zeros reads no faster)."""
+    with jax.default_device(device):
+        return jax.block_until_ready(random_u32(dims, salt))
 
 
 def _median_ms(fn: Any, *args: Any, repeats: int) -> float:
