@@ -32,6 +32,9 @@ import jax
 
 from .bench.bmma import random_u32
 from .pir.cuda import CudaUnavailable
+from .pir.cuda.bmma import call_expand_xor, call_masked_xor, scratch_words
+from .pir.cuda.dpf import MAX_LEVELS
+from .pir.cuda.probe import stream_xor
 from .pir.engine import Subtrees, Window
 from .pir.pages import PAGE_BYTES
 from .queries import KEYS_PER_QUERY
@@ -45,7 +48,7 @@ log = logging.getLogger(__name__)
 STREAM, SCAN = READ_FLOOR_PROBES
 FLOOR_METRICS = (READ, STREAM, SCAN, EXPAND, *(f"{f}{b}" for f in (READ_FRAC, EXPAND_FRAC) for b in ("", "_lo", "_hi")))
 
-SUBTREE_LEVELS = 8  # the expansion kernel's subtrees: 256 leaves under each root (dpf.MAX_LEVELS)
+SUBTREE_LEVELS = MAX_LEVELS  # the expansion kernel's subtrees: 256 leaves under each root
 
 
 @dataclass(frozen=True)
@@ -154,10 +157,7 @@ def probe(device: Any, shape: ProbeShape | None = None) -> Floors:
 
 def _measure(device: Any, shape: ProbeShape) -> Floors:
     """The three probes on ``device`` (see the module docstring), their buffers freed after."""
-    from .pir.cuda.bmma import call_expand_xor, call_masked_xor, scratch_words  # noqa: PLC0415 (CUDA only)
-    from .pir.cuda.probe import stream_xor  # noqa: PLC0415
-
-    rows = _rows_that_fit(device, shape, scratch_words)
+    rows = _rows_that_fit(device, shape)
     leaves = min(shape.expand_leaves, rows)  # the expansion's chunks lie inside the buffer
     words = _random(device, (rows, PAGE_BYTES // 4), 1)
     try:
@@ -178,7 +178,7 @@ def _measure(device: Any, shape: ProbeShape) -> Floors:
                   k * s * tree_blocks(1 << SUBTREE_LEVELS, SUBTREE_LEVELS) / (expand_ms / 1e3), rows)
 
 
-def _rows_that_fit(device: Any, shape: ProbeShape, scratch_words: Any) -> int:
+def _rows_that_fit(device: Any, shape: ProbeShape) -> int:
     """The read buffer's pages: ``shape.read_rows``, halved (down to ``shape.min_rows``) until the buffer, the scan's
     masks and scratch and the expansion's scratch fit in half the device's free memory (a cell's database stays
     resident beside them)."""

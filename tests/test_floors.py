@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from morphogen_exp import app, floors, report, tracking
 from morphogen_exp.config import ConfigError
 from morphogen_exp.pir import cuda
-from morphogen_exp.pir.cuda import CudaUnavailable, bmma, probe
+from morphogen_exp.pir.cuda import CudaUnavailable, probe
 from morphogen_exp.timing import TimingSummary
 
 from .conftest import mlflow_runs
@@ -92,9 +92,9 @@ def _fake_kernels(monkeypatch, calls: list[str]) -> None:
         assert window.count == sub.seeds.shape[1] << sub.levels and window.count <= words.shape[0]
         return jnp.zeros((sub.num_keys, 1024), jnp.uint32)
 
-    monkeypatch.setattr(probe, "stream_xor", stream_xor)
-    monkeypatch.setattr(bmma, "call_masked_xor", call_masked_xor)
-    monkeypatch.setattr(bmma, "call_expand_xor", call_expand_xor)
+    monkeypatch.setattr(floors, "stream_xor", stream_xor)
+    monkeypatch.setattr(floors, "call_masked_xor", call_masked_xor)
+    monkeypatch.setattr(floors, "call_expand_xor", call_expand_xor)
     times = iter([1.0, 2.0, 4.0])  # ms: the stream, the scan, the expansion, in the order the probe times them
     monkeypatch.setattr(floors, "_median_ms", lambda fn, *args, repeats: (fn(*args), next(times))[1])
 
@@ -115,10 +115,10 @@ def test_the_read_buffer_shrinks_to_fit_beside_a_resident_database() -> None:
     roomy = SimpleNamespace(memory_stats=lambda: {"bytes_limit": 1 << 40, "bytes_in_use": 0})
     tight = SimpleNamespace(memory_stats=lambda: {"bytes_limit": 80 << 30, "bytes_in_use": 74 << 30})
     full = SimpleNamespace(memory_stats=lambda: {"bytes_limit": 80 << 30, "bytes_in_use": (80 << 30) - 1})
-    assert floors._rows_that_fit(roomy, shape, bmma.scratch_words) == 1 << 20
+    assert floors._rows_that_fit(roomy, shape) == 1 << 20
     # 6 GiB free: 2^20 pages (4 GiB, 1.6 GB of expansion scratch) do not fit in half of it, 2^19 do
-    assert floors._rows_that_fit(tight, shape, bmma.scratch_words) == 1 << 19
-    assert floors._rows_that_fit(full, shape, bmma.scratch_words) == 1 << 16  # never below min_rows
+    assert floors._rows_that_fit(tight, shape) == 1 << 19
+    assert floors._rows_that_fit(full, shape) == 1 << 16  # never below min_rows
 
 
 def test_the_probe_runs_once_per_device_on_a_gpu_only(monkeypatch, caplog) -> None:
