@@ -5,6 +5,7 @@ host code against the numpy PRG. Skipped only where nvcc is absent; nvdisasm com
 
 from __future__ import annotations
 
+import csv
 import subprocess
 from pathlib import Path
 
@@ -140,3 +141,15 @@ def test_build_passes_defines_and_keys_the_cache_on_them(monkeypatch: pytest.Mon
     monkeypatch.setenv("MORPHOGEN_CUDA_DEFINES", "A=1 ;rm")
     with pytest.raises(cuda.CudaUnavailable, match="';rm' is not NAME"):
         cuda.build()
+
+
+def test_cli_writes_the_pipe_and_opcode_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _nvcc()
+    assert bench_main(["sass", "--sources", "fused", "--out", str(tmp_path)]) == 0
+    assert "expand_xor_fused<4>" in capsys.readouterr().out
+    pipes = list(csv.DictReader((tmp_path / "sass_pipes.csv").open()))
+    block = [r for r in pipes if r["kernel"] == "expand_xor_fused<4>" and r["region"] == "chacha8_block"]
+    assert len(block) == 1 and int(block[0]["alu"]) > int(block[0]["fma"]) > 0 and int(block[0]["registers"]) > 0
+    opcodes = list(csv.DictReader((tmp_path / "sass_opcodes.csv").open()))
+    assert {r["pipe"] for r in opcodes if r["opcode"].startswith("LOP3")} == {"alu"}
+    assert not list(tmp_path.glob("*.sass"))  # the SASS text only with --sass
