@@ -128,20 +128,15 @@ def prepare(rc: RunConfig, session: Session, progress: Progress | None = None) -
 
     plc = placements.resolve(rc.placement)  # more devices than exist: a setting to fix
     engine = get(spec.name)
-    layout = engine.layout  # an engine with its own database layout: placement=single (validate)
 
-    def fits(live_queries: int) -> int:  # per device: its shard (sharded) or the whole database, plus the working set
-        if layout is not None:
-            need = memory.engine_need_bytes(engine, num_pages, live_queries, tile)
-            memory.check_fits(what, need, rc.bench.memory_cap_gib)
-            return need
-        ws = memory.engine_working_set_bytes(engine, live_queries, tile)
-        return placements.check_fits(what, num_pages, plc.name, len(plc.devices), ws, rc.bench.memory_cap_gib)
+    def fits(live_queries: int) -> int:  # per device: the engine's model of its share (shard or whole) and working set
+        return placements.check_fits(what, engine, num_pages, (plc.name, len(plc.devices)), live_queries, tile,
+                                     rc.bench.memory_cap_gib)
 
     fits(1)  # the database must fit before it is built (a 64 GiB one on a smaller card is "does not fit")
     if progress is not None:
         progress.phase("building data")
-    ds = session.database(rc.dataset, rc.seed, layout, None if plc.name == "single" else plc)  # built once
+    ds = session.database(rc.dataset, rc.seed, engine.layout, None if plc.name == "single" else plc)  # built once
     ctx = session.context((spec, plc), lambda dataset, key: placements.new_context(dataset, *key))
     path = builder(rc.strategy.knobs, rc.q, ctx)
     need = fits(path.live_queries)

@@ -379,13 +379,56 @@ def verify(ds: Dataset) -> None:
                              "are not recorded; run the cell again")
 
 
-def _load_layout(cfg: DatasetConfig, seed: int, layout: LayoutFn, device: jax.Device) -> Dataset:
-    """The dataset in an engine's layout, built from raw rows generated / read group by group."""
+def _within(read: Callable[[int, int], jax.Array], num_pages: int) -> Callable[[int, int], jax.Array]:
+    """``read`` with rows at and past ``num_pages`` zero pages (a shard's rows past the database's end)."""
+
+    def rows(lo: int, hi: int) -> jax.Array:
+        if hi <= num_pages:
+            return read(lo, hi)
+        zeros = jnp.zeros((hi - max(lo, num_pages), PAGE_WORDS), jnp.uint32)
+        return zeros if lo >= num_pages else jnp.concatenate([read(lo, num_pages), zeros])
+
+    return rows
+
+
+def _layout_on(layout: LayoutFn, read: Callable[[int, int], jax.Array], start: int, count: int,
+               device: jax.Device) -> jax.Array:
+    """``layout`` of raw rows [start, start + count), built on ``device`` from rows read group by group."""
+    with jax.default_device(device):
+        return jax.block_until_ready(layout(lambda lo, hi: read(start + lo, start + hi), count))
+
+
+def _layout_placed(layout: LayoutFn, read: Callable[[int, int], jax.Array], num_pages: int,
+                   sharding: jax.sharding.Sharding) -> jax.Array:
+    """The engine's layout over ``sharding``'s devices, each device's part built on it from raw rows read group by
+    group (never a whole raw copy, nor a whole layout on one device when sharded): split by rows, each device the
+    layout of its ceil(N / D) raw rows (rows past N zero pages: every part has one shape); replicated, one build
+    copied to the other devices of this process."""
+    total = padded_rows(num_pages, sharding)
+    index = sharding.addressable_devices_indices_map((total, PAGE_WORDS))  # this process's devices -> their rows
+    if sharding.is_fully_replicated:
+        first, *others = index
+        home = _layout_on(layout, read, 0, num_pages, first)
+        parts = [home, *(jax.device_put(home, d) for d in others)]
+        return jax.make_array_from_single_device_arrays(home.shape, sharding, parts)
+    rows = total // len(sharding.device_set)
+    parts = [_layout_on(layout, _within(read, num_pages), idx[0].indices(total)[0] if idx else 0, rows, dev)
+             for dev, idx in index.items()]
+    shape = (parts[0].shape[0] * len(sharding.device_set), *parts[0].shape[1:])
+    return jax.make_array_from_single_device_arrays(shape, sharding, parts)
+
+
+def _load_layout(cfg: DatasetConfig, seed: int, layout: LayoutFn, sharding: jax.sharding.Sharding | None) -> Dataset:
+    """The dataset in an engine's layout, built from raw rows generated / read group by group, on the first device
+    or laid out over ``sharding``'s (``_layout_placed``)."""
     path = Path(cfg.path).expanduser().resolve() if cfg.path else None
     n = _file_pages(path) if path else cfg.num_pages
     t0 = time.perf_counter()
-    with jax.default_device(device):
-        words = jax.block_until_ready(layout(read_rows(path, seed), n))
+    read = read_rows(path, seed)
+    if sharding is None:
+        words = _layout_on(layout, read, 0, n, jax.local_devices()[0])
+    else:
+        words = _layout_placed(layout, read, n, sharding)
     name = f"{getattr(layout, '__module__', '?')}.{getattr(layout, '__qualname__', '?')}"
     return Dataset(cfg.name, n, words, seed, path, name, time.perf_counter() - t0)
 
@@ -395,13 +438,12 @@ def load(cfg: DatasetConfig, seed: int, layout: LayoutFn | None = None,
     """Build (or load) the dataset on the device (the session keeps it for every cell of a sweep):
     the raw pages, or with ``layout`` (an engine's, pir Engine.layout) that engine's database,
     built in groups so the raw pages are never resident, its build time in ``layout_build_s``. With
-    ``sharding`` the raw pages are laid out over its devices (``padded_rows`` rows; a replicated
-    sharding puts the whole matrix on each), built in place on every device."""
+    ``sharding`` the pages are laid out over its devices (``padded_rows`` rows; a replicated
+    sharding puts the whole matrix on each), built in place on every device; an engine's layout is
+    built per device from that device's rows (``_layout_placed``)."""
     device = jax.local_devices()[0]
     if layout is not None:
-        if sharding is not None:
-            raise ValueError("an engine's layout is built on one device: load it without a sharding")
-        return _load_layout(cfg, seed, layout, device)
+        return _load_layout(cfg, seed, layout, sharding)
     if cfg.path:
         path = Path(cfg.path).expanduser().resolve()
         return Dataset(cfg.name, _file_pages(path), _load_file(path, sharding), seed, path)

@@ -62,12 +62,6 @@ def working_set_bytes(live_queries: int, tile_pages: Callable[[int], int]) -> in
     return mask_working_set_bytes(KEYS_PER_QUERY * live_queries, tile_pages)
 
 
-def check_fits(what: str, need: int, cap_gib: float | None) -> None:
-    limit = device_limit_bytes(cap_gib)
-    if limit is not None and need > limit:
-        raise DoesNotFit(what, need, limit)
-
-
 # --- an engine's own model (pir Engine: database, layout build and scan working set), for Q live queries ---
 
 def engine_working_set_bytes(engine: Engine, live_queries: int, tile_pages: Callable[[int], int]) -> int:

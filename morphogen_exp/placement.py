@@ -28,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 from . import datasets, memory
 from .config import ConfigError, DatasetConfig, PlacementConfig
 from .pir import EngineSpec, KeyBatch, make_answer_fn, query_scan
+from .pir.engine import Engine, LayoutFn, TileFn
 from .pir.scan import replicated_query_scan, sharded_query_scan
 from .strategies.base import BuildContext
 
@@ -91,19 +92,19 @@ def resolve(cfg: PlacementConfig) -> Placement:
 
 # --------------------------------------------------------------------------- memory
 
-def device_dataset_bytes(num_pages: int, name: str, num_devices: int) -> int:
-    """Database bytes on each device: its shard (sharded), else the whole database."""
-    if name == "sharded":
-        return memory.dataset_bytes(-(-num_pages // num_devices))
-    return memory.dataset_bytes(num_pages)
+def device_pages(num_pages: int, name: str, num_devices: int) -> int:
+    """Pages of the database one device holds: its shard's ceil(N / D) rows (sharded), else all N."""
+    return -(-num_pages // num_devices) if name == "sharded" else num_pages
 
 
-def check_fits(what: str, num_pages: int, name: str, num_devices: int, working_set: int, cap_gib: float | None,
-               limit_bytes: int | None = None) -> int:
-    """Raise memory.DoesNotFit when one device's share (database part + working set) exceeds the
-    device's limit (``limit_bytes``, else the first device's allocator limit) or the cap. Returns the
-    per-device estimate."""
-    need = device_dataset_bytes(num_pages, name, num_devices) + working_set
+def check_fits(what: str, engine: Engine, num_pages: int, plc: tuple[str, int], live_queries: int, tile: TileFn,
+               cap_gib: float | None, limit_bytes: int | None = None) -> int:
+    """Raise memory.DoesNotFit when one device's share exceeds the device's limit (``limit_bytes``, else the
+    first device's allocator limit) or the cap: the engine's memory model (its database, the larger of its
+    layout's build scratch and the scan's working set) of the pages the device holds under ``plc`` =
+    (placement name, device count). Returns the per-device estimate."""
+    name, num_devices = plc
+    need = memory.engine_need_bytes(engine, device_pages(num_pages, name, num_devices), live_queries, tile)
     limit = memory.device_limit_bytes(cap_gib)
     if limit_bytes is not None:  # a known device size (tests; a card not started yet)
         limit = limit_bytes if limit is None else min(limit, limit_bytes)
@@ -124,9 +125,10 @@ def sharding(plc: Placement) -> NamedSharding:
     return NamedSharding(plc.mesh, P(AXIS) if plc.name == "sharded" else P())
 
 
-def load(cfg: DatasetConfig, seed: int, plc: Placement) -> datasets.Dataset:
-    """The dataset laid out for the placement, built in place on every device (no whole copy first)."""
-    return datasets.load(cfg, seed, sharding=None if plc.name == "single" else sharding(plc))
+def load(cfg: DatasetConfig, seed: int, plc: Placement, layout: LayoutFn | None = None) -> datasets.Dataset:
+    """The dataset laid out for the placement (in the engine's ``layout``, None: raw pages), built in place on
+    every device (no whole copy first; a layout built per device from its own rows)."""
+    return datasets.load(cfg, seed, layout, None if plc.name == "single" else sharding(plc))
 
 
 # --------------------------------------------------------------------------- the strategies' context

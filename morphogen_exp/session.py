@@ -62,8 +62,7 @@ class Session:
             else:
                 from . import placement as placements  # imports the strategies' base; only cells need it
 
-                assert layout is None, "an engine layout runs with placement=single (app.validate)"
-                loaded = placements.load(cfg, seed, placement)
+                loaded = placements.load(cfg, seed, placement, layout)
             if ident.stat is not None and datasets.stat_key(Path(ident.stat[0])) != ident.stat:
                 raise datasets.DatasetChanged(f"dataset.path {ident.stat[0]!r} changed while it was loaded: "
                                               "run again once it is stable")

@@ -154,10 +154,11 @@ def test_registered_engine_wiring() -> None:
     with pytest.raises(ValueError, match="needs a masked_xor_at"):
         Engine(name="bitsliced_broken", expand_levels=expand_levels_xla, masked_xor=masked_xor_xla, layout=ops.layout,
                placements=frozenset({"single"}))
-    with pytest.raises(ValueError, match="on one device"):
+    with pytest.raises(ValueError, match="must be a non-empty subset"):
         Engine(name="bitsliced_broken", expand_levels=expand_levels_xla, masked_xor=masked_xor_xla, layout=ops.layout,
-               masked_xor_at=ops.masked_xor_at)
-    assert ops.placements == {"single"} and "bitsliced_broken" not in pir.available_engines()
+               masked_xor_at=ops.masked_xor_at, placements=frozenset({"spread"}))
+    # its layout is built per device (datasets.load), so it runs on every placement (tests/test_placement.py)
+    assert ops.placements == {"single", "replicated", "sharded"} and "bitsliced_broken" not in pir.available_engines()
 
 
 def test_bad_inputs_name_what_to_fix(db: BitslicedDB) -> None:

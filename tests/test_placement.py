@@ -98,7 +98,40 @@ def check_multi_device(num_devices: int) -> None:
 
         folded = _numpy_dpf_answer(Dataset("t", N_PAGES, pw, 0), tuple(queries[1]), {})
         assert np.array_equal(folded, want[1]), f"{name} over {num_devices}: the oracle's device fold differs"
+        check_layout_engine(plc, pages, kb, want)
     print(f"ok {num_devices}")
+
+
+def check_layout_engine(plc: placements.Placement, pages: np.ndarray, kb, want: np.ndarray) -> None:
+    """An engine with its own layout (bitsliced) under ``plc``: each device holds the layout of its own rows
+    (sharded: its ceil(N/D) raw rows, past N zero pages; replicated: the whole database), equal to the layout
+    built independently in numpy; one query and a vmapped batch answer exactly as numpy does."""
+    import jax
+
+    from morphogen_exp.config import DatasetConfig
+    from morphogen_exp.pir import EngineSpec, get, pages_to_words
+
+    from .test_bitsliced import _layout_numpy
+
+    words = np.asarray(pages_to_words(pages))
+    num_devices = len(plc.devices)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "pages.bin"
+        path.write_bytes(pages.tobytes())
+        ds = placements.load(DatasetConfig("f", 1, str(path)), 0, plc, get("bitsliced").layout)
+    assert not ds.is_raw and ds.num_pages == N_PAGES and ds.words.sharding == placements.sharding(plc)
+    rows = placements.device_pages(N_PAGES, plc.name, num_devices)
+    for shard in ds.words.addressable_shards:
+        i = plc.devices.index(shard.device) if plc.name == "sharded" else 0
+        own = np.zeros((rows, 1024), np.uint32)
+        part = words[i * rows : (i + 1) * rows]
+        own[: len(part)] = part
+        assert np.array_equal(np.asarray(shard.data), _layout_numpy(own)), f"bitsliced {plc.name}: device {i}'s layout"
+    ctx = placements.new_context(ds, EngineSpec("bitsliced", tile_pages=64, unroll=False), plc)
+    one = np.asarray(ctx.single_jit(ctx.pages, kb.take(0))).view(np.uint8).reshape(3, 4096)
+    batch = np.asarray(jax.jit(jax.vmap(ctx.single, in_axes=(None, 0)))(ctx.pages, kb)).view(np.uint8)
+    assert np.array_equal(one, want[0]), f"bitsliced {plc.name} over {num_devices}: one query differs from numpy"
+    assert np.array_equal(batch.reshape(want.shape), want), f"bitsliced {plc.name} over {num_devices}: the batch differs"
 
 
 def check_two_processes(process_id: int) -> None:
@@ -150,6 +183,18 @@ def test_sharded_and_replicated_match_numpy_on_ragged_shards(num_devices):
     assert res.returncode == 0 and f"ok {num_devices}" in res.stdout, res.stderr[-3000:]
 
 
+@pytest.mark.parametrize("engine", ["fused", "bitsliced"])
+def test_the_sharded_gate_script_passes_over_two_virtual_devices(engine) -> None:
+    """scripts/check_sharded.py (run before a multi-GPU sweep): shards that start off the tile and subtree grid,
+    sharded and replicated, the database loaded as a cell loads it (bitsliced: its layout built per device)."""
+    env = {**os.environ, **_devices_env(2), "JAX_PLATFORMS": "cpu"}
+    res = subprocess.run([sys.executable, str(Path(REPO) / "scripts" / "check_sharded.py"), engine], capture_output=True,
+                         text=True, env=env, timeout=600, check=False)
+    for name in ("sharded", "replicated"):
+        assert f"{engine} {name} over 2 device(s), 5000 pages: exact" in res.stdout, res.stdout + res.stderr
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
 def test_scan_range_shards_xor_to_the_whole_answer():
     """Each shard's partial answer is numpy's over its page range; their XOR is the whole answer."""
     import jax
@@ -184,16 +229,26 @@ def test_shard_bounds_cover_every_page_once():
 
 
 def test_memory_128gib_fits_only_sharded_over_two_80gb_cards():
-    ws = 10 << 20
+    from morphogen_exp.pir import get
+
+    xla, bitsliced = get("xla"), get("bitsliced")
+    tile = lambda k: 1 << 12  # noqa: E731
+    ws = xla.working_set_bytes(3, tile)
     with pytest.raises(memory.DoesNotFit, match="on one device"):
-        placements.check_fits("x", HUGE, "single", 1, ws, None, limit_bytes=GB80)
+        placements.check_fits("x", xla, HUGE, ("single", 1), 1, tile, None, limit_bytes=GB80)
     with pytest.raises(memory.DoesNotFit, match="replicated over 2"):
-        placements.check_fits("x", HUGE, "replicated", 2, ws, None, limit_bytes=GB80)
-    need = placements.check_fits("x", HUGE, "sharded", 2, ws, None, limit_bytes=GB80)
+        placements.check_fits("x", xla, HUGE, ("replicated", 2), 1, tile, None, limit_bytes=GB80)
+    need = placements.check_fits("x", xla, HUGE, ("sharded", 2), 1, tile, None, limit_bytes=GB80)
     assert need == 64 * memory.GIB + ws
-    assert placements.device_dataset_bytes(N_PAGES, "sharded", 2) == 151 * 4096
+    assert placements.device_pages(N_PAGES, "sharded", 2) == 151 and placements.device_pages(N_PAGES, "replicated", 2) == N_PAGES
     with pytest.raises(memory.DoesNotFit):  # the cap applies per device too
-        placements.check_fits("x", HUGE, "sharded", 2, ws, 60.0, limit_bytes=GB80)
+        placements.check_fits("x", xla, HUGE, ("sharded", 2), 1, tile, 60.0, limit_bytes=GB80)
+    # an engine with a layout: its own model of the shard (the layout, the larger of its build scratch and the scan's)
+    shard = bitsliced.device_bytes(HUGE // 2, 3, tile)
+    assert placements.check_fits("x", bitsliced, HUGE, ("sharded", 2), 1, tile, None, limit_bytes=GB80) == shard
+    assert shard == bitsliced.database_bytes(HUGE // 2) + max(bitsliced.build_bytes(HUGE // 2), bitsliced.working_set_bytes(3, tile))
+    with pytest.raises(memory.DoesNotFit, match="replicated over 2"):
+        placements.check_fits("x", bitsliced, HUGE, ("replicated", 2), 1, tile, None, limit_bytes=GB80)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -246,6 +301,24 @@ def test_sweep_over_placements_on_two_devices(cli, workdir):
     assert too_many.returncode == 2
     err = too_many.stderr.strip().splitlines()
     assert "placement=sharded needs placement.devices=3 devices, this process sees 2" in err[-1]
+
+
+@pytest.mark.slow
+def test_bitsliced_sweep_on_replicated_and_sharded_placements(cli, workdir):
+    """The tensor-core engine on every placement, as a user runs it: its layout built on each device (sharded:
+    its own rows), every cell exact against numpy, the layout's build time recorded, a decision made."""
+    res = cli("-m", "engine=bitsliced", "placement=replicated,sharded", "strategy=full_batch", "q=1,4",
+              "bench.system_metrics_s=null", "bench.max_time_s=0.5", extra_env=_devices_env(2), test_strategies=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    cells = [r for r in mlflow_runs(workdir) if r.data.tags.get("morphogen.role") == "cell"]
+    assert sorted((r.data.tags["placement"], r.data.params["q"]) for r in cells) == [
+        ("replicated", "1"), ("replicated", "4"), ("sharded", "1"), ("sharded", "4")]
+    for r in cells:
+        m, tags = r.data.metrics, r.data.tags
+        assert tags["engine"] == "bitsliced" and tags["devices_used"] == "2", tags
+        assert m["parity_ok"] == 1 and m["parity_numpy_eq"] == 1 and m["parity_xor_eq"] == 1, m
+        assert m["layout_build_s"] > 0, m
+    assert "decision: GO full_batch[placement=" in res.stdout + res.stderr
 
 
 def test_placement_yaml_files_are_the_three_placements():

@@ -12,8 +12,9 @@
 - ``masked_xor`` (a raw tile, the two-argument contract): the XLA op; the scan never calls it, as
   it reads the layout in place through ``masked_xor_at``.
 
-It runs with placement=single only (the layout is built on one device). Importing this module compiles
-nothing and needs no CUDA.
+It runs on every placement: replicated, the layout built once and copied to each device; sharded, each
+device the layout of its own ceil(N / D) rows, built there (datasets.load), its scan the shard's own plan.
+Importing this module compiles nothing and needs no CUDA.
 """
 
 from __future__ import annotations
@@ -91,7 +92,6 @@ ENGINE = Engine(
     masked_xor_at=masked_xor_at_fn,
     expand_xor_at=expand_xor_at_fn,
     layout=layout_fn,
-    placements=frozenset({"single"}),
     step_path=step_path,
     database_bytes=database_bytes,
     build_bytes=build_scratch_bytes,

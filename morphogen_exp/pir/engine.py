@@ -145,9 +145,6 @@ class Engine:
         if not self.placements or not self.placements <= ALL_PLACEMENTS:
             raise ValueError(f"engine {self.name!r}: placements {sorted(self.placements)} must be a non-empty subset of "
                              f"{sorted(ALL_PLACEMENTS)}")
-        if self.layout is not None and self.placements != {"single"}:
-            raise ValueError(f"engine {self.name!r}: an engine with its own layout builds it on one device: "
-                             "placements=frozenset({'single'})")
         object.__setattr__(self, "expand_kwargs", _expand_kwargs(self.expand_levels))
 
     def prepare(self, pages_words: jax.Array, num_pages: int) -> jax.Array:
