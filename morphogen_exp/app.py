@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from . import datasets, devlock, devstate, memory, parity, rollout, stats, strategies
+from . import datasets, devlock, devstate, floors, memory, parity, rollout, stats, strategies
 from . import placement as placements
 from .config import ConfigError, RunConfig, digest, flatten, parse
 from .decision import DecisionRules
@@ -187,8 +187,9 @@ def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str,
     p = prepare(rc, session, progress)
     tracker.log(run_id, metrics={"memory_estimate_gib": p.memory_need / memory.GIB})
 
-    progress.phase("compiling")  # both paths once, apart from the timed samples
+    progress.phase("compiling")  # both paths once, apart from the timed samples; the card's floors once per process
     single_compile_s, batch_compile_s = compile_s(p.single_loop), compile_s(p.batch)
+    card = floors.for_cell(rc.bench.floors, plc.devices[0])
     b = rc.bench
     with devstate.watch() as watched:
         progress.phase("timing")  # single and batch interleaved
@@ -204,6 +205,9 @@ def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str,
 
     progress.phase("logging")
     metrics, tags = cell_record(p, single_t, batch_t, rep, batch_compile_s, single_compile_s)
+    engine = p.engine or get(p.spec.name)
+    metrics |= floors.cell_record(card, batch_t, database_bytes=engine.database_bytes(p.ds.num_pages),
+                                  blocks=floors.batch_blocks(rc.q, p.ds.num_pages, p.ds.domain_bits), devices=len(plc.devices))
     state_tags, state_metrics = devstate.split(devstate.snapshot())
     tags |= {"sampling.stopped_by": timed.stopped_by, **state_tags}
     metrics |= {**state_metrics, **{f"device.{k}": v for k, v in watched.changes.items()}}
