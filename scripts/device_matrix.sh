@@ -7,6 +7,10 @@
 #                         pages (128 GiB: "does not fit" on one 80 GB card, sharded on two; an H200 capped to an
 #                         H100's memory), then every strategy over placement=single,sharded,replicated at q=1,32 on
 #                         mainnet until STAGE_SECONDS (560) run out, with $ENGINE (default pallas)
+#   kernels               the GPU-gated tests against numpy ($TESTS, default: the bitsliced kernels, graph_replay's
+#                         command-buffer targets and the floors' probes), the log under $OUT
+#   capture               graph_replay with and without custom calls in its command buffers (a sweep axis), q=1,32 on
+#                         $DATASET (default mainnet) with $ENGINE: what graph replay buys, side by side in one sweep
 # Run from the repo root with `carry: [".whl"]` (../shared/tools/device-wheels.sh fills it) and the commit
 # being measured named, written out from your checkout (the device copy's git view lags; required):
 #   MORPHOGEN_CODE_VERSION=$(git rev-parse HEAD) SWEEP=mainnet-A bash scripts/device_matrix.sh mainnet
@@ -15,7 +19,7 @@
 # outputs/multirun/$SWEEP back in): finished cells are copied, the rest run. A call brings back a few
 # files: <sweep>-report.md, <sweep>.log and <sweep>.tgz (the sweep folder and the MLflow store).
 set -uo pipefail
-stage=${1:?usage: device_matrix.sh bench|small|mainnet|placement [overrides...]}
+stage=${1:?usage: device_matrix.sh bench|small|mainnet|placement|kernels|capture [overrides...]}
 engine=${ENGINE:-pallas}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 if [ -z "${SKIP_WHEELS:-}" ]; then
@@ -25,7 +29,7 @@ fi
 export PYTHONUNBUFFERED=1
 # The device copy's git view lags the tree it was sent (git rev-parse there names an older commit): the
 # commit measured must come from the checkout, spelled out in the command.
-if [ -z "${MORPHOGEN_CODE_VERSION:-}" ] && [ "$stage" != tiny ]; then
+if [ -z "${MORPHOGEN_CODE_VERSION:-}" ] && [ "$stage" != tiny ] && [ "$stage" != kernels ]; then
   echo "error: set MORPHOGEN_CODE_VERSION=<commit> from your checkout (git rev-parse HEAD there, not on the device)"; exit 2
 fi
 echo "code: ${MORPHOGEN_CODE_VERSION:-unnamed}"
@@ -72,6 +76,17 @@ case $stage in
       sweep "$name" "$limit" dataset="${DATASET:-mainnet}" bench.max_time_s=8 "$@"
     done
     tar czf "$out/placement-$engine.tgz" --exclude='*/.hydra' outputs/multirun outputs/mlflow.db ;;
+  kernels)
+    { nvidia-smi -L
+      timeout "${SWEEP_TIMEOUT:-560}" python3 -m pytest -q -p no:cacheprovider \
+        ${TESTS:-tests/test_bitvec.py tests/test_bitsliced_engine.py tests/test_graph_replay_gpu.py tests/test_floors_gpu.py}
+      echo "pytest exit status: $?"; } 2>&1 | tail -60 | tee "$out/kernel-tests.log" ;;
+  capture)
+    name=${SWEEP:-capture-$engine}
+    sweep "$name" "${SWEEP_TIMEOUT:-540}" strategy=graph_replay \
+      'strategy.command_buffer=null,[FUSION,CUSTOM_CALL,WHILE,CONDITIONAL]' q=1,32 dataset="${DATASET:-mainnet}" \
+      bench.max_time_s=15 "${@:2}"
+    tar czf "$out/$name.tgz" --exclude='*/.hydra' "outputs/multirun/$name" outputs/mlflow.db ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
 ls -la "$out"
