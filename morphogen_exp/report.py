@@ -140,16 +140,20 @@ def _status_table(df: pd.DataFrame) -> str:
 
 def _engine_path_section(df: pd.DataFrame) -> str:
     """Which path the engine's scan step took in each ok cell (fused: its CUDA kernel up to 12 keys a step,
-    the Pallas ops above): one line when every cell took the same, a q x configuration table otherwise;
-    nothing for engines of one path (no cell records it)."""
-    ok = df[(df["status"] == "ok") & df["engine_path"].notna()] if "engine_path" in df else df.iloc[:0]
-    if ok.empty:
+    the Pallas ops above): one line when every cell recorded the same, a q x configuration table otherwise
+    (cells of an engine of one path, which record none, said as such); nothing when no cell records one."""
+    ok = df[df["status"] == "ok"]
+    if "engine_path" not in df or ok["engine_path"].isna().all():
         return ""
-    paths = sorted(ok["engine_path"].astype(str).unique())
-    if len(paths) == 1:
+    paths = sorted(ok["engine_path"].dropna().astype(str).unique())
+    if len(paths) == 1 and ok["engine_path"].notna().all():
         return f"\nEngine path of every batch step: {paths[0]}.\n"
-    texts = [f"{r['engine_path']} ({int(r['scan_keys'])} keys)" if pd.notna(r.get("scan_keys")) else str(r["engine_path"])
-             for r in ok.to_dict("records")]
+
+    def text(r: dict) -> str:  # a cell of an engine of one path (xla, pallas) records none
+        path = str(r["engine_path"]) if pd.notna(r["engine_path"]) else "the engine's ops (one path)"
+        return f"{path} ({int(r['scan_keys'])} keys)" if pd.notna(r.get("scan_keys")) else path
+
+    texts = [text(r) for r in ok.to_dict("records")]
     return f"\n## Engine path of the batch step (keys per scan)\n{_grid(df, ok, texts)}\n"
 
 
