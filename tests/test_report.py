@@ -264,7 +264,8 @@ def test_the_engine_path_of_each_batch_step_is_shown_and_kept_in_the_csv(sweeps,
     # engines side by side, one recording a path and one not: never "every batch step", a table that says which ran
     mixed = [(["strategy=full_batch", "engine=xla"], 1, _metrics(100.0, 1.0), {}),
              (["strategy=full_batch", "engine=fused"], 1, _metrics(110.0, 1.0) | {"scan_keys": 3}, {"engine_path.batch": kernel})]
-    md = report.build(tracking.Store(sweeps.client, sweeps.exp), sweeps.sweep(tmp_path / "mixed", mixed), tmp_path / "d").markdown.read_text()
+    store = tracking.Store(sweeps.client, sweeps.exp)
+    md = report.build(store, sweeps.sweep(tmp_path / "mixed", mixed), tmp_path / "d").markdown.read_text()
     assert "Engine path of every batch step" not in md
     section = md.split("## Engine path of the batch step (keys per scan)\n")[1].split("\n\n")[0]
     assert "cuda kernel (3 keys)" in section and "the engine's ops (one path)" in section, section
