@@ -167,7 +167,8 @@ int main(int argc, char** argv) {
 
 @pytest.mark.skipif(shutil.which("nm") is None or shutil.which("g++") is None, reason="needs nm and g++")
 def test_the_library_exports_the_command_buffer_compatible_handlers(tmp_path):
-    """nvcc compiles the twins (no GPU needed); every registered symbol is exported, and each twin declares
+    """nvcc compiles the kernels (no GPU needed); every registered symbol is exported (the twins, the floors' read
+    probe and the rest: what register() loads on a GPU), and each twin declares
     XLA's command-buffer trait (XLA_FFI_HANDLER_TRAITS_COMMAND_BUFFER_COMPATIBLE, 1) where its default does not."""
     try:
         lib = cuda.build()
