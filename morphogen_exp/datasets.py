@@ -393,9 +393,10 @@ def _within(read: Callable[[int, int], jax.Array], num_pages: int) -> Callable[[
 
 def _layout_on(layout: LayoutFn, read: Callable[[int, int], jax.Array], start: int, count: int,
                device: jax.Device) -> jax.Array:
-    """``layout`` of raw rows [start, start + count), built on ``device`` from rows read group by group."""
+    """``layout`` of raw rows [start, start + count), built on ``device`` from rows read group by group (dispatched,
+    not awaited: the devices of a placement build their parts at once; the caller blocks on the whole)."""
     with jax.default_device(device):
-        return jax.block_until_ready(layout(lambda lo, hi: read(start + lo, start + hi), count))
+        return layout(lambda lo, hi: read(start + lo, start + hi), count)
 
 
 def _layout_placed(layout: LayoutFn, read: Callable[[int, int], jax.Array], num_pages: int,
@@ -429,6 +430,7 @@ def _load_layout(cfg: DatasetConfig, seed: int, layout: LayoutFn, sharding: jax.
         words = _layout_on(layout, read, 0, n, jax.local_devices()[0])
     else:
         words = _layout_placed(layout, read, n, sharding)
+    words = jax.block_until_ready(words)  # layout_build_s: the whole build, every device's part
     name = f"{getattr(layout, '__module__', '?')}.{getattr(layout, '__qualname__', '?')}"
     return Dataset(cfg.name, n, words, seed, path, name, time.perf_counter() - t0)
 
