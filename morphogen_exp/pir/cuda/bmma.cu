@@ -620,11 +620,7 @@ ffi::Error BmmaExpandXorImpl(cudaStream_t stream, ffi::Buffer<ffi::U32> words, f
       .Ctx<ffi::PlatformStream<cudaStream_t>>()                                   \
       .Arg<ffi::Buffer<ffi::U32>>() /* words: (256*C, 1024) bit-sliced layout */  \
       .Arg<ffi::Buffer<ffi::S32>>() /* row: the window's first DB page, scalar */ \
-      .Arg<ffi::Buffer<ffi::U32>>() /* roots: (K, S, 4) subtree seeds */          \
-      .Arg<ffi::Buffer<ffi::U32>>() /* root_t: (K, S) control bits */             \
-      .Arg<ffi::Buffer<ffi::U32>>() /* scw: (K, levels, 4) seed correction */     \
-      .Arg<ffi::Buffer<ffi::U32>>() /* tcw: (K, levels, 2) control correction */  \
-      .Arg<ffi::Buffer<ffi::U32>>() /* fcw: (K, 4) final correction words */      \
+      DPF_FFI_SUBTREE_ARGS                                                         \
       .Ret<ffi::Buffer<ffi::U32>>() /* out: (K, 1024) answers */                  \
       .Ret<ffi::Buffer<ffi::U32>>() /* scratch: per-bit page vectors */           \
       .Attr<int64_t>("lo")                                                        \

@@ -7,6 +7,15 @@
 #pragma once
 #include <cstdint>
 
+// The five FFI operands of the subtrees a kernel expands, in the order of pir/engine.py's Subtrees (what
+// cuda/bmma.py and cuda/fused.py pass): spliced into a handler's XLA FFI binding (bmma.cu, fused.cu).
+#define DPF_FFI_SUBTREE_ARGS                                                    \
+  .Arg<ffi::Buffer<ffi::U32>>() /* roots: (K, S, 4) subtree seeds */            \
+  .Arg<ffi::Buffer<ffi::U32>>() /* root_t: (K, S) control bits */               \
+  .Arg<ffi::Buffer<ffi::U32>>() /* scw: (K, levels, 4) seed correction */       \
+  .Arg<ffi::Buffer<ffi::U32>>() /* tcw: (K, levels, 2) control correction */    \
+  .Arg<ffi::Buffer<ffi::U32>>() /* fcw: (K, 4) final correction words */
+
 namespace dpf {
 
 // MORPHOGEN_CHACHA_FMA (compile time, default 0): a bit mask of the quarter round's rotations (1: by 16,

@@ -131,11 +131,7 @@ ffi::Error ExpandXorFusedImpl(cudaStream_t stream, ffi::Buffer<ffi::U32> pages, 
       .Ctx<ffi::PlatformStream<cudaStream_t>>()                                   \
       .Arg<ffi::Buffer<ffi::U32>>() /* pages: (P, 1024) raw pages */              \
       .Arg<ffi::Buffer<ffi::S32>>() /* row: the window's first DB page, scalar */ \
-      .Arg<ffi::Buffer<ffi::U32>>() /* roots: (K, S, 4) subtree seeds */          \
-      .Arg<ffi::Buffer<ffi::U32>>() /* root_t: (K, S) control bits */             \
-      .Arg<ffi::Buffer<ffi::U32>>() /* scw: (K, levels, 4) seed correction */     \
-      .Arg<ffi::Buffer<ffi::U32>>() /* tcw: (K, levels, 2) control correction */  \
-      .Arg<ffi::Buffer<ffi::U32>>() /* fcw: (K, 4) final correction words */      \
+      DPF_FFI_SUBTREE_ARGS                                                         \
       .Ret<ffi::Buffer<ffi::U32>>() /* partial: (G, K, 1024) per block group */   \
       .Attr<int64_t>("lo")                                                        \
       .Attr<int64_t>("count")                                                     \
