@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import jax
 
-from .pir.engine import Engine, mask_working_set_bytes, raw_database_bytes
+from .pir.engine import Engine
 from .queries import KEYS_PER_QUERY
 
 GIB = 2**30
@@ -51,23 +51,7 @@ def device_limit_bytes(cap_gib: float | None) -> int | None:
     return limit
 
 
-def dataset_bytes(num_pages: int) -> int:
-    """The raw pages' bytes."""
-    return raw_database_bytes(num_pages)
-
-
-def working_set_bytes(live_queries: int, tile_pages: Callable[[int], int]) -> int:
-    """Bytes a batch path keeps live besides the database when it stores its masks (pir
-    ``mask_working_set_bytes``). ``tile_pages(num_keys)`` is the engine's tile for a batch of that many keys."""
-    return mask_working_set_bytes(KEYS_PER_QUERY * live_queries, tile_pages)
-
-
 # --- an engine's own model (pir Engine: database, layout build and scan working set), for Q live queries ---
-
-def engine_working_set_bytes(engine: Engine, live_queries: int, tile_pages: Callable[[int], int]) -> int:
-    """``working_set_bytes`` as ``engine`` keeps it (its memory model: e.g. no stored masks, a kernel's scratch)."""
-    return engine.working_set_bytes(KEYS_PER_QUERY * live_queries, tile_pages)
-
 
 def engine_need_bytes(engine: Engine, num_pages: int, live_queries: int, tile_pages: Callable[[int], int]) -> int:
     """A cell's device bytes on ``engine``: its database, plus the larger of the layout's build scratch

@@ -217,11 +217,12 @@ def test_a_new_dataset_yaml_is_accepted(make_cfg, workdir):
 
 
 def test_mainnet_is_the_originals_shape_and_its_memory_estimate_is_right(make_cfg, workdir, sess):
-    from morphogen_exp import datasets, memory
+    from morphogen_exp import datasets
+    from morphogen_exp.pir.engine import raw_database_bytes
 
     rc = app.validate(make_cfg("dataset=mainnet"))
     assert rc.dataset.num_pages == 16817159 and datasets.domain_bits_for(rc.dataset.num_pages) == 25
-    assert memory.dataset_bytes(rc.dataset.num_pages) == 68_883_083_264  # 68.88 GB
+    assert raw_database_bytes(rc.dataset.num_pages) == 68_883_083_264  # 68.88 GB
     out = app.run(make_cfg("dataset=mainnet", "q=1", "bench.memory_cap_gib=64"), sess)  # refused before allocating
     assert out.status == "does_not_fit"
     (run,) = mlflow_runs(workdir)

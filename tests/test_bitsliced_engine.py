@@ -18,7 +18,8 @@ from morphogen_exp import app, datasets, memory, parity
 from morphogen_exp.bench.__main__ import main as bench_main
 from morphogen_exp.config import DatasetConfig, ParityConfig
 from morphogen_exp.pir import EngineSpec, backend, bitsliced, bitsliced_ops, get, make_answer_fn, tile_size
-from morphogen_exp.queries import make_queries
+from morphogen_exp.pir.engine import mask_working_set_bytes, raw_database_bytes
+from morphogen_exp.queries import KEYS_PER_QUERY, make_queries
 from morphogen_exp.session import Session
 
 from .conftest import mlflow_runs
@@ -131,24 +132,24 @@ def test_memory_estimate_knows_the_layout_and_its_scratch(make_cfg, workdir, ses
     rc = app.validate(make_cfg("dataset=mainnet", "engine=bitsliced", "q=32"))
     assert (rc.engine.tile_pages, rc.engine.mask_budget_mib) == (SPEC.tile_pages, SPEC.mask_budget_mib)
     assert BITSLICED.database_bytes(n) == 65_693 * 256 * 4096  # padded to 256 pages (65,692 chunks and 7 pages)
-    assert get("xla").database_bytes(n) == memory.dataset_bytes(n)
+    assert get("xla").database_bytes(n) == raw_database_bytes(n)
     tile = lambda k: tile_size(n, 25, SPEC, k)  # noqa: E731
     assert tile(96) == 1 << 20 and tile(3) == 1 << 25  # Q=1: mainnet in one step (2^25 > N)
-    roots = memory.working_set_bytes(32, lambda k: tile(k) // 256)  # one subtree root per 256 leaves, no masks
-    scratch = memory.engine_working_set_bytes(BITSLICED, 32, tile) - roots
+    roots = mask_working_set_bytes(KEYS_PER_QUERY * 32, lambda k: tile(k) // 256)  # one subtree root per 256 leaves, no masks
+    scratch = BITSLICED.working_set_bytes(KEYS_PER_QUERY * 32, tile) - roots
     # the per-bit page vectors the expansion writes: chunks a tile can touch x 128 bits x 12 key tiles of 64 words
     assert scratch == ((1 << 20) // 256 + 1) * 128 * 12 * 64 * 4
     # 3 keys: one pipelined kernel, at most 192 blocks, each two groups of 8 chunks x 128 bits x 3 keys x 8 words
     # (the two kernels in a row would hold (2^25 / 256 + 1) x 128 x 64 words: 2.1 GiB)
-    roots1 = memory.working_set_bytes(1, lambda k: tile(k) // 256)
-    assert memory.engine_working_set_bytes(BITSLICED, 1, tile) - roots1 == 192 * 2 * 8 * 128 * 3 * 8 * 4
-    assert roots + scratch < memory.working_set_bytes(32, tile)
+    roots1 = mask_working_set_bytes(KEYS_PER_QUERY * 1, lambda k: tile(k) // 256)
+    assert BITSLICED.working_set_bytes(KEYS_PER_QUERY * 1, tile) - roots1 == 192 * 2 * 8 * 128 * 3 * 8 * 4
+    assert roots + scratch < mask_working_set_bytes(KEYS_PER_QUERY * 32, tile)
     need = memory.engine_need_bytes(BITSLICED, n, 32, tile)
     build = BITSLICED.build_bytes(n)
     assert build > roots + scratch  # the layout's 2 GiB build scratch outweighs a Q=32 scan's 1.5 GiB of vectors
     assert need == BITSLICED.database_bytes(n) + build
     assert need < 75 * memory.GIB  # fits an 80 GB card at 0.95 of its memory; raw + layout would not
-    assert memory.dataset_bytes(n) + BITSLICED.database_bytes(n) > 80 * memory.GIB
+    assert raw_database_bytes(n) + BITSLICED.database_bytes(n) > 80 * memory.GIB
     assert build == 2 * (1 << 18) * 4096  # one raw group + its sliced copy
     assert BITSLICED.build_bytes(300) == 2 * 512 * 4096  # a group no larger than the database
     assert memory.engine_need_bytes(BITSLICED, 300, 1, lambda k: 2) == 512 * 4096 + 2 * 512 * 4096

@@ -27,8 +27,10 @@ from morphogen_exp.pir import (
     pallas_ops,
 )
 from morphogen_exp.pir.cuda import fused as fused_kernel
+from morphogen_exp.pir.engine import mask_working_set_bytes, raw_database_bytes
 from morphogen_exp.pir.scan import scan_range, tile_size
 from morphogen_exp.pir.xla_ops import expand_levels_xla, masked_xor_xla
+from morphogen_exp.queries import KEYS_PER_QUERY
 
 GPU = jax.default_backend() == "gpu"
 RNG = np.random.default_rng(11)
@@ -88,11 +90,11 @@ def test_memory_estimate_stores_masks_only_above_the_kernels_keys() -> None:
     spec = EngineSpec("fused", tile_pages=4194304, mask_budget_mib=1536)
     tile = lambda k: tile_size(n, 25, spec, k)  # noqa: E731
     fused = get("fused")
-    kernel_ws = memory.engine_working_set_bytes(fused, 4, tile)
-    assert kernel_ws < memory.GIB < memory.working_set_bytes(4, tile)
-    assert memory.engine_working_set_bytes(fused, 5, tile) == memory.working_set_bytes(5, tile)
-    assert memory.engine_working_set_bytes(get("pallas"), 32, tile) == memory.working_set_bytes(32, tile)
-    assert fused.database_bytes(n) == memory.dataset_bytes(n) and fused.build_bytes(n) == 0  # the raw pages, no layout
+    kernel_ws = fused.working_set_bytes(KEYS_PER_QUERY * 4, tile)
+    assert kernel_ws < memory.GIB < mask_working_set_bytes(KEYS_PER_QUERY * 4, tile)
+    assert fused.working_set_bytes(KEYS_PER_QUERY * 5, tile) == mask_working_set_bytes(KEYS_PER_QUERY * 5, tile)
+    assert get("pallas").working_set_bytes(KEYS_PER_QUERY * 32, tile) == mask_working_set_bytes(KEYS_PER_QUERY * 32, tile)
+    assert fused.database_bytes(n) == raw_database_bytes(n) and fused.build_bytes(n) == 0  # the raw pages, no layout
 
 
 def test_more_keys_than_the_kernel_takes_run_the_pallas_ops(monkeypatch) -> None:
