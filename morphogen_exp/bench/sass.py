@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..pir.cuda import DEFAULT_ARCH, HERE, NVCC_FLAGS, SOURCES, CudaUnavailable, _arch_flags, cuda_defines, find_nvcc
+from ..pir.cuda import DEFAULT_ARCH, HERE, NVCC_FLAGS, SOURCES, CudaUnavailable, _arch_flags, cuda_defines, find_nvcc, find_tool
 
 __all__ = ["PIPES", "KernelMix", "add_parser", "disassemble", "find_nvdisasm", "main", "measure", "parse_sass", "pipe_of"]
 
@@ -93,15 +93,12 @@ class KernelMix:
 
 def find_nvdisasm() -> str:
     """nvdisasm from $MORPHOGEN_NVDISASM, PATH, beside nvcc's toolkit, or PyPI's nvidia-cuda-nvdisasm."""
-    cands = [os.environ.get("MORPHOGEN_NVDISASM"), shutil.which("nvdisasm")]
-    homes = [os.environ.get(v) for v in ("CUDA_HOME", "CUDA_PATH")] + ["/usr/local/cuda"]
-    cands += [str(Path(h) / "bin" / "nvdisasm") for h in homes if h]
     spec = importlib.util.find_spec("nvidia")  # the wheel puts it in the nvidia namespace package: nvidia/cu*/bin
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        cands += sorted(str(p) for p in Path(root).glob("*/bin/nvdisasm"))
-    for c in cands:
-        if c and Path(c).is_file() and os.access(c, os.X_OK):
-            return c
+    roots = (spec.submodule_search_locations or []) if spec else []
+    wheel = [str(p) for root in roots for p in sorted(Path(root).glob("*/bin/nvdisasm"))]
+    found = find_tool("nvdisasm", "MORPHOGEN_NVDISASM", tuple(wheel))
+    if found:
+        return found
     raise CudaUnavailable("nvdisasm not found: pip install nvidia-cuda-nvdisasm (or the CUDA toolkit), "
                           "or set MORPHOGEN_NVDISASM to its path")
 

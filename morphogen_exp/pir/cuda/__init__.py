@@ -22,7 +22,7 @@ from pathlib import Path
 
 import jax
 
-__all__ = ["CudaUnavailable", "build", "find_nvcc", "register"]
+__all__ = ["CudaUnavailable", "build", "find_nvcc", "find_tool", "register"]
 
 HERE = Path(__file__).parent
 SOURCES = tuple(sorted(HERE.glob("*.cu")))
@@ -47,15 +47,19 @@ class CudaUnavailable(RuntimeError):
     """The kernel cannot be built or run here (no nvcc, no CUDA backend, a failed build)."""
 
 
+def find_tool(name: str, env: str, more: tuple[str, ...] = ()) -> str | None:
+    """A CUDA toolkit program: the first executable of $``env``, PATH, $CUDA_HOME/bin, $CUDA_PATH/bin,
+    /usr/local/cuda/bin, then ``more``; None when there is none."""
+    cands = [os.environ.get(env), shutil.which(name)]
+    cands += [str(Path(home) / "bin" / name) for home in (*(os.environ.get(v) for v in _CUDA_HOMES), _DEFAULT_CUDA_HOME) if home]
+    return next((c for c in (*cands, *more) if c and Path(c).is_file() and os.access(c, os.X_OK)), None)
+
+
 def find_nvcc() -> str:
-    """nvcc from $MORPHOGEN_NVCC, PATH, $CUDA_HOME/bin or /usr/local/cuda/bin."""
-    cands = [os.environ.get("MORPHOGEN_NVCC"), shutil.which("nvcc")]
-    for home in (*(os.environ.get(v) for v in _CUDA_HOMES), _DEFAULT_CUDA_HOME):
-        if home:
-            cands.append(str(Path(home) / "bin" / "nvcc"))
-    for c in cands:
-        if c and Path(c).is_file() and os.access(c, os.X_OK):
-            return c
+    """nvcc from $MORPHOGEN_NVCC, PATH, $CUDA_HOME/bin or /usr/local/cuda/bin (``find_tool``)."""
+    nvcc = find_tool("nvcc", "MORPHOGEN_NVCC")
+    if nvcc:
+        return nvcc
     # pip's nvidia-cuda-nvcc-cu12 (what jax[cuda12] brings) holds ptxas and headers but no nvcc driver
     raise CudaUnavailable("nvcc not found: install the CUDA toolkit's compiler (apt install cuda-nvcc-12-x, or "
                           "conda install -c nvidia cuda-nvcc), "
