@@ -60,10 +60,6 @@ def hlo_names(hlo_text: str) -> frozenset[str]:
     return frozenset(_INSTRUCTION.findall(hlo_text))
 
 
-def _starts(name: str, prefixes: tuple[str, ...]) -> bool:
-    return name.startswith(prefixes)
-
-
 def count(planes: Iterable[Any], op_names: Collection[str] = (), gpu: bool = False) -> Launches:
     """Count the launches and executed ops in a trace's planes (``ProfileData.planes``); ``gpu``: the trace must
     show GPU stream activity (else TraceUnreadable)."""
@@ -78,9 +74,9 @@ def count(planes: Iterable[Any], op_names: Collection[str] = (), gpu: bool = Fal
                 if stream:
                     saw_device = True
                     device_ops += 1
-                elif _starts(name, _GRAPH_LAUNCH):
+                elif name.startswith(_GRAPH_LAUNCH):
                     graphs += 1
-                elif _starts(name, _KERNEL_LAUNCH):
+                elif name.startswith(_KERNEL_LAUNCH):
                     kernels += 1
                 elif not on_device and name in op_names:
                     host_ops += 1
