@@ -30,7 +30,7 @@ import numpy as np
 from . import paths
 from .config import ConfigError, DatasetConfig
 from .pir.engine import LayoutFn
-from .pir.pages import PAGE_BYTES, PAGE_WORDS, domain_bits_for
+from .pir.pages import PAGE_BYTES, PAGE_WORDS, domain_bits_for, shard_rows
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def padded_rows(num_pages: int, sharding: jax.sharding.Sharding | None) -> int:
     if sharding is None or sharding.is_fully_replicated:
         return num_pages
     d = len(sharding.device_set)
-    return -(-num_pages // d) * d
+    return shard_rows(num_pages, d) * d
 
 
 def _stream_rows(raw: np.memmap, n: int, start: int, count: int, device: jax.Device) -> jax.Array:

@@ -29,6 +29,7 @@ from . import datasets, memory
 from .config import ConfigError, DatasetConfig, PlacementConfig
 from .pir import EngineSpec, KeyBatch, make_answer_fn, query_scan
 from .pir.engine import Engine, LayoutFn, TileFn
+from .pir.pages import shard_rows
 from .pir.scan import replicated_query_scan, sharded_query_scan
 from .strategies.base import BuildContext
 
@@ -94,7 +95,7 @@ def resolve(cfg: PlacementConfig) -> Placement:
 
 def device_pages(num_pages: int, name: str, num_devices: int) -> int:
     """Pages of the database one device holds: its shard's ceil(N / D) rows (sharded), else all N."""
-    return -(-num_pages // num_devices) if name == "sharded" else num_pages
+    return shard_rows(num_pages, num_devices) if name == "sharded" else num_pages
 
 
 def check_fits(what: str, engine: Engine, num_pages: int, plc: tuple[str, int], live_queries: int, tile: TileFn,

@@ -12,7 +12,7 @@ import numpy as np
 if TYPE_CHECKING:
     import jax
 
-__all__ = ["PAGE_BYTES", "PAGE_WORDS", "domain_bits_for", "xor_reduce"]
+__all__ = ["PAGE_BYTES", "PAGE_WORDS", "domain_bits_for", "shard_rows", "xor_reduce"]
 
 PAGE_BYTES = 4096
 PAGE_WORDS = PAGE_BYTES // 4  # a page as little-endian uint32 words
@@ -21,6 +21,11 @@ PAGE_WORDS = PAGE_BYTES // 4  # a page as little-endian uint32 words
 def domain_bits_for(num_pages: int) -> int:
     """The smallest power-of-two domain that holds N pages (at least 1 bit)."""
     return max(1, (num_pages - 1).bit_length())
+
+
+def shard_rows(num_pages: int, num_shards: int) -> int:
+    """Rows of one shard when N pages are split by rows over D devices: ceil(N / D) (the last shard ragged)."""
+    return -(-num_pages // num_shards)
 
 
 def xor_reduce(parts: jax.Array, axis: int = 0) -> jax.Array:

@@ -24,7 +24,7 @@ from jax import lax
 
 from .engine import Engine, Subtrees, Window, get
 from .keybatch import KeyBatch
-from .pages import PAGE_BYTES, PAGE_WORDS, domain_bits_for, xor_reduce
+from .pages import PAGE_BYTES, PAGE_WORDS, domain_bits_for, shard_rows, xor_reduce
 from .spec import EngineSpec
 from .xla_ops import descend_left, expand_nodes_xla
 
@@ -232,7 +232,7 @@ def shard_bounds(num_pages: int, num_shards: int) -> tuple[tuple[int, int], ...]
     """(start, count) of each shard: ceil(N / D) rows per device, the last shard ragged (or empty)."""
     if num_shards < 1:
         raise ValueError(f"{num_shards=} must be >= 1")
-    rows = -(-num_pages // num_shards)
+    rows = shard_rows(num_pages, num_shards)
     return tuple((i * rows, max(0, min(rows, num_pages - i * rows))) for i in range(num_shards))
 
 
