@@ -45,6 +45,9 @@ def test_a_sweep_ends_with_finals_and_says_its_decision_last(cli, workdir):
         assert sorted(int(r.data.tags["q"]) for r in fin) == [1, 4]
         assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.info.status == "FINISHED" for r in fin)
         assert "Drift of the shipped configuration" in report
+        for line in (res.stdout + res.stderr).splitlines():  # a challenger is named as the report names it
+            if "; against it " in line:
+                assert line.split("; against it ")[1].split(" x")[0] in {"full_batch", "graph_replay"}, line
     else:
         assert "No finals were run" in report
 
