@@ -108,6 +108,7 @@ class Prepared:
     scan_keys: int                   # keys of one scan of the batch path (one database pass)
     tile_pages: int                  # the batch path's scan step
     memory_need: int                 # estimated device bytes, with the batch path's working set
+    database_bytes: int              # the engine's database (its layout, or the raw pages) on one device
     single_loop: Any = None
     engine: Engine | None = None
 
@@ -150,7 +151,8 @@ def prepare(rc: RunConfig, session: Session, progress: Progress | None = None) -
         return jnp.stack([jax.block_until_ready(ctx.single_jit(ds.words, kb)) for kb in singles0])
 
     scan_keys = KEYS_PER_QUERY * -(-rc.q // path.passes)
-    return Prepared(rc, spec, ds, ctx, path, qs, kb0, kb1, scan_keys, tile(scan_keys), need, single_loop, engine)
+    db_bytes = engine.database_bytes(placements.device_pages(num_pages, plc.name, len(plc.devices)))
+    return Prepared(rc, spec, ds, ctx, path, qs, kb0, kb1, scan_keys, tile(scan_keys), need, db_bytes, single_loop, engine)
 
 
 def sampling_policy(b: Any) -> SamplingPolicy:
@@ -236,6 +238,7 @@ def cell_record(p: Prepared, single_t: TimingSummary, batch_t: TimingSummary, re
         "compile_s": batch_compile_s,
         "single_compile_s": single_compile_s,
         "layout_build_s": p.ds.layout_build_s,  # the engine's database layout, built once per database (0: raw pages)
+        "database_gib": p.database_bytes / memory.GIB,  # that database on one device (the engine's model)
         "tile_pages": p.tile_pages,
         "scan_keys": p.scan_keys,
         "live_queries": path.live_queries,
@@ -249,6 +252,8 @@ def cell_record(p: Prepared, single_t: TimingSummary, batch_t: TimingSummary, re
         "checksum_batch": rep.checksum_batch,
         "answers_sha256": rep.sha256_batch,
         "parity_numpy_note": rep.numpy_note or "checked",
+        # which database the engine scans: engines of one layout can serve from one resident copy
+        "database_layout": "raw pages" if p.engine is None or p.engine.layout is None else f"{p.engine.name} layout",
         **{f"strategy_info.{k}": v for k, v in path.info.items()},
         **({} if step_path is None else {"engine_path.batch": step_path(p.scan_keys),
                                          "engine_path.single": step_path(KEYS_PER_QUERY)}),

@@ -29,7 +29,7 @@ import pandas as pd
 
 from . import paths, rollout, tracking, uiview
 from .config import ConfigError
-from .decision import Decision, DecisionRules, best_per_q, decide, estimate, with_assignments
+from .decision import BestAtQ, Decision, DecisionRules, best_per_q, decide, estimate, with_assignments
 from .tracking import DERIVED, FLOORS, PATH_METRICS, READ_FLOOR_PROBES, open_store
 
 ORIGINAL_COLUMNS = [
@@ -42,7 +42,8 @@ OUR_COLUMNS = [
     "device_uuid", "status", "parity_ok", "parity_numpy_eq", "parity_numpy_checked", "parity_xor_eq",
     *[f"{m}_{b}" for m in DERIVED for b in ("lo", "hi")], *PATH_METRICS, "speedup_pairs", "confidence", "max_noise",
     "single_ms_p90", "batch_ms_p90", "batch_ms_min", "batch_ms_max",
-    "compile_s", "batch_effective_gbps", "memory_estimate_gib", "scan_keys", "engine_path", "error_message", "run_id",
+    "compile_s", "batch_effective_gbps", "memory_estimate_gib", "database_gib", "database_layout", "scan_keys", "engine_path",
+    "error_message", "run_id",
 ]
 LOOP = "single-query loop"  # the fallback when no configuration is the fallback: the report and decision.fallback say the same
 DRY_RUN = "CPU dry run: every cell ran on the CPU backend; this tests the pipeline and its decision means nothing for a GPU"
@@ -347,7 +348,27 @@ def _best_per_q_table(df: pd.DataFrame, decision: Decision, rules: DecisionRules
     if decision.selected and ahead:
         lines.append(f"\nAhead of {decision.selected}, which ships, beyond its interval ({'; '.join(ahead)}): "
                      "a per-q choice (say, by the batch size at serving time) would be faster there.")
-    return "\n".join(lines)
+    return "\n".join(lines) + _layouts_note(df, rows)
+
+
+def _layouts_note(df: pd.DataFrame, rows: list[BestAtQ]) -> str:
+    """When the best configurations per q scan different database layouts (raw pages, an engine's own): what a
+    per-q engine choice costs, each layout resident at once (the engines' database models, one device)."""
+    if "database_layout" not in df or "database_gib" not in df:
+        return ""
+    ok = df[df["status"] == "ok"]
+    layout, gib = ok.groupby("config")["database_layout"].first(), ok.groupby("config")["database_gib"].max()
+    by_layout: dict[str, list[BestAtQ]] = {}
+    for b in rows:
+        if pd.isna(layout.get(b.config)) or pd.isna(gib.get(b.config)):
+            return ""  # cells recorded before the layout was: nothing to say
+        by_layout.setdefault(str(layout[b.config]), []).append(b)
+    if len(by_layout) < 2:
+        return ""
+    size = {lay: max(float(gib[b.config]) for b in bs) for lay, bs in by_layout.items()}
+    parts = [f"{lay} at {', '.join(f'q={b.q}' for b in bs)} ({size[lay]:.3g} GiB a device)" for lay, bs in by_layout.items()]
+    return (f"\n\nThe best per q scan {len(by_layout)} database layouts: {'; '.join(parts)}. Serving each q its best keeps "
+            f"them all resident ({sum(size.values()):.3g} GiB a device together); one engine at every q keeps one.")
 
 
 def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: Mapping[str, Any]) -> str:

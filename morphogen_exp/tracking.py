@@ -434,7 +434,7 @@ DERIVED = ["single_ms_per_batch", "batch_ms_per_batch", "batch_vs_single_speedup
 PATH_METRICS = [f"{p}_{m}" for p in ("single", "batch")
                 for m in ("ms_p50", "ms_p50_lo", "ms_p50_hi", "samples", "noise", "capped")]
 _OTHER_METRICS = ["parity_numpy_checked", "parity_xor_checked", "single_ms_p90", "batch_ms_p90", "batch_ms_min", "batch_ms_max",
-                  "compile_s", "batch_effective_gbps", "memory_estimate_gib", "scan_keys"]
+                  "compile_s", "batch_effective_gbps", "memory_estimate_gib", "database_gib", "scan_keys"]
 
 
 def _int_or(v: Any, default: int) -> int:
@@ -486,6 +486,7 @@ def cell_row(run: Any) -> dict[str, Any]:
         "device_kind": t.get("device_kind"),
         "device_uuid": t.get("device.device_uuid"),
         "engine_path": t.get("engine_path.batch"),  # what the batch path's scan step ran (engines of several paths)
+        "database_layout": t.get("database_layout"),  # raw pages, or the engine's own layout
         "status": status,
         "parity_ok": _flag(m, "parity_ok"),
         "parity_numpy_eq": _flag(m, "parity_numpy_eq"),

@@ -33,6 +33,7 @@ def test_each_strategy_cell_is_exact_and_recorded(make_cfg, workdir, sess, strat
     assert m["parity_numpy_checked"] == 1 and m["parity_numpy_eq"] == 1
     assert m["parity_xor_checked"] == 8 and m["parity_xor_eq"] == 1
     assert t["checksum_single"] == t["checksum_batch"] and int(t["checksum_single"]) > 0
+    assert t["database_layout"] == "raw pages" and m["database_gib"] * 2**30 == 300 * 4096  # tiny: 300 raw pages
     assert m["batch_qps"] == pytest.approx(8 / (m["batch_ms_per_batch"] / 1e3))
     assert run.data.params["strategy.name"] == strategy and run.data.params["q"] == "8"
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/outputs/mlflow.db")

@@ -178,6 +178,8 @@ def test_cli_cell_and_sweep_with_bitsliced_are_exact(cli, workdir):
     m = run.data.metrics
     assert run.data.tags["engine"] == "bitsliced" and run.info.status == "FINISHED"
     assert m["parity_ok"] == 1 and m["parity_numpy_eq"] == 1 and m["parity_xor_eq"] == 1 and m["layout_build_s"] > 0
+    # its own layout (not the raw pages another engine could share): tiny's 300 pages padded to 2 chunks of 256
+    assert run.data.tags["database_layout"] == "bitsliced layout" and m["database_gib"] * 2**30 == 512 * 4096
 
     res = cli("-m", "engine=bitsliced", "strategy=full_batch,micro_batch,tiled", "q=2")
     assert res.returncode == 0, res.stderr[-3000:]

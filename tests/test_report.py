@@ -128,6 +128,22 @@ def test_a_configuration_ahead_at_some_q_is_named(sweeps, tmp_path, guard_store)
     assert "Ahead of full_batch, which ships, beyond its interval (q=4: tiled): a per-q choice" in md
 
 
+def test_best_per_q_on_two_database_layouts_says_what_serving_both_costs(sweeps, tmp_path, guard_store) -> None:
+    """fused (raw pages) ahead at q=4, bitsliced (its own layout) ships from q=32: the per-q table says a per-q
+    engine choice keeps both databases resident, with each one's size; engines of one layout say nothing."""
+    raw, bits = {"database_layout": "raw pages"}, {"database_layout": "bitsliced layout"}
+    cells = [(["engine=fused"], 4, _metrics(12.0, 0.1) | {"database_gib": 64.1}, raw),
+             (["engine=bitsliced"], 4, _metrics(10.0, 0.1) | {"database_gib": 64.2}, bits),
+             (["engine=fused"], 32, _metrics(100.0, 1.0) | {"database_gib": 64.1}, raw),
+             (["engine=bitsliced"], 32, _metrics(350.0, 1.0) | {"database_gib": 64.2}, bits)]
+    md = report.build(tracking.Store(sweeps.client, sweeps.exp), sweeps.sweep(tmp_path / "two", cells), tmp_path).markdown.read_text()
+    assert ("The best per q scan 2 database layouts: raw pages at q=4 (64.1 GiB a device); bitsliced layout at q=32 "
+            "(64.2 GiB a device). Serving each q its best keeps them all resident (128 GiB a device together)") in md
+    same = [(o, q, m, raw) for o, q, m, _ in cells[:3]] + [(["engine=xla"], 32, _metrics(350.0, 1.0) | {"database_gib": 64.1}, raw)]
+    md = report.build(tracking.Store(sweeps.client, sweeps.exp), sweeps.sweep(tmp_path / "one", same), tmp_path).markdown.read_text()
+    assert "Ahead of " in md and "database layouts" not in md
+
+
 def test_old_runs_without_intervals_or_decision_json_keep_the_point_rules(sweeps, tmp_path, guard_store) -> None:
     cells = [(["strategy=full_batch"], q, _metrics(100.0, None), {}) for q in (4, 32)]
     cells += [(["strategy=micro_batch"], q, _metrics(101.0, None), {}) for q in (4, 32)]
