@@ -11,6 +11,11 @@
 #                         command-buffer targets and the floors' probes), the log under $OUT
 #   capture               graph_replay with and without custom calls in its command buffers (a sweep axis), q=1,32 on
 #                         $DATASET (default mainnet) with $ENGINE: what graph replay buys, side by side in one sweep
+#   fma                   the ChaCha8 rotations on the FMA pipe (MORPHOGEN_CHACHA_FMA=2) against the default build: a
+#                         bitsliced step stage by stage, each build twice in turn (the spread is the noise), then the
+#                         kernel tests with the variant built (docs/benchmarks/2026-12-04-sass-mix-nvcc13)
+#   wide                  an unmerged patch ($PATCH, default docs/patches/pipelined96.mbox) applied to a copy of this
+#                         tree in /tmp/wide: its GPU tests and test_bitvec.py, then its step stage by stage twice
 # Run from the repo root with `carry: [".whl"]` (../shared/tools/device-wheels.sh fills it) and the commit
 # being measured named, written out from your checkout (the device copy's git view lags; required):
 #   MORPHOGEN_CODE_VERSION=$(git rev-parse HEAD) SWEEP=mainnet-A bash scripts/device_matrix.sh mainnet
@@ -19,7 +24,7 @@
 # outputs/multirun/$SWEEP back in): finished cells are copied, the rest run. A call brings back a few
 # files: <sweep>-report.md, <sweep>.log and <sweep>.tgz (the sweep folder and the MLflow store).
 set -uo pipefail
-stage=${1:?usage: device_matrix.sh bench|small|mainnet|placement|kernels|capture [overrides...]}
+stage=${1:?usage: device_matrix.sh bench|small|mainnet|placement|kernels|capture|fma|wide [overrides...]}
 engine=${ENGINE:-pallas}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 if [ -z "${SKIP_WHEELS:-}" ]; then
@@ -29,7 +34,7 @@ fi
 export PYTHONUNBUFFERED=1
 # The device copy's git view lags the tree it was sent (git rev-parse there names an older commit): the
 # commit measured must come from the checkout, spelled out in the command.
-if [ -z "${MORPHOGEN_CODE_VERSION:-}" ] && [ "$stage" != tiny ] && [ "$stage" != kernels ]; then
+if [ -z "${MORPHOGEN_CODE_VERSION:-}" ] && [[ ! $stage =~ ^(tiny|kernels|fma|wide)$ ]]; then
   echo "error: set MORPHOGEN_CODE_VERSION=<commit> from your checkout (git rev-parse HEAD there, not on the device)"; exit 2
 fi
 echo "code: ${MORPHOGEN_CODE_VERSION:-unnamed}"
@@ -87,6 +92,25 @@ case $stage in
       'strategy.command_buffer=null,[FUSION,CUSTOM_CALL,WHILE,CONDITIONAL]' q=1,32 dataset="${DATASET:-mainnet}" \
       bench.max_time_s=15 "${@:2}"
     tar czf "$out/$name.tgz" --exclude='*/.hydra' "outputs/multirun/$name" outputs/mlflow.db ;;
+  fma)
+    { nvidia-smi -L
+      for i in 1 2; do for v in "" MORPHOGEN_CHACHA_FMA=2; do
+        timeout 100 python3 scripts/bitsliced_stages.py --keys 96,3 --tile-log2 20,22 --reps 20 --defines "$v" \
+          --json "$out/stages-${v:-default}-$i.json"; done; done
+      MORPHOGEN_CUDA_DEFINES=MORPHOGEN_CHACHA_FMA=2 timeout 200 python3 -m pytest -q -p no:cacheprovider \
+        tests/test_bitvec.py tests/test_bitsliced_engine.py 2>&1 | tail -5
+      echo "pytest exit status (variant built): ${PIPESTATUS[0]}"; } 2>&1 | tee "$out/fma.log" ;;
+  wide)
+    patch_file=$PWD/${PATCH:-docs/patches/pipelined96.mbox}; dir=/tmp/wide
+    rm -rf "$dir" && mkdir -p "$dir" && tar c --exclude=./.git --exclude=./.whl --exclude=./outputs . | tar x -C "$dir" || exit 1
+    (cd "$dir" && { git apply "$patch_file" 2>/dev/null || patch -s -p1 < "$patch_file"; }) \
+      || { echo "error: $patch_file does not apply to this tree"; exit 1; }
+    { nvidia-smi -L
+      cd "$dir" && export PYTHONPATH=/tmp/site:$dir MORPHOGEN_CUDA_CACHE=$dir/.cuda-cache
+      timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_bitvec_wide.py tests/test_bitvec.py 2>&1 | tail -30
+      echo "pytest exit status: ${PIPESTATUS[0]}"
+      for i in 1 2; do timeout 100 python3 scripts/bitsliced_stages.py --keys 96,24 --tile-log2 20,20 --reps 20 \
+        --json "$out/wide-stages-$i.json"; done; } 2>&1 | tee "$out/wide.log" ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
 ls -la "$out"
