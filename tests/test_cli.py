@@ -349,11 +349,11 @@ def test_dataset_file_is_scanned_exactly(cli, workdir):
 def test_the_same_sweep_twice_gives_the_same_decision(cli, workdir):
     """Issue: two identical sweeps shipped different strategies. With sampling to a noise target and
     verdicts on intervals, a repeated real sweep decides the same (two configurations, a clear gap)."""
-    args = ("-m", "strategy=sleepy", "strategy.seconds=0,1", "q=1,2")
+    args = ("-m", "strategy=sleepy", "strategy.seconds=0", "strategy.millis=0,200", "q=1,2")
     first = cli(*args, "hydra.sweep.dir=outputs/multirun/first")
     second = cli(*args, "hydra.sweep.dir=outputs/multirun/second")
     assert first.returncode == second.returncode == 0, (first.stderr[-2000:], second.stderr[-2000:])
     cells, decision = _sweep_summary(workdir, "first")
     assert (cells, decision) == _sweep_summary(workdir, "second")
-    assert any("**Ship**: sleepy[seconds=0]" in line for line in decision), decision
-    assert any("**Fallback**: sleepy[seconds=1]" in line for line in decision), decision
+    assert any("**Ship**: sleepy[millis=0]" in line for line in decision), decision
+    assert any("**Fallback**: sleepy[millis=200]" in line for line in decision), decision

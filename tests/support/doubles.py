@@ -25,8 +25,9 @@ def build_corrupt(knobs, q: int, ctx: BuildContext) -> BatchPath:
 
 @register("sleepy")
 def build_sleepy(knobs, q: int, ctx: BuildContext) -> BatchPath:
-    """The full batch after a long sleep: a cell that is still running when a signal arrives."""
-    fn, seconds = vmapped_batch(ctx), knob(knobs, "seconds", lo=0)
+    """The full batch after a sleep of ``seconds`` + ``millis`` / 1000: a cell still running when a signal arrives,
+    or one slower than another by a known gap."""
+    fn, seconds = vmapped_batch(ctx), knob(knobs, "seconds", lo=0) + knob(knobs, "millis", lo=0) / 1000
 
     def run(keys):
         time.sleep(seconds)
