@@ -107,6 +107,10 @@ case $stage in
       || { echo "error: $patch_file does not apply to this tree"; exit 1; }
     { nvidia-smi -L
       cd "$dir" && export PYTHONPATH=/tmp/site:$dir MORPHOGEN_CUDA_CACHE=$dir/.cuda-cache
+      # first one small case under a short timeout: a kernel that hangs (setmaxnreg, a barrier) costs 2 minutes, not the call
+      timeout 120 python3 -m pytest -x -q -p no:cacheprovider tests/test_bitvec_wide.py -k "2700-0-40-8-9" 2>&1 | tail -5
+      smoke=${PIPESTATUS[0]}; echo "smoke test exit status: $smoke"
+      [ "$smoke" -eq 0 ] || { echo "the smoke test failed or hung: nothing more runs on this patch"; exit 1; }
       timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_bitvec_wide.py tests/test_bitvec.py 2>&1 | tail -30
       echo "pytest exit status: ${PIPESTATUS[0]}"
       for i in 1 2; do timeout 100 python3 scripts/bitsliced_stages.py --keys 96,24 --tile-log2 20,20 --reps 20 \
