@@ -109,9 +109,11 @@ gpu = pytest.mark.skipif(not GPU, reason="the CUDA kernel needs a GPU")
 
 @gpu
 @pytest.mark.parametrize(("num_pages", "num_keys", "tile"), [(1, 1, 4096), (255, 3, 4096), (257, 13, 4096),
-                                                             (3000, 96, 1024), (3000, 3, 64), (70000, 3, 1 << 15)])
+                                                             (3000, 96, 1024), (3000, 3, 64), (70000, 3, 1 << 15),
+                                                             (4097, 3, 4096), (1025, 9, 1024)])
 def test_kernel_scan_equals_numpy(num_pages: int, num_keys: int, tile: int) -> None:
-    """The engine on the device: aligned tiles, ragged tails (fewer than 8 levels below 256 pages), 1 to 96 keys."""
+    """The engine on the device: aligned tiles, ragged tails (fewer than 8 levels below 256 pages), 1 to 96 keys,
+    and N one page past a tile edge (a one-page tail step) on the pipelined kernel (3 keys) and the two kernels (9)."""
     rng = np.random.default_rng(num_pages)
     pages = rng.integers(0, 256, size=(num_pages, 4096), dtype=np.uint8)
     domain = max(1, (num_pages - 1).bit_length()) + 1
