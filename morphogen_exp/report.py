@@ -311,22 +311,24 @@ def _plots(df: pd.DataFrame, out_dir: Path, subtitle: str = "", shipped: str | N
 
 
 def _graph_replay_notes(df: pd.DataFrame) -> str:
-    """Notes lines for graph_replay configurations whose cells' traces saw no CUDA graph launched, or could not
-    be read: their times are not CUDA-graph replay, whatever the strategy's name says."""
+    """Notes lines for graph_replay configurations whose cells' traces saw no CUDA graph launched, could not be
+    read, or were not taken: their times are not (known to be) CUDA-graph replay, whatever the strategy's name says."""
+    traced = "from a profiler trace of one replay"
+    cases = (("0", "ran as plain kernel launches (no CUDA graph captured)", traced,
+              "its times are full_batch's program compiled ahead of time, not CUDA-graph replay"),
+             ("unknown", "ran without a readable trace (whether a CUDA graph was launched is unknown)", traced,
+              "its times cannot be read as CUDA-graph replay"),
+             ("not traced", "was not traced (whether a CUDA graph was launched is unknown)", "strategy.trace=false",
+              "its times cannot be read as CUDA-graph replay"))
     lines = []
     for config, g in df[df["our_strategy"] == "graph_replay"].groupby("config"):
         infos = [(int(r["q"]), r["_info"]) for r in g.to_dict("records") if isinstance(r["_info"], dict)]
-        for value, said, times in (
-                ("0", "ran as plain kernel launches (no CUDA graph captured)",
-                 "its times are full_batch's program compiled ahead of time, not CUDA-graph replay"),
-                ("unknown", "ran without a readable trace (whether a CUDA graph was launched is unknown)",
-                 "its times cannot be read as CUDA-graph replay")):
+        for value, said, source, times in cases:
             cells = [(q, i) for q, i in infos if str(i.get("graph_launches")) == value]
             if cells:
                 backends = ", ".join(sorted({str(i.get("backend", "?")) for _, i in cells}))
                 qs = ", ".join(str(q) for q, _ in sorted(cells, key=lambda c: c[0]))
-                lines.append(f"- **{config} {said}** on {backends} (graph_launches={value}, from a profiler trace of "
-                             f"one replay, at q={qs}): {times}.\n")
+                lines.append(f"- **{config} {said}** on {backends} (graph_launches={value}, {source}, at q={qs}): {times}.\n")
     return "".join(lines)
 
 

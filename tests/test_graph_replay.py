@@ -14,9 +14,11 @@ import jax.numpy as jnp
 import pytest
 
 from morphogen_exp import app, report, tracecount, tracking
+from morphogen_exp.config import ConfigError
 from morphogen_exp.pir import cuda
 from morphogen_exp.pir.cuda import capture
 from morphogen_exp.strategies import graph_replay
+from morphogen_exp.strategies.base import check_knobs
 
 from .conftest import mlflow_runs
 from .test_cli import _sweep_dir
@@ -95,6 +97,24 @@ def test_without_a_trace_reader_the_cell_records_unknown_and_the_report_says_so(
     notes = report._graph_replay_notes(tracking.cells_frame(runs))
     assert notes.startswith("- **graph_replay ran without a readable trace (whether a CUDA graph was launched is unknown)** "
                             "on cpu (graph_launches=unknown") and "cannot be read as CUDA-graph replay" in notes
+
+
+def test_trace_false_takes_no_trace_and_the_report_says_so(make_cfg, workdir, sess, monkeypatch):
+    def no_trace(*args, **kwargs):
+        raise AssertionError("strategy.trace=false took a profiler trace")
+
+    monkeypatch.setattr(tracecount, "count_launches", no_trace)
+    out = app.run(make_cfg("strategy=graph_replay", "strategy.trace=false", "q=1"), sess)
+    assert out.status == "ok", out.error
+    runs = mlflow_runs(workdir)
+    tags = runs[0].data.tags
+    assert tags["strategy_info.graph_launches"] == "not traced" and "strategy_info.trace_s" not in tags
+    assert runs[0].data.metrics["parity_numpy_eq"] == 1
+    notes = report._graph_replay_notes(tracking.cells_frame(runs))
+    assert notes.startswith("- **graph_replay was not traced (whether a CUDA graph was launched is unknown)** on cpu "
+                            "(graph_launches=not traced, strategy.trace=false, at q=1)")
+    with pytest.raises(ConfigError, match="strategy.trace must be true or false, got 'maybe'"):
+        check_knobs("graph_replay", {"command_buffer": None, "trace": "maybe"}, 1)
 
 
 def test_report_says_graph_replay_ran_as_plain_launches(cli, workdir):

@@ -8,7 +8,8 @@ one untraced replay (XLA records a command buffer on its first run) and apart fr
 `trace_note` where no trace could be read), `kernel_launches` (kernels launched one by one), `traced_ops`
 (kernels and copies the GPU ran, or the CPU runtime's thunks) and `trace_s`. The executable is compiled with
 xla_enable_command_buffers_during_profiling, without which XLA runs command buffers op by op under a
-profiler; it changes nothing outside a trace.
+profiler; it changes nothing outside a trace. The knob `trace` (default true) turns the trace off: `graph_launches`
+is then "not traced" (the trace starts and stops CUPTI inside the sweep's process; jax-ml/jax#40260).
 
 The knob `command_buffer` sets the command types XLA may capture for this one executable (XLA's
 xla_gpu_enable_command_buffer, e.g. `strategy.command_buffer=[FUSION,CUSTOM_CALL,WHILE,CONDITIONAL]`).
@@ -44,6 +45,9 @@ def build(knobs, q: int, ctx: BuildContext) -> BatchPath:
     if buffers is not None:
         options["xla_gpu_enable_command_buffer"] = str(buffers)
     capture_ffi = buffers is not None and "CUSTOM_CALL" in str(buffers).upper().split(",")
+    trace = knobs.get("trace", True)
+    if not isinstance(trace, bool):
+        raise ConfigError(f"strategy.trace must be true or false, got {trace!r}")
     compiled = {}
 
     def first_call(keys):
@@ -62,6 +66,9 @@ def build(knobs, q: int, ctx: BuildContext) -> BatchPath:
         info["ffi_targets"] = "+".join(sorted(set(_OUR_TARGET.findall(lowered.as_text())))) or "none"
         compiled["exe"] = exe
         out = jax.block_until_ready(exe(ctx.pages, keys))
+        if not trace:
+            info["graph_launches"] = "not traced"
+            return out
         t0 = time.perf_counter()
         try:
             seen = tracecount.count_launches(lambda: exe(ctx.pages, keys), tracecount.hlo_names(exe.as_text() or ""))
