@@ -105,9 +105,8 @@ def run(tracker: Tracker, parent_id: str, session: Session) -> list[FinalRecord]
             continue
         tracker.end(run_id, "FINISHED")
         records.append(rec)
-        label_of = {str(r["config_id"]): label for r, label in zip(rows, labels, strict=True)}
-        said = ", ".join(f"{label_of.get(c['config_id'], c['config_id'][:8])} x{c['ratio']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]"
-                         for c in rec.challengers)
+        label_of = {str(r["config_id"]): str(r["config"]) for r in rows}  # every challenger is one of these rows
+        said = ", ".join(f"{label_of[c['config_id']]} x{c['ratio']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]" for c in rec.challengers)
         log.info("final q=%d: %s %.3f ms over %d rounds%s", q, labels[0], rec.incumbent_ms[0], rec.rounds,
                  f"; against it {said}" if said else "")
     return records
