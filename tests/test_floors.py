@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,7 +20,6 @@ from mlflow.tracking import MlflowClient
 
 from morphogen_exp import app, floors, report, tracking
 from morphogen_exp.config import ConfigError
-from morphogen_exp.pir import cuda
 from morphogen_exp.pir.cuda import CudaUnavailable, probe
 from morphogen_exp.timing import TimingSummary
 
@@ -29,14 +27,6 @@ from .conftest import mlflow_runs
 from .test_report import Sweeps, _metrics
 
 CARD = floors.Floors("card", stream_gbps=80.0, scan_gbps=100.0, expand_blocks_per_s=2e9, read_rows=1 << 16)
-
-
-def _has_nvcc() -> bool:
-    try:
-        cuda.find_nvcc()
-    except CudaUnavailable:
-        return False
-    return True
 
 
 def _batch(times_ms: list[float]) -> TimingSummary:
@@ -139,7 +129,6 @@ def test_the_probe_runs_once_per_device_on_a_gpu_only(monkeypatch, caplog) -> No
     assert floors.for_cell("auto", broken) is None  # a non-positive or infinite rate is no floor
 
 
-@pytest.mark.skipif(shutil.which("nm") is None or not _has_nvcc(), reason="no nvcc or nm here")
 def test_bench_floors_is_checked_and_no_part_of_a_cells_identity(make_cfg, cli, workdir) -> None:
     with pytest.raises(ConfigError, match="^bench.floors must be auto, true or false, got 'maybe'$"):
         app.validate(make_cfg("bench.floors=maybe"))
