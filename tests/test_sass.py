@@ -20,6 +20,8 @@ from morphogen_exp.pir.prg import chacha8_blocks
 REPO = Path(__file__).resolve().parent.parent
 HOST_CHECK = REPO / "tests" / "support" / "chacha_host_check.cu"
 FMA = "MORPHOGEN_CHACHA_FMA=2"  # the rotation by 12 on the FMA pipe
+SCAN_PIPE = "MORPHOGEN_SCAN_PIPE=1"  # bmma_scan loads chunk ci + 1 before chunk ci's MMAs
+EXPAND_MINB2 = "MORPHOGEN_EXPAND_MINB=2"  # expand_to_bitvectors' registers sized for 2 blocks an SM, not 3
 
 
 def _nvcc() -> str:
@@ -31,10 +33,12 @@ def _nvcc() -> str:
 
 @pytest.fixture(scope="module")
 def bmma_mix(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[tuple[str, str], sass.KernelMix], Path]:
-    """bmma.cu compiled once per variant (default, an explicit mask 0, the FMA variant): mixes by (variant, kernel)."""
+    """bmma.cu compiled once per variant (default, an explicit mask 0, the FMA variant, issue 31's scan and expansion
+    variants): mixes by (variant, kernel)."""
     _nvcc()
     keep = tmp_path_factory.mktemp("sass")
-    found = sass.measure({"default": [], "zero": ["MORPHOGEN_CHACHA_FMA=0"], "fma": [FMA]},
+    found = sass.measure({"default": [], "zero": ["MORPHOGEN_CHACHA_FMA=0"], "fma": [FMA], "scan_pipe": [SCAN_PIPE],
+                          "minb2": [EXPAND_MINB2]},
                          sources=(cuda.HERE / "bmma.cu",), keep=keep)
     return {(m.variant, m.kernel): m for m in found}, keep
 
@@ -78,6 +82,23 @@ def test_default_build_counts_the_expansion_kernels(bmma_mix: tuple[dict[tuple[s
 def test_mask_zero_is_the_default_build(bmma_mix: tuple[dict[tuple[str, str], sass.KernelMix], Path]) -> None:
     _, keep = bmma_mix
     assert sass.normalized((keep / "bmma.default.sass").read_text()) == sass.normalized((keep / "bmma.zero.sass").read_text())
+
+
+def test_issue31_variants_fit_their_occupancy_without_spills(
+        bmma_mix: tuple[dict[tuple[str, str], sass.KernelMix], Path]) -> None:
+    """The variants the next device session times (scripts/profile_bitsliced.sh) change only their own kernel, and
+    fit the blocks an SM they are launched for with no spills: 2 blocks of 256 threads (<= 128 registers)."""
+    mixes, _ = bmma_mix
+    for kg in range(1, 5):  # the double-buffered scan: every key group still fits 2 blocks an SM, no local memory
+        m = mixes["scan_pipe", f"bmma_scan<{kg}>"]
+        assert m.registers <= 128 and (m.spill_stores, m.spill_loads) == (0, 0), (kg, m.registers)
+        assert "BMMA.168256.AND.POPC" in m.opcodes
+        assert mixes["scan_pipe", f"bmma_scan<{kg}>"].opcodes != mixes["default", f"bmma_scan<{kg}>"].opcodes
+    assert mixes["scan_pipe", "expand_to_bitvectors"].opcodes == mixes["default", "expand_to_bitvectors"].opcodes
+    wide, narrow = mixes["minb2", "expand_to_bitvectors"], mixes["default", "expand_to_bitvectors"]
+    assert narrow.registers <= 80 < wide.registers <= 128  # 3 blocks an SM today; 2 lets ptxas drop the spills
+    assert (wide.spill_stores, wide.spill_loads) == (0, 0) and (narrow.spill_stores, narrow.spill_loads) != (0, 0)
+    assert mixes["minb2", "bmma_scan<4>"].opcodes == mixes["default", "bmma_scan<4>"].opcodes
 
 
 def test_fma_variant_moves_alu_work_to_the_fma_pipe(bmma_mix: tuple[dict[tuple[str, str], sass.KernelMix], Path]) -> None:

@@ -310,7 +310,10 @@ __device__ __forceinline__ void expand_group(WarpSmem& w, const TileGeometry& tg
 // masks = leaves [lo, lo + count) of the S * 2^levels, leaf lo + i masking DB page off + i (off = *offset).
 // Block (chunk group, kt): chunks kGroup*x .. + kGroup of the nch read, warp g = key kt*8 + g (expand_group);
 // pages outside [off, off + count) and keys >= K get 0.
-__global__ void __launch_bounds__(256, 3) expand_to_bitvectors(
+#ifndef MORPHOGEN_EXPAND_MINB
+#define MORPHOGEN_EXPAND_MINB 3  // blocks per SM the expansion's registers are sized for (a variant to time)
+#endif
+__global__ void __launch_bounds__(256, MORPHOGEN_EXPAND_MINB) expand_to_bitvectors(
     const uint4* __restrict__ roots, const uint32_t* __restrict__ root_t, const uint4* __restrict__ scw,
     const uint2* __restrict__ tcw, const uint4* __restrict__ fcw, const int* __restrict__ offset, int K, int S,
     int levels, long long lo, int count, int db_chunks, int nch, int ktp, uint32_t* __restrict__ mt) {
@@ -337,6 +340,25 @@ __device__ __forceinline__ void bmma(int (&c)[4], const uint4& a, const uint2& b
       : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b.x), "r"(b.y));
 }
 
+#ifndef MORPHOGEN_SCAN_PIPE
+#define MORPHOGEN_SCAN_PIPE 0  // 1: bmma_scan loads the next chunk before the MMAs of this one (a variant to time)
+#endif
+
+#if MORPHOGEN_SCAN_PIPE
+// A read-only load that bypasses L1 and asks L2 to fetch the whole 256-byte sector group.
+__device__ __forceinline__ uint4 ld_nc_l2_256(const uint4* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint2 ld_nc_l2_256(const uint2* p) {
+  uint2 v;
+  asm("ld.global.nc.L1::no_allocate.L2::256B.v2.u32 {%0,%1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  return v;
+}
+#endif
+
 // Grid (KTp / KG key groups, 64 j-pairs, splits of the chunk range); 8 warps: warp w owns
 // j = 2 * blockIdx.y + w / 4 and r-tiles 4 * (w % 4) + [0, 4), for KG key tiles; it accumulates
 // s32 counts over its chunks, then XORs the parity bits into out with atomics.
@@ -362,6 +384,35 @@ __global__ void __launch_bounds__(256, 2) bmma_scan(const uint4* __restrict__ wo
 #pragma unroll
       for (int r = 0; r < 4; ++r) acc[a][b][r] = 0;
 
+#if MORPHOGEN_SCAN_PIPE
+  // Software-pipelined: chunk ci + 1's operands are loaded (with a 256-byte L2 prefetch hint) before chunk ci's
+  // MMAs issue, so each warp keeps its next reads in flight under its MMAs.
+  auto load = [&](int ci, uint4 (&a)[kRtPerWarp], uint2 (&b)[KG]) {
+    const uint4* arow = words + (((size_t)(start + ci) * kJ + j) * kRt + rt0) * 32 + lane;
+    const uint2* brow = mt + (((size_t)ci * kJ + j) * ktp + kt0) * 32 + lane;
+#pragma unroll
+    for (int i = 0; i < kRtPerWarp; ++i) a[i] = ld_nc_l2_256(arow + i * 32);
+#pragma unroll
+    for (int i = 0; i < KG; ++i) b[i] = ld_nc_l2_256(brow + i * 32);
+  };
+  uint4 a[kRtPerWarp];
+  uint2 b[KG];
+  if (lo < hi) load(lo, a, b);
+#pragma unroll 1
+  for (int ci = lo; ci < hi; ++ci) {
+    uint4 an[kRtPerWarp];
+    uint2 bn[KG];
+    load(ci + 1 < hi ? ci + 1 : ci, an, bn);
+#pragma unroll
+    for (int i = 0; i < kRtPerWarp; ++i)
+#pragma unroll
+      for (int t = 0; t < KG; ++t) bmma(acc[i][t], a[i], b[t]);
+#pragma unroll
+    for (int i = 0; i < kRtPerWarp; ++i) a[i] = an[i];
+#pragma unroll
+    for (int i = 0; i < KG; ++i) b[i] = bn[i];
+  }
+#else
 #pragma unroll 2
   for (int ci = lo; ci < hi; ++ci) {
     const uint4* arow = words + (((size_t)(start + ci) * kJ + j) * kRt + rt0) * 32 + lane;
@@ -377,6 +428,8 @@ __global__ void __launch_bounds__(256, 2) bmma_scan(const uint4* __restrict__ wo
 #pragma unroll
       for (int t = 0; t < KG; ++t) bmma(acc[i][t], a[i], b[t]);
   }
+
+#endif
 
   const int g = lane >> 2, tig = lane & 3;
   const uint32_t bit = 1u << (j & 31);
