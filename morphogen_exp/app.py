@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import datasets, devlock, devstate, floors, memory, parity, rollout, stats, strategies
 from . import placement as placements
 from .config import ConfigError, RunConfig, digest, flatten, parse
-from .decision import DecisionRules
+from .decision import DecisionRules, estimate
 from .pir import Engine, EngineSpec, available_engines, get, scan_bytes_read, tile_size
 from .pir.cuda import CudaUnavailable
 from .progress import Progress
@@ -375,9 +375,17 @@ def run(cfg: DictConfig, session: Session, sweep: SweepRef | None = None) -> Cel
         return CellOutcome("failed", name, run_id, error=f"{type(err).__name__}: {msg}")
     tracker.log(run_id, tags={"cell_status": "ok", **note("ok", metrics)}, metrics={"wall_s": time.perf_counter() - t0, **held.metrics()})
     tracker.end(run_id, "FINISHED")
-    log.info("%s: single %.2f ms, batch %.2f ms (x%.2f), parity ok", name,
-             metrics["single_ms_per_batch"], metrics["batch_ms_per_batch"], metrics["batch_vs_single_speedup"])
+    log.info("%s", cell_line(name, metrics))
     return CellOutcome("ok", name, run_id, metrics)
+
+
+def cell_line(name: str, metrics: Mapping[str, Any]) -> str:
+    """An ok cell in one line: both paths' medians and the speedup with its interval (the speedup is the median of
+    the rounds' ratios, so it need not be the ratio of the medians shown: the interval says how far it can be)."""
+    sp = estimate(metrics, "batch_vs_single_speedup")
+    speedup = "?" if sp is None else sp.format(".3g")
+    return (f"{name}: single {metrics['single_ms_per_batch']:.3g} ms, batch {metrics['batch_ms_per_batch']:.3g} ms, "
+            f"speedup x{speedup}, parity ok")
 
 
 class JobCancelled(KeyboardInterrupt):

@@ -16,6 +16,7 @@ import ctypes
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -29,7 +30,7 @@ from omegaconf import DictConfig
 from . import app, session, sweepdir, uiview
 from .config import ConfigError, MlflowConfig, flatten, one_line
 from .sweepdir import job_overrides
-from .tracking import PARENT_TAG, ROLE_TAG, StoreLost, Tracker, code_version, process_gone, shielded
+from .tracking import PARENT_TAG, REPORT_ARTIFACT, ROLE_TAG, StoreLost, Tracker, code_version, process_gone, redact_uri, shielded
 
 log = logging.getLogger(__name__)
 PARENT_FILE = sweepdir.PARENT_FILE
@@ -200,11 +201,12 @@ class SweepCallback(Callback):
         live = getattr(sess, "_progress", None)  # this process's status line: cleared, the last lines are the decision
         if live is not None:
             live.close()
+        closing: list[str] = []  # printed once the sweep run has ended (an http store's "View run" line comes before)
         try:
             files = report.build(tracker, parent, Path(ref.sweep_dir), publish=True)
-            log.info("report: %s", files.markdown)
-            print(f"review: {review_hint(tracker.cfg.tracking_uri, tracker.experiment_id, view=True)}")
-            print(f"decision: {files.decision.headline()} — report: {files.markdown}")
+            closing = [files.table, "",
+                       f"review: {review_hint(tracker.cfg.tracking_uri, tracker.experiment_id, report_of=parent)}",
+                       f"decision: {files.decision.headline()} — report: {files.markdown}"]
         except StoreLost:
             raise
         except Exception as err:  # the cells are recorded; a report bug must not hide them
@@ -215,6 +217,10 @@ class SweepCallback(Callback):
         sess.sweep = None
         if self._claim is not None:
             self._claim.release()
+        sys.stderr.flush()
+        for line in closing:
+            print(line)
+        sys.stdout.flush()
         if problems:
             print(f"{len(problems)} cell(s) failed:", file=sys.stderr)
             for line in problems:
@@ -234,14 +240,20 @@ def run_finals(tracker: Tracker, parent: str, sess: session.Session) -> None:
         log.warning("finals not run: %s: %s", type(err).__name__, (str(err).splitlines() or [""])[0][:300])
 
 
-def review_hint(tracking_uri: str, experiment_id: str, view: bool = False) -> str:
+def review_hint(tracking_uri: str, experiment_id: str, view: bool = False, report_of: str | None = None) -> str:
     """Where to look at a sweep: the runs table (MLflow 3 may open a bare experiment address on its GenAI view), with
-    `view` (a published sweep) on the experiment's saved view of the matrix (uiview); a server is opened at its own
-    address, a local store through `mlflow ui`."""
+    `view` the experiment's saved view of the matrix (uiview), with `report_of` (a published sweep's run id) its
+    rendered report, the decision with no click (the report links the saved view). A server is opened at its own
+    address (any user:password in it left out), a local store through `mlflow ui` (the store shell-quoted)."""
     server = tracking_uri.startswith(("http://", "https://"))
-    base = tracking_uri.rstrip("/") if server else "http://127.0.0.1:5000"
-    url = uiview.runs_url(base, experiment_id, uiview.KEY) if view else f"{base}/#/experiments/{experiment_id}/runs"
-    return f"open {url}" if server else f"mlflow ui --backend-store-uri {tracking_uri}  then open {url}"
+    base = redact_uri(tracking_uri).rstrip("/") if server else "http://127.0.0.1:5000"
+    if report_of is not None:
+        url = f"{base}/#/experiments/{experiment_id}/runs/{report_of}/artifacts/{REPORT_ARTIFACT}"
+    elif view:
+        url = uiview.runs_url(base, experiment_id, uiview.KEY)
+    else:
+        url = f"{base}/#/experiments/{experiment_id}/runs"
+    return f"open {url}" if server else f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}  then open {url}"
 
 
 def outcome_problems(tracker: Tracker, parent: str) -> tuple[list[str], int]:

@@ -29,6 +29,7 @@ from .stats import blocked_median_ci
 from .tracking import FINAL_ROLE, PARENT_TAG, ROLE_TAG, Tracker, cells_frame, load_rules, shielded
 
 log = logging.getLogger(__name__)
+NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI
 ROLE = FINAL_ROLE
 MAX_FINALISTS = 4
 
@@ -86,7 +87,9 @@ def run(tracker: Tracker, parent_id: str, session: Session) -> list[FinalRecord]
     for q, labels in sorted(schedule.items()):
         rows = [df[(df["config"] == label) & (df["q"] == q)].iloc[0] for label in labels]
         run_id = tracker.start_run(f"final-q{q}", {ROLE_TAG: ROLE, PARENT_TAG: parent.data.tags.get(PARENT_TAG, ""),
-                                                   "q": q, "incumbent": rows[0]["config_id"]}, parent_id)
+                                                   "q": q, "incumbent": rows[0]["config_id"],
+                                                   NOTE_TAG: f"final at q={q}: {', '.join(labels)} timed head to head "
+                                                             "(running)"}, parent_id)
         try:
             rec = _final(q, rows, session)
             tracker.log(run_id, metrics={"rounds": rec.rounds, "incumbent_ms_p50": rec.incumbent_ms[0],
@@ -103,13 +106,24 @@ def run(tracker: Tracker, parent_id: str, session: Session) -> list[FinalRecord]
             tracker.log(run_id, tags={"error_message": f"{type(err).__name__}: {msg}"})
             tracker.end(run_id, "FAILED")
             continue
-        tracker.end(run_id, "FINISHED")
-        records.append(rec)
         label_of = {str(r["config_id"]): str(r["config"]) for r in rows}  # every challenger is one of these rows
         said = ", ".join(f"{label_of[c['config_id']]} x{c['ratio']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]" for c in rec.challengers)
+        tracker.log(run_id, tags={NOTE_TAG: final_description(rec, labels[0], said)})
+        tracker.end(run_id, "FINISHED")
+        records.append(rec)
         log.info("final q=%d: %s %.3f ms over %d rounds%s", q, labels[0], rec.incumbent_ms[0], rec.rounds,
                  f"; against it {said}" if said else "")
     return records
+
+
+def final_description(rec: FinalRecord, incumbent: str, challengers: str) -> str:
+    """A final run's description (the MLflow UI's): the incumbent's time with its interval, its drift from its cell,
+    and each challenger's ratio (incumbent ms / challenger ms: above 1 the challenger is faster)."""
+    med, lo, hi = rec.incumbent_ms
+    drift = f", {med / rec.cell_ms[0] - 1:+.1%} from its cell" if rec.cell_ms else ""
+    against = f"; against it (incumbent / challenger) {challengers}" if challengers else "; no challenger tied it"
+    return (f"final at q={rec.q}: {incumbent} {med:.4g} [{lo:.4g}, {hi:.4g}] ms over {rec.rounds} rounds{drift}{against}"
+            + (f"; not run: {'; '.join(rec.skipped)}" if rec.skipped else ""))
 
 
 def _final(q: int, rows: list[pd.Series], session: Session) -> FinalRecord:

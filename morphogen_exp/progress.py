@@ -48,6 +48,19 @@ def quiet_logging(verbose: bool = False) -> None:
             logger.setLevel(logging.WARNING)
 
 
+class LineFormatter(logging.Formatter):
+    """The tool's log lines: `2026-12-07 20:31:19 message`, to the second, a warning or error marked as such
+    (conf/config.yaml names it for Hydra's and the cells' logging)."""
+
+    def __init__(self, format: str = "%(asctime)s %(message)s", datefmt: str = "%Y-%m-%d %H:%M:%S") -> None:  # noqa: A002
+        super().__init__(format, datefmt=datefmt)  # logging.config passes the config's `format` as this keyword
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        if record.levelno >= logging.WARNING and not record.message.lower().startswith(("warning", "error")):
+            record = logging.makeLogRecord({**record.__dict__, "message": f"{record.levelname.lower()}: {record.message}"})
+        return super().formatMessage(record)
+
+
 def format_s(seconds: float) -> str:
     """12s, 3m05s, 1h02m."""
     s = int(round(max(seconds, 0.0)))

@@ -4,7 +4,8 @@
     python -m morphogen_exp.report --sweep-dir outputs/multirun/2026-11-27_10-00-00 --rule rank_by=batch_ms_per_batch
     python -m morphogen_exp.report --sweep-dir outputs/multirun/2026-11-27_10-00-00 --publish   # e.g. after an interrupt
 
-Writes report.md, matrix.csv (the original's columns, then ours), latency/qps plots and the rollout
+Writes report.md, matrix.csv (our configuration, verdict, shipped, then the original's columns, then ours),
+latency/qps/speedup plots and the rollout
 guard (rollout/selected.yaml + .env). A what-if (no --publish) writes files only, into --out or a new
 `whatif-<time>/` in the sweep folder: MLflow, the guard store and the sweep folder's own report stay as
 they are. `--publish` (what the sweep's end does) writes the sweep folder and the record: the files
@@ -45,6 +46,27 @@ OUR_COLUMNS = [
     "compile_s", "batch_effective_gbps", "memory_estimate_gib", "database_gib", "database_layout", "scan_keys", "engine_path",
     "error_message", "run_id",
 ]
+# matrix.csv, left to right: our configuration, its verdict and whether it ships, q, then the original's columns under
+# the original's names (its numbers first; its `strategy` is the original's name of the strategy), then ours. The paths' `*_ms_p50*` metrics
+# are the `*_ms_per_batch*` columns under another name: not repeated.
+MATRIX_HEAD = ["config", "verdict", "shipped", "q"]
+_REPEATED = {f"{p}_ms_p50{b}" for p in ("single", "batch") for b in ("", "_lo", "_hi")}
+
+
+def matrix_columns(df: pd.DataFrame) -> list[str]:
+    """matrix.csv's columns, in order (MATRIX_HEAD, the original's, ours, the floors' flags), each once."""
+    numbers_first = DERIVED + [c for c in ORIGINAL_COLUMNS if c not in DERIVED]
+    tail = [c for c in numbers_first + OUR_COLUMNS if c not in MATRIX_HEAD and c not in _REPEATED]
+    return MATRIX_HEAD + tail + [c for c in df.columns if tracking.FLOOR_MARK in c]
+
+
+def with_verdicts(df: pd.DataFrame, decision: Decision) -> pd.DataFrame:
+    """The matrix's `verdict` (its configuration's: GO, NO-GO, INCONCLUSIVE) and `shipped` (true on the shipped
+    configuration's rows) columns."""
+    return df.assign(verdict=[_status_of(decision, c) for c in df["config"]],
+                     shipped=[c == decision.selected for c in df["config"]])
+
+
 LOOP = "single-query loop"  # the fallback when no configuration is the fallback: the report and decision.fallback say the same
 DRY_RUN = "CPU dry run: every cell ran on the CPU backend; this tests the pipeline and its decision means nothing for a GPU"
 
@@ -58,6 +80,49 @@ class ReportFiles:
     rollout: Path | None  # None: no guard (the cells ran on several kinds of device)
     env: Path | None
     decision: Decision
+    table: str = ""       # summary_table: what the sweep's end prints above its decision
+
+
+SHIPS = "<- ships"  # the shipped row's mark in the sweep's closing table
+
+
+def summary_table(df: pd.DataFrame, decision: Decision) -> str:
+    """The sweep's closing table: one row per configuration (the shipped one first, marked), per q its speedup over
+    the single-query loop with its interval, `x1.07 [1.01, 1.12]` (a cell not ok: its status), then its verdict."""
+    from tabulate import tabulate
+
+    qs = sorted(int(q) for q in df["q"].unique())
+    order = {"GO": 0, "INCONCLUSIVE": 1, "NO-GO": 2}
+    configs = sorted(df["config"].unique(), key=lambda c: (c != decision.selected,
+                                                            order.get(_status_of(decision, c), 3), str(c)))
+    rows = []
+    for config in configs:
+        g = df[df["config"] == config]
+        cells = []
+        for q in qs:
+            at = g[g["q"] == q]
+            if at.empty:
+                cells.append("—")
+                continue
+            r = at.iloc[-1].to_dict()
+            e = estimate(r, "batch_vs_single_speedup") if r["status"] == "ok" else None
+            cells.append(f"x{e.format('.3g')}" if e is not None else str(r["status"]).replace("_", " "))
+        rows.append([config, *cells, _status_of(decision, config), SHIPS if config == decision.selected else ""])
+    conf = _num_or(df.get("confidence"), 0.95)
+    return (f"speedup of the batch path over the single-query loop, median [{conf:.0%} interval]:\n"
+            + tabulate(rows, headers=["configuration", *(f"q={q}" for q in qs), "verdict", ""], tablefmt="simple",
+                       disable_numparse=True))
+
+
+def _num_or(col: pd.Series | None, default: float) -> float:
+    """The column's first number (e.g. the cells' confidence), else `default`."""
+    values = [] if col is None else pd.to_numeric(col, errors="coerce").dropna().tolist()
+    return float(values[0]) if values else default
+
+
+def _status_of(decision: Decision, config: str) -> str:
+    v = decision.verdicts.get(config)
+    return "—" if v is None else v.status
 
 
 def _finals_section(records: list[dict[str, Any]], df: pd.DataFrame, decision: Decision) -> str:
@@ -242,10 +307,13 @@ def _sampling_table(df: pd.DataFrame) -> str:
     return _filled(t, "—").to_markdown()
 
 
-PLOTS = (  # (metric, the loop's metric, title, y label, file)
+PLOTS = (  # (metric, the loop's metric, title, y label, file); the loop's metric None: its line is x1
     ("batch_ms_per_batch", "single_ms_per_batch", "Batch latency vs Q", "ms per batch (p50)", "latency_vs_q.png"),
     ("batch_qps", "single_qps", "Queries per second vs Q", "queries / s (batch path)", "qps_vs_q.png"),
+    ("batch_vs_single_speedup", None, "Speedup over the single-query loop vs Q", "speedup (x, median of rounds' ratios)",
+     "speedup_vs_q.png"),
 )
+DRY_TITLE = " (CPU dry run)"  # every plot's title on a sweep whose cells all ran on the CPU
 
 
 def _distinct(df: pd.DataFrame, col: str) -> str:
@@ -259,10 +327,12 @@ def plot_subtitle(df: pd.DataFrame, meta: Mapping[str, Any]) -> str:
             f"engine {_distinct(df, 'engine') or '?'} · code {code[:12]}{'+dirty' if '+dirty' in code else ''} · {meta.get('date', '')}")
 
 
-def _plots(df: pd.DataFrame, out_dir: Path, subtitle: str = "", shipped: str | None = None) -> list[Path]:
+def _plots(df: pd.DataFrame, out_dir: Path, subtitle: str = "", shipped: str | None = None,
+           rules: DecisionRules | None = None, dry_run: bool = False) -> list[Path]:
     """One plot per metric against Q (1, 2, 4, ... as plain numbers): each configuration with its intervals, the
-    shipped one drawn thick and labelled "(ships)", the single-query loop dashed. Title and subtitle are also the
-    PNG's Title / Description text."""
+    shipped one drawn thick and labelled "(ships)", the single-query loop dashed (on the speedup plot: x1, with the
+    non-inferiority margin the rules allow below it, from speedup_from_q). A CPU dry run says so in every title.
+    Title and subtitle are also the PNG's Title / Description text."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -283,21 +353,29 @@ def _plots(df: pd.DataFrame, out_dir: Path, subtitle: str = "", shipped: str | N
             ships = str(name) == shipped
             ax.errorbar(g["q"], g[col], yerr=_yerr(g, col), marker="o", capsize=3, label=f"{name}{' (ships)' if ships else ''}",
                         linewidth=3.2 if ships else 1.2, markersize=7 if ships else 4, zorder=3 if ships else 2)
-        single = ok.groupby("q")[single_col].median()
-        ax.plot(single.index, single.values, "k--", label="single-query loop")
+        if single_col is not None:
+            single = ok.groupby("q")[single_col].median()
+            ax.plot(single.index, single.values, "k--", label="single-query loop")
+        else:
+            ax.axhline(1.0, color="k", linestyle="--", label="single-query loop (x1)")
+            if rules is not None:
+                margin = rules.min_speedup * (1 - rules.tie_within)
+                ax.axhline(margin, color="tab:red", linestyle=":", label=f"non-inferiority margin x{margin:.3g} "
+                           f"(q >= {rules.speedup_from_q})")
         ax.set_xscale("log", base=2)
         ax.set_xticks(qs)
         ax.xaxis.set_major_formatter(plain)
         ax.xaxis.set_minor_locator(NullLocator())
         if col == "batch_qps":  # linear from 0: plain numbers, what a rate reads as
             ax.set_ylim(bottom=0)
-        else:  # latencies span decades: log, labelled in plain ms
+        elif col == "batch_ms_per_batch":  # latencies span decades: log, labelled in plain ms (a speedup: linear)
             ax.set_yscale("log")
             ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
             ax.yaxis.set_major_formatter(plain)
             ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("Q (queries per batch)")
         ax.set_ylabel(label + (", with confidence intervals" if _yerr(ok, col) is not None else ""))
+        title = title + (DRY_TITLE if dry_run else "")
         fig.suptitle(title, fontsize=13)
         ax.set_title(subtitle, fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
@@ -425,7 +503,7 @@ def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: Map
 **Decision: {decision.headline()}**
 
 {decision.summary()}
-
+{_cells_link(meta)}
 {intervals}
 
 ## Strategies compared (one row per configuration)
@@ -477,6 +555,16 @@ ranked by {rules.rank_by} at q={decision.rank_q}, {tie}.
   overlaps is host dispatch with device work, not kernels. Lanes map to devices under placement=replicated.
 - Batch and single paths answer the same queries; every cell compares them bit for bit before it is recorded.
 {_graph_replay_notes(df)}"""
+
+
+def _cells_link(meta: Mapping[str, Any]) -> str:
+    """The link from the report (its rendered page in the MLflow UI) to the runs table's saved view of every cell."""
+    exp = meta.get("experiment_id")
+    if not exp:
+        return ""
+    return (f"\nEvery cell, one row each with its numbers and description: [the runs table]"
+            f"(#/experiments/{exp}/runs?viewStateShareKey={uiview.KEY}) (saved view *{uiview.NAME.split(':')[0]}*; "
+            f"[its charts](#/experiments/{exp}/runs?viewStateShareKey={uiview.KEY}&compareRunsMode=CHART)).\n")
 
 
 def _short_reasons(reasons: Sequence[str], notes: Sequence[str]) -> str:
@@ -565,7 +653,7 @@ def write(record: tracking.SweepRecord, out_dir: Path, *, save_guard: bool = Fal
     header = f"Rollout guard from sweep {sweep_dir} (run {parent_id}), {first_tags.get('device_kind')}, {date}"
     name, guard_yaml, guard_env = guard_texts(df, decision, header)
     meta = {
-        "finals": record.final_records,
+        "finals": record.final_records, "experiment_id": str(parent.info.experiment_id),
         "sweep_dir": sweep_dir, "parent_run": parent_id, "tracking_uri": record.tracking_uri,
         "backend": first_tags.get("backend"), "jax_version": first_tags.get("jax_version"),
         "code_version": parent.data.tags.get("code_version"), "warmup": p0.get("bench.warmup"),
@@ -575,9 +663,9 @@ def write(record: tracking.SweepRecord, out_dir: Path, *, save_guard: bool = Fal
     }
     csv, md = out_dir / "matrix.csv", out_dir / "report.md"
     flagged = with_floor_flags(df, floor_checks(df))  # the card's floors, raw, and whether each held (floor_checks)
-    matrix = flagged[ORIGINAL_COLUMNS + OUR_COLUMNS + [c for c in flagged.columns if tracking.FLOOR_MARK in c]]
+    matrix = with_verdicts(flagged, decision)[matrix_columns(flagged)]
     paths.atomic_write(csv, matrix.to_csv(index=False))
-    plots = _plots(df, out_dir, plot_subtitle(df, meta), decision.selected)
+    plots = _plots(df, out_dir, plot_subtitle(df, meta), decision.selected, record.rules, bool(decision.dry_run))
     guard_path, env_path = out_dir / "rollout" / "selected.yaml", out_dir / "rollout" / "selected.env"
     meta_path = guard_path.with_name(rollout.LATEST + rollout.META_SUFFIX)
     guarded = not decision.devices_mixed
@@ -592,7 +680,8 @@ def write(record: tracking.SweepRecord, out_dir: Path, *, save_guard: bool = Fal
         if save_guard:
             rollout.publish(name, guard_yaml, None if rollout_dir is None else rollout_dir / rollout.GROUP, meta_record)
     paths.atomic_write(md, render(df, decision, record.rules, meta))
-    files = ReportFiles(md, csv, plots, guard_path if guarded else None, env_path if guarded else None, decision)
+    files = ReportFiles(md, csv, plots, guard_path if guarded else None, env_path if guarded else None, decision,
+                        summary_table(df, decision))
     return files, matrix, name
 
 

@@ -31,6 +31,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -580,6 +581,18 @@ def read_finals(client: Any, runs: Sequence[Any], df: pd.DataFrame) -> tuple[lis
     return [f for f in finals if f.challenger != f.incumbent], records
 
 
+REPORT_ARTIFACT = "report/report.md"  # the published report, an artifact of the sweep run (tracking.publish)
+
+
+def redact_uri(uri: str) -> str:
+    """A store's address without the user:password an http(s) one may carry (`http://bob:pw@host` -> `http://host`):
+    what the report, the guard's record and the terminal say. Credentials belong in MLFLOW_TRACKING_USERNAME/PASSWORD."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
 @dataclass
 class SweepRecord:
     """Everything a report of one sweep reads from MLflow: the sweep run, its child runs, one row per cell
@@ -607,7 +620,7 @@ def read_sweep(store: Any, parent_id: str, rules_override: Sequence[str] = ()) -
     df = cells_frame(runs)
     finals, records = read_finals(client, runs, df)
     experiment = client.get_experiment(store.experiment_id).name
-    return SweepRecord(parent, runs, df, rules, finals, records, client.tracking_uri, experiment)
+    return SweepRecord(parent, runs, df, rules, finals, records, redact_uri(client.tracking_uri), experiment)
 
 
 def died(run: Any) -> bool:

@@ -51,14 +51,15 @@ def test_full_sweep_all_strategies_on_tiny(cli, workdir):
         assert f"| {s} |" in report
     rows = list(csv.DictReader((sweep / "matrix.csv").open()))
     assert len(rows) == 30
-    assert list(rows[0])[:15] == ["strategy", "policy", "adaptive_threshold", "gpu_streams", "gpu_cuda_graph",
-                                  "gpu_batch_tile_size", "q", "single_ms_per_batch", "batch_ms_per_batch",
-                                  "batch_vs_single_speedup", "single_qps", "batch_qps", "checksum_single",
-                                  "checksum_batch", "checksum_match"]
+    header = list(rows[0])
+    assert header[:4] == ["config", "verdict", "shipped", "q"]  # ours first, then the original's columns
+    assert header[4:18] == ["single_ms_per_batch", "batch_ms_per_batch", "batch_vs_single_speedup", "single_qps",
+                            "batch_qps", "strategy", "policy", "adaptive_threshold", "gpu_streams", "gpu_cuda_graph",
+                            "gpu_batch_tile_size", "checksum_single", "checksum_batch", "checksum_match"]
     assert {r["strategy"] for r in rows} == {"baseline_full_batch", "adaptive_micro_batch", "multi_stream_4",
                                              "cuda_graph_replay", "tiled_tile4"}
     assert all(r["checksum_match"] == "1" for r in rows)
-    for png in ("latency_vs_q.png", "qps_vs_q.png"):
+    for png in ("latency_vs_q.png", "qps_vs_q.png", "speedup_vs_q.png"):
         assert (sweep / png).stat().st_size > 5000
     guard = (sweep / "rollout" / "selected.yaml").read_text()
     assert "override /strategy:" in guard

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import sys
 
 import pytest
@@ -14,6 +15,8 @@ from rich.console import Console
 from morphogen_exp.config import ConfigError
 from morphogen_exp.progress import Progress
 from morphogen_exp.strategies.base import check_knobs, knob_error
+
+from .conftest import mlflow_runs
 
 NOISE = ("mlflow.system_metrics", "Unable to initialize backend 'tpu'", "INFO mlflow")
 
@@ -91,10 +94,20 @@ def test_verbose_brings_the_library_logs_back(cli):
     assert any("mlflow.system_metrics" in line for line in (res.stdout + res.stderr).splitlines())
 
 
-def test_sweep_is_quiet_and_ends_with_the_decision(cli):
+def test_sweep_is_quiet_and_ends_with_its_table_the_report_address_and_the_decision(cli, workdir):
     lines = _quiet_ok_lines(cli("-m", "strategy=full_batch,tiled", "q=1", "bench.system_metrics_s=0.5"))
-    assert lines[-2].startswith("review: ")
+    assert lines[-2].startswith("review: ") and "/artifacts/report/report.md" in lines[-2]  # the decision, no click
     assert lines[-1].startswith("decision: ") and " — report: " in lines[-1]
+    table = lines[lines.index(next(x for x in lines if x.startswith("speedup of the batch path"))):-3]
+    assert table[1].split() == ["configuration", "q=1", "verdict"] and len(table) == 5  # title, header, rule, 2 rows
+    assert sum("<- ships" in row for row in table) == (0 if "NO-GO" in lines[-1] or "INCONCLUSIVE" in lines[-1] else 1)
+    cells = [x for x in lines if "-q1: single " in x]
+    assert len(cells) == 2 and all(re.search(r"speedup x[\d.]+ \[[\d.]+, [\d.]+\], parity ok$", c) for c in cells), cells
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [^\[,]", x) for x in lines[:-len(table) - 3]), lines  # no ms
+    assert "[HYDRA]" not in "\n".join(lines)
+    described = {r.info.run_name: r.data.tags.get("mlflow.note.content", "") for r in mlflow_runs(workdir)}
+    assert described["final-q1"].startswith("final at q=1: ") and " ms over " in described["final-q1"]
+    assert all(described.values()), described  # every run: the sweep, its cells, its final
 
 
 def test_log_lines_go_above_the_live_line_which_is_cleared_at_the_end(monkeypatch):

@@ -66,7 +66,7 @@ def test_a_published_report_puts_the_shipped_numbers_and_the_matrix_on_the_sweep
         return pd.DataFrame(raw["data"], columns=raw["columns"])
 
     t = table()
-    assert len(t) == 6 and list(t.columns[:15]) == report.ORIGINAL_COLUMNS
+    assert len(t) == 6 and list(t.columns) == list(pd.read_csv(files.csv).columns)  # matrix.csv's
     assert sorted(t.loc[t["config"] == "tiled[tile=2]", "batch_qps"]) == [146.0 / 8, 146.0]
     report.build(_store(sweeps), parent, tmp_path / "pub", publish=True)  # a republish replaces the table
     assert len(table()) == 6
@@ -124,7 +124,8 @@ def test_plots_have_a_title_a_subtitle_and_mark_what_ships(tmp_path) -> None:
     assert sub == "NVIDIA H200 (gpu) · dataset tiny · engine xla · code 0123456789ab+dirty · 2026-12-04 10:00 UTC"
     paths = report._plots(df, tmp_path, sub, shipped="tiled")
     titles = [Image.open(p).text for p in paths]
-    assert [t["Title"] for t in titles] == ["Batch latency vs Q", "Queries per second vs Q"]
+    assert [t["Title"] for t in titles] == ["Batch latency vs Q", "Queries per second vs Q",
+                                            "Speedup over the single-query loop vs Q"]
     assert all(t["Description"] == sub for t in titles)
 
     import matplotlib.pyplot as plt
@@ -258,3 +259,28 @@ def test_a_published_report_shares_the_view_and_the_sweep_prints_its_address(swe
         f"http://127.0.0.1:5000/#/experiments/{exp.exp}/runs?viewStateShareKey={uiview.KEY}")
     assert review_hint("http://host:5000/", "7", view=True) == \
         f"open http://host:5000/#/experiments/7/runs?viewStateShareKey={uiview.KEY}"
+
+
+def test_the_review_address_opens_the_rendered_report_quoted_and_without_a_password() -> None:
+    assert review_hint("sqlite:////x y/mlflow.db", "3", report_of="abc") == (
+        "mlflow ui --backend-store-uri 'sqlite:////x y/mlflow.db'  then open "
+        "http://127.0.0.1:5000/#/experiments/3/runs/abc/artifacts/report/report.md")
+    assert review_hint("https://bob:s3cret@mlflow.example:5000/", "3", report_of="abc") == (
+        "open https://mlflow.example:5000/#/experiments/3/runs/abc/artifacts/report/report.md")
+
+
+def test_the_report_links_the_cell_table_and_hides_a_password_in_the_store_address(sweeps, tmp_path) -> None:
+    exp = _experiment(sweeps, "ui-report-link")
+    parent = exp.sweep(tmp_path / "sweep", _cells())
+
+    class ServerClient:  # the store as a client of a server whose address carries a password reads it back
+        tracking_uri = "http://bob:s3cret@mlflow.example:5000"
+
+        def __getattr__(self, name: str):
+            return getattr(exp.client, name)
+
+    files = report.build(tracking.Store(ServerClient(), exp.exp), parent, tmp_path / "out")
+    md = files.markdown.read_text()
+    assert f"[the runs table](#/experiments/{exp.exp}/runs?viewStateShareKey={uiview.KEY})" in md
+    assert "s3cret" not in md and "http://mlflow.example:5000" in md
+    assert "s3cret" not in (tmp_path / "out" / "rollout" / "selected.meta.json").read_text()

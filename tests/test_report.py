@@ -101,7 +101,13 @@ def test_every_cell_is_a_row_and_every_configuration_is_ranked(sweeps, tile_swee
     # 146 +- 1 and 145.9 +- 1 overlap: tied, decision.prefer lists full_batch then tiled, so tile=2 (best score) ships.
     assert (d.selected, d.fallback) == ("tiled[tile=2]", "tiled[tile=4]")
     rows = list(csv.DictReader(files.csv.open()))
-    assert len(rows) == 8 and list(rows[0])[:15] == report.ORIGINAL_COLUMNS
+    header = list(rows[0])
+    assert len(rows) == 8 and header[:4] == ["config", "verdict", "shipped", "q"]
+    assert set(report.ORIGINAL_COLUMNS) <= set(header) and len(header) == len(set(header))  # the original's names, once
+    assert "batch_ms_p50" not in header and "single_ms_p50_lo" not in header  # == batch_ms_per_batch, single_..._lo
+    assert {(r["config"], r["verdict"], r["shipped"]) for r in rows if r["q"] == "32"} == {
+        ("tiled[tile=2]", "GO", "True"), ("tiled[tile=4]", "GO", "False"), ("tiled[tile=1]", "GO", "False"),
+        ("full_batch", "GO", "False")}
     assert {"config", "config_id", "batch_qps_lo", "batch_qps_hi", "batch_samples", "batch_noise"} <= set(rows[0])
     tile4 = [r for r in rows if r["config"] == "tiled[tile=4]" and r["q"] == "32"]
     assert len(tile4) == 1 and float(tile4[0]["batch_qps"]) == 145.9  # the duplicate cell: the newest run
@@ -116,6 +122,17 @@ def test_every_cell_is_a_row_and_every_configuration_is_ranked(sweeps, tile_swee
     assert guard == (guard_store / "selected.yaml").read_text() == files.rollout.read_text()
     assert "- override /strategy: tiled" in guard and "tile: 2" in guard
     assert "MORPHOGEN_GPU_BATCH_TILE_SIZE=2" in files.env.read_text()
+
+
+def test_the_closing_table_has_each_configuration_per_q_with_its_interval_and_verdict_the_shipped_first(
+        sweeps, tile_sweep, tmp_path) -> None:
+    parent, _ = tile_sweep
+    table = report.write(tracking.read_sweep(tracking.Store(sweeps.client, sweeps.exp), parent), tmp_path)[0].table.splitlines()
+    assert table[0] == "speedup of the batch path over the single-query loop, median [95% interval]:"
+    assert table[1].split() == ["configuration", "q=4", "q=32", "verdict"]
+    assert table[3].split() == ["tiled[tile=2]", "x2", "[1.9,", "2.1]", "x2", "[1.9,", "2.1]", "GO", report.SHIPS.split()[0],
+                                report.SHIPS.split()[1]]
+    assert len(table) == 3 + 4 and sum(report.SHIPS in line for line in table) == 1
 
 
 def test_a_configuration_ahead_at_some_q_is_named(sweeps, tmp_path, guard_store) -> None:
@@ -233,11 +250,37 @@ def test_plots_draw_error_bars_and_skip_a_sweep_whose_cells_all_failed(tmp_path)
     rows = [{"config": "full_batch", "our_strategy": "full_batch", "q": q, "status": "ok", "parity_ok": 1, "error_message": "",
              **_metrics(100.0 * q, 1.0)} for q in (1, 4, 32)]
     df = pd.DataFrame(rows)
-    assert [p.name for p in report._plots(df, tmp_path)] == ["latency_vs_q.png", "qps_vs_q.png"]
+    assert [p.name for p in report._plots(df, tmp_path)] == ["latency_vs_q.png", "qps_vs_q.png", "speedup_vs_q.png"]
     assert report._yerr(df, "batch_qps") == [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
     df["status"] = "failed"
     assert report._plots(df, tmp_path / "none") == []
     assert decide(df, DecisionRules()).selected is None
+
+
+def test_the_speedup_plot_draws_x1_and_the_margin_and_a_dry_run_says_so_in_every_title(tmp_path, monkeypatch) -> None:
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from PIL import Image
+
+    rows = [{"config": "tiled", "our_strategy": "tiled", "q": q, "status": "ok", "parity_ok": 1, **_metrics(100.0 * q, 1.0)}
+            for q in (1, 4, 32)]
+    lines: dict = {}
+    real = plt.Figure.savefig
+
+    def keep(fig, *a, **k):  # the horizontal lines drawn on each plot, by label
+        ax = fig.axes[0]
+        lines[Path(a[0]).name] = {ln.get_label(): set(ln.get_ydata()) for ln in ax.get_lines()}
+        return real(fig, *a, **k)
+
+    monkeypatch.setattr(plt.Figure, "savefig", keep)
+    rules = DecisionRules(min_speedup=1.0, tie_within=0.02, speedup_from_q=4)
+    paths = report._plots(pd.DataFrame(rows), tmp_path, rules=rules, dry_run=True)
+    assert [Image.open(p).text["Title"] for p in paths] == [
+        "Batch latency vs Q (CPU dry run)", "Queries per second vs Q (CPU dry run)",
+        "Speedup over the single-query loop vs Q (CPU dry run)"]
+    speedup = lines["speedup_vs_q.png"]
+    assert speedup["single-query loop (x1)"] == {1.0}
+    assert speedup["non-inferiority margin x0.98 (q >= 4)"] == {0.98}
 
 
 def test_a_sweep_whose_cells_ran_on_two_kinds_of_device_ships_nothing(sweeps, tmp_path, guard_store) -> None:
