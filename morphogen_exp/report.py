@@ -67,6 +67,7 @@ def with_verdicts(df: pd.DataFrame, decision: Decision) -> pd.DataFrame:
                      shipped=[c == decision.selected for c in df["config"]])
 
 
+TIME_CAP = "hit the time cap"  # in a verdict's note (decision._judge_cell): a path stopped before its noise target
 LOOP = "single-query loop"  # the fallback when no configuration is the fallback: the report and decision.fallback say the same
 DRY_RUN = "CPU dry run: every cell ran on the CPU backend; this tests the pipeline and its decision means nothing for a GPU"
 
@@ -462,14 +463,21 @@ def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: Map
                        f"{', '.join(f'{k}={v}' for k, v in info.items()) or '—'} |")
     order = {"GO": 0, "INCONCLUSIVE": 1, "NO-GO": 2}
     verdicts = sorted(decision.verdicts.values(), key=lambda v: (order[v.status], v.config))
+    capped = sum(TIME_CAP in n for v in verdicts for n in v.notes)
+    shown = {v.config: [n for n in v.notes if not (decision.dry_run and TIME_CAP in n)] for v in verdicts}
     verdict_rows = [
         f"| {v.config} | {'**GO**' if v.go else v.status} | {v.score.format() if v.score else '—'} | "
-        f"{_short_reasons(v.reasons, v.notes)} |"
+        f"{_short_reasons(v.reasons, 'none')} | {_short_reasons(shown[v.config], '—')} |"
         for v in verdicts
     ]
-    full = [f"- **{v.config}**: " + "; ".join(v.reasons + v.notes) for v in verdicts if len(v.reasons) + len(v.notes) > 1]
-    reasons_block = ("\n<details><summary>Every reason, per configuration</summary>\n\n" + "\n".join(full) + "\n\n</details>\n"
-                     if full else "")
+    full = [f"- **{v.config}**: " + "; ".join(v.reasons + shown[v.config]) for v in verdicts
+            if len(v.reasons) > 1 or len(shown[v.config]) > 1]
+    reasons_block = ("\n<details><summary>Every blocker and caveat, per configuration</summary>\n\n" + "\n".join(full)
+                     + "\n\n</details>\n" if full else "")
+    if decision.dry_run and capped:
+        reasons_block += (f"\nA CPU dry run is capped: {capped} of the cells' paths stopped at the time cap "
+                          "(bench.max_time_s) before their noise target (bench.max_noise), as CPU timings do; their "
+                          "intervals are wider, and the verdicts above rest on those intervals.\n")
     counts = df["status"].value_counts().to_dict()
     sel = decision.selected
     devices = ", ".join(sorted(df["device_kind"].dropna().astype(str).unique())) or "?"
@@ -542,8 +550,8 @@ end >= x{rules.min_speedup:g} x (1 - tie_within={rules.tie_within:g})) at every 
 latency_budget_ms={rules.latency_budget_ms};
 ranked by {rules.rank_by} at q={decision.rank_q}, {tie}.
 
-| configuration | verdict | {rules.rank_by} at q={decision.rank_q} | reasons |
-|---|---|---:|---|
+| configuration | verdict | {rules.rank_by} at q={decision.rank_q} | blockers (decide the verdict) | caveats (decide nothing) |
+|---|---|---:|---|---|
 {chr(10).join(verdict_rows)}
 {reasons_block}
 - **Ship**: {sel or 'none'}{(chr(10) + '  (' + decision.tie_note + ')') if decision.tie_note else ''}
@@ -567,11 +575,11 @@ def _cells_link(meta: Mapping[str, Any]) -> str:
             f"[its charts](#/experiments/{exp}/runs?viewStateShareKey={uiview.KEY}&compareRunsMode=CHART)).\n")
 
 
-def _short_reasons(reasons: Sequence[str], notes: Sequence[str]) -> str:
-    """A verdict's reasons in a table cell: the first one, and how many more (all of them below the table)."""
-    every = [*reasons, *notes]
+def _short_reasons(every: Sequence[str], none: str) -> str:
+    """A verdict's blockers (or caveats) in a table cell: the first one, and how many more (all of them below the
+    table); `none` when there are none."""
     if not every:
-        return "all rules hold"
+        return none
     first = every[0] if len(every[0]) <= 160 else every[0][:157].rstrip() + "..."
     return first + (f" (and {len(every) - 1} more)" if len(every) > 1 else "")
 

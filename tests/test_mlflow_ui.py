@@ -104,6 +104,23 @@ def test_a_cpu_sweep_is_called_a_dry_run_and_a_gpu_sweep_is_not(sweeps, tmp_path
     assert "dry run" not in gpu.markdown.read_text() + gpu.decision.summary()
 
 
+def test_blockers_and_caveats_are_apart_and_a_capped_cpu_dry_run_is_said_once(sweeps, tmp_path) -> None:
+    capped = {"batch_capped": 1, "batch_noise": 0.05, "max_noise": 0.01}
+    cells = [(["strategy=tiled", f"strategy.tile={t}"], q, _metrics(100.0 * q / f, 1.0) | capped, {"device_kind": kind})
+             for t, f in (("2", 1.0), ("4", 2.0)) for q in (4, 32) for kind in ["cpu"]]
+    md = report.build(_store(sweeps), sweeps.sweep(tmp_path / "cpu", cells), tmp_path / "cpu").markdown.read_text()
+    assert "| blockers (decide the verdict) | caveats (decide nothing) |" in md
+    rows = [line for line in md.splitlines() if line.startswith("| tiled[tile=")]
+    verdict_rows = [r for r in rows if "GO**" in r]
+    assert len(verdict_rows) == 2 and all(r.endswith("| none | — |") for r in verdict_rows), verdict_rows
+    assert md.count("A CPU dry run is capped: 4 of the cells' paths stopped at the time cap") == 1
+    assert "hit the time cap" not in md
+    gpu = [(o, q, m, {"device_kind": "NVIDIA H200"}) for o, q, m, _ in cells]
+    md = report.build(_store(sweeps), sweeps.sweep(tmp_path / "gpu", gpu), tmp_path / "gpu").markdown.read_text()
+    assert "A CPU dry run is capped" not in md
+    assert "| none | q=4: the batch path hit the time cap at noise 5.0% > bench.max_noise 1.0% (40 samples) (and 1 more) |" in md
+
+
 def test_the_report_lists_every_engine_and_shortens_long_reasons(sweeps, tmp_path) -> None:
     cells = [(["strategy=full_batch", f"engine={e}"], q, _metrics(100.0, 1.0, speedup=0.5), {}) for e in ("xla", "fused")
              for q in (4, 32)]
@@ -111,7 +128,7 @@ def test_the_report_lists_every_engine_and_shortens_long_reasons(sweeps, tmp_pat
     assert "; engines: fused, xla" in md
     rows = [line for line in md.splitlines() if line.startswith("| full_batch[engine=") and "NO-GO" in line]
     assert len(rows) == 2 and all("more)" in r and len(r) < 320 for r in rows), rows
-    assert "<details><summary>Every reason, per configuration</summary>" in md
+    assert "<details><summary>Every blocker and caveat, per configuration</summary>" in md
 
 
 def test_plots_have_a_title_a_subtitle_and_mark_what_ships(tmp_path) -> None:
