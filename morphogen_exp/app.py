@@ -326,6 +326,7 @@ def run(cfg: DictConfig, session: Session, sweep: SweepRef | None = None) -> Cel
         "placement": rc.placement.name,
         **ident,
         **({PARENT_TAG: sweep.sweep_dir} if sweep else {}),
+        rollout.PARAMS_DIGEST_TAG: rollout.params_digest(flatten(rc.resolved)),  # a guard is rebuilt from these alone
         **note("running"),
     }
     if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":  # a SLURM job: scancel and the time limit send SIGTERM

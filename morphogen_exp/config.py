@@ -252,14 +252,20 @@ def _check_placement(p: PlacementConfig) -> None:
 
 # A guard_env name: what `set -a; . selected.env` can set and nothing else (rollout writes the .env).
 ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+# The allow-list: a guard sets the strategies' own variables and nothing else (never LD_PRELOAD, PATH, BASH_ENV...).
+ENV_PREFIX = "MORPHOGEN_GPU_"
 
 
 def env_value(name: Any, value: Any) -> str:
     """A guard_env entry as the text the environment gets ('True' and True -> 'true'); ConfigError (one line) for a
-    name that is not `[A-Z_][A-Z0-9_]*` or a value that is not a scalar, or holds a line break or NUL."""
+    name that is not `[A-Z_][A-Z0-9_]*` starting with MORPHOGEN_GPU_ (the allow-list) or a value that is not a
+    scalar, or holds a line break or NUL."""
     if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
         raise ConfigError(f"strategy.guard_env: {str(name)[:80]!r} is not an environment variable name "
                           "(capitals, digits and _, not starting with a digit)")
+    if not name.startswith(ENV_PREFIX):
+        raise ConfigError(f"strategy.guard_env: {name!r} is not a guard variable: a guard sets only {ENV_PREFIX}* names "
+                          "(the strategies' settings); rename it or drop it")
     if isinstance(value, bool) or str(value) in ("True", "False"):
         return str(value).lower()
     if value is None or not isinstance(value, (str, int, float)):

@@ -383,6 +383,9 @@ def decide(df: pd.DataFrame, rules: DecisionRules, finals: Iterable[Final] = ())
     ranked, tie_note = _rank([v for v in verdicts.values() if v.go], rules)
     note, mixed = devices_note(ok)
     refusal = note if mixed else context_note(df)
+    if not len(ok):  # every cell failed before measuring (a lock folder, a driver, memory): no evidence, no guard
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(df["status"].value_counts().items()))
+        refusal = f"no cell was measured ({counts}): nothing to decide on; fix what the cells' errors say and re-run"
     if refusal:
         ranked, tie_note = [], ""
     ranked, finals_note = _apply_finals(ranked, list(finals), rank_q, verdicts)

@@ -584,18 +584,33 @@ def _short_reasons(every: Sequence[str], none: str) -> str:
     return first + (f" (and {len(every) - 1} more)" if len(every) > 1 else "")
 
 
+def _num_pages(row: Mapping[str, Any]) -> Any:
+    """The dataset's page count a cell measured (its tag, else its param): part of the guard's name."""
+    tags, params = row.get("_tags") or {}, row.get("_params") or {}
+    return tags.get("dataset.num_pages") or rollout.typed(params.get("dataset.num_pages"))
+
+
 def guard_texts(df: pd.DataFrame, decision: Decision, header: str) -> tuple[str, str, str]:
-    """The guard's name, its YAML (what `+rollout=` loads) and the equivalent environment."""
+    """The guard's name, its YAML (what `+rollout=` loads) and the .env a deployment sources: the strategy's
+    guard_env and the lines that say what ships (rollout.guard_env_lines). The params each is built from are the
+    ones the cell logged at its start (rollout.check_params)."""
+    dry = bool(decision.dry_run)
+    head = f"{header}\ndecision: {decision.headline()}"
     if decision.selected is None:
         r = df.iloc[0]
-        name = rollout.guard_name(str(r["dataset"]), str(r["device_kind"]), str(r["engine"]))
-        text = rollout.to_yaml(rollout.no_go_mapping(), header + "\nNo configuration is GO: serve one query at a time.")
-        return name, text, rollout.env_text(rollout.NO_GO_ENV)
+        name = rollout.guard_name(str(r["dataset"]), str(r["device_kind"]), str(r["engine"]), _num_pages(r))
+        text = rollout.to_yaml(rollout.no_go_mapping(), head + "\nNo configuration is GO: serve one query at a time.")
+        env = {**rollout.NO_GO_ENV, **rollout.guard_env_lines(None, engine=str(r["engine"]), dry_run=dry)}
+        return name, text, rollout.env_text(env, head + "\nbatching off: serve one query at a time")
+    for r in df[df["config"].isin([decision.selected, decision.fallback])].to_dict("records"):  # every cell it ships on
+        rollout.check_params(r["_params"], r["_tags"], str(r["run_id"]))
     row = df[df["config"] == decision.selected].iloc[0]
-    name = rollout.guard_name(str(row["dataset"]), str(row["device_kind"]), str(row["engine"]))
+    name = rollout.guard_name(str(row["dataset"]), str(row["device_kind"]), str(row["engine"]), _num_pages(row))
     mapping = rollout.guard_mapping(row["_params"], row["_tags"].get("devices_used"), with_env=True)  # as measured
-    text = rollout.to_yaml(mapping, f"{header}\nships {decision.selected} ({row['config_id']})")
-    env_text = _env(row["_params"])
+    text = rollout.to_yaml(mapping, f"{head}\nships {decision.selected} ({row['config_id']})")
+    env = {**rollout.env_of(row["_params"]),
+           **rollout.guard_env_lines(row["_params"], row["_tags"].get("devices_used"), dry_run=dry)}
+    env_text = rollout.env_text(env, f"{head}\nships {decision.selected} ({row['config_id']})")
     if decision.fallback:
         fb = df[df["config"] == decision.fallback].iloc[0]
         env_text += f"# fallback: {decision.fallback}\n" + "".join(f"# {line}\n" for line in _env(fb["_params"]).splitlines())
@@ -618,7 +633,8 @@ def guard_meta(df: pd.DataFrame, decision: Decision, name: str, text: str, paren
         code_version=str(parent.data.tags.get("code_version", "unknown")), device_kind=str(row["device_kind"]),
         dataset=str(row["dataset"]), dataset_fingerprint=str(row["dataset_fingerprint"]), engine=str(row["engine"]),
         strategy=str(row["our_strategy"]) if sel else None, selected=sel, config_id=cid(sel),
-        fallback=decision.fallback, fallback_config_id=cid(decision.fallback), q=tuple(sorted(int(q) for q in ok["q"])))
+        fallback=decision.fallback, fallback_config_id=cid(decision.fallback), q=tuple(sorted(int(q) for q in ok["q"])),
+        sweep_start_ms=int(parent.info.start_time or 0), decision=decision.headline())
 
 
 def _env(params: Mapping[str, Any]) -> str:
@@ -626,13 +642,15 @@ def _env(params: Mapping[str, Any]) -> str:
 
 
 def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, rules_override: Sequence[str] = (),
-          rollout_dir: Path | None = None) -> ReportFiles:
+          rollout_dir: Path | None = None, make_selected: bool = False) -> ReportFiles:
     """The report of one sweep as recorded in MLflow (`store` has .client and .experiment_id): files in out_dir.
-    Only `publish` (what a sweep does at its end) writes the record: the files logged to the parent run, the
-    decision as its description and `decision.*` tags, the guard saved in the rollout store (or in
-    `rollout_dir`/rollout if given). Without it nothing in MLflow or the guard store changes (a what-if)."""
+    Only `publish` (a sweep's own end, or `report --publish` of a finished sweep) writes the record: the files
+    logged to the parent run, the decision as its description and `decision.*` tags, the guard saved in the rollout
+    store (or in `rollout_dir`/rollout if given). Without it nothing in MLflow or the guard store changes (a what-if:
+    its files are named whatif.* and its report says so)."""
     record = tracking.read_sweep(store, parent_id, rules_override)
-    files, matrix, guard = write(record, out_dir, save_guard=publish or rollout_dir is not None, rollout_dir=rollout_dir)
+    files, matrix, guard = write(record, out_dir, save_guard=publish, rollout_dir=rollout_dir, whatif=not publish,
+                                 rules_override=rules_override, make_selected=make_selected)
     if publish:
         decision = files.decision
         tags = {"mlflow.note.content": decision.summary(), "decision.selected": decision.selected or "none",
@@ -645,11 +663,16 @@ def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, r
     return files
 
 
-def write(record: tracking.SweepRecord, out_dir: Path, *, save_guard: bool = False,
-          rollout_dir: Path | None = None) -> tuple[ReportFiles, pd.DataFrame, str]:
+WHATIF = "whatif"  # a what-if's guard files: rollout/whatif.yaml and whatif.env, never selected.*
+
+
+def write(record: tracking.SweepRecord, out_dir: Path, *, save_guard: bool = False, rollout_dir: Path | None = None,
+          whatif: bool = False, rules_override: Sequence[str] = (),
+          make_selected: bool = False) -> tuple[ReportFiles, pd.DataFrame, str]:
     """Decide and render a sweep into out_dir (report.md, matrix.csv, plots, rollout/ guard); with `save_guard`
-    the guard also goes to the guard store (or `rollout_dir`/rollout). Returns the files, the matrix and the
-    guard's name ("none" when the cells ran on several kinds of device)."""
+    the guard also goes to the guard store (or `rollout_dir`/rollout), each of its names moving only forward
+    (rollout.publish). `whatif`: the guard files are rollout/whatif.*, without a record, and report.md opens with
+    a what-if banner. Returns the files, the matrix and the guard's name ("none": no decision, no guard)."""
     df, parent, parent_id = record.frame, record.parent, str(record.parent.info.run_id)
     decision = decide(df, record.rules, record.finals)
     if cpu_only(df):
@@ -658,8 +681,10 @@ def write(record: tracking.SweepRecord, out_dir: Path, *, save_guard: bool = Fal
     p0, first_tags = df["_params"].iloc[0], df["_tags"].iloc[0]
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sweep_dir = parent.data.tags.get(tracking.PARENT_TAG, str(out_dir))
-    header = f"Rollout guard from sweep {sweep_dir} (run {parent_id}), {first_tags.get('device_kind')}, {date}"
-    name, guard_yaml, guard_env = guard_texts(df, decision, header)
+    kind = "What-if (not published) of sweep" if whatif else "Rollout guard from sweep"
+    header = f"{kind} {sweep_dir} (run {parent_id}), {first_tags.get('device_kind')}, {date}"
+    guarded = not decision.devices_mixed
+    name, guard_yaml, guard_env = guard_texts(df, decision, header) if guarded else ("none", "", "")
     meta = {
         "finals": record.final_records, "experiment_id": str(parent.info.experiment_id),
         "sweep_dir": sweep_dir, "parent_run": parent_id, "tracking_uri": record.tracking_uri,
@@ -674,20 +699,26 @@ def write(record: tracking.SweepRecord, out_dir: Path, *, save_guard: bool = Fal
     matrix = with_verdicts(flagged, decision)[matrix_columns(flagged)]
     paths.atomic_write(csv, matrix.to_csv(index=False))
     plots = _plots(df, out_dir, plot_subtitle(df, meta), decision.selected, record.rules, bool(decision.dry_run))
-    guard_path, env_path = out_dir / "rollout" / "selected.yaml", out_dir / "rollout" / "selected.env"
+    stem = WHATIF if whatif else rollout.LATEST
+    guard_path, env_path = out_dir / "rollout" / f"{stem}.yaml", out_dir / "rollout" / f"{stem}.env"
     meta_path = guard_path.with_name(rollout.LATEST + rollout.META_SUFFIX)
-    guarded = not decision.devices_mixed
     if not guarded:  # no guard at all: a "serve one at a time" guard would overwrite a good one
         for path in (guard_path, env_path, meta_path):
             path.unlink(missing_ok=True)
-        name = "none"
     else:
         meta_record = guard_meta(df, decision, name, guard_yaml, parent, record.tracking_uri, record.experiment)
-        rollout.save(guard_path.parent, rollout.LATEST, guard_yaml, meta_record)
+        rollout.save(guard_path.parent, stem, guard_yaml, None if whatif else meta_record)
         paths.atomic_write(env_path, guard_env)
         if save_guard:
-            rollout.publish(name, guard_yaml, None if rollout_dir is None else rollout_dir / rollout.GROUP, meta_record)
-    paths.atomic_write(md, render(df, decision, record.rules, meta))
+            for line in rollout.publish(name, guard_yaml, None if rollout_dir is None else rollout_dir / rollout.GROUP,
+                                        meta_record, make_selected=make_selected):
+                print(line, file=sys.stderr)
+    text = render(df, decision, record.rules, meta)
+    if whatif:
+        rules = f" with {', '.join(rules_override)}" if rules_override else ""
+        text = (f"> **WHAT-IF{rules}**: not this sweep's record. Nothing was published: MLflow and the rollout guard "
+                f"store are unchanged; the guard files here are rollout/{WHATIF}.yaml and {WHATIF}.env.\n\n") + text
+    paths.atomic_write(md, text)
     files = ReportFiles(md, csv, plots, guard_path if guarded else None, env_path if guarded else None, decision,
                         summary_table(df, decision))
     return files, matrix, name
@@ -744,8 +775,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="record this as the sweep's report: written to the sweep folder, logged to the sweep run "
                          "(description, decision.* tags, report/ artifacts), the guard saved in the rollout store "
                          "(+rollout=); refused with --rule (the record keeps the sweep's own rules)")
+    ap.add_argument("--make-selected", action="store_true",
+                    help="with --publish: move the store's guards (its name and `selected`) to this sweep even when they "
+                         "are of a newer sweep (by default a guard only moves forward)")
     args = ap.parse_args(argv)
+    hold: Any = None
     try:
+        if args.make_selected and not args.publish:
+            raise ConfigError("--make-selected without --publish: only a publish moves the guard store; add --publish")
         if args.publish and args.rule:
             raise ConfigError("--publish with --rule: the sweep's record keeps its own rules; drop --rule, or --publish "
                               "for a what-if (files only)")
@@ -763,6 +800,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.publish:
             out = _writable_dir(args.out or folder)
         elif args.out is not None:
+            if rollout.inside_store(args.out) or rollout.inside_store(args.out / "rollout"):
+                raise ConfigError(f"--out {args.out} is in the rollout guard store ({rollout.store()}), which only a "
+                                  "finished sweep's publish writes; pick a folder outside it for a what-if")
             if args.out.resolve() == folder.resolve():
                 raise ConfigError(f"--out {args.out} is the sweep folder, which holds the published report; pick another "
                                   "folder (a what-if), or --publish to rebuild the record")
@@ -775,11 +815,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise ConfigError(f"the sweep folder {folder} is not on this machine: pass --out for a what-if")
         if args.publish:  # the record is rebuilt: runs whose process is gone end KILLED first (a what-if only names them)
+            from .sweepdir import hold_finished
+
+            hold = hold_finished(folder)  # a running sweep holds its folder: its own end publishes it
             closed = tracking.close_stale(store, str(folder))
             if closed:
                 print(f"closed {len(closed)} RUNNING run(s) of {folder} as KILLED (their process is gone)", file=sys.stderr)
+            if store.client.get_run(parent).info.status == "RUNNING":
+                raise ConfigError(f"sweep in progress: its run {parent} is RUNNING (on another host, or its process is "
+                                  "alive); its own end publishes it, or wait for it")
         try:
-            files = build(store, parent, out, publish=args.publish, rules_override=args.rule)
+            files = build(store, parent, out, publish=args.publish, rules_override=args.rule,
+                          make_selected=args.make_selected)
         except BaseException:
             if not args.publish and args.out is None:
                 with contextlib.suppress(OSError):
@@ -791,6 +838,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return 2
+    finally:
+        if hold is not None:
+            hold.release()
+    what = "" if args.publish else " (what-if)"
+    print(f"decision{what}: {files.decision.headline()}")
     print(f"report: {files.markdown}" + ("" if args.publish else " (a what-if: MLflow and the guard store unchanged)"))
     return 0
 

@@ -25,7 +25,7 @@ import re
 import shlex
 import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +76,63 @@ def register_resolver() -> None:
 register_resolver()
 
 
-def guard_name(dataset: str, device_kind: str, engine: str) -> str:
-    """A file-safe name per (dataset, device kind, engine), e.g. mainnet-nvidia-h100-80gb-hbm3-pallas."""
-    return re.sub(r"[^a-z0-9]+", "-", f"{dataset}-{device_kind}-{engine}".lower()).strip("-")
+def guard_name(dataset: str, device_kind: str, engine: str, num_pages: Any = None) -> str:
+    """A file-safe name per (dataset and its size, device kind, engine), e.g. mainnet-16817159p-nvidia-h100-80gb-hbm3-pallas:
+    sweeps of one dataset at two sizes (dataset.num_pages) never share a guard. `num_pages` None: the name without it."""
+    size = "" if num_pages in (None, "", "None") else f"-{num_pages}p"
+    return re.sub(r"[^a-z0-9]+", "-", f"{dataset}{size}-{device_kind}-{engine}".lower()).strip("-")
+
+
+def params_digest(params: Mapping[str, Any]) -> str:
+    """The digest of a cell's params as it logged them at its start (tag PARAMS_DIGEST_TAG): a guard rebuilt later
+    from the run's params checks it, so params added to the run afterwards never reach a guard."""
+    return hashlib.sha256(json.dumps({str(k): str(v)[:6000] for k, v in params.items()}, sort_keys=True).encode()).hexdigest()
+
+
+PARAMS_DIGEST_TAG = "params_digest"
+
+
+def check_params(params: Mapping[str, Any], tags: Mapping[str, Any], run: str) -> None:
+    """The params a guard is rebuilt from are the ones the cell logged at its start (its PARAMS_DIGEST_TAG);
+    ConfigError (one line) when they differ (params added or changed afterwards). A run without the tag predates it."""
+    want = tags.get(PARAMS_DIGEST_TAG)
+    if want and params_digest(params) != want:
+        raise ConfigError(f"cell run {run}: its params differ from what it logged at its start (params_digest): params "
+                          "were added afterwards; no guard is built from it (re-run that cell)")
+
+
+def guard_env_lines(params: Mapping[str, Any] | None, devices_used: Any = None, *, engine: str = "xla",
+                    dry_run: bool = False) -> dict[str, str]:
+    """What a guard ships, spelled out for a deployment (the .env's own lines beside the strategy's guard_env):
+    MORPHOGEN_GPU_BATCHING on/off (None params: the single-query loop, off), the strategy and each of its knobs
+    (MORPHOGEN_GPU_STRATEGY_<KNOB>), the engine, the placement and its device count, and MORPHOGEN_GPU_DRY_RUN on CPU."""
+    out: dict[str, str] = {}
+    if params is None:
+        out |= {"MORPHOGEN_GPU_BATCHING": "off", "MORPHOGEN_GPU_STRATEGY": "loop", "MORPHOGEN_GPU_ENGINE": engine,
+                "MORPHOGEN_GPU_PLACEMENT": "single", "MORPHOGEN_GPU_DEVICES": "1"}
+    else:
+        mapping = guard_mapping(params, devices_used)
+        out["MORPHOGEN_GPU_BATCHING"] = "on"
+        out["MORPHOGEN_GPU_STRATEGY"] = str(params["strategy.name"])
+        for knob, value in sorted(_flat(mapping.get("strategy", {})).items()):
+            text = ",".join(map(str, value)) if isinstance(value, list) else "null" if value is None else value
+            out[f"MORPHOGEN_GPU_STRATEGY_{re.sub(r'[^A-Z0-9]+', '_', knob.upper())}"] = env_value("MORPHOGEN_GPU_X", text)
+        out["MORPHOGEN_GPU_ENGINE"] = str(params.get("engine.name", engine))
+        out["MORPHOGEN_GPU_PLACEMENT"] = str(params.get("placement.name", "single"))
+        out["MORPHOGEN_GPU_DEVICES"] = str(mapping.get("placement", {}).get("devices", 1))
+    if dry_run:
+        out["MORPHOGEN_GPU_DRY_RUN"] = "cpu"
+    return out
+
+
+def _flat(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if isinstance(v, Mapping):
+            out |= _flat(v, f"{prefix}{k}_")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def typed(value: Any) -> Any:
@@ -96,16 +150,19 @@ def env_of(params: Mapping[str, Any]) -> dict[str, str]:
     return check_env({k[len(ENV_PREFIX):]: v for k, v in params.items() if k.startswith(ENV_PREFIX)})
 
 
-def env_text(env: Mapping[str, Any]) -> str:
-    """`NAME=value` lines for `set -a; . file` (values shell-quoted, so sourcing sets variables and runs nothing)."""
-    return "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(check_env(env).items()))
+def env_text(env: Mapping[str, Any], header: str = "") -> str:
+    """`NAME=value` lines for `set -a; . file` (values shell-quoted, so sourcing sets variables and runs nothing),
+    after `header`'s lines as comments."""
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
+    return comments + "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(check_env(env).items()))
 
 
 def _exact(text: str) -> Any:
     """A guard_env param typed only where its type prints back as the same text ('4' -> 4, '0x10' stays a string):
     the yaml's value then gives the environment the .env's text."""
     value = typed(text)
-    return value if isinstance(value, (bool, int, float)) and env_value("X", value) == env_value("X", text) else text
+    same = isinstance(value, (bool, int, float)) and env_value("MORPHOGEN_GPU_X", value) == env_value("MORPHOGEN_GPU_X", text)
+    return value if same else text
 
 
 def guard_mapping(params: Mapping[str, Any], devices_used: Any = None, *, with_env: bool = False) -> dict[str, Any]:
@@ -201,6 +258,8 @@ class GuardMeta:
     fallback: str | None             # None: the single-query loop
     fallback_config_id: str | None
     q: tuple[int, ...]               # the q values the sweep measured the shipped configuration at
+    sweep_start_ms: int = 0          # when the sweep run started (MLflow's start_time): `selected` only moves forward
+    decision: str = ""               # the decision's headline
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1) + "\n"
@@ -209,7 +268,8 @@ class GuardMeta:
     def from_json(cls, text: str) -> GuardMeta:
         """Raises ValueError (or KeyError, TypeError) for a record that is not one."""
         raw = json.loads(text)
-        values = {f.name: raw[f.name] for f in fields(cls)}
+        values = {f.name: raw[f.name] if f.name in raw or f.default is MISSING else raw.get(f.name, f.default)
+                  for f in fields(cls)}
         values["q"] = tuple(int(q) for q in values["q"])
         return cls(**values)
 
@@ -226,15 +286,41 @@ def save(folder: Path, name: str, text: str, meta: GuardMeta | None = None) -> P
     return folder / f"{name}.yaml"
 
 
-def publish(name: str, text: str, where: Path | None = None, meta: GuardMeta | None = None) -> Path:
-    """Save a guard (and its record) as `name` and as the latest (`selected`) in the store; returns its path."""
-    folder = where if where is not None else store()
+def _saved_meta(folder: Path, name: str) -> GuardMeta | None:
     try:
-        path = save(folder, name, text, meta)
-        save(folder, LATEST, text, meta)
+        return GuardMeta.from_json((folder / f"{name}{META_SUFFIX}").read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def publish(name: str, text: str, where: Path | None = None, meta: GuardMeta | None = None, *,
+            make_selected: bool = False) -> list[str]:
+    """Save a guard (and its record) as `name` and as the latest (`selected`) in the store. Each of the two moves
+    only to a sweep that started after the one its saved record names (a re-publish of an older sweep leaves it),
+    unless `make_selected`. Returns one line per file set saying what it replaced or kept."""
+    folder = where if where is not None else store()
+    said: list[str] = []
+    try:
+        for target in (name, LATEST):
+            old = _saved_meta(folder, target)
+            if (old is not None and meta is not None and not make_selected and old.parent_run_id != meta.parent_run_id
+                    and old.sweep_start_ms > meta.sweep_start_ms):
+                said.append(f"guard {target!r} kept: it is of a newer sweep ({old.sweep_dir}, run {old.parent_run_id}: "
+                            f"{old.decision or old.selected or 'no GO'}); --make-selected to move it to this one")
+                continue
+            if old is not None and meta is not None and old.parent_run_id != meta.parent_run_id:
+                said.append(f"guard {target!r} replaced: was sweep {old.sweep_dir} (run {old.parent_run_id}: "
+                            f"{old.decision or old.selected or 'no GO'})")
+            save(folder, target, text, meta)
     except OSError as err:
         raise ConfigError(f"cannot save the rollout guard in {folder} ({err.strerror}); set {ENV_VAR} to a writable folder") from None
-    return path
+    return said
+
+
+def inside_store(path: Path) -> bool:
+    """`path` (a what-if's --out, or its rollout/ folder) is or lies in the guard store, or holds it."""
+    where, guards = path.expanduser().resolve(), store().resolve()
+    return where == guards or guards in where.parents or (where / GROUP) == guards or where == root().resolve()
 
 
 def read_meta(name: str) -> GuardMeta:
@@ -276,8 +362,13 @@ def requested(argv: list[str]) -> list[str]:
 
 
 def preflight(argv: list[str]) -> None:
-    """Fail before Hydra starts when an override names a guard that is not saved (ConfigError, exit 2)."""
-    for name in requested(argv):
+    """Fail before Hydra starts when an override names a guard that is not saved, or asks for one with -m (a sweep
+    over a guard would publish over it; a guard is trialled one configuration at a time): ConfigError, exit 2."""
+    names = requested(argv)
+    if names and {"-m", "--multirun"} & set(argv):
+        raise ConfigError(f"-m with rollout={','.join(names)}: a guard is trialled without -m (one process, the q values "
+                          "as q=1 or one trial each); drop -m for a trial, or drop +rollout= for a new sweep")
+    for name in names:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ConfigError(f"rollout={name!r} is not a guard name; saved guards: {', '.join(saved()) or 'none'}")
         if not (store() / f"{name}.yaml").is_file():

@@ -169,6 +169,24 @@ def claim(path: Path, *, resume: bool, store_parent: str | None) -> Claim:
     return held
 
 
+def hold_finished(path: Path) -> Claim:
+    """A sweep folder to publish, held non-blocking for the publish (the lock its sweep holds while it runs):
+    ConfigError "sweep in progress (pid ...)" while the sweep runs. A folder not on this machine: nothing to hold."""
+    if not path.is_dir():
+        return Claim(path, None)
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDONLY) if (path / LOCK_FILE).exists() else os.open(
+            path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return Claim(path, None)  # an unreadable lock file: the run's status still says whether it runs
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"sweep in progress ({holder(path)}) in {path}: its own end publishes it; wait for it") from None
+    return Claim(path, fd)
+
+
 def write_store(path: Path, tracking_uri: str, experiment: str) -> None:
     """`<folder>/mlflow.json`: the store this sweep writes (a relative SQLite path made absolute)."""
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_absolute():

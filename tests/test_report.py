@@ -118,7 +118,7 @@ def test_every_cell_is_a_row_and_every_configuration_is_ranked(sweeps, tile_swee
     tags = sweeps.client.get_run(parent).data.tags
     assert tags["decision.selected"] == "tiled[tile=2]" and tags["decision.fallback"] == "tiled[tile=4]"
     assert tags["mlflow.note.content"].startswith("Ship tiled[tile=2] (batch_qps 146 [145, 147] at q=32)")
-    guard = (guard_store / "tiny-cpu-xla.yaml").read_text()
+    guard = (guard_store / "tiny-300p-cpu-xla.yaml").read_text()
     assert guard == (guard_store / "selected.yaml").read_text() == files.rollout.read_text()
     assert "- override /strategy: tiled" in guard and "tile: 2" in guard
     assert "MORPHOGEN_GPU_BATCH_TILE_SIZE=2" in files.env.read_text()

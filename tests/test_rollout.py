@@ -74,6 +74,7 @@ def test_typed_reads_back_what_mlflow_stored() -> None:
 def test_guard_names_are_per_dataset_device_and_engine() -> None:
     assert rollout.guard_name("mainnet", "NVIDIA H100 80GB HBM3", "pallas") == "mainnet-nvidia-h100-80gb-hbm3-pallas"
     assert rollout.guard_name("tiny", "cpu", "xla") == "tiny-cpu-xla"
+    assert rollout.guard_name("tiny", "cpu", "xla", 300) == "tiny-300p-cpu-xla"  # sizes of one dataset: two guards
 
 
 def test_preflight_fails_for_a_guard_that_is_not_saved(store: Path) -> None:
@@ -81,7 +82,8 @@ def test_preflight_fails_for_a_guard_that_is_not_saved(store: Path) -> None:
         rollout.preflight(["+rollout=selected", "q=8"])
     rollout.publish("tiny-cpu-xla", rollout.to_yaml(rollout.no_go_mapping(), "x"))
     rollout.preflight(["+rollout=selected", "q=8"])
-    rollout.preflight(["-m", "rollout=tiny-cpu-xla,selected"])
+    with pytest.raises(ConfigError, match=r"^-m with rollout=tiny-cpu-xla,selected: a guard is trialled without -m"):
+        rollout.preflight(["-m", "rollout=tiny-cpu-xla,selected"])  # a sweep would publish over the guard
     rollout.preflight(["q=8", "strategy=tiled"])  # no guard asked for: nothing to check
     with pytest.raises(ConfigError, match=r"no rollout guard 'mainnet-h100' .*saved: selected, tiny-cpu-xla"):
         rollout.preflight(["+rollout=mainnet-h100"])
@@ -137,21 +139,23 @@ def test_the_real_command_without_a_saved_guard_exits_2_from_any_directory(tmp_p
 # --------------------------------------------------------------------------- a guard is data, never code
 
 def test_guard_env_names_and_values_are_checked_and_quoted() -> None:
-    assert rollout.env_text({"B": "x y", "A": True, "C": 4}) == "A=true\nB='x y'\nC=4\n"
+    g = "MORPHOGEN_GPU_"
+    assert rollout.env_text({g + "B": "x y", g + "A": True, g + "C": 4}) == f"{g}A=true\n{g}B='x y'\n{g}C=4\n"
     for name in ("lower", "1X", "A-B", "A;touch x", "", "A B"):
         with pytest.raises(ConfigError, match="is not an environment variable name"):
             rollout.env_text({name: "1"})
     for value in ("a\nb", "a\rb", "a\0b"):
         with pytest.raises(ConfigError, match="one line without NUL"):
-            rollout.env_text({"A": value})
+            rollout.env_text({g + "A": value})
     with pytest.raises(ConfigError, match="string, number or boolean"):
-        rollout.env_text({"A": [1, 2]})
+        rollout.env_text({g + "A": [1, 2]})
     # rebuilt from MLflow params (anyone may add a child run to a shared store): checked again, one line
     with pytest.raises(ConfigError, match=r"'X;touch /tmp/y' is not an environment variable name") as err:
         rollout.env_of({"strategy.guard_env.X;touch /tmp/y": "1", "strategy.name": "full_batch"})
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="one line"):
-        rollout.guard_mapping({"strategy.name": "full_batch", "strategy.guard_env.A": "x\nrm -rf ~"}, with_env=True)
+        rollout.guard_mapping({"strategy.name": "full_batch", "strategy.guard_env.MORPHOGEN_GPU_A": "x\nrm -rf ~"},
+                              with_env=True)
 
 
 def test_the_no_go_guard_sets_what_its_env_sets(store: Path) -> None:
@@ -187,8 +191,8 @@ def test_a_guard_is_data_on_the_real_cli(cli, workdir: Path) -> None:
     import sys
 
     values = {"MORPHOGEN_GPU_BATCH_POLICY": f"latency; touch {workdir}/PWNED #",
-              "MORPHOGEN_ODD": f"it's $HOME `touch {workdir}/PWNED` $(touch {workdir}/PWNED) \"q\" a\\b  é,x=1",
-              "MORPHOGEN_HEX": "0x10", "MORPHOGEN_EMPTY": ""}
+              "MORPHOGEN_GPU_ODD": f"it's $HOME `touch {workdir}/PWNED` $(touch {workdir}/PWNED) \"q\" a\\b  é,x=1",
+              "MORPHOGEN_GPU_HEX": "0x10", "MORPHOGEN_GPU_EMPTY": ""}
 
     def quoted(v: str) -> str:  # a Hydra override's single-quoted value
         return "'" + v.replace("'", "\\'") + "'"
@@ -207,7 +211,7 @@ def test_a_guard_is_data_on_the_real_cli(cli, workdir: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     (sweep,) = (workdir / "outputs" / "multirun").iterdir()
     (job,) = [p for p in sweep.iterdir() if p.is_dir() and p.name.startswith("0_")]
-    assert len(job.name.encode()) <= 255 and re.fullmatch(r"0_\+strategy\.guard_env\.MORPHOGEN_EMPTY=.*_[0-9a-f]{12}", job.name)
+    assert len(job.name.encode()) <= 255 and re.fullmatch(r"0_\+strategy\.guard_env\.MORPHOGEN_GPU_EMPTY=.*_[0-9a-f]{12}", job.name)
 
     env_file = sweep / "rollout" / "selected.env"
     probe = "import json, os; print(json.dumps(dict(os.environ)))"
@@ -221,12 +225,14 @@ def test_a_guard_is_data_on_the_real_cli(cli, workdir: Path) -> None:
     assert not (workdir / "PWNED").exists()  # sourcing ran nothing
     assert {k: sourced[k] for k in values} == values  # bash reads back each exact value
     added = {k: v for k, v in sourced.items() if bare.get(k) != v}
-    assert set(added) == {*values, "MORPHOGEN_GPU_STREAMS", "MORPHOGEN_GPU_CUDA_GRAPH"}, added  # nothing else set
+    shipped = {"MORPHOGEN_GPU_BATCHING", "MORPHOGEN_GPU_STRATEGY", "MORPHOGEN_GPU_ENGINE", "MORPHOGEN_GPU_PLACEMENT",
+               "MORPHOGEN_GPU_DEVICES", "MORPHOGEN_GPU_DRY_RUN"}  # what ships, spelled out (rollout.guard_env_lines)
+    assert set(added) == {*values, "MORPHOGEN_GPU_STREAMS", "MORPHOGEN_GPU_CUDA_GRAPH", *shipped}, added  # nothing else
 
     guard = _compose("+rollout=selected")  # the store's latest guard, as a trial loads it
     from_yaml = {k: env_value(k, v) for k, v in OmegaConf.to_container(guard.strategy.guard_env).items()}
-    assert from_yaml == added  # yaml == env
-    assert guard.strategy.guard_env.MORPHOGEN_HEX == "0x10" and guard.placement.devices == 1
+    assert from_yaml == {k: v for k, v in added.items() if k not in shipped}  # yaml == env
+    assert guard.strategy.guard_env.MORPHOGEN_GPU_HEX == "0x10" and guard.placement.devices == 1
 
     for path in (env_file, sweep / "rollout" / "selected.yaml", sweep / "report.md", sweep / "matrix.csv",
                  workdir / "outputs" / "rollout" / "selected.yaml"):
