@@ -18,7 +18,9 @@ does_not_fit, killed...), are listed under the table.
 With --fail-on-regression PCT the exit status is 1 when a cell is slower beyond its interval and by more
 than PCT percent, or when a baseline ok cell is missing or not ok on the candidate side (so a candidate
 that matches no cell fails); it is 2 when the gate cannot judge anything: the baseline has no ok cell, so
-nothing would be compared and a gate that compares nothing must not pass.
+nothing would be compared and a gate that compares nothing must not pass; it is 3 (1 with --fail-on-undecided)
+when a cell's point estimate is worse by more than PCT percent but its interval is too wide to decide (not
+enough evidence is no pass). A row whose parity_ok or checksum_match is recorded and not 1 is not ok.
 
 Bad input is a one-line error on stderr and exit 2: a file that is not a result matrix, two rows for one
 cell, a NaN, infinite or negative --same-within / --fail-on-regression, and a metric value or bound that is
@@ -86,10 +88,12 @@ def read_matrix(path: Path) -> pd.DataFrame:
 
 def is_ok(df: pd.DataFrame) -> pd.Series:
     """Rows that ran and passed parity, so carry comparable numbers: status ok (the original has no status:
-    every row of it)."""
-    if "status" not in df.columns:
-        return pd.Series(True, index=df.index)
-    return (df["status"] == "ok").fillna(False).astype(bool)
+    every row of it) and, where the column is recorded, parity_ok and checksum_match exactly 1."""
+    ok = pd.Series(True, index=df.index) if "status" not in df.columns else (df["status"] == "ok").fillna(False).astype(bool)
+    for col in ("parity_ok", "checksum_match"):  # exact parity, where a side records it: anything but 1 is not ok
+        if col in df.columns:
+            ok &= pd.to_numeric(df[col].replace({"True": 1, "False": 0, "true": 1, "false": 0}), errors="coerce") == 1
+    return ok
 
 
 MATCH = ("auto", "config_id", "config", "strategy")
@@ -283,6 +287,13 @@ def regressions(cmp: Comparison, pct: float) -> pd.DataFrame:
     return t[(t["verdict"] == SLOWER) & (-t["change_pct"] > pct)]
 
 
+def undecided(cmp: Comparison, pct: float) -> pd.DataFrame:
+    """Cells whose point estimate is worse by more than pct percent but whose interval is too wide to say so:
+    a regression the gate cannot rule out."""
+    t = cmp.table
+    return t[(t["verdict"] == UNDECIDED) & (-t["change_pct"] > pct)]
+
+
 def _names(a: Path, b: Path) -> tuple[str, str]:
     """How the two sides are named: their file names, or their folders when the file names match."""
     return (a.name, b.name) if a.name != b.name else (f"{a.parent.name}/{a.name}", f"{b.parent.name}/{b.name}")
@@ -334,7 +345,8 @@ def first_sentence(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m morphogen_exp.compare", description=first_sentence(__doc__ or ""),
                                  epilog="Exit status: 0 compared (and the gate, if any, passed); 1 the gate failed; "
-                                        "2 bad input, or a gate that cannot judge.")
+                                        "2 bad input, or a gate that cannot judge; 3 a possible regression the "
+                                        "intervals cannot decide (1 with --fail-on-undecided).")
     ap.add_argument("baseline", type=Path,
                     help="the reference matrix: a sweep's matrix.csv, or the original's published CSV")
     ap.add_argument("candidate", type=Path,
@@ -355,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
                          "cells is missing or not ok (failed, does_not_fit, killed...) on the candidate side, so a candidate "
                          "that matches no cell fails; exit 2 when the baseline has no ok cell (a gate that compares nothing "
                          "must not pass)")
+    ap.add_argument("--fail-on-undecided", action="store_true",
+                    help="with --fail-on-regression: exit 1 (not 3) for a cell worse by more than PCT%% whose interval is "
+                         "too wide to decide")
     ap.add_argument("--allow-different", action="store_true",
                     help="gate even when the sides ran on different devices or datasets (missing or failed cells still "
                          "fail the gate)")
@@ -401,6 +416,14 @@ def main(argv: list[str] | None = None) -> int:
         cells = ", ".join(f"{r['label']} q={r['q']} ({r['change_pct']:+.1f}%)" for r in bad.to_dict("records"))
         print(f"regression beyond noise and {gate:g}%: {cells}", file=sys.stderr)
         status = 1
+    unsure = undecided(cmp, gate)
+    if len(unsure):
+        cells = ", ".join(f"{r['label']} q={r['q']} ({r['change_pct']:+.1f}%, interval x{r['ratio_lo']:.3g}-x{r['ratio_hi']:.3g})"
+                          for r in unsure.to_dict("records"))
+        print(f"possible regression beyond {gate:g}%, intervals too wide to decide (more rounds can): {cells}",
+              file=sys.stderr)
+        if status == 0:  # a failed gate stays 1; otherwise not enough evidence is no pass
+            status = 1 if args.fail_on_undecided else 3
     return status
 
 

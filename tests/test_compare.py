@@ -320,3 +320,25 @@ def test_help_has_a_whole_first_sentence_and_says_what_each_argument_is(capsys):
     assert "candidate the matrix judged against it" in out
     assert "--metric METRIC the column compared" in out
     assert "exit 2 when the baseline has no ok cell" in out
+
+
+def test_an_undecidable_regression_does_not_pass_the_gate(tmp_path, capsys):
+    """Issue 30 item 9: 50% slower on a wide interval is exit 3 (1 with --fail-on-undecided), never 0."""
+    a = _ours(tmp_path / "a.csv", {("full_batch", 32): (100.0, 1.0)})
+    b = _ours(tmp_path / "b.csv", {("full_batch", 32): (50.0, 49.0)})  # [1, 99]: not enough evidence
+    assert compare.main([str(a), str(b), "--fail-on-regression", "5"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "intervals too wide to decide" in err and "full_batch q=32 (-50.0%" in err
+    assert compare.main([str(a), str(b), "--fail-on-regression", "5", "--fail-on-undecided"]) == 1
+    c = _ours(tmp_path / "c.csv", {("full_batch", 32): (99.0, 49.0)})  # wide, but its point estimate within 5%
+    assert compare.main([str(a), str(c), "--fail-on-regression", "5"]) == 0
+
+
+def test_a_cell_without_exact_parity_is_not_ok(tmp_path, capsys):
+    """Issue 30 item 9: a candidate cell with parity_ok=0 is a lost cell (the gate fails), not a compared one."""
+    a = _ours(tmp_path / "a.csv", {("full_batch", 32): (100.0, 1.0)})
+    b = _ours(tmp_path / "b.csv", {("full_batch", 32): (100.0, 1.0)})
+    df = pd.read_csv(b).assign(parity_ok=0)
+    df.to_csv(b, index=False)
+    assert compare.main([str(a), str(b), "--fail-on-regression", "5"]) == 1
+    assert "not answered" in capsys.readouterr().err
