@@ -27,7 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from . import app, paths, progress, rollout, session, sweepdir, trial
+from . import app, devlock, paths, progress, rollout, session, sweepdir, trial
 from .callbacks import SweepCallback, review_hint, sweep_ref
 from .config import ConfigError, one_line
 from .strategies.base import knob_error
@@ -145,6 +145,8 @@ def main() -> None:
         sweepdir.sweep_preflight(sys.argv[1:])  # sweep syntax the sweeper cannot expand, a sweep of no cells
         if {"-m", "--multirun"} & set(sys.argv[1:]):
             rollout.check_writable()  # the sweep ends by saving its guard: known now, not after every cell ran
+        if not {"--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--version"} & set(sys.argv[1:]):
+            devlock.check_dir()  # every cell takes its device lock there: one line now, not a failure per cell
         _backend_preflight(sys.argv[1:])
         sys.argv[1:] = sweepdir.resume_preflight(sys.argv[1:])  # resume=true: which sweep, before Hydra fixes the folder
     except ConfigError as err:

@@ -341,7 +341,7 @@ def run(cfg: DictConfig, session: Session, sweep: SweepRef | None = None) -> Cel
                             {"num_pages": datasets.plan_pages(rc.dataset), "page_bytes": 4096})
         progress = session.progress(sweep)
         interval = rc.bench.system_metrics_s
-        with devlock.hold(name) as held, \
+        with devlock.hold(name, timeout_s=rc.bench.cell_timeout_s) as held, \
                 progress.cell(sweep.index if sweep and sweep.index else 1, f"{name} on {rc.dataset.name}/{rc.engine.name}"), \
                 devstate.system_metrics(run_id, rc.mlflow.tracking_uri, sampling_interval_s=interval or 1.0, enabled=bool(interval)), \
                 time_limit(rc.bench.cell_timeout_s):
