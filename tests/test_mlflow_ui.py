@@ -296,7 +296,8 @@ def test_the_report_links_the_cell_table_and_hides_a_password_in_the_store_addre
         def __getattr__(self, name: str):
             return getattr(exp.client, name)
 
-    files = report.build(tracking.Store(ServerClient(), exp.exp), parent, tmp_path / "out")
+    files = report.build(tracking.Store(ServerClient(), exp.exp), parent, tmp_path / "out", publish=True,
+                         rollout_dir=tmp_path / "guards")  # published: the guard's record is written (a what-if has none)
     md = files.markdown.read_text()
     assert f"[the runs table](#/experiments/{exp.exp}/runs?viewStateShareKey={uiview.KEY})" in md
     assert "s3cret" not in md and "http://mlflow.example:5000" in md
