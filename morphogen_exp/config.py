@@ -24,12 +24,11 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from . import identity
+
 MAX_Q = 32
 MAX_SEED = 2**32 - 1  # the synthetic pages and query keys take a 32-bit seed: a larger one would alias a smaller one
 PAGE_BYTES = 4096     # a dataset.path file holds whole pages (pir.pages.PAGE_BYTES; config stays free of the engine)
-# Settings that do not change what a cell measures: excluded from its identity (resume, config_id).
-_NON_IDENTITY_KEYS = ("resume", "mlflow", "hydra", "decision")
-_NON_IDENTITY_BENCH = ("compilation_cache_dir", "cell_timeout_s", "finals", "floors")
 
 
 class ConfigError(ValueError):
@@ -163,12 +162,9 @@ class RunConfig:
     resolved: Mapping[str, Any]  # the whole resolved config, for MLflow params and artifacts
 
     def identity(self, with_q: bool = True) -> dict[str, Any]:
-        """What this cell measures (config minus tracking/resume/decision), as a plain mapping."""
-        ident = {k: v for k, v in self.resolved.items() if k not in _NON_IDENTITY_KEYS}
-        ident["bench"] = {k: v for k, v in ident.get("bench", {}).items() if k not in _NON_IDENTITY_BENCH}
-        if not with_q:
-            ident.pop("q", None)
-        return ident
+        """What this cell measures (the config without the settings that measure nothing: identity.py), as a plain
+        mapping."""
+        return identity.identity(self.resolved, with_q)
 
     @property
     def config_id(self) -> str:

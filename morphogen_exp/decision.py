@@ -7,8 +7,6 @@ estimate (a run recorded without intervals) and keeps the point rules. The repor
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -18,33 +16,13 @@ import pandas as pd
 import yaml
 
 from .config import ConfigError, DecisionConfig
+from .identity import measurement_setting
 from .stats import min_samples_for
 
 # Metrics a sweep may be ranked by, and whether larger is better.
 RANKABLE = {"batch_qps": True, "batch_vs_single_speedup": True, "batch_ms_per_batch": False,
             "batch_ms_p90": False}
-# Params that do not make a configuration (what a rollout ships) different.
-_NOT_CONFIG = ("q", "resume")
-_NOT_CONFIG_PREFIXES = ("mlflow.", "hydra.")
-# Params that never help a reader tell configurations apart (derived from the knobs, or names).
-_NOT_IN_LABEL_PREFIXES = ("strategy.guard_env.", "strategy.original", "strategy.name")
-
 GO, NO_GO, UNDECIDED = "GO", "NO-GO", "INCONCLUSIVE"
-# Params that describe what was measured and how, not a configuration to ship: a sweep that varies one of
-# these compares data or settings, never configurations, and gets no decision (as for mixed devices).
-_CONTEXT_PREFIXES = ("dataset.", "bench.", "parity.")
-_CONTEXT_KEYS = ("seed", "max_q")
-_CONTEXT_IGNORED = ("bench.compilation_cache_dir", "bench.cell_timeout_s", "bench.system_metrics_s", "bench.finals",
-                    "bench.floors")
-
-
-def measurement_setting(key: str) -> bool:
-    """A flattened param that says what was measured and how (dataset, seed, bench, parity), not a configuration;
-    the process-local bench settings (cache folder, timeouts, system metrics, finals) change no measurement, and
-    bench.floors only adds the card's floors (a property of the card) beside it."""
-    return (key.startswith(_CONTEXT_PREFIXES) or key in _CONTEXT_KEYS) and key not in _CONTEXT_IGNORED
-
-
 @dataclass(frozen=True)
 class DecisionRules:
     """The rules a decision applies; defaults are the config schema's (config.DecisionConfig), declared once there."""
@@ -143,42 +121,6 @@ def parse_value(value: Any) -> Any:
         return yaml.safe_load(value)
     except yaml.YAMLError:
         return value
-
-
-# --------------------------------------------------------------------------- configurations
-
-def config_id(params: Mapping[str, Any]) -> str:
-    """What a rollout ships: the resolved settings minus q, resume and tracking (old runs lack the tag)."""
-    ident = {k: str(v) for k, v in params.items() if k not in _NOT_CONFIG and not k.startswith(_NOT_CONFIG_PREFIXES)}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def config_labels(configs: Mapping[str, tuple[str, Mapping[str, Any]]]) -> dict[str, str]:
-    """config_id -> readable label: the strategy, plus the settings that vary among its configurations
-    in this sweep (`tiled[tile=4]`, `full_batch[seed=1]`); a group whose `.name` varies shows only that."""
-    by_strategy: dict[str, list[str]] = {}
-    for cid, (strategy, _) in configs.items():
-        by_strategy.setdefault(strategy, []).append(cid)
-    labels: dict[str, str] = {}
-    for strategy, ids in by_strategy.items():
-        keys = sorted({k for cid in ids for k in configs[cid][1]
-                       if k not in _NOT_CONFIG and not k.startswith(_NOT_CONFIG_PREFIXES + _NOT_IN_LABEL_PREFIXES)})
-        varying = [k for k in keys if len({str(configs[cid][1].get(k)) for cid in ids}) > 1]
-        named = {k.rsplit(".", 1)[0] for k in varying if k.endswith(".name")}
-        varying = [k for k in varying if k.endswith(".name") or k.split(".", 1)[0] not in named]
-        for cid in ids:
-            parts = [f"{_short(k)}={configs[cid][1].get(k)}" for k in varying]
-            labels[cid] = f"{strategy}[{','.join(parts)}]" if parts else strategy
-    seen: dict[str, int] = {}
-    for label in labels.values():
-        seen[label] = seen.get(label, 0) + 1
-    return {cid: (f"{lab}#{cid[:6]}" if seen[lab] > 1 else lab) for cid, lab in labels.items()}
-
-
-def _short(key: str) -> str:
-    if key.startswith("strategy."):
-        return key[len("strategy."):]
-    return key[: -len(".name")] if key.endswith(".name") else key
 
 
 # --------------------------------------------------------------------------- estimates

@@ -39,7 +39,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from . import paths
-from .config import _NON_IDENTITY_BENCH, _NON_IDENTITY_KEYS, ConfigError, one_line
+from .config import ConfigError, one_line
+from .identity import measures
 
 RESOLVER = "morphogen_new_dir"
 JOB_DIR_RESOLVER = "morphogen_job_dir"
@@ -209,11 +210,8 @@ def read_store(path: Path) -> tuple[str | None, str | None]:
 # --------------------------------------------------------------------------- a sweep's cell set
 
 def _measures(override: str) -> bool:
-    """Whether an override changes what the sweep's cells measure (resume, the store, Hydra, the decision
-    rules and the non-identity bench settings do not)."""
-    key = override.split("=", 1)[0].lstrip("+~")
-    top = re.split(r"[./]", key, maxsplit=1)[0]
-    return top not in _NON_IDENTITY_KEYS and key not in {f"bench.{k}" for k in _NON_IDENTITY_BENCH}
+    """Whether an override changes what the sweep's cells measure (identity.measures of its key)."""
+    return measures(override.split("=", 1)[0])
 
 
 def cells_digest(jobs: Sequence[Sequence[str]]) -> str:

@@ -43,7 +43,8 @@ import pandas as pd
 
 from . import paths, rollout
 from .config import ConfigError, MlflowConfig
-from .decision import DecisionRules, Final, config_id, config_labels, mapping_from_params, with_assignments
+from .decision import DecisionRules, Final, mapping_from_params, with_assignments
+from .identity import config_id, config_labels
 
 # Fail fast on an unreachable server instead of MLflow's minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

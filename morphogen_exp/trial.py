@@ -38,7 +38,8 @@ from omegaconf import DictConfig, OmegaConf
 from . import app, devlock, rollout
 from . import placement as placements
 from .config import ConfigError, MlflowConfig, RunConfig, flatten
-from .decision import Estimate, estimate, measurement_setting
+from .decision import Estimate, estimate
+from .identity import measurement_setting
 from .session import Session
 from .stats import paired_ratio_ci
 from .timing import TimingSummary

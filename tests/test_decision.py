@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from morphogen_exp.config import ConfigError, DecisionConfig
-from morphogen_exp.decision import GO, NO_GO, UNDECIDED, DecisionRules, Final, best_per_q, config_labels, decide
+from morphogen_exp.decision import GO, NO_GO, UNDECIDED, DecisionRules, Final, best_per_q, decide
+from morphogen_exp.identity import config_labels
 
 PREFER = ("full_batch", "tiled", "graph_replay")
 
