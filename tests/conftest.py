@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -50,6 +55,35 @@ def sess() -> Session:
     return Session()
 
 
+_TEMPLATE: list[Path] = []  # the session's migrated store, made on first use
+
+
+@pytest.fixture(autouse=True)
+def store_from_template(request, monkeypatch, tmp_path_factory) -> None:
+    """A new SQLite store in this process is a copy of one migrated for the session (milliseconds, not a second's
+    migrations): the first is made by the real `Tracker._create_store`, then copied beside the target and renamed
+    into place as that does. A test marked `fresh_store` (one of store creation itself) gets the real migrations."""
+    if request.node.get_closest_marker("fresh_store"):
+        return
+    from morphogen_exp.tracking import Tracker
+
+    real = Tracker._create_store
+
+    def from_template(db: Path) -> None:
+        if not _TEMPLATE:
+            template = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+            real(template)
+            _TEMPLATE.append(template)
+        tmp = db.with_name(f".{db.name}.creating-{os.getpid()}-copy")
+        try:
+            shutil.copyfile(_TEMPLATE[0], tmp)
+            os.replace(tmp, db)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    monkeypatch.setattr(Tracker, "_create_store", staticmethod(from_template))
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch) -> Path:
     """Each test runs in its own folder: outputs/, the MLflow store and Hydra dirs land there."""
@@ -80,21 +114,90 @@ def make_cfg(workdir, jax_cache):
     return _make
 
 
+def cli_args(workdir: Path, jax_cache: Path, args: tuple[str, ...], test_strategies: bool = True) -> list[str]:
+    """The command line after `python -m morphogen_exp`: flags, the tests' common overrides, then the test's (which win)."""
+    common = [o for o in common_overrides(workdir, jax_cache) if test_strategies or not o.startswith("hydra.searchpath")]
+    flags = [a for a in args if a.startswith("-")]
+    return [*flags, *common, *(a for a in args if a not in flags)]
+
+
 @pytest.fixture
 def cli(workdir, jax_cache):
-    """Run `python -m morphogen_exp ...` for real, in the test's folder."""
+    """Run `python -m morphogen_exp ...` for real, in a process of its own in the test's folder (signals, launchers,
+    a process's exit status and output; the in-process `cli_here` serves every other test)."""
 
     def _run(*args: str, timeout: float = 900, extra_env: dict | None = None, test_strategies: bool = True,
              background: bool = False):
         env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **(extra_env or {})}
-        common = [o for o in common_overrides(workdir, jax_cache) if test_strategies or not o.startswith("hydra.searchpath")]
-        flags = [a for a in args if a.startswith("-")]
-        cmd = [sys.executable, "-m", "morphogen_exp", *flags, *common, *(a for a in args if a not in flags)]  # test's overrides win
+        cmd = [sys.executable, "-m", "morphogen_exp", *cli_args(workdir, jax_cache, args, test_strategies)]
         if background:
             return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
 
     return _run
+
+
+@dataclass
+class CliResult:
+    """What `python -m morphogen_exp` ended with: as subprocess.CompletedProcess, for the same assertions."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli_here(workdir, jax_cache, monkeypatch, capsys):
+    """`python -m morphogen_exp ...` called in this process (`__main__.main` with its argv; SystemExit is the exit
+    status; stdout and stderr captured): no interpreter start, no JAX/MLflow/Hydra import. What a process would
+    start fresh is fresh here too: Hydra's global state, the process session, the store-loss flag, the environment,
+    the signal handlers and the logging set-up are put back after each call."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from morphogen_exp import __main__ as entry
+    from morphogen_exp import session, tracking
+
+    def _run(*args: str, extra_env: dict | None = None, test_strategies: bool = True) -> CliResult:
+        argv = [str(Path(entry.__file__)), *cli_args(workdir, jax_cache, args, test_strategies)]
+        environ = dict(os.environ)
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        loggers = {name: (lg.level, lg.propagate, lg.disabled, lg.handlers[:])
+                   for name, lg in [("", logging.root), *logging.Logger.manager.loggerDict.items()]
+                   if isinstance(lg, logging.Logger)}
+        os.environ.pop("HYDRA_FULL_ERROR", None)  # as a user's shell: main() sets it for its own process
+        os.environ.update(extra_env or {})
+        monkeypatch.setattr(sys, "argv", argv)
+        monkeypatch.setattr(session, "_CURRENT", None)
+        monkeypatch.setattr(tracking, "_lost", None)
+        capsys.readouterr()
+        GlobalHydra.instance().clear()
+        code: int | str | None = 0
+        try:
+            with warnings.catch_warnings():
+                entry.main()
+        except SystemExit as exit_:
+            code = exit_.code
+        finally:
+            GlobalHydra.instance().clear()
+            os.environ.clear()
+            os.environ.update(environ)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            for name, (level, propagate, disabled, kept) in loggers.items():
+                lg = logging.root if name == "" else logging.getLogger(name)
+                lg.setLevel(level)
+                lg.propagate, lg.disabled, lg.handlers[:] = propagate, disabled, kept
+        out = capsys.readouterr()
+        return CliResult(code if isinstance(code, int) else (0 if code is None else 1), out.out, out.err)
+
+    return _run
+
+
+@pytest.fixture
+def cli_refusal(request, cli, cli_here):
+    """The CLI for a command refused before any cell: in this process, or in a process of its own for a case marked
+    `own_process` (the few that hold the exit-2-and-one-line contract of a real process)."""
+    return cli if request.node.get_closest_marker("own_process") else cli_here
 
 
 def mlflow_runs(workdir: Path, experiment: str = "morphogen_exp"):

@@ -289,6 +289,7 @@ def test_stale_runs_of_a_sweep_are_closed_only_when_their_process_is_gone(workdi
     assert status == {"gone": ("KILLED", "killed"), "alive": ("RUNNING", None), "other sweep": ("RUNNING", None)}
 
 
+@pytest.mark.fresh_store
 def test_interrupted_store_creation_leaves_no_store(workdir, monkeypatch):
     import mlflow.store.db.utils as dbutils
 

@@ -25,8 +25,8 @@ def _noise(text: str) -> list[str]:
     return [line for line in text.splitlines() if any(n in line for n in NOISE)]
 
 
-def test_help_describes_the_app_its_examples_and_options(cli):
-    res = cli("--help")
+def test_help_describes_the_app_its_examples_and_options(cli_here):
+    res = cli_here("--help")
     assert res.returncode == 0, res.stderr[-2000:]
     out = res.stdout
     assert "which way of batching private page queries" in out
@@ -41,8 +41,8 @@ def test_help_describes_the_app_its_examples_and_options(cli):
 
 
 @pytest.mark.parametrize("override", ["+strategy.tiel=8", "strategy.tiel=8"])
-def test_unknown_knob_is_a_setting_to_fix_naming_the_knobs(cli, workdir, override):
-    res = cli("strategy=tiled", override, "q=2")
+def test_unknown_knob_is_a_setting_to_fix_naming_the_knobs(cli_here, workdir, override):
+    res = cli_here("strategy=tiled", override, "q=2")
     assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
     lines = res.stderr.strip().splitlines()
     assert lines == ["error: strategy.tiel: not a knob of strategy tiled; tiled's knobs: strategy.tile"]

@@ -46,38 +46,38 @@ def _nothing_ran(workdir: Path) -> None:
      ("strategy.guard_env.MORPHOGEN_GPU_BATCH_POLICY", "one line")),
 ], ids=["nan", "nan-single-run", "decision-nan", "decision-inf", "knob-inf", "decision-typo", "seed-2**32", "interval",
         "empty-glob", "env-name", "env-newline"])
-def test_a_bad_setting_is_one_line_before_any_cell(cli, workdir, args, names) -> None:
-    _refused(cli(*args), *names)
+def test_a_bad_setting_is_one_line_before_any_cell(cli_here, workdir, args, names) -> None:
+    _refused(cli_here(*args), *names)
     _nothing_ran(workdir)
 
 
-def test_an_unwritable_guard_store_is_found_before_any_cell(cli, workdir) -> None:
+def test_an_unwritable_guard_store_is_found_before_any_cell(cli_here, workdir) -> None:
     (workdir / "a-file").write_text("not a folder")
-    res = cli("-m", "q=1", extra_env={rollout.ENV_VAR: str(workdir / "a-file" / "guards")})
+    res = cli_here("-m", "q=1", extra_env={rollout.ENV_VAR: str(workdir / "a-file" / "guards")})
     _refused(res, "rollout guard store", rollout.ENV_VAR)
     _nothing_ran(workdir)
 
 
-def test_jax_platforms_without_that_backend_is_one_line(cli, workdir) -> None:
-    _refused(cli("q=1", extra_env={"JAX_PLATFORMS": "cuda"}), "JAX_PLATFORMS=cuda")
+def test_jax_platforms_without_that_backend_is_one_line(cli_here, workdir) -> None:
+    _refused(cli_here("q=1", extra_env={"JAX_PLATFORMS": "cuda"}), "JAX_PLATFORMS=cuda")
     _nothing_ran(workdir)
 
 
-def test_a_dataset_file_of_partial_pages_is_refused_and_a_home_path_accepted(cli, workdir) -> None:
+def test_a_dataset_file_of_partial_pages_is_refused_and_a_home_path_accepted(cli_here, workdir) -> None:
     home = workdir / "home"
     home.mkdir()
     (home / "pages.bin").write_bytes(b"\1" * (3 * PAGE))
     (home / "partial.bin").write_bytes(b"\1" * (3 * PAGE + 1))
     env = {"HOME": str(home)}
-    _refused(cli("q=1", "dataset.path='~/partial.bin'", extra_env=env), "dataset.path", "12289 bytes", "4096-byte pages")
+    _refused(cli_here("q=1", "dataset.path='~/partial.bin'", extra_env=env), "dataset.path", "12289 bytes", "4096-byte pages")
     _nothing_ran(workdir)
     # `~` expands as the loader expands it: the whole-page file validates; the other cell (bad seed) is the only error
-    line = _refused(cli("-m", "q=1", "dataset.path='~/pages.bin'", "seed=0,4294967296", extra_env=env), "seed")
+    line = _refused(cli_here("-m", "q=1", "dataset.path='~/pages.bin'", "seed=0,4294967296", extra_env=env), "seed")
     assert "1 of 2 cells" in line and "dataset.path" not in line, line
     _nothing_ran(workdir)
 
 
-def test_a_corrupt_decision_record_is_one_line_for_a_trial(cli, workdir) -> None:
+def test_a_corrupt_decision_record_is_one_line_for_a_trial(cli_here, workdir) -> None:
     from morphogen_exp.tracking import PARENT_TAG, ROLE_TAG, Tracker
 
     uri = f"sqlite:///{workdir}/outputs/mlflow.db"
@@ -93,7 +93,7 @@ def test_a_corrupt_decision_record_is_one_line_for_a_trial(cli, workdir) -> None
         fallback=None, fallback_config_id=None, q=(1,))
     rollout.save(workdir / "outputs" / "rollout", "g", text, meta)
     runs_before = len(tracker.client.search_runs([tracker.experiment_id]))
-    _refused(cli("+rollout=g", test_strategies=False), "decision.json", parent)
+    _refused(cli_here("+rollout=g", test_strategies=False), "decision.json", parent)
     assert len(tracker.client.search_runs([tracker.experiment_id])) == runs_before  # no trial run recorded
 
 
