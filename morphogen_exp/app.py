@@ -193,7 +193,7 @@ def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str,
     single_compile_s, batch_compile_s = compile_s(p.single_loop), compile_s(p.batch)
     card = floors.for_cell(rc.bench.floors, plc.devices[0])
     b = rc.bench
-    with devstate.watch() as watched:
+    with devstate.watch() as watched, devstate.watch_host() as host:
         progress.phase("timing")  # single and batch interleaved
         timed, (single_out, batch_out) = measure_interleaved(
             [p.single_loop, p.batch], policy=sampling_policy(b), first_call_s=[single_compile_s, batch_compile_s], watch=(1,))
@@ -212,7 +212,9 @@ def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str,
                                   blocks=floors.batch_blocks(rc.q, p.ds.num_pages, p.ds.domain_bits), devices=len(plc.devices))
     state_tags, state_metrics = devstate.split(devstate.snapshot())
     tags |= {"sampling.stopped_by": timed.stopped_by, **state_tags}
-    metrics |= {**state_metrics, **{f"device.{k}": v for k, v in watched.changes.items()}}
+    metrics |= {**state_metrics, **{f"device.{k}": v for k, v in watched.changes.items()}, **host.metrics()}
+    if host.moved():
+        tags["host.load_moved"] = host.moved()
     tracker.log(run_id, metrics=metrics, tags=tags)
     tracker.log_series(run_id, "single_ms_iter", list(single_t.times_ms))
     tracker.log_series(run_id, "batch_ms_iter", list(batch_t.times_ms))

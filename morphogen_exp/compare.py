@@ -51,8 +51,9 @@ GATE_CONTEXT = ("device_kind", "dataset_fingerprint")
 
 
 def higher_is_better(metric: str) -> bool:
-    """Throughputs and speedups: larger is better; latencies (`*_ms*`): smaller is better."""
-    return "_ms" not in metric
+    """Throughputs and speedups: larger is better; times (`*_ms*`, `*_s`: latencies, compile_s, wall_s), sizes
+    (`*_gib`) and noise: smaller is better."""
+    return "_ms" not in metric and not metric.endswith(("_s", "_gib", "_noise"))
 
 
 # Read as text: a config_id of digits (or digits and one 'e') would otherwise become a number on one side only.
@@ -64,21 +65,22 @@ def read_matrix(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise ValueError(f"{path} is not a file: pass a matrix.csv or the original's CSV")
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a spreadsheet's export may start with a BOM
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} cannot be read ({err})") from None
-    header = next((i for i, line in enumerate(lines) if line.startswith("strategy,")), None)
+    header = next((i for i, line in enumerate(lines) if line.startswith(("strategy,", "config,"))), None)
     if header is None:
-        raise ValueError(f"{path} has no 'strategy,...' header line: not a result matrix")
+        raise ValueError(f"{path} has no 'strategy,...' or 'config,...' header line: not a result matrix")
     try:
-        df = pd.read_csv(path, skiprows=header, dtype=_TEXT_COLUMNS)
+        df = pd.read_csv(path, skiprows=header, dtype=_TEXT_COLUMNS, encoding="utf-8-sig")
     except (pd.errors.ParserError, ValueError) as err:
         raise ValueError(f"{path} is not a readable CSV: {str(err).splitlines()[0]}") from None
     if "q" not in df.columns:
         raise ValueError(f"{path} has no q column: not a result matrix")
     q = pd.to_numeric(df["q"], errors="coerce")
-    if q.isna().any():
-        raise ValueError(f"{path}: q must be an integer in every row, got {df['q'][q.isna()].iloc[0]!r}")
+    bad = q.isna() | (q.notna() & (q != q.round()))  # 1.7 is no batch size (never truncated to 1)
+    if bad.any():
+        raise ValueError(f"{path}: q must be an integer in every row, got {str(df['q'][bad].iloc[0])!r}")
     df["q"] = q.astype(int)
     gpu = next((line.strip('"')[len("gpu_info="):] for line in lines[:header] if line.strip('"').startswith("gpu_info=")), None)
     if gpu and "device_kind" not in df.columns:  # the original's "gpu_info=NVIDIA H100 80GB HBM3, 81559 MiB"

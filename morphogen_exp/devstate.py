@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -85,7 +86,20 @@ def nvidia_smi_state(index: str) -> Snapshot:
         value = _parse_value(raw, scale)
         if value is not None:
             state[key] = value
+    others = other_processes(index)
+    if others is not None:
+        state["other_processes"] = float(others)
     return state
+
+
+def other_processes(index: str) -> int | None:
+    """How many compute processes other than this one hold the GPU (`nvidia-smi --query-compute-apps`; None when
+    it cannot say)."""
+    out = _run_smi(["--query-compute-apps=pid", "--format=csv,noheader", "-i", index])
+    if out is None:
+        return None
+    pids = {line.strip() for line in out.splitlines() if line.strip().isdigit()}
+    return len(pids - {str(os.getpid())})
 
 
 @lru_cache(maxsize=1)
@@ -169,6 +183,67 @@ def watch(device: Any | None = None) -> Iterator[DeviceWatch]:
     finally:
         w.after = snapshot(device)
         w.changes = changes(w.before, w.after)
+
+
+def host_state(proc_stat: Path = Path("/proc/stat")) -> dict[str, float]:
+    """The host's load: its CPU count, 1- and 5-minute load averages, and (Linux) the CPU time counters whose
+    difference gives the steal (time a hypervisor gave another guest). What cannot be read is absent."""
+    out = {"cpus": float(os.cpu_count() or 0)}
+    try:
+        out["load1"], out["load5"], _ = os.getloadavg()
+    except OSError:
+        pass
+    try:
+        fields = proc_stat.read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return out
+    if fields and fields[0] == "cpu" and len(fields) > 8:
+        ticks = [float(f) for f in fields[1:]]
+        out["cpu_ticks"], out["steal_ticks"] = sum(ticks[:8]), ticks[7]  # user..steal (guest time is inside user)
+    return out
+
+
+@dataclass
+class HostWatch:
+    """The host's load before and after a block (host_state)."""
+
+    before: dict[str, float]
+    after: dict[str, float] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """`host.cpus`, `host.load1_start` / `_end`, `host.load5_end` and `host.steal_pct` (of the block's CPU time)."""
+        out = {"host.cpus": self.before.get("cpus", 0.0)}
+        for key, name, state in (("load1", "load1_start", self.before), ("load1", "load1_end", self.after),
+                                 ("load5", "load5_end", self.after)):
+            if key in state:
+                out[f"host.{name}"] = state[key]
+        if "cpu_ticks" in self.before and "cpu_ticks" in self.after:
+            total = self.after["cpu_ticks"] - self.before["cpu_ticks"]
+            if total > 0:
+                out["host.steal_pct"] = 100 * (self.after["steal_ticks"] - self.before["steal_ticks"]) / total
+        return out
+
+    def moved(self) -> str:
+        """The load in words when it moved during the block (its 1-minute average by at least a quarter of the CPUs,
+        and at least 1, or a steal of 5% or more), else ""."""
+        m = self.metrics()
+        cpus, start, end = m["host.cpus"], m.get("host.load1_start"), m.get("host.load1_end")
+        said = []
+        if start is not None and end is not None and abs(end - start) >= max(1.0, cpus / 4):
+            said.append(f"the host's load average went {start:.2f} -> {end:.2f} on {cpus:g} CPUs")
+        if m.get("host.steal_pct", 0.0) >= 5.0:
+            said.append(f"{m['host.steal_pct']:.0f}% of its CPU time was stolen by the hypervisor")
+        return "; ".join(said)
+
+
+@contextmanager
+def watch_host() -> Iterator[HostWatch]:
+    """The host's load before and after the block (filled even when the block raises)."""
+    w = HostWatch(before=host_state())
+    try:
+        yield w
+    finally:
+        w.after = host_state()
 
 
 def _flush_last_samples(monitor: Any) -> None:

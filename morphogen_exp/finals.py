@@ -26,10 +26,9 @@ from . import app
 from .decision import RANKABLE, Decision, DecisionRules, decide, estimate, tied
 from .session import Session
 from .stats import blocked_median_ci
-from .tracking import FINAL_ROLE, PARENT_TAG, ROLE_TAG, Tracker, cells_frame, load_rules, shielded
+from .tracking import FINAL_ROLE, NOTE_TAG, PARENT_TAG, ROLE_TAG, Tracker, cells_frame, load_rules, shielded
 
 log = logging.getLogger(__name__)
-NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI
 ROLE = FINAL_ROLE
 MAX_FINALISTS = 4
 

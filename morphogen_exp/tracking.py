@@ -582,6 +582,7 @@ def read_finals(client: Any, runs: Sequence[Any], df: pd.DataFrame) -> tuple[lis
     return [f for f in finals if f.challenger != f.incumbent], records
 
 
+NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (cells, finals, trials, the sweep)
 REPORT_ARTIFACT = "report/report.md"  # the published report, an artifact of the sweep run (tracking.publish)
 
 

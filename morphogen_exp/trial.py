@@ -35,7 +35,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from . import app, devlock, rollout
+from . import app, devlock, devstate, rollout
 from . import placement as placements
 from .config import ConfigError, MlflowConfig, RunConfig, flatten
 from .decision import Estimate, estimate
@@ -43,7 +43,7 @@ from .identity import measurement_setting
 from .session import Session
 from .stats import paired_ratio_ci
 from .timing import TimingSummary
-from .tracking import PARENT_TAG, ROLE_TAG, Tracker, cells_frame, load_rules, shielded, sqlite_path
+from .tracking import NOTE_TAG, PARENT_TAG, ROLE_TAG, Tracker, cells_frame, load_rules, shielded, sqlite_path
 
 log = logging.getLogger(__name__)
 ROLE = "trial"
@@ -405,13 +405,15 @@ def run(cfg: DictConfig, session: Session, guard: str, overrides: Sequence[str])
             **{f"trial.fallback_cell.q{q}": c["run_id"] for q, c in p.fallback_cells.items()},
             "strategy": rc.strategy.name, "engine": rc.engine.name, "placement": rc.placement.name, "dataset": rc.dataset.name,
             **{k: v for k, v in here.items() if k != "cell_key"}}
+    tags[NOTE_TAG] = (f"rollout trial of guard {meta.guard} ({meta.selected}) against {p.fallback_label} at "
+                      f"q={','.join(map(str, p.qs))} (running)")
     run_id = tracker.start_run(f"trial-{meta.guard}", tags, meta.parent_run_id)
     record: dict[str, Any] = {"guard": asdict(meta), "tie_within": p.tie_within, "differences": diffs, "notes": notes, "q": []}
     judgements: list[Judgement] = []
     q = p.qs[0]
     try:
         tracker.log(run_id, params={k: v for k, v in flatten(rc.resolved).items() if k != "q"})
-        with devlock.hold(f"trial of {meta.guard}"):
+        with devlock.hold(f"trial of {meta.guard}"), devstate.watch_host() as host:
             for q in p.qs:
                 m = measure(p.guard[q], p.fallback[q] if p.fallback else None, p.fallback_label, session)
                 cell = p.cells.get(q)
@@ -439,8 +441,11 @@ def run(cfg: DictConfig, session: Session, guard: str, overrides: Sequence[str])
         _say(f"trial: FAILED at q={q}: {type(err).__name__}: {msg}")
         return 1
     verdict = overall(judgements)
-    tracker.log(run_id, tags={"trial.verdict": verdict})
+    load = host.moved()  # the verdict names a host whose load moved while it was measured
+    line = verdict_line(judgements, comparable=not diffs) + (f" — while it ran {load}" if load else "")
+    tracker.log(run_id, tags={"trial.verdict": verdict, NOTE_TAG: line, **({"host.load_moved": load} if load else {})},
+                metrics=host.metrics())
     tracker.log_text(run_id, json.dumps(record, indent=1), "trial.json")
     tracker.end(run_id, "FINISHED")
-    _say(verdict_line(judgements, comparable=not diffs))
+    _say(line)
     return EXIT[verdict]

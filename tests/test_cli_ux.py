@@ -108,6 +108,9 @@ def test_sweep_is_quiet_and_ends_with_its_table_the_report_address_and_the_decis
     described = {r.info.run_name: r.data.tags.get("mlflow.note.content", "") for r in mlflow_runs(workdir)}
     assert described["final-q1"].startswith("final at q=1: ") and " ms over " in described["final-q1"]
     assert all(described.values()), described  # every run: the sweep, its cells, its final
+    cell_runs = [r for r in mlflow_runs(workdir) if r.data.tags.get("morphogen.role") == "cell"]
+    assert len(cell_runs) == 2 and all({"host.cpus", "host.load1_start", "host.load1_end"} <= set(r.data.metrics)
+                                       for r in cell_runs)  # the host's load while each cell was timed
 
 
 def test_log_lines_go_above_the_live_line_which_is_cleared_at_the_end(monkeypatch):

@@ -115,12 +115,26 @@ def _write(tmp_path: Path, name: str, text: str) -> str:
     return str(tmp_path / name)
 
 
+def test_a_bom_csv_and_our_matrix_led_by_config_are_read(tmp_path, capsys):
+    good = _write(tmp_path, "good.csv", "strategy,q,batch_qps\nx,1,1\n")
+    (tmp_path / "bom.csv").write_text("\ufeffstrategy,q,batch_qps\nx,1,1\n", encoding="utf-8")  # a spreadsheet's export
+    ours = _write(tmp_path, "ours.csv", "config,verdict,shipped,q,batch_qps,strategy\nx,GO,True,1,1,x\n")  # report.py's
+    assert compare.main([good, str(tmp_path / "bom.csv")]) == 0 and compare.main([good, ours]) == 0
+    assert capsys.readouterr().out.count("| x | 1 |") == 2, "both matched the baseline's cell"
+
+
+def test_times_and_sizes_are_lower_is_better():
+    assert [compare.higher_is_better(m) for m in ("batch_qps", "batch_vs_single_speedup", "batch_ms_per_batch",
+                                                  "compile_s", "memory_estimate_gib")] == [True, True, False, False, False]
+
+
 @pytest.mark.parametrize("text, expect", [
-    ("a,b\n1,2\n", "no 'strategy,...' header"),
+    ("a,b\n1,2\n", "no 'strategy,...' or 'config,...' header"),
     ("strategy,batch_qps\nx,1\n", "no q column"),
     ("strategy,q,batch_qps\nx,1,1\nx,1,2\n", "2 rows for the same cell (strategy=x, q=1)"),
     ("strategy,q,batch_qps\nx,1,fast\n", "non-numeric value 'fast'"),
     ("strategy,q,batch_qps\nx,one,1\n", "q must be an integer"),
+    ("strategy,q,batch_qps\nx,1.7,1\n", "q must be an integer in every row, got '1.7'"),  # never truncated to q=1
     ("strategy,q,other\nx,1,1\n", "has no column 'batch_qps'"),
 ])
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys, text, expect):

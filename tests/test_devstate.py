@@ -4,6 +4,7 @@ nvidia-smi on PATH, what `watch` says moved, and MLflow's system metrics on a te
 from __future__ import annotations
 
 import json
+import os
 import stat
 import time
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ if state.get("fail"):
     sys.exit(9)
 if any(a.startswith("--query-gpu") for a in sys.argv[1:]):
     print(state["csv"])
+elif any(a.startswith("--query-compute-apps") for a in sys.argv[1:]):
+    print(state.get("apps", ""))
 else:
     print("| NVIDIA-SMI 550.54.15   Driver Version: 550.54.15   CUDA Version: 12.4 |")
 """
@@ -39,8 +42,9 @@ class FakeSmi:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
-    def set(self, sm: int = 1980, temp: int = 40, fail: bool = False) -> None:
-        (self.folder / "state.json").write_text(json.dumps({"csv": GPU_CSV.format(sm=sm, temp=temp), "fail": fail}))
+    def set(self, sm: int = 1980, temp: int = 40, fail: bool = False, apps: str = "") -> None:
+        (self.folder / "state.json").write_text(json.dumps({"csv": GPU_CSV.format(sm=sm, temp=temp), "fail": fail,
+                                                            "apps": apps}))
 
     def calls(self) -> list[list[str]]:
         path = self.folder / "calls.jsonl"
@@ -114,6 +118,28 @@ def test_watch_says_what_moved(smi: FakeSmi) -> None:
     with devstate.watch() as cpu:
         pass
     assert cpu.changes == {} and cpu.after["platform"] == "cpu"
+
+
+def test_other_processes_on_the_card_are_counted_without_this_one(smi: FakeSmi) -> None:
+    assert devstate.snapshot(_gpu())["other_processes"] == 0.0
+    smi.set(apps=f"{os.getpid()}\n4242\n4343")
+    assert devstate.snapshot(_gpu())["other_processes"] == 2.0
+
+
+def test_host_load_is_recorded_and_said_only_when_it_moved(tmp_path: Path) -> None:
+    stat_file = tmp_path / "stat"
+    stat_file.write_text("cpu  100 0 100 700 0 0 0 100 0 0\ncpu0 1 2 3\n")
+    state = devstate.host_state(stat_file)
+    assert state["cpu_ticks"] == 1000.0 and state["steal_ticks"] == 100.0 and state["load1"] >= 0 and state["cpus"] >= 1
+    calm = devstate.HostWatch({"cpus": 2.0, "load1": 0.5, "cpu_ticks": 1000.0, "steal_ticks": 10.0},
+                              {"cpus": 2.0, "load1": 0.8, "load5": 0.6, "cpu_ticks": 2000.0, "steal_ticks": 20.0})
+    assert calm.metrics() == {"host.cpus": 2.0, "host.load1_start": 0.5, "host.load1_end": 0.8, "host.load5_end": 0.6,
+                              "host.steal_pct": 1.0}
+    assert calm.moved() == ""
+    busy = devstate.HostWatch({"cpus": 2.0, "load1": 0.5, "cpu_ticks": 1000.0, "steal_ticks": 10.0},
+                              {"cpus": 2.0, "load1": 3.1, "cpu_ticks": 2000.0, "steal_ticks": 110.0})
+    assert busy.moved() == ("the host's load average went 0.50 -> 3.10 on 2 CPUs; "
+                            "10% of its CPU time was stolen by the hypervisor")
 
 
 def test_split_into_tags_and_metrics() -> None:

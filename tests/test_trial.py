@@ -167,6 +167,9 @@ def test_a_trial_holds_the_guard_to_its_sweep_and_is_never_a_cell(cli, workdir):
     if meta.fallback_config_id:
         assert tags["trial.fallback_cell.q4"] == cells[(meta.fallback_config_id, 4)].info.run_id
     assert tags["trial.verdict"] in (HOLDS, IMPROVED) and t.data.metrics["q4.rounds"] >= 6
+    assert tags["mlflow.note.content"] == lines[-1]  # the run's description is its verdict
+    assert {"host.cpus", "host.load1_start", "host.load1_end"} <= set(t.data.metrics)  # the host's load, named if it moved
+    assert (" — while it ran " in lines[-1]) == ("host.load_moved" in tags)
 
     # The promise doctored to an impossible 1 microsecond at q=1: the same machine now regresses (exit 1), at q=1 only.
     from mlflow.tracking import MlflowClient
@@ -188,7 +191,8 @@ def test_a_trial_holds_the_guard_to_its_sweep_and_is_never_a_cell(cli, workdir):
     assert lines[0].startswith("trial of guard ") and lines[1].startswith(
         "NOT COMPARABLE with its sweep: dataset synthetic-v1:pages=301:seed=0 here, synthetic-v1:pages=300:seed=0 in the sweep.")
     assert not any(" ms" in line for line in lines[:2]) and lines[-2].startswith("q=4: guard ") and "(no promise here)" in lines[-2]
-    assert lines[-1] == "trial: HOLDS at q=4 — against the fallback only: the sweep's numbers are not promises here"
+    assert lines[-1].split(" — while it ran ")[0] == (  # a loaded host said after it
+        "trial: HOLDS at q=4 — against the fallback only: the sweep's numbers are not promises here")
 
     # Another strategy under the guard's name: one line, exit 2, nothing run.
     refused = cli("+rollout=selected", "strategy=full_batch" if meta.strategy != "full_batch" else "strategy=tiled", test_strategies=False)
