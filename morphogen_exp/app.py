@@ -84,7 +84,12 @@ def validate(cfg: DictConfig) -> RunConfig:
                           f"got placement={rc.placement.name}")
     datasets.plan_pages(rc.dataset)  # a bad dataset.path fails here, before any tracking or compiling
     check_knobs(rc.strategy.name, rc.strategy.knobs, rc.q)
-    DecisionRules.from_mapping(rc.decision)
+    rules = DecisionRules.from_mapping(rc.decision)
+    known = strategies.registered()
+    unknown = [name for name in rules.prefer if name not in known]
+    if unknown:  # a typo would silently never break a tie
+        raise ConfigError(f"decision.prefer names no strategy {', '.join(map(repr, unknown))}; strategies: "
+                          f"{', '.join(sorted(known))}")
     return rc
 
 

@@ -50,6 +50,10 @@ def validate_cells(config: DictConfig) -> tuple[int, Any]:
     number of cells and the first cell's validated config."""
     loader = GlobalHydra.instance().config_loader()
     jobs, bad, first = job_overrides(config), [], None
+    repeated = sorted({" ".join(j) for j in jobs if sum(sorted(k) == sorted(j) for k in jobs) > 1})
+    if repeated:  # q=2,2: two runs of one cell, one row in the report
+        print(f"error: the sweep lists a cell more than once ({'; '.join(repeated)}): give each value once", file=sys.stderr)
+        sys.exit(2)
     shared = set.intersection(*(set(j) for j in jobs)) if len(jobs) > 1 else set()
     for overrides in jobs:
         label = " ".join(o for o in overrides if o not in shared) or " ".join(overrides)  # what names this cell

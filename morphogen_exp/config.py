@@ -192,9 +192,12 @@ def _positive(value: float | None, name: str, optional: bool = True) -> None:
         raise ConfigError(f"{name} must be a positive number{' or null' if optional else ''}, got {value!r}")
 
 
+MAX_ITERATIONS = 1_000_000  # bench.iterations: more samples than any cell could take within its time cap
+
+
 def _check_bench(b: BenchConfig) -> None:
     _int(b.warmup, "bench.warmup", 0)
-    _int(b.iterations, "bench.iterations", 1, hint=" (the minimum number of timed samples)")
+    _int(b.iterations, "bench.iterations", 1, MAX_ITERATIONS, hint=" (the minimum number of timed samples)")
     _positive(b.max_noise, "bench.max_noise", optional=False)
     if not 0 < b.confidence < 1:
         raise ConfigError(f"bench.confidence must be strictly between 0 and 1 (e.g. 0.95), got {b.confidence!r}")

@@ -35,6 +35,9 @@ def test_bench_engine_writes_rows_with_compile_time_apart(tmp_path, capsys):
     (["breakdown", "--tiles", "100"], "tile_pages=100 must be a power of two"),
     (["blocks", "--grid", "num_warps=x"], "error: --grid"),
     (["engine", "--no-such-flag"], "unrecognized arguments"),
+    (["engine", "--pages", "0"], "error: --pages must be >= 1, got 0"),
+    (["breakdown", "--keys", "3,0"], "error: --keys must be >= 1, got 0"),
+    (["ceilings", "--words", "0"], "error: --words must be >= 1, got 0"),
 ])
 def test_bench_rejects_bad_settings_in_one_line(capsys, argv, message):
     assert main(argv) == 2

@@ -135,7 +135,21 @@ def _check(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: {e}") from None
 
 
+def _check_counts(args: argparse.Namespace) -> None:
+    """Every count (--pages, --keys, --repeats, --tile, --tiles, --tile-pages, --words) is >= 1: a 0 is a setting to
+    fix, said in one line, never a traceback from inside a kernel."""
+    for name in ("pages", "keys", "repeats", "tile", "tiles", "tile_pages", "words"):
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        for v in _ints(value, flag) if isinstance(value, str) else [value]:
+            if v < 1:
+                raise SystemExit(f"error: {flag} must be >= 1, got {v}")
+
+
 def _run(args: argparse.Namespace) -> int:
+    _check_counts(args)
     if args.cmd != "ceilings":
         _check(args)
     if args.cmd == "ceilings":
