@@ -117,6 +117,11 @@ def _interrupted() -> None:
     """Ctrl-C / SIGTERM: the sweep run (if this process frames one) and its dead cells end KILLED."""
     sess = session.current()
     hint = "rebuild the report with `python -m morphogen_exp.report`"
+    guard = trial.guard_of(sys.argv[1:])
+    if sess.sweep is None and guard is not None:  # a trial measures no cells: its run ends KILLED, with no verdict
+        print(f"interrupted: the trial of guard {guard} ended KILLED with no verdict; run the same command again",
+              file=sys.stderr)
+        return
     if sess.sweep is not None:
         tracker, ref = sess.sweep
         hint = (f"finish the sweep with the same command and resume=true, or publish what finished with "

@@ -43,7 +43,7 @@ from .identity import measurement_setting
 from .session import Session
 from .stats import paired_ratio_ci
 from .timing import TimingSummary
-from .tracking import NOTE_TAG, PARENT_TAG, ROLE_TAG, Tracker, cells_frame, load_rules, shielded, sqlite_path
+from .tracking import NOTE_TAG, PARENT_TAG, ROLE_TAG, Tracker, cells_frame, load_rules, open_store, shielded, sqlite_path
 
 log = logging.getLogger(__name__)
 ROLE = "trial"
@@ -331,6 +331,10 @@ def _sweep_run(meta: rollout.GuardMeta, base: RunConfig, given: set[str], sessio
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise ConfigError(f"guard {meta.guard!r}: its sweep's store {uri} is not on this machine; {where}")
+    try:
+        open_store(uri, experiment)  # read first: a trial never creates a store or an experiment (a typo would)
+    except ConfigError:
+        raise ConfigError(f"guard {meta.guard!r}: no experiment {experiment!r} in {uri}; {where}") from None
     tracker = session.tracker(MlflowConfig(uri, experiment))
     try:
         parent = tracker.client.get_run(meta.parent_run_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,7 +128,7 @@ def test_a_guard_travels_with_its_record_and_an_older_one_is_named_to_republish(
 
 def _ours(stdout: str) -> list[str]:
     """The trial's own lines (not the log's)."""
-    return [line for line in stdout.splitlines() if not line.startswith("[")]
+    return [line for line in stdout.splitlines() if not re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line)]
 
 
 def _covered(last: str) -> set[int]:
@@ -220,3 +221,28 @@ def test_a_trial_holds_the_guard_to_its_sweep_and_is_never_a_cell(cli, workdir):
     assert found is not None and found.info.run_id == cell4.info.run_id
     files = report.build(store, meta.parent_run_id, workdir / "whatif")
     assert len(files.csv.read_text().splitlines()) == 1 + 4
+
+
+def test_an_interrupted_trial_says_its_run_ended_not_that_cells_are_kept(monkeypatch, capsys) -> None:
+    from morphogen_exp import __main__ as entry
+    from morphogen_exp import session
+
+    monkeypatch.setattr(sys, "argv", ["morphogen_exp", "+rollout=selected", "q=8"])
+    monkeypatch.setattr(session.current(), "sweep", None)
+    entry._interrupted()
+    assert capsys.readouterr().err == (
+        "interrupted: the trial of guard selected ended KILLED with no verdict; run the same command again\n")
+
+
+def test_a_trial_naming_an_experiment_the_store_lacks_is_one_line_and_creates_none(tmp_path, sess) -> None:
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    MlflowClient(tracking_uri=uri).create_experiment("morphogen_exp", artifact_location=(tmp_path / "art").as_uri())
+    base = SimpleNamespace(mlflow=SimpleNamespace(tracking_uri=uri, experiment="typo"))
+    with pytest.raises(ConfigError, match=r"^guard 'tiny-cpu-xla': no experiment 'typo' in sqlite:///"):
+        trial._sweep_run(_meta("x", tracking_uri=uri), base, {"mlflow.experiment"}, sess)
+    assert MlflowClient(tracking_uri=uri).get_experiment_by_name("typo") is None
+
