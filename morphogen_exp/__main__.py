@@ -168,6 +168,14 @@ def main() -> None:
             raise
         print(f"error: {knob_error(err, sys.argv[1:]) or one_line(err)}", file=sys.stderr)
         sys.exit(2)
+    except OSError as err:  # Hydra writing a job's folder (.hydra/, the job log) on a full or read-only disk
+        _end_sweep("FAILED")
+        if user_full_error:
+            raise
+        print(f"error: cannot write {err.filename or 'the run folder'} ({err.strerror or err}): free space there or pick "
+              "another hydra.sweep.dir (hydra.run.dir for one cell); a sweep goes on with the same command and resume=true",
+              file=sys.stderr)
+        sys.exit(2)
     except Exception as err:  # a launcher's failure (e.g. a worker process died): the sweep run must not stay RUNNING
         _end_sweep("FAILED")
         if type(err).__name__ == "UncompletedJobError" and not user_full_error:  # submitit: a job died before its cell

@@ -194,3 +194,20 @@ def mlflow_runs_at(uri: str):
     exp = client.get_experiment_by_name("morphogen_exp")
     assert exp is not None, f"no experiment in {uri}"
     return client.search_runs([exp.experiment_id], max_results=100)
+
+
+def test_a_full_sweep_folder_disk_is_one_line_and_ends_the_sweep_run(cli_here, workdir, monkeypatch):
+    """Hydra writing a cell's .hydra/ folder on a full disk: one line, exit 2, the sweep run FAILED (never RUNNING)."""
+    import errno
+
+    import hydra.core.utils
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(workdir / "outputs" / "multirun" / "x" / ".hydra"))
+
+    monkeypatch.setattr(hydra.core.utils, "_save_config", full)
+    res = cli_here("-m", "q=1")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: cannot write ") and "No space left" in res.stderr
+    (sweep,) = [r for r in mlflow_runs(workdir) if r.data.tags.get("morphogen.role") == "sweep"]
+    assert sweep.info.status == "FAILED"
