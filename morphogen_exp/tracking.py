@@ -728,12 +728,10 @@ def close_stale(store: Any, sweep_dir: str, wait_s: float = 0.0) -> list[str]:
     """End RUNNING runs of this sweep dir whose process is gone (same host, pid dead) as KILLED, a cell's
     `cell_status` then `killed`. Runs of live processes or of other hosts are left alone. `store` has .client
     and .experiment_id. Returns the closed run ids."""
-    runs = _retry(lambda: store.client.search_runs(
-        [store.experiment_id],
-        filter_string=f"tags.`{PARENT_TAG}` = {_quote(sweep_dir)} and attributes.status = 'RUNNING'",
-        max_results=5000,
+    runs = _retry(lambda: store.client.search_runs(  # the folder compared here: its name may hold both quote kinds
+        [store.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=50000,
     ))
-    mine = [r for r in runs if _of_this_host(r)]
+    mine = [r for r in runs if r.data.tags.get(PARENT_TAG) == sweep_dir and _of_this_host(r)]
     deadline = time.monotonic() + wait_s
     while any(not process_gone(r.data.tags[PID_TAG]) for r in mine) and time.monotonic() < deadline:
         time.sleep(0.2)  # workers of an interrupted launcher may still be exiting

@@ -278,7 +278,7 @@ def test_stale_runs_of_a_sweep_are_closed_only_when_their_process_is_gone(workdi
 
     tr = Tracker(MlflowConfig(f"sqlite:///{workdir}/outputs/mlflow.db", "morphogen_exp"))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    sweep = str(workdir / "it's a sweep")  # a quote in the folder name
+    sweep = str(workdir / "it's a \"sweep\"")  # both quote kinds in the folder name (no filter string can hold it)
     gone = tr.start_run("gone", {PARENT_TAG: sweep, "morphogen.role": "cell"})
     tr.log(gone, tags={PID_TAG: dead.stdout.strip()})
     tr.start_run("alive", {PARENT_TAG: sweep})  # this process: alive
