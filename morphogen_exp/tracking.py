@@ -686,6 +686,10 @@ def find_sweep(store: Store, sweep_dir: str | None, run_id: str | None) -> str:
             raise ConfigError(f"no run {run_id} in this store") from None
         if run.info.experiment_id != store.experiment_id or run.data.tags.get(ROLE_TAG) != "sweep":
             raise ConfigError(f"run {run_id} is not a sweep run of this experiment")
+        folder = run.data.tags.get(PARENT_TAG, "")
+        if sweep_dir is not None and folder not in {sweep_dir, str(Path(sweep_dir).resolve())}:
+            raise ConfigError(f"--parent-run {run_id} is the sweep of {folder}, not of --sweep-dir {sweep_dir}: pass one "
+                              "of them")
         return run_id
     sweeps = client.search_runs([store.experiment_id], f"tags.`{ROLE_TAG}` = 'sweep'",
                                 order_by=["attributes.start_time DESC"], max_results=5000)

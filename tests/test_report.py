@@ -216,7 +216,7 @@ def test_a_sweep_whose_rules_were_bad_can_still_be_reported(sweeps, tmp_path, ca
 
 
 @pytest.mark.parametrize("case", ["unknown_run", "not_a_run_id", "missing_sqlite", "missing_dir_store", "experiment",
-                                  "unwritable_out", "bad_rule"])
+                                  "unwritable_out", "bad_rule", "run_of_another_folder"])
 def test_cli_errors_are_one_line_and_create_nothing(case, sweeps, tile_sweep, tmp_path, capsys) -> None:
     parent, _ = tile_sweep
     store = ["--tracking-uri", sweeps.uri]
@@ -229,6 +229,8 @@ def test_cli_errors_are_one_line_and_create_nothing(case, sweeps, tile_sweep, tm
         "experiment": (store + ["--experiment", "nope"], "no experiment 'nope'"),
         "unwritable_out": (store + ["--parent-run", parent, "--out", str(tmp_path / "file" / "sub")], "--out"),
         "bad_rule": (store + ["--rule", "rank_by"], "must be NAME=VALUE"),
+        "run_of_another_folder": (store + ["--parent-run", parent, "--sweep-dir", str(tmp_path)],
+                                  f"is the sweep of {tile_sweep[1]}, not of --sweep-dir {tmp_path}"),
     }[case]
     before = sorted(p.name for p in tmp_path.iterdir())
     code, err = _main(capsys, *argv)
