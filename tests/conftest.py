@@ -115,8 +115,11 @@ def make_cfg(workdir, jax_cache):
 
 
 def cli_args(workdir: Path, jax_cache: Path, args: tuple[str, ...], test_strategies: bool = True) -> list[str]:
-    """The command line after `python -m morphogen_exp`: flags, the tests' common overrides, then the test's (which win)."""
+    """The command line after `python -m morphogen_exp`: flags, the tests' common overrides, then the test's (which win).
+    A CLI test checks what a command does, not how fine its numbers are: each timed path stops at 0.5 s (3 s by
+    default) and no system metrics are sampled (tests/test_devstate.py tests those) unless the test says otherwise."""
     common = [o for o in common_overrides(workdir, jax_cache) if test_strategies or not o.startswith("hydra.searchpath")]
+    common += ["bench.max_time_s=0.5", "bench.system_metrics_s=null"]
     flags = [a for a in args if a.startswith("-")]
     return [*flags, *common, *(a for a in args if a not in flags)]
 

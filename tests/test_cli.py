@@ -346,7 +346,8 @@ def test_dataset_file_is_scanned_exactly(cli_here, workdir):
 def test_the_same_sweep_twice_gives_the_same_decision(cli, workdir):
     """Issue: two identical sweeps shipped different strategies. With sampling to a noise target and
     verdicts on intervals, a repeated real sweep decides the same (two configurations, a clear gap)."""
-    args = ("-m", "strategy=sleepy", "strategy.seconds=0", "strategy.millis=0,200", "q=1,2")
+    args = ("-m", "strategy=sleepy", "strategy.seconds=0", "strategy.millis=0,200", "q=1,2",
+            "bench.max_time_s=3.0")  # the config's cap: 200 ms samples need it to reach enough rounds
     first = cli(*args, "hydra.sweep.dir=outputs/multirun/first")
     second = cli(*args, "hydra.sweep.dir=outputs/multirun/second")
     assert first.returncode == second.returncode == 0, (first.stderr[-2000:], second.stderr[-2000:])
