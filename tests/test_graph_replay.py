@@ -13,11 +13,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from morphogen_exp import app, report, tracecount, tracking
+from morphogen_exp import app, report, tracking
 from morphogen_exp.config import ConfigError
 from morphogen_exp.pir import cuda
 from morphogen_exp.pir.cuda import capture
-from morphogen_exp.strategies import graph_replay
+from morphogen_exp.strategies import graph_replay, tracecount
 from morphogen_exp.strategies.base import check_knobs
 
 from .conftest import mlflow_runs

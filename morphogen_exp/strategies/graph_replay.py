@@ -2,7 +2,7 @@
 (jit(...).lower(...).compile()) and that one executable replayed every iteration.
 
 On the GPU, XLA may wrap parts of the executable in command buffers (CUDA graphs). What ran is read from
-a profiler trace of one replay (morphogen_exp/tracecount.py), taken once per cell on the first call, after
+a profiler trace of one replay (strategies/tracecount.py), taken once per cell on the first call, after
 one untraced replay (XLA records a command buffer on its first run) and apart from the timed samples:
 `graph_launches` (CUDA graph launches seen; 0: the batch ran as plain kernel launches; "unknown" with
 `trace_note` where no trace could be read), `kernel_launches` (kernels launched one by one), `traced_ops`
@@ -26,9 +26,9 @@ import time
 
 import jax
 
-from .. import tracecount
 from ..config import ConfigError
 from ..pir.cuda.capture import capturable_targets
+from . import tracecount
 from .base import BatchPath, BuildContext, register
 from .full_batch import vmapped_batch
 
