@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from morphogen_exp import rollout
 from morphogen_exp.config import flatten
-from morphogen_exp.decision import config_id
+from morphogen_exp.identity import config_id
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = {"require_parity": True, "min_speedup": 1.0, "speedup_from_q": 4, "latency_budget_ms": None,
