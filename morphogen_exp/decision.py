@@ -330,7 +330,7 @@ def decide(df: pd.DataFrame, rules: DecisionRules, finals: Iterable[Final] = ())
         refusal = f"no cell was measured ({counts}): nothing to decide on; fix what the cells' errors say and re-run"
     if refusal:
         ranked, tie_note = [], ""
-    ranked, finals_note = _apply_finals(ranked, list(finals), rank_q, verdicts)
+    ranked, finals_note = _apply_finals(ranked, list(finals), rank_q, verdicts, rules)
     return Decision(verdicts, ranked[0].config if ranked else None, ranked[1].config if len(ranked) > 1 else None,
                     rank_q, rules.rank_by, intervals, tie_note, "" if mixed else note, refusal, finals_note)
 
@@ -354,23 +354,39 @@ class Final:
         return "faster" if self.lo > 1 else "slower" if self.hi < 1 else "tied"
 
 
-def _apply_finals(ranked: list[Verdict], finals: list[Final], rank_q: int,
-                  verdicts: Mapping[str, Verdict]) -> tuple[list[Verdict], str]:
-    """At the ranking q, a GO challenger that beat the selection head to head beyond noise ships instead."""
+def _apply_finals(ranked: list[Verdict], finals: list[Final], rank_q: int, verdicts: Mapping[str, Verdict],
+                  rules: DecisionRules) -> tuple[list[Verdict], str]:
+    """At the ranking q the finals judge, with the sweep's tie margin (equivalence, not bare significance): a
+    challenger (GO, or INCONCLUSIVE and tied in the cells) ships instead only when its head-to-head interval
+    clears 1 + tie_within; one whose interval sits inside the margin is tied, and a tie goes to decision.prefer
+    as in the cells, so a tie ships the same configuration whatever the noise of the run."""
     if not ranked or not finals:
         return ranked, ""
+    margin = 1 + rules.tie_within
     at = [f for f in finals if f.q == rank_q and f.incumbent == ranked[0].config]
-    winners = sorted((f for f in at if f.verdict == "faster" and f.challenger in verdicts and verdicts[f.challenger].go),
-                     key=lambda f: -f.ratio)
-    if winners:
-        w = winners[0]
-        new_first = verdicts[w.challenger]
+    judged = [f for f in at if f.challenger in verdicts and verdicts[f.challenger].status in (GO, UNDECIDED)]
+    winners = sorted((f for f in judged if f.lo > margin), key=lambda f: -f.ratio)
+    order = {name: i for i, name in enumerate(rules.prefer)}
+    rank = order.get(ranked[0].strategy, len(order))
+    preferred = sorted((f for f in judged if f.lo >= 1 - rules.tie_within  # non-inferior head to head
+                        and order.get(verdicts[f.challenger].strategy, len(order)) < rank),
+                       key=lambda f: order.get(verdicts[f.challenger].strategy, len(order)))
+    pick, how = (winners[0], "beat") if winners else (preferred[0], "tied (within the margin) and is preferred to") \
+        if preferred else (None, "")
+    if pick is not None:
+        new_first = verdicts[pick.challenger]
+        if not new_first.go:  # INCONCLUSIVE on its cells' intervals: decided head to head against a GO configuration
+            new_first.notes += [f"decided in the finals: {r}" for r in new_first.undecided]
+            new_first.undecided.clear()
         ranked = [new_first] + [v for v in ranked if v is not new_first]
-        return ranked, (f"Finals at q={rank_q} overturned the sweep's ranking: {w.challenger} beat {w.incumbent} head to head, "
-                        f"x{w.ratio:.3f} [{w.lo:.3f}, {w.hi:.3f}] over {w.rounds} rounds")
+        return ranked, (f"Finals at q={rank_q} overturned the sweep's ranking: {pick.challenger} {how} {pick.incumbent} head "
+                        f"to head, x{pick.ratio:.3f} [{pick.lo:.3f}, {pick.hi:.3f}] over {pick.rounds} rounds "
+                        f"(margin x{margin:.3g})")
     if at:
-        said = ", ".join(f"{f.challenger} x{f.ratio:.3f} [{f.lo:.3f}, {f.hi:.3f}] ({f.verdict})" for f in at)
-        return ranked, f"Finals at q={rank_q} confirmed {ranked[0].config} head to head against {said}"
+        def said(f: Final) -> str:
+            verdict = "faster" if f.lo > margin else "slower" if f.hi < 1 / margin else "tied within the margin"
+            return f"{f.challenger} x{f.ratio:.3f} [{f.lo:.3f}, {f.hi:.3f}] ({verdict})"
+        return ranked, f"Finals at q={rank_q} confirmed {ranked[0].config} head to head against {', '.join(map(said, at))}"
     return ranked, f"Finals at q={rank_q}: nothing tied {ranked[0].config}; re-measured alone"
 
 

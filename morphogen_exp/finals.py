@@ -2,7 +2,8 @@
 
 Cells of a sweep are timed minutes apart, so two configurations whose intervals overlap were never
 compared under the same conditions. Per q, the finalists are the selected configuration (the incumbent)
-and each GO configuration whose ranking estimate at that q overlaps or beats it (at most MAX_FINALISTS,
+and each GO configuration whose ranking estimate at that q overlaps or beats it, and each INCONCLUSIVE one
+that overlaps it (a wide interval next to a bursty neighbour is judged head to head; at most MAX_FINALISTS,
 on the incumbent's engine and placement: one database layout is resident at a time). Their batch paths
 run in rounds in this process (`timing.measure_interleaved`), their answers are compared bit for bit, and
 each q is logged as a run of role "final" under the sweep's parent run (`finals.json`). The report reads
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import app
-from .decision import RANKABLE, Decision, DecisionRules, decide, estimate, tied
+from .decision import GO, RANKABLE, UNDECIDED, Decision, DecisionRules, decide, estimate, tied
 from .session import Session
 from .stats import blocked_median_ci
 from .tracking import FINAL_ROLE, NOTE_TAG, PARENT_TAG, ROLE_TAG, Tracker, cells_frame, load_rules, shielded
@@ -62,9 +63,9 @@ def plan(df: pd.DataFrame, decision: Decision, rules: DecisionRules) -> dict[int
         for label, row in rows.items():
             e = estimate(row, rules.rank_by)
             v = decision.verdicts.get(label)
-            if label == decision.selected or e is None or inc is None or v is None or not v.go:
+            if label == decision.selected or e is None or inc is None or v is None or v.status not in (GO, UNDECIDED):
                 continue
-            if tied(inc, e, rules) or (e.value > inc.value if higher else e.value < inc.value):
+            if tied(inc, e, rules) or (v.go and (e.value > inc.value if higher else e.value < inc.value)):  # INCONCLUSIVE: tied
                 contenders.append((label, e.value))
         contenders.sort(key=lambda c: -c[1] if higher else c[1])
         out[int(q)] = [decision.selected] + [c for c, _ in contenders[: MAX_FINALISTS - 1]]

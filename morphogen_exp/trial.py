@@ -138,10 +138,28 @@ def fallback_verdict(ratio: Estimate, tie_within: float) -> str:
     return UNDECIDED
 
 
+def machine_moved(trial: Estimate, sweep: Estimate, ratio: Estimate, fallback_then: Estimate | None,
+                  tie_within: float) -> str:
+    """Why a guard's time moved with the machine, or '': its fallback moved as much (the paired ratio fallback /
+    guard now, with its interval widened by the margin, holds the sweep's ratio fallback / guard)."""
+    if fallback_then is None or not sweep.value or not trial.value:
+        return ""
+    then = fallback_then.value / sweep.value
+    lo, hi = _bounds(ratio)
+    if not lo * (1 - tie_within) <= then <= hi * (1 + tie_within):
+        return ""
+    fb_drift = ratio.value * trial.value / fallback_then.value
+    return (f"the machine moved: the guard x{trial.value / sweep.value:.2f} and its fallback x{fb_drift:.2f} "
+            f"against the sweep (fallback / guard x{ratio.value:.3f} now, x{then:.3f} then)")
+
+
 def judge(q: int, trial: Estimate, sweep: Estimate | None, ratio: Estimate, tie_within: float, *,
-          sweep_saw_fallback_faster: bool = False, fallback: str = LOOP) -> Judgement:
+          sweep_saw_fallback_faster: bool = False, fallback: str = LOOP,
+          fallback_then: Estimate | None = None) -> Judgement:
     """The verdict at q: the promise (`sweep`: the guard's sweep cell, None where it is no promise) and the fallback
-    comparison; a guard slower than its fallback beyond noise and margin regresses unless its sweep saw that too."""
+    comparison; a guard slower than its fallback beyond noise and margin regresses unless its sweep saw that too.
+    `fallback_then`: the fallback's time in the sweep (its cell, else the guard cell's loop): a guard that moved
+    beyond the margin as much as its fallback did HOLDS, the machine moved, not the code."""
     against = fallback_verdict(ratio, tie_within)
     vs = f"{fallback} / guard x{ratio.format('.3f')}"
     if sweep is None:
@@ -149,6 +167,10 @@ def judge(q: int, trial: Estimate, sweep: Estimate | None, ratio: Estimate, tie_
         why = {REGRESSED: f"slower than {vs}", INCONCLUSIVE: f"against {vs}: the interval straddles the margin"}.get(verdict, "")
         return Judgement(q, verdict, None, against, why)
     promise = promise_verdict(trial, sweep, tie_within)
+    if promise in (REGRESSED, IMPROVED) and against != WORSE:
+        moved = machine_moved(trial, sweep, ratio, fallback_then, tie_within)
+        if moved:
+            return Judgement(q, HOLDS, HOLDS, against, moved)
     if against == WORSE and not sweep_saw_fallback_faster and promise != REGRESSED:
         return Judgement(q, REGRESSED, promise, against, f"slower than {vs} beyond noise and margin, which its sweep did not see")
     now, then = f"{trial.format('.4g')} ms", f"the sweep's {sweep.format('.4g')} ms"
@@ -422,8 +444,11 @@ def run(cfg: DictConfig, session: Session, guard: str, overrides: Sequence[str])
                 m = measure(p.guard[q], p.fallback[q] if p.fallback else None, p.fallback_label, session)
                 cell = p.cells.get(q)
                 sweep = estimate(cell, "batch_ms_per_batch") if cell is not None and not diffs else None
-                j = judge(q, m.guard_ms, sweep, m.ratio, p.tie_within, fallback=p.fallback_label,
-                          sweep_saw_fallback_faster=cell is not None and _sweep_saw_fallback_faster(cell, p.fallback_cells.get(q)))
+                fb_cell = p.fallback_cells.get(q)
+                then = (estimate(fb_cell, "batch_ms_per_batch") if fb_cell is not None else
+                        estimate(cell, "single_ms_per_batch") if cell is not None and p.fallback is None else None)
+                j = judge(q, m.guard_ms, sweep, m.ratio, p.tie_within, fallback=p.fallback_label, fallback_then=then,
+                          sweep_saw_fallback_faster=cell is not None and _sweep_saw_fallback_faster(cell, fb_cell))
                 judgements.append(j)
                 tracker.log(run_id, metrics=_metrics(q, m, sweep), tags={f"trial.verdict.q{q}": j.verdict})
                 record["q"].append({"q": q, **asdict(m), "sweep_ms": None if sweep is None else asdict(sweep), **asdict(j)})

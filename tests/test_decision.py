@@ -224,7 +224,7 @@ def test_finals_confirm_or_overturn_the_selection_at_the_ranking_q() -> None:
     tied = Final(32, "full_batch", "graph_replay", 1.004, 0.998, 1.01, 12)
     d = decide(m, rules, [tied])
     assert (d.selected, d.fallback) == ("full_batch", "graph_replay") and "confirmed full_batch" in d.finals_note
-    beat = Final(32, "full_batch", "graph_replay", 1.03, 1.02, 1.04, 12)
+    beat = Final(32, "full_batch", "graph_replay", 1.035, 1.025, 1.045, 12)  # clears 1 + tie_within (1.02)
     d = decide(m, rules, [beat, Final(8, "full_batch", "graph_replay", 1.5, 1.4, 1.6, 12)])
     assert (d.selected, d.fallback) == ("graph_replay", "full_batch") and "overturned" in d.finals_note
     assert d.finals_note in d.summary()
@@ -248,3 +248,29 @@ def test_rules_refuse_numbers_that_are_not_finite(value: float) -> None:
     """NaN compares false with every bound, so a rule of NaN would pass every check: refused by name."""
     with pytest.raises(ConfigError, match="decision.min_speedup must be a number"):
         DecisionRules.from_mapping({"min_speedup": value})
+
+
+def test_finals_overturn_only_beyond_the_tie_margin() -> None:
+    """Issue 30 item 8: x1.033 [1.017, 1.044] is faster than 1 but not beyond the 2% margin: the selection stands,
+    said as a tie, so the same sweep ships the same configuration whichever way the noise fell."""
+    m = _matrix({"tiled": (145.5, 1.0), "full_batch": (145.0, 1.0)})
+    rules = DecisionRules(prefer=PREFER)
+    assert decide(m, rules).selected == "full_batch"
+    d = decide(m, rules, [Final(32, "full_batch", "tiled", 1.033, 1.017, 1.044, 12)])
+    assert d.selected == "full_batch" and "tiled x1.033 [1.017, 1.044] (tied within the margin)" in d.finals_note
+
+
+def test_a_tied_inconclusive_configuration_joins_the_finals_and_is_judged_there() -> None:
+    """Issue 30 item 8: full_batch INCONCLUSIVE on a wide speedup interval (a bursty neighbour), tied with tiled on
+    the ranking: it meets tiled in the finals; tied there, decision.prefer ships it, as a quiet sweep would."""
+    from morphogen_exp import finals
+
+    m = _matrix({"tiled": (146.0, 1.0), "full_batch": (145.5, 3.0)}, speedup_at_4={"full_batch": (1.05, 0.1)})
+    rules = DecisionRules(prefer=PREFER)
+    d = decide(m, rules)
+    assert (d.selected, d.verdicts["full_batch"].status) == ("tiled", UNDECIDED)
+    assert finals.plan(m.assign(config=m["our_strategy"]), d, rules)[32] == ["tiled", "full_batch"]
+    d = decide(m, rules, [Final(32, "tiled", "full_batch", 1.001, 0.99, 1.012, 12)])
+    assert d.selected == "full_batch" and d.verdicts["full_batch"].go and "is preferred to tiled" in d.finals_note
+    d = decide(m, rules, [Final(32, "tiled", "full_batch", 0.95, 0.94, 0.96, 12)])  # slower head to head: out
+    assert d.selected == "tiled" and d.verdicts["full_batch"].status == UNDECIDED

@@ -246,3 +246,16 @@ def test_a_trial_naming_an_experiment_the_store_lacks_is_one_line_and_creates_no
         trial._sweep_run(_meta("x", tracking_uri=uri), base, {"mlflow.experiment"}, sess)
     assert MlflowClient(tracking_uri=uri).get_experiment_by_name("typo") is None
 
+
+def test_a_guard_that_moved_as_much_as_its_fallback_holds_the_machine_moved() -> None:
+    """Issue 30 item 8: x1.34 slower than the sweep, but the fallback slowed as much (the paired ratio is the
+    sweep's): HOLDS, said as the machine moving; the same drift faster is no IMPROVED either. Without the
+    fallback's sweep time, or with the ratio moved too, the verdict stands."""
+    slow, fb_then = Estimate(13.4, 13.3, 13.5), Estimate(20.0, 19.8, 20.2)  # the sweep: fallback / guard x2.0
+    j = trial.judge(8, slow, SWEPT, Estimate(2.0, 1.98, 2.02), 0.02, fallback="tiled", fallback_then=fb_then)
+    assert (j.verdict, j.promise) == (HOLDS, HOLDS) and j.why.startswith("the machine moved: the guard x1.34 and its fallback x1.34")
+    fast = trial.judge(8, Estimate(9.0, 8.9, 9.1), SWEPT, Estimate(2.0, 1.97, 2.03), 0.02, fallback="tiled", fallback_then=fb_then)
+    assert fast.verdict == HOLDS and "the machine moved" in fast.why
+    assert trial.judge(8, slow, SWEPT, Estimate(2.0, 1.98, 2.02), 0.02, fallback="tiled").verdict == REGRESSED
+    moved = trial.judge(8, slow, SWEPT, Estimate(1.5, 1.48, 1.52), 0.02, fallback="tiled", fallback_then=fb_then)
+    assert moved.verdict == REGRESSED  # the guard lost ground on its fallback: the code, not the machine
