@@ -482,6 +482,8 @@ def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: Map
     sel = decision.selected
     devices = ", ".join(sorted(df["device_kind"].dropna().astype(str).unique())) or "?"
     guard_line = (f"- **Rollout guard**: none written ({decision.refusal})." if decision.devices_mixed
+                  else f"- **Rollout guard** (what-if): `rollout/{WHATIF}.yaml` and `rollout/{WHATIF}.env` beside this "
+                       "report, not saved in the guard store." if meta.get("whatif")
                   else f"""- **Rollout guard**: `rollout/selected.yaml` and `rollout/selected.env` beside this report; saved as
   `+rollout={meta.get('guard_name', '?')}` (and `+rollout=selected`, the latest) in the guard store
   ($MORPHOGEN_ROLLOUT_DIR, else <checkout>/outputs, or ./outputs when installed), each with its record
@@ -686,7 +688,7 @@ def write(record: tracking.SweepRecord, out_dir: Path, *, save_guard: bool = Fal
     guarded = not decision.devices_mixed
     name, guard_yaml, guard_env = guard_texts(df, decision, header) if guarded else ("none", "", "")
     meta = {
-        "finals": record.final_records, "experiment_id": str(parent.info.experiment_id),
+        "finals": record.final_records, "whatif": whatif, "experiment_id": str(parent.info.experiment_id),
         "sweep_dir": sweep_dir, "parent_run": parent_id, "tracking_uri": record.tracking_uri,
         "backend": first_tags.get("backend"), "jax_version": first_tags.get("jax_version"),
         "code_version": parent.data.tags.get("code_version"), "warmup": p0.get("bench.warmup"),
