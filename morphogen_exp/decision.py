@@ -457,9 +457,11 @@ def _against(e: Estimate, threshold: float, above: bool, what: str, v: Verdict, 
 
 
 def tied(best: Estimate, s: Estimate, rules: DecisionRules) -> bool:
-    """A tie with the best: overlapping intervals, or (point estimates) within decision.tie_within."""
-    if best.interval and s.interval:
-        return best.overlaps(s)
+    """A tie with the best: overlapping intervals, or medians within decision.tie_within of each other (an
+    equivalence margin, as criterion's noise threshold: two narrow intervals 1% apart are one speed, whichever
+    process measured them, not a ranking that flips between runs)."""
+    if best.interval and s.interval and best.overlaps(s):
+        return True
     return rules.tie_within > 0 and abs(s.value - best.value) <= abs(best.value) * rules.tie_within
 
 
@@ -506,8 +508,12 @@ def _rank(go: list[Verdict], rules: DecisionRules) -> tuple[list[Verdict], str]:
         group = [v for v in rest if v is rest[0] or tied(best, v.score, rules)]  # type: ignore[arg-type]
         group = sorted(group, key=lambda v: order.get(v.strategy, len(order)))  # stable: score order within
         if len(group) > 1 and not ranked:
-            how = ("their intervals overlap" if all(v.score.interval for v in group)  # type: ignore[union-attr]
-                   else f"within {rules.tie_within:.0%} (point estimates)")
+            if not all(v.score.interval for v in group):  # type: ignore[union-attr]
+                how = f"within {rules.tie_within:.0%} (point estimates)"
+            elif all(group[0].score.overlaps(v.score) for v in group):  # type: ignore[union-attr,arg-type]
+                how = "their intervals overlap"
+            else:
+                how = f"their intervals overlap or their medians are within {rules.tie_within:.0%}"
             note = (f"{', '.join(v.config for v in group)} are tied on {rules.rank_by} "
                     f"({', '.join(v.score.format() for v in group)}; {how}): ordered by decision.prefer")  # type: ignore[union-attr]
         ranked.append(group[0])

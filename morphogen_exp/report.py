@@ -488,7 +488,7 @@ def render(df: pd.DataFrame, decision: Decision, rules: DecisionRules, meta: Map
   `+rollout={meta.get('guard_name', '?')}` (and `+rollout=selected`, the latest) in the guard store
   ($MORPHOGEN_ROLLOUT_DIR, else <checkout>/outputs, or ./outputs when installed), each with its record
   (`.meta.json`: this sweep, for rollout trials).""")
-    tie = (f"ties (overlapping intervals; point estimates: within {rules.tie_within:.0%}) go to the first of decision.prefer, "
+    tie = (f"ties (overlapping intervals, or medians within {rules.tie_within:.0%}) go to the first of decision.prefer, "
            "then the finals decide" if decision.intervals else f"ties within {rules.tie_within:.0%} go to the first of decision.prefer")
     intervals = ("Each value is the median with its confidence interval `[lo, hi]`. The single-query loop and the batch path "
                  "are timed in alternating rounds; the speedup is the median of the rounds' ratios, its interval from "
