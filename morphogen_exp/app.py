@@ -13,10 +13,12 @@ import json
 import logging
 import os
 import signal
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -282,6 +284,25 @@ def identity_tags(rc: RunConfig) -> dict[str, str]:
             "dataset.fingerprint": fp, **dev}
 
 
+SAMPLE_SERIES = ("single_ms_iter", "batch_ms_iter")  # every timed sample of a cell, one step each
+
+
+def _copy_samples(tracker: Tracker, src: str, dst: str) -> None:
+    """A resumed cell keeps what its earlier run measured: every timed sample (the series, step by step) and the
+    run's files (timings.json, config.yaml...)."""
+    for key in SAMPLE_SERIES:
+        history = sorted(tracker.client.get_metric_history(src, key), key=lambda m: m.step)
+        if history:
+            tracker.log_series(dst, key, [m.value for m in history])
+    with tempfile.TemporaryDirectory() as tmp:
+        for artifact in tracker.client.list_artifacts(src):
+            local = tracker.client.download_artifacts(src, artifact.path, tmp)
+            if artifact.is_dir:  # a folder (the dataset input's, say): its files under the same name
+                tracker.client.log_artifacts(dst, local, artifact.path)
+            else:
+                tracker.log_file(dst, Path(local))
+
+
 def _resume(rc: RunConfig, tracker: Tracker, ident: dict[str, str], sweep: SweepRef | None, name: str) -> CellOutcome | None:
     """The cell copied from an earlier sweep run of this same folder, if one finished it ok; else None (measure it).
     A run outside a sweep has nothing to resume from."""
@@ -296,7 +317,9 @@ def _resume(rc: RunConfig, tracker: Tracker, ident: dict[str, str], sweep: Sweep
     tags["mlflow.note.content"] = (prev.data.tags.get("mlflow.note.content", "") + f" (resumed from run {prev.info.run_id})").strip()
     run_id = tracker.start_run(prev.info.run_name or name, tags, sweep.parent_id)
     try:
-        tracker.log(run_id, params=prev.data.params, metrics=prev.data.metrics)
+        scalars = {k: v for k, v in prev.data.metrics.items() if k not in SAMPLE_SERIES}
+        tracker.log(run_id, params=prev.data.params, metrics=scalars)
+        _copy_samples(tracker, prev.info.run_id, run_id)
     finally:
         tracker.end(run_id, "FINISHED")
     log.info("resume: %s already FINISHED as run %s; skipped", name, prev.info.run_id)

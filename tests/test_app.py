@@ -325,3 +325,27 @@ def test_half_created_store_says_what_to_do(workdir):
     with pytest.raises(ConfigError, match=r"half-created by an interrupted run; move it away \(mv ") as err:
         Tracker(MlflowConfig(f"sqlite:///{db}", "morphogen_exp"))
     assert "\n" not in str(err.value)
+
+
+def test_a_resumed_cell_keeps_every_timed_sample_and_its_files(workdir):
+    from morphogen_exp import app
+    from morphogen_exp.config import MlflowConfig
+    from morphogen_exp.session import SweepRef
+    from morphogen_exp.tracking import PARENT_TAG, ROLE_TAG, Tracker
+
+    tr = Tracker(MlflowConfig(f"sqlite:///{workdir}/outputs/mlflow.db", "morphogen_exp"))
+    sweep = str(workdir / "sweep")
+    old = tr.start_run("sweep", {ROLE_TAG: "sweep", PARENT_TAG: sweep})
+    prev = tr.start_run("tiled-q1", {ROLE_TAG: "cell", PARENT_TAG: sweep, "cell_key": "k1", "cell_status": "ok"}, old)
+    tr.log(prev, metrics={"batch_qps": 5.0})
+    tr.log_series(prev, "batch_ms_iter", [1.0, 2.0, 3.0])
+    tr.log_text(prev, '{"batch": [1, 2, 3]}', "timings.json")
+    tr.end(prev, "FINISHED")
+    tr.end(old, "KILLED")
+    new = tr.start_run("sweep", {ROLE_TAG: "sweep", PARENT_TAG: sweep})
+    out = app._resume(None, tr, {"cell_key": "k1"}, SweepRef(sweep, new), "tiled-q1")
+    assert out is not None and out.status == "resumed"
+    history = tr.client.get_metric_history(out.run_id, "batch_ms_iter")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(0, 1.0), (1, 2.0), (2, 3.0)]
+    assert tr.client.get_run(out.run_id).data.metrics["batch_qps"] == 5.0
+    assert [a.path for a in tr.client.list_artifacts(out.run_id)] == ["timings.json"]
