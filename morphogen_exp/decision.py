@@ -358,8 +358,8 @@ def _apply_finals(ranked: list[Verdict], finals: list[Final], rank_q: int, verdi
                   rules: DecisionRules) -> tuple[list[Verdict], str]:
     """At the ranking q the finals judge, with the sweep's tie margin (equivalence, not bare significance): a
     challenger (GO, or INCONCLUSIVE and tied in the cells) ships instead only when its head-to-head interval
-    clears 1 + tie_within; one whose interval sits inside the margin is tied, and a tie goes to decision.prefer
-    as in the cells, so a tie ships the same configuration whatever the noise of the run."""
+    clears 1 + tie_within; one neither faster nor slower beyond the margin is tied (as overlapping intervals are
+    in the cells), and a tie goes to decision.prefer, so a tie ships the same configuration whatever the noise."""
     if not ranked or not finals:
         return ranked, ""
     margin = 1 + rules.tie_within
@@ -368,7 +368,7 @@ def _apply_finals(ranked: list[Verdict], finals: list[Final], rank_q: int, verdi
     winners = sorted((f for f in judged if f.lo > margin), key=lambda f: -f.ratio)
     order = {name: i for i, name in enumerate(rules.prefer)}
     rank = order.get(ranked[0].strategy, len(order))
-    preferred = sorted((f for f in judged if f.lo >= 1 - rules.tie_within  # non-inferior head to head
+    preferred = sorted((f for f in judged if f.hi >= 1 - rules.tie_within  # not slower beyond the margin: a tie
                         and order.get(verdicts[f.challenger].strategy, len(order)) < rank),
                        key=lambda f: order.get(verdicts[f.challenger].strategy, len(order)))
     pick, how = (winners[0], "beat") if winners else (preferred[0], "tied (within the margin) and is preferred to") \

@@ -276,5 +276,7 @@ def test_a_tied_inconclusive_configuration_joins_the_finals_and_is_judged_there(
     assert finals.plan(m.assign(config=m["our_strategy"]), d, rules)[32] == ["tiled", "full_batch"]
     d = decide(m, rules, [Final(32, "tiled", "full_batch", 1.001, 0.99, 1.012, 12)])
     assert d.selected == "full_batch" and d.verdicts["full_batch"].go and "is preferred to tiled" in d.finals_note
-    d = decide(m, rules, [Final(32, "tiled", "full_batch", 0.95, 0.94, 0.96, 12)])  # slower head to head: out
+    d = decide(m, rules, [Final(32, "tiled", "full_batch", 1.168, 0.814, 1.327, 12)])  # undecided head to head: a tie
+    assert d.selected == "full_batch"
+    d = decide(m, rules, [Final(32, "tiled", "full_batch", 0.95, 0.94, 0.96, 12)])  # slower beyond the margin: out
     assert d.selected == "tiled" and d.verdicts["full_batch"].status == UNDECIDED
