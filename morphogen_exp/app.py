@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import datasets, devlock, devstate, floors, memory, parity, rollout, stats, strategies
 from . import placement as placements
-from .config import ConfigError, RunConfig, digest, flatten, parse
+from .config import ConfigError, RunConfig, digest, first_line, flatten, parse
 from .decision import DecisionRules, estimate
 from .pir import Engine, EngineSpec, available_engines, get, scan_bytes_read, tile_size
 from .pir.cuda import CudaUnavailable
@@ -397,7 +397,7 @@ def run(cfg: DictConfig, session: Session, sweep: SweepRef | None = None) -> Cel
             return CellOutcome("killed", name, run_id, error=str(err))
         raise
     except BaseException as err:
-        msg = (str(err).strip().splitlines() or [""])[0][:500]
+        msg = first_line(err, 500)
         _end_failed(tracker, run_id, type(err).__name__, msg, traceback.format_exc(),
                     note=note("failed", error=f"{type(err).__name__}: {msg}"))
         if not isinstance(err, Exception):

@@ -28,7 +28,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from . import app, session, sweepdir, uiview
-from .config import ConfigError, MlflowConfig, flatten, one_line
+from .config import ConfigError, MlflowConfig, first_line, flatten, one_line
 from .sweepdir import job_overrides
 from .tracking import PARENT_TAG, REPORT_ARTIFACT, ROLE_TAG, StoreLost, Tracker, code_version, process_gone, redact_uri, shielded
 
@@ -241,7 +241,7 @@ def run_finals(tracker: Tracker, parent: str, sess: session.Session) -> None:
         with devlock.hold("the finals"):
             finals.run(tracker, parent, sess)
     except Exception as err:
-        log.warning("finals not run: %s: %s", type(err).__name__, (str(err).splitlines() or [""])[0][:300])
+        log.warning("finals not run: %s: %s", type(err).__name__, first_line(err))
 
 
 def review_hint(tracking_uri: str, experiment_id: str, view: bool = False, report_of: str | None = None) -> str:

@@ -345,6 +345,11 @@ def _typed(cfg: DictConfig) -> Schema:
     return obj
 
 
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """An error's first non-blank line, cut at `limit` characters; its type's name when it says nothing."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]
+
+
 def one_line(err: BaseException) -> str:
     """A Hydra/OmegaConf error as one line: the override and what is wrong with it, or the lines of
     a composition error up to Hydra's search-path listing."""

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import app
+from .config import first_line
 from .decision import GO, RANKABLE, UNDECIDED, Decision, DecisionRules, decide, estimate, tied
 from .session import Session
 from .stats import blocked_median_ci
@@ -101,7 +102,7 @@ def run(tracker: Tracker, parent_id: str, session: Session) -> list[FinalRecord]
                 tracker.end(run_id, "KILLED")
             raise
         except Exception as err:
-            msg = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            msg = first_line(err)
             log.warning("final at q=%d not run: %s: %s", q, type(err).__name__, msg)
             tracker.log(run_id, tags={"error_message": f"{type(err).__name__}: {msg}"})
             tracker.end(run_id, "FAILED")

@@ -31,6 +31,7 @@ from typing import Any
 import jax
 
 from .bench.bmma import random_u32
+from .config import first_line
 from .pir.cuda import CudaUnavailable
 from .pir.cuda.bmma import call_expand_xor, call_masked_xor, scratch_words
 from .pir.cuda.dpf import MAX_LEVELS
@@ -132,7 +133,7 @@ def for_cell(setting: bool | str, device: Any) -> Floors | None:
         return probe(device)
     except (RuntimeError, ValueError) as err:  # no nvcc, a compile or out-of-memory error; a CellTimeout is neither
         log.warning("floors on %s not probed (%s: %s); the cell records none", device.device_kind, type(err).__name__,
-                    (str(err).strip().splitlines() or [""])[0][:300])
+                    first_line(err))
         return None
 
 

@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from . import datasets, memory
-from .config import ConfigError, DatasetConfig, PlacementConfig
+from .config import ConfigError, DatasetConfig, PlacementConfig, first_line
 from .pir import EngineSpec, KeyBatch, make_answer_fn, query_scan
 from .pir.engine import Engine, LayoutFn, TileFn
 from .pir.pages import shard_rows
@@ -71,7 +71,7 @@ def ensure_distributed(cfg: PlacementConfig) -> None:
         jax.distributed.initialize(coordinator_address=os.environ.get("JAX_COORDINATOR_ADDRESS"),
                                    num_processes=env_int("JAX_NUM_PROCESSES"), process_id=env_int("JAX_PROCESS_ID"))
     except Exception as err:  # no cluster environment, or the backend already started
-        raise ConfigError(f"placement.distributed=true: jax.distributed.initialize() failed ({str(err).splitlines()[0]}); "
+        raise ConfigError(f"placement.distributed=true: jax.distributed.initialize() failed ({first_line(err)}); "
                           "run under SLURM / Open MPI or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID") from None
     _distributed_state["up"] = True
 

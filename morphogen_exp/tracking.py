@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from . import paths, rollout
-from .config import ConfigError, MlflowConfig
+from .config import ConfigError, MlflowConfig, first_line
 from .decision import DecisionRules, Final, mapping_from_params, with_assignments
 from .identity import config_id, config_labels
 
@@ -97,10 +97,6 @@ def wait_s() -> float:
         return DEFAULT_WAIT_S
 
 
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-
-
 def _retry(fn: Callable[[], T], attempts: int = 12, closing: bool = False) -> T:
     """Run a store operation: SQLite lock contention retried with backoff; a server that does not answer retried
     for `wait_s()`; then, or on a full disk, StoreLost (one line), and this process's later operations fail at
@@ -121,7 +117,7 @@ def _retry(fn: Callable[[], T], attempts: int = 12, closing: bool = False) -> T:
                 for reserve in list(_reserves):
                     reserve.unlink(missing_ok=True)  # room to end the runs FAILED/KILLED
                     _reserves.discard(reserve)
-                _lost = (f"the disk of the MLflow store is full ({_first_line(err)}); free space, then finish the sweep "
+                _lost = (f"the disk of the MLflow store is full ({first_line(err, 200)}); free space, then finish the sweep "
                          "with the same command and resume=true")
                 raise StoreLost(_lost) from None
             if any(s in text for s in _UNREACHABLE):
@@ -130,11 +126,11 @@ def _retry(fn: Callable[[], T], attempts: int = 12, closing: bool = False) -> T:
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + wait_s()
-                    log.warning("tracking server not answering (%s); retrying for up to %.0f s", _first_line(err), wait_s())
+                    log.warning("tracking server not answering (%s); retrying for up to %.0f s", first_line(err, 200), wait_s())
                 if now < deadline:
                     time.sleep(min(5.0, 0.5 * 2 ** min(i, 4), max(0.0, deadline - now)))
                     continue
-                _lost = (f"the tracking server did not answer for {wait_s():.0f} s ({_first_line(err)}); start it again, "
+                _lost = (f"the tracking server did not answer for {wait_s():.0f} s ({first_line(err, 200)}); start it again, "
                          f"then finish the sweep with the same command and resume=true ({WAIT_ENV} sets the wait)")
                 raise StoreLost(_lost) from None
             raise
@@ -297,7 +293,7 @@ class Tracker:
             denied = access_error(err, uri, self.cfg.experiment)
             if denied:
                 raise ConfigError(denied) from None
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            first = first_line(err)
             if db is not None and "_alembic_tmp" in str(err):
                 raise ConfigError(f"mlflow.tracking_uri {uri!r}: {db} was left half-created by an interrupted run; "
                                   f"move it away (mv {db} {db}.broken) and run again") from None
@@ -362,7 +358,7 @@ class Tracker:
                 return
             except Exception as err:  # the input is a convenience for the UI: it never fails a cell
                 if attempt == 2:
-                    log.warning("dataset input not logged to run %s: %s", run_id, str(err).splitlines()[0][:200])
+                    log.warning("dataset input not logged to run %s: %s", run_id, first_line(err, 200))
                 time.sleep(0.2 * (attempt + 1))
 
     def log_series(self, run_id: str, key: str, values: list[float]) -> None:
@@ -656,7 +652,7 @@ def open_store(uri: str, experiment: str) -> Store:
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
     except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        first = first_line(err, 200)
         raise ConfigError(f"--tracking-uri {uri!r} cannot be read: {first}") from None
     if exp is None:
         raise ConfigError(f"no experiment {experiment!r} at {uri} (pass --experiment)")

@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import app, devlock, devstate, rollout
 from . import placement as placements
-from .config import ConfigError, MlflowConfig, RunConfig, flatten
+from .config import ConfigError, MlflowConfig, RunConfig, first_line, flatten
 from .decision import Estimate, estimate
 from .identity import measurement_setting
 from .session import Session
@@ -404,7 +404,7 @@ def run(cfg: DictConfig, session: Session, guard: str, overrides: Sequence[str])
         raise
     except (ValueError, TypeError, OSError) as err:  # decision.json unreadable or not JSON
         raise ConfigError(f"guard {meta.guard!r}: the decision rules (decision.json) of its sweep run {meta.parent_run_id} "
-                          f"cannot be read ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}); restore the "
+                          f"cannot be read ({type(err).__name__}: {first_line(err, 200)}); restore the "
                           "file in the sweep's store, or run the sweep again") from None
     p = plan(meta, base, cells_frame(tracker.children(meta.parent_run_id)), given, rules.tie_within)
     here = app.identity_tags(p.guard[p.qs[0]])
@@ -458,7 +458,7 @@ def run(cfg: DictConfig, session: Session, guard: str, overrides: Sequence[str])
             tracker.end(run_id, "KILLED")
         raise
     except Exception as err:
-        msg = (str(err).strip().splitlines() or [""])[0][:500]
+        msg = first_line(err, 500)
         with shielded():
             try:
                 tracker.log(run_id, tags={"trial.verdict": "FAILED", "error_class": type(err).__name__, "error_message": msg})

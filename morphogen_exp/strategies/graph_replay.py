@@ -26,7 +26,7 @@ import time
 
 import jax
 
-from ..config import ConfigError
+from ..config import ConfigError, first_line
 from ..pir.cuda.capture import capturable_targets
 from . import tracecount
 from .base import BatchPath, BuildContext, register
@@ -59,7 +59,7 @@ def build(knobs, q: int, ctx: BuildContext) -> BatchPath:
             exe = lowered.compile(compiler_options=options)
         except Exception as err:  # XLA names the bad value: say which override to fix
             if buffers is not None and "xla_gpu_enable_command_buffer" in str(err):
-                raise ConfigError(f"strategy.command_buffer={buffers!r}: {str(err).splitlines()[0]}") from None
+                raise ConfigError(f"strategy.command_buffer={buffers!r}: {first_line(err)}") from None
             raise
         info["aot_compile_s"] = round(time.perf_counter() - t0, 4)
         # the CUDA kernels' FFI targets the program calls (the *_graph twins: XLA may capture them)

@@ -33,6 +33,8 @@ from typing import Any
 
 import jax
 
+from ..config import first_line
+
 __all__ = ["PROFILE_WITH_COMMAND_BUFFERS", "Launches", "TraceUnreadable", "count", "count_launches", "hlo_names"]
 
 # compiler option: keep command buffers (CUDA graphs) while profiling, so the trace shows what runs untraced
@@ -97,7 +99,7 @@ def count_launches(run: Callable[[], Any], op_names: Collection[str] = ()) -> La
             with jax.profiler.trace(tmp):
                 jax.block_until_ready(run())
         except RuntimeError as err:  # e.g. another profiler session is already running
-            raise TraceUnreadable(f"profiler trace not taken: {str(err).splitlines()[0]}") from err
+            raise TraceUnreadable(f"profiler trace not taken: {first_line(err)}") from err
         files = sorted(Path(tmp).rglob("*.xplane.pb"))
         if not files:
             raise TraceUnreadable("the profiler wrote no .xplane.pb trace")
@@ -107,4 +109,4 @@ def count_launches(run: Callable[[], Any], op_names: Collection[str] = ()) -> La
         except TraceUnreadable:
             raise
         except Exception as err:  # a trace format this reader does not parse
-            raise TraceUnreadable(f"trace not readable: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+            raise TraceUnreadable(f"trace not readable: {type(err).__name__}: {first_line(err)}") from err
