@@ -75,9 +75,9 @@ def new_dir(path: str) -> str:
 
 
 def job_dir(num: Any, overrides: Any) -> str:
-    """A job's folder name: `<num>_<overrides>` (Hydra's override_dirname) when short, else `<num>_<the first
-    overrides, cut>_<sha256 of them all, 12 hex>` (one file name, no `/`, well under 255 bytes)."""
-    name = f"{num}_{overrides}"
+    """A job's folder name: `<num>_<overrides>` (Hydra's override_dirname, a path's `/` as `_`) when short, else
+    `<num>_<the first overrides, cut>_<sha256 of them all, 12 hex>` (one file name, no `/`, well under 255 bytes)."""
+    name = f"{num}_{overrides}".replace("/", "_")  # dataset.path=/data/x.bin: one folder, not /data/x.bin nested
     if len(name.encode()) <= MAX_JOB_DIR:
         return name
     text = str(overrides)

@@ -232,3 +232,9 @@ def test_a_server_is_reviewed_at_its_own_address():
     local = review_hint("sqlite:////x/mlflow.db", "1")
     assert local.startswith("mlflow ui --backend-store-uri sqlite:////x/mlflow.db") and local.endswith(
         "http://127.0.0.1:5000/#/experiments/1/runs")
+
+
+def test_a_job_folder_is_one_name_even_when_an_override_holds_a_path():
+    assert sweepdir.job_dir(0, "dataset.path=/data/pages.bin,q=1") == "0_dataset.path=_data_pages.bin,q=1"
+    long = sweepdir.job_dir(3, "dataset.path=/data/" + "x" * 300)
+    assert "/" not in long and long.startswith("3_dataset.path=_data_x") and len(long.encode()) <= sweepdir.MAX_JOB_DIR
