@@ -661,8 +661,26 @@ def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, r
         meta = [files.rollout.with_name(rollout.LATEST + rollout.META_SUFFIX)] if files.rollout is not None else []
         tracking.publish(store, parent_id, [files.markdown, files.csv, *guards, *meta, *files.plots], tags,
                          shipped_metrics(record.frame, decision), matrix)
+        verdict_tags(store, matrix)
         uiview.share_view(store.client, store.experiment_id)  # the runs page's saved view of the matrix
     return files
+
+
+VERDICT_TAG, SHIPPED_TAG = "verdict", "shipped"  # on each cell run, once published: its configuration's verdict
+
+
+def verdict_tags(store: Any, matrix: pd.DataFrame) -> None:
+    """Each cell run of a published sweep carries its configuration's verdict and whether it ships (the runs table's
+    columns, its saved view's, beside the cell's numbers); a tag already saying so is not written again."""
+    for r in matrix.to_dict("records"):
+        run_id = r.get("run_id")
+        if not isinstance(run_id, str) or not run_id:
+            continue
+        want = {VERDICT_TAG: str(r["verdict"]), SHIPPED_TAG: str(bool(r["shipped"])).lower()}
+        have = store.client.get_run(run_id).data.tags
+        for key, value in want.items():
+            if have.get(key) != value:
+                store.client.set_tag(run_id, key, value)
 
 
 WHATIF = "whatif"  # a what-if's guard files: rollout/whatif.yaml and whatif.env, never selected.*

@@ -29,11 +29,13 @@ KEY = "morphogen-matrix"
 TAG_PREFIX = "mlflow.sharedViewState."  # MLflow's EXPERIMENT_PAGE_VIEW_STATE_SHARE_TAG_PREFIX
 NAME = "Sweep matrix: every cell's q/s, latency, speedup and parity"
 # The table's columns, left to right (then the description): what a cell is, its numbers, then the details.
-ORDER = (("tags", "strategy"), ("tags", "q"), ("metrics", "batch_qps"), ("metrics", "batch_vs_single_speedup"),
+ORDER = (("tags", "strategy"), ("tags", "q"), ("tags", "verdict"), ("tags", "shipped"),
+         ("metrics", "batch_qps"), ("metrics", "batch_vs_single_speedup"),
          ("metrics", "batch_ms_per_batch"), ("metrics", "parity_ok"), ("metrics", "batch_qps_lo"),
          ("metrics", "batch_qps_hi"), ("tags", "engine"), ("tags", "cell_status"), ("metrics", "parity_batch_eq_single"),
          ("metrics", "parity_numpy_eq"), ("metrics", "parity_xor_eq"))
-WIDTHS = {"strategy": 110, "q": 50, "engine": 70, "cell_status": 90, "parity_ok": 80}  # px; other numbers: 115
+WIDTHS = {"strategy": 110, "q": 50, "verdict": 95, "shipped": 70, "engine": 70, "cell_status": 90,
+          "parity_ok": 80}  # px; other numbers: 115
 CHART_METRICS = ("batch_qps", "batch_vs_single_speedup", "batch_ms_per_batch")  # one bar chart each, in this order
 SECTION = "morphogen-matrix"  # the charts' own section, first on the page
 MODEL_SECTION, SYSTEM_SECTION = "Model metrics", "System metrics"  # MLflow's generated sections, kept last, collapsed

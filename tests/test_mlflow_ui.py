@@ -52,6 +52,9 @@ def test_a_published_report_puts_the_shipped_numbers_and_the_matrix_on_the_sweep
 
     files = report.build(_store(sweeps), parent, tmp_path / "pub", publish=True)
     assert files.decision.selected == "tiled[tile=2]"
+    cells = sweeps.client.search_runs([sweeps.exp], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert {(r.data.tags["strategy"], r.data.tags["verdict"], r.data.tags["shipped"]) for r in cells} == {
+        ("tiled", "GO", "true"), ("tiled", "GO", "false"), ("micro_batch", "GO", "false")}  # each cell: its verdict
     m = sweeps.client.get_run(parent).data.metrics
     assert m["shipped.batch_qps.q32"] == 146.0 and m["shipped.batch_qps.q4"] == pytest.approx(146.0 / 8)
     assert m["shipped.batch_ms.q32"] == pytest.approx(1e3 / 146.0) and m["shipped.speedup.q4"] == 2.0
@@ -217,7 +220,8 @@ def test_the_saved_view_opens_on_every_cell_with_the_matrix_columns_and_charts(s
     state = json.loads(envelope["state"])  # MLflow 3.17's saved view: the page state as JSON text
     metrics = ["batch_qps", "batch_qps_lo", "batch_qps_hi", "batch_vs_single_speedup", "batch_ms_per_batch",
                "parity_ok", "parity_batch_eq_single", "parity_numpy_eq", "parity_xor_eq"]
-    assert state["selectedColumns"][:3] == ["tags.`strategy`", "tags.`q`", "metrics.`batch_qps`"]
+    assert state["selectedColumns"][:5] == ["tags.`strategy`", "tags.`q`", "tags.`verdict`", "tags.`shipped`",
+                                            "metrics.`batch_qps`"]
     assert {c for c in state["selectedColumns"] if c.startswith("metrics.")} == {f"metrics.`{m}`" for m in metrics}
     assert {"tags.`engine`", "tags.`cell_status`", "attributes.`Description`"} <= set(state["selectedColumns"])
     assert state["columnOrder"] == ["attributes.`Run Name`", *state["selectedColumns"]]  # widths apply to listed ones
