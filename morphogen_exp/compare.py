@@ -44,6 +44,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .errors import cli_errors
+
 SAME, FASTER, SLOWER, UNDECIDED = "same", "faster", "slower", "not enough evidence"
 # What a ratio also measures when it differs between the sides; the first two make a regression gate meaningless.
 CONTEXT = ("device_kind", "dataset_fingerprint", "engine")
@@ -377,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                          "fail the gate)")
     args = ap.parse_args(argv)
     gate = args.fail_on_regression
-    try:
+    with cli_errors(ValueError) as cli:
         for flag, pct in (("--same-within", args.same_within), ("--fail-on-regression", gate)):
             if pct is not None and not (math.isfinite(pct) and pct >= 0):
                 raise ValueError(f"{flag} takes a finite percentage >= 0, got {pct:g}")
@@ -399,12 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             args.out.write_text(text)
         else:
             print(text)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
-        return 2
+    if cli.status:
+        return cli.status
     if gate is None:
         return 0
     status = 0

@@ -25,14 +25,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from . import identity
+from .errors import ConfigError as ConfigError  # re-exported: the error every module raises
 
 MAX_Q = 32
 MAX_SEED = 2**32 - 1  # the synthetic pages and query keys take a 32-bit seed: a larger one would alias a smaller one
 PAGE_BYTES = 4096     # a dataset.path file holds whole pages (pir.pages.PAGE_BYTES; config stays free of the engine)
-
-
-class ConfigError(ValueError):
-    """A setting the user must fix; printed as one line, never as a traceback."""
 
 
 def _register_resolvers() -> None:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import ConfigError
 from .decision import estimate
+from .errors import ConfigError, cli_errors
 from .tracking import PARENT_TAG, ROLE_TAG, cells_frame, open_store
 
 THRESHOLD = 0.05  # the smallest relative step called one (asv's default regression threshold)
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experiment", default="morphogen_exp")
     ap.add_argument("--plot", type=Path, help="the PNG (default outputs/history/<configuration>-q<q>-<metric>.png)")
     args = ap.parse_args(argv)
-    try:
+    with cli_errors() as cli:
         if args.q < 1 or (args.last is not None and args.last < 1):
             raise ConfigError(f"--q {args.q} / --last {args.last}: both must be >= 1")
         if not math.isfinite(args.threshold) or args.threshold < 0:
@@ -194,12 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", args.config)
         path = plot(points, steps, args.config, args.q, args.metric,
                     args.plot or Path("outputs") / "history" / f"{slug}-q{args.q}-{args.metric}.png")
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
-        return 2
+    if cli.status:
+        return cli.status
     print(f"{args.config} at q={args.q}: {args.metric} over {len(points)} sweep(s), oldest first")
     print(table(points, steps, args.metric))
     for line in step_lines(points, steps, args.metric) or ["no step beyond noise"]:

@@ -29,8 +29,8 @@ from typing import Any
 import pandas as pd
 
 from . import paths, rollout, tracking, uiview
-from .config import ConfigError
 from .decision import BestAtQ, Decision, DecisionRules, best_per_q, decide, estimate, with_assignments
+from .errors import ConfigError, cli_errors
 from .tracking import DERIVED, FLOORS, PATH_METRICS, READ_FLOOR_PROBES, open_store
 
 ORIGINAL_COLUMNS = [
@@ -800,67 +800,64 @@ def main(argv: list[str] | None = None) -> int:
                          "are of a newer sweep (by default a guard only moves forward)")
     args = ap.parse_args(argv)
     hold: Any = None
-    try:
-        if args.make_selected and not args.publish:
-            raise ConfigError("--make-selected without --publish: only a publish moves the guard store; add --publish")
-        if args.publish and args.rule:
-            raise ConfigError("--publish with --rule: the sweep's record keeps its own rules; drop --rule, or --publish "
-                              "for a what-if (files only)")
-        with_assignments({}, args.rule)  # NAME=VALUE syntax, before anything is opened
-        uri, experiment = args.tracking_uri, args.experiment
-        if args.sweep_dir and (uri is None or experiment is None):  # the store the sweep wrote, as it says
-            from .sweepdir import read_store
-
-            named_uri, named_exp = read_store(Path(args.sweep_dir))
-            uri, experiment = uri or named_uri, experiment or named_exp
-        store = open_store(uri or f"sqlite:///{Path('outputs').resolve()}/mlflow.db", experiment or "morphogen_exp")
-        parent = tracking.find_sweep(store, args.sweep_dir, args.parent_run)
-        run = store.client.get_run(parent)
-        folder = Path(run.data.tags.get(tracking.PARENT_TAG, "."))
-        if args.publish:
-            out = _writable_dir(args.out or folder)
-        elif args.out is not None:
-            if rollout.inside_store(args.out) or rollout.inside_store(args.out / "rollout"):
-                raise ConfigError(f"--out {args.out} is in the rollout guard store ({rollout.store()}), which only a "
-                                  "finished sweep's publish writes; pick a folder outside it for a what-if")
-            if args.out.resolve() == folder.resolve():
-                raise ConfigError(f"--out {args.out} is the sweep folder, which holds the published report; pick another "
-                                  "folder (a what-if), or --publish to rebuild the record")
-            out = _writable_dir(args.out)
-        elif folder.is_dir():
-            from .sweepdir import new_dir
-
-            stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-            out = _writable_dir(Path(new_dir(str(folder / f"whatif-{stamp}"))))  # created exclusively
-        else:
-            raise ConfigError(f"the sweep folder {folder} is not on this machine: pass --out for a what-if")
-        if args.publish:  # the record is rebuilt: runs whose process is gone end KILLED first (a what-if only names them)
-            from .sweepdir import hold_finished
-
-            hold = hold_finished(folder)  # a running sweep holds its folder: its own end publishes it
-            closed = tracking.close_stale(store, str(folder))
-            if closed:
-                print(f"closed {len(closed)} RUNNING run(s) of {folder} as KILLED (their process is gone)", file=sys.stderr)
-            if store.client.get_run(parent).info.status == "RUNNING":
-                raise ConfigError(f"sweep in progress: its run {parent} is RUNNING (on another host, or its process is "
-                                  "alive); its own end publishes it, or wait for it")
+    with cli_errors() as cli:
         try:
-            files = build(store, parent, out, publish=args.publish, rules_override=args.rule,
-                          make_selected=args.make_selected)
-        except BaseException:
-            if not args.publish and args.out is None:
-                with contextlib.suppress(OSError):
-                    out.rmdir()  # the what-if folder made for nothing (a bad --rule): not left behind empty
-            raise
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
-        return 2
-    finally:
-        if hold is not None:
-            hold.release()
+            if args.make_selected and not args.publish:
+                raise ConfigError("--make-selected without --publish: only a publish moves the guard store; add --publish")
+            if args.publish and args.rule:
+                raise ConfigError("--publish with --rule: the sweep's record keeps its own rules; drop --rule, or --publish "
+                                  "for a what-if (files only)")
+            with_assignments({}, args.rule)  # NAME=VALUE syntax, before anything is opened
+            uri, experiment = args.tracking_uri, args.experiment
+            if args.sweep_dir and (uri is None or experiment is None):  # the store the sweep wrote, as it says
+                from .sweepdir import read_store
+
+                named_uri, named_exp = read_store(Path(args.sweep_dir))
+                uri, experiment = uri or named_uri, experiment or named_exp
+            store = open_store(uri or f"sqlite:///{Path('outputs').resolve()}/mlflow.db", experiment or "morphogen_exp")
+            parent = tracking.find_sweep(store, args.sweep_dir, args.parent_run)
+            run = store.client.get_run(parent)
+            folder = Path(run.data.tags.get(tracking.PARENT_TAG, "."))
+            if args.publish:
+                out = _writable_dir(args.out or folder)
+            elif args.out is not None:
+                if rollout.inside_store(args.out) or rollout.inside_store(args.out / "rollout"):
+                    raise ConfigError(f"--out {args.out} is in the rollout guard store ({rollout.store()}), which only a "
+                                      "finished sweep's publish writes; pick a folder outside it for a what-if")
+                if args.out.resolve() == folder.resolve():
+                    raise ConfigError(f"--out {args.out} is the sweep folder, which holds the published report; pick another "
+                                      "folder (a what-if), or --publish to rebuild the record")
+                out = _writable_dir(args.out)
+            elif folder.is_dir():
+                from .sweepdir import new_dir
+
+                stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+                out = _writable_dir(Path(new_dir(str(folder / f"whatif-{stamp}"))))  # created exclusively
+            else:
+                raise ConfigError(f"the sweep folder {folder} is not on this machine: pass --out for a what-if")
+            if args.publish:  # the record is rebuilt: runs whose process is gone end KILLED first (a what-if only names them)
+                from .sweepdir import hold_finished
+
+                hold = hold_finished(folder)  # a running sweep holds its folder: its own end publishes it
+                closed = tracking.close_stale(store, str(folder))
+                if closed:
+                    print(f"closed {len(closed)} RUNNING run(s) of {folder} as KILLED (their process is gone)", file=sys.stderr)
+                if store.client.get_run(parent).info.status == "RUNNING":
+                    raise ConfigError(f"sweep in progress: its run {parent} is RUNNING (on another host, or its process is "
+                                      "alive); its own end publishes it, or wait for it")
+            try:
+                files = build(store, parent, out, publish=args.publish, rules_override=args.rule,
+                              make_selected=args.make_selected)
+            except BaseException:
+                if not args.publish and args.out is None:
+                    with contextlib.suppress(OSError):
+                        out.rmdir()  # the what-if folder made for nothing (a bad --rule): not left behind empty
+                raise
+        finally:
+            if hold is not None:
+                hold.release()
+    if cli.status:
+        return cli.status
     what = "" if args.publish else " (what-if)"
     print(f"decision{what}: {files.decision.headline()}")
     print(f"report: {files.markdown}" + ("" if args.publish else " (a what-if: MLflow and the guard store unchanged)"))
