@@ -15,6 +15,9 @@ interval (from the `_lo` / `_hi` columns of whichever side has them) and a verdi
 not enough evidence. Baseline ok cells that the candidate lacks, or has with another status (failed,
 does_not_fit, killed...), are listed under the table.
 
+A change is the metric's own: a time from 1 ms to 10 ms is +900% (x10 slower), a rate from 100 to 10 q/s is
+-90%; the gate's PCT is how much worse a cell may be: a time longer, or a rate lower, by at most PCT percent.
+
 With --fail-on-regression PCT the exit status is 1 when a cell is slower beyond its interval and by more
 than PCT percent, or when a baseline ok cell is missing or not ok on the candidate side (so a candidate
 that matches no cell fails); it is 2 when the gate cannot judge anything: the baseline has no ok cell, so
@@ -195,7 +198,8 @@ def _cells(df: pd.DataFrame, metric: str, key: list[str], where: str) -> pd.Data
 
 @dataclass
 class Comparison:
-    table: pd.DataFrame   # key, label (the candidate's), baseline, candidate, ratio, ratio_lo, ratio_hi, change_pct, verdict
+    table: pd.DataFrame   # key, label (the candidate's), baseline, candidate, ratio, ratio_lo, ratio_hi, change_pct, worse_pct,
+    #                       verdict
     key: list[str]
     intervals: str        # which side carried intervals, in words
     differs: dict[str, tuple[str, str]]  # context_differences of the two sides
@@ -227,7 +231,8 @@ def compare(base: pd.DataFrame, cand: pd.DataFrame, metric: str, same_within: fl
     with_interval = t["lo_b"].notna() | t["lo_c"].notna()
     t.loc[~with_interval, ["ratio_lo", "ratio_hi"]] = float("nan")
     up = higher_is_better(metric)
-    t["change_pct"] = ((t["ratio"] - 1) if up else (1 - t["ratio"])) * 100  # > 0: the candidate is better
+    t["change_pct"] = (t["ratio"] - 1) * 100  # the metric's own change: 1 ms -> 10 ms is +900% (a slowdown), not -900%
+    t["worse_pct"] = -t["change_pct"] if up else t["change_pct"]  # > 0: the candidate is worse by this much (the gate's number)
     t["verdict"] = [_verdict(r, up, same_within) for r in t.to_dict("records")]
     # Baseline ok cells without an ok candidate: those with a candidate row failed (one row per cell), else missing.
     unanswered = b_ok[key + ["label"]].merge(c_ok[key], on=key, how="left", indicator=True)
@@ -271,6 +276,13 @@ def context_line(cmp: Comparison) -> str:
     return " ".join(parts)
 
 
+def change_sense(metric: str) -> str:
+    """What the change column's sign means for this metric, in words (it is the metric's own relative change)."""
+    if higher_is_better(metric):
+        return "higher is better; change > 0: the candidate is better"
+    return "lower is better; change is the candidate's own change, so > 0 is slower: 1 ms -> 10 ms is +900%, x10 slower"
+
+
 def _verdict(r: dict, up: bool, tol: float) -> str:
     lo, hi, ratio = r["ratio_lo"], r["ratio_hi"], r["ratio"]
     better, worse = (FASTER, SLOWER) if up else (SLOWER, FASTER)
@@ -288,14 +300,14 @@ def _verdict(r: dict, up: bool, tol: float) -> str:
 def regressions(cmp: Comparison, pct: float) -> pd.DataFrame:
     """Cells slower beyond their interval and by more than pct percent."""
     t = cmp.table
-    return t[(t["verdict"] == SLOWER) & (-t["change_pct"] > pct)]
+    return t[(t["verdict"] == SLOWER) & (t["worse_pct"] > pct)]
 
 
 def undecided(cmp: Comparison, pct: float) -> pd.DataFrame:
     """Cells whose point estimate is worse by more than pct percent but whose interval is too wide to say so:
     a regression the gate cannot rule out."""
     t = cmp.table
-    return t[(t["verdict"] == UNDECIDED) & (-t["change_pct"] > pct)]
+    return t[(t["verdict"] == UNDECIDED) & (t["worse_pct"] > pct)]
 
 
 def _names(a: Path, b: Path) -> tuple[str, str]:
@@ -334,7 +346,7 @@ def to_markdown(cmp: Comparison, metric: str, base_name: str, cand_name: str) ->
     return (f"# {metric}: {cand_name} / {base_name}\n\n" + (f"{context}\n\n" if context else "") +
             f"{len(t)} cells matched on {' + '.join(cmp.key)}; {cmp.intervals}. "
             f"{', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}. "
-            f"({'higher' if higher_is_better(metric) else 'lower'} is better; change > 0: the candidate is better.)\n\n"
+            f"({change_sense(metric)})\n\n"
             f"| {cmp.label} | q | {base_name} | {cand_name} | ratio | change | verdict |\n|---|---:|---:|---:|---:|---:|---|\n"
             + "\n".join(rows) + "\n" + (f"\n{lost}\n" if lost else ""))
 

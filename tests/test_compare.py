@@ -56,7 +56,7 @@ def test_the_original_on_one_side_takes_the_interval_from_ours(fixtures_dir, tmp
     cmp = compare.compare(original, ours, "batch_ms_per_batch", names=("original", "ours"))
     r = cmp.table.iloc[0]
     assert (r.ratio_lo, r.ratio_hi) == (pytest.approx(26.1 / v), pytest.approx(26.3 / v))
-    assert r.verdict == "faster" and r.change_pct == pytest.approx((1 - 26.2 / v) * 100)
+    assert r.verdict == "faster" and r.change_pct == pytest.approx((26.2 / v - 1) * 100)  # the time's own change: < 0
     assert cmp.intervals == "intervals from ours; original has none (point values)"
 
 
@@ -74,6 +74,24 @@ def test_latency_lower_is_better(tmp_path):
     a = compare.read_matrix(_ours(tmp_path / "a.csv", {("full_batch", 1): (30.0, 0.1)}, "batch_ms_per_batch"))
     b = compare.read_matrix(_ours(tmp_path / "b.csv", {("full_batch", 1): (26.0, 0.1)}, "batch_ms_per_batch"))
     assert compare.compare(a, b, "batch_ms_per_batch").table["verdict"].tolist() == ["faster"]
+
+
+def test_a_time_that_grows_tenfold_is_plus_900_percent_and_fails_the_gate(tmp_path, capsys):
+    a = _ours(tmp_path / "a.csv", {("full_batch", 1): (1.0, 0.01)}, "batch_ms_per_batch")
+    b = _ours(tmp_path / "b.csv", {("full_batch", 1): (10.0, 0.01)}, "batch_ms_per_batch")
+    assert compare.main([str(a), str(b), "--metric", "batch_ms_per_batch"]) == 0
+    out = capsys.readouterr().out
+    assert "| +900.0% | slower |" in out and "-900" not in out and "> 0 is slower" in out
+    assert compare.main([str(a), str(b), "--metric", "batch_ms_per_batch", "--fail-on-regression", "5"]) == 1
+    assert "full_batch q=1 (+900.0%)" in capsys.readouterr().err
+    # 5% longer passes a 10% gate and fails a 4% one; 20% shorter passes any gate (it is faster)
+    c = _ours(tmp_path / "c.csv", {("full_batch", 1): (1.05, 0.001)}, "batch_ms_per_batch")
+    a_tight = _ours(tmp_path / "a2.csv", {("full_batch", 1): (1.0, 0.001)}, "batch_ms_per_batch")
+    assert compare.main([str(a_tight), str(c), "--metric", "batch_ms_per_batch", "--fail-on-regression", "10"]) == 0
+    assert compare.main([str(a_tight), str(c), "--metric", "batch_ms_per_batch", "--fail-on-regression", "4"]) == 1
+    d = _ours(tmp_path / "d.csv", {("full_batch", 1): (0.8, 0.001)}, "batch_ms_per_batch")
+    assert compare.main([str(a_tight), str(d), "--metric", "batch_ms_per_batch", "--fail-on-regression", "0"]) == 0
+    assert "| -20.0% | faster |" in capsys.readouterr().out
 
 
 def test_fail_on_regression_needs_noise_and_the_threshold(tmp_path, capsys):
