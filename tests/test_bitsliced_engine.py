@@ -169,10 +169,10 @@ def test_bench_engine_runs_bitsliced(tmp_path, capsys):
     assert all(r["engine"] == "bitsliced" and float(r["layout_build_s"]) > 0 for r in rows)
 
 
-def test_cli_cell_and_sweep_with_bitsliced_are_exact(cli, workdir):
+def test_cli_cell_and_sweep_with_bitsliced_are_exact(cli_here, workdir):
     """The real CLI: one cell, then a 3-strategy sweep in one process (the database's layout built once:
     every cell records the same layout_build_s), every cell exact against the oracles."""
-    res = cli("engine=bitsliced", "strategy=full_batch", "q=2")
+    res = cli_here("engine=bitsliced", "strategy=full_batch", "q=2")
     assert res.returncode == 0, res.stderr[-3000:]
     (run,) = mlflow_runs(workdir)
     m = run.data.metrics
@@ -181,7 +181,7 @@ def test_cli_cell_and_sweep_with_bitsliced_are_exact(cli, workdir):
     # its own layout (not the raw pages another engine could share): tiny's 300 pages padded to 2 chunks of 256
     assert run.data.tags["database_layout"] == "bitsliced layout" and m["database_gib"] * 2**30 == 512 * 4096
 
-    res = cli("-m", "engine=bitsliced", "strategy=full_batch,micro_batch,tiled", "q=2")
+    res = cli_here("-m", "engine=bitsliced", "strategy=full_batch,micro_batch,tiled", "q=2")
     assert res.returncode == 0, res.stderr[-3000:]
     cells = [r for r in mlflow_runs(workdir) if r.data.tags.get("strategy") and r.info.run_id != run.info.run_id]
     assert sorted(r.data.tags["strategy"] for r in cells) == ["full_batch", "micro_batch", "tiled"]

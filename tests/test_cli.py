@@ -27,9 +27,9 @@ def _cells(runs, parent_id):
 
 
 @pytest.mark.slow
-def test_full_sweep_all_strategies_on_tiny(cli, workdir):
+def test_full_sweep_all_strategies_on_tiny(cli_here, workdir):
     """The product's main command: 30 cells -> 30 child runs under one sweep run -> a complete report."""
-    res = cli("-m", "strategy=glob(*)", f"q={Q_ALL}", test_strategies=False)
+    res = cli_here("-m", "strategy=glob(*)", f"q={Q_ALL}", test_strategies=False)
     assert res.returncode == 0, res.stderr[-3000:]
     runs = mlflow_runs(workdir)
     (parent,) = [r for r in runs if r.data.tags.get("morphogen.role") == "sweep"]
@@ -71,7 +71,7 @@ def test_full_sweep_all_strategies_on_tiny(cli, workdir):
     assert report_mod.main(["--tracking-uri", f"sqlite:///{workdir}/outputs/mlflow.db", "--publish"]) == 0
     assert (sweep / "report.md").read_text().count("| tiled |") >= 1
     chosen = guard.split("override /strategy: ")[1].split()[0]
-    trial = cli("+rollout=selected", "q=2", "decision.tie_within=0.9", test_strategies=False)  # CPU timings move: a wide margin
+    trial = cli_here("+rollout=selected", "q=2", "decision.tie_within=0.9", test_strategies=False)  # CPU timings move: a wide margin
     if not res.stdout.strip().splitlines()[-1].startswith("decision: GO"):
         # a loaded machine may find nothing proven: a guard that ships nothing has no promise to trial (one line, exit 2)
         assert trial.returncode == 2 and "ships no configuration" in trial.stderr, trial.stderr[-2000:]
@@ -343,13 +343,13 @@ def test_dataset_file_is_scanned_exactly(cli_here, workdir):
 
 
 @pytest.mark.slow
-def test_the_same_sweep_twice_gives_the_same_decision(cli, workdir):
+def test_the_same_sweep_twice_gives_the_same_decision(cli_here, workdir):
     """Issue: two identical sweeps shipped different strategies. With sampling to a noise target and
     verdicts on intervals, a repeated real sweep decides the same (two configurations, a clear gap)."""
     args = ("-m", "strategy=sleepy", "strategy.seconds=0", "strategy.millis=0,200", "q=1,2",
             "bench.max_time_s=3.0")  # the config's cap: 200 ms samples need it to reach enough rounds
-    first = cli(*args, "hydra.sweep.dir=outputs/multirun/first")
-    second = cli(*args, "hydra.sweep.dir=outputs/multirun/second")
+    first = cli_here(*args, "hydra.sweep.dir=outputs/multirun/first")
+    second = cli_here(*args, "hydra.sweep.dir=outputs/multirun/second")
     assert first.returncode == second.returncode == 0, (first.stderr[-2000:], second.stderr[-2000:])
     cells, decision = _sweep_summary(workdir, "first")
     assert (cells, decision) == _sweep_summary(workdir, "second")

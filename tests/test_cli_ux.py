@@ -81,21 +81,21 @@ def _quiet_ok_lines(res) -> list[str]:
     return res.stdout.strip().splitlines()
 
 
-def test_one_cell_run_is_quiet_and_names_its_configuration_and_run(cli):
-    lines = _quiet_ok_lines(cli("strategy=tiled", "strategy.tile=2", "q=2", "bench.system_metrics_s=0.5"))
+def test_one_cell_run_is_quiet_and_names_its_configuration_and_run(cli_here):
+    lines = _quiet_ok_lines(cli_here("strategy=tiled", "strategy.tile=2", "q=2", "bench.system_metrics_s=0.5"))
     assert lines[-2].startswith("cell: tiled[tile=2] q=2 engine=xla placement=single dataset=tiny (config_id ")
     assert " ok, run " in lines[-2]
     assert lines[-1].startswith("review: mlflow ui --backend-store-uri ") and "#/experiments/" in lines[-1]
 
 
-def test_verbose_brings_the_library_logs_back(cli):
-    res = cli("strategy=full_batch", "q=1", "bench.system_metrics_s=0.5", extra_env={"MORPHOGEN_VERBOSE": "1"})
+def test_verbose_brings_the_library_logs_back(cli_here):
+    res = cli_here("strategy=full_batch", "q=1", "bench.system_metrics_s=0.5", extra_env={"MORPHOGEN_VERBOSE": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
     assert any("mlflow.system_metrics" in line for line in (res.stdout + res.stderr).splitlines())
 
 
-def test_sweep_is_quiet_and_ends_with_its_table_the_report_address_and_the_decision(cli, workdir):
-    lines = _quiet_ok_lines(cli("-m", "strategy=full_batch,tiled", "q=1", "bench.system_metrics_s=0.5"))
+def test_sweep_is_quiet_and_ends_with_its_table_the_report_address_and_the_decision(cli_here, workdir):
+    lines = _quiet_ok_lines(cli_here("-m", "strategy=full_batch,tiled", "q=1", "bench.system_metrics_s=0.5"))
     assert lines[-2].startswith("review: ") and "/artifacts/report/report.md" in lines[-2]  # the decision, no click
     assert lines[-1].startswith("decision: ") and " — report: " in lines[-1]
     table = lines[lines.index(next(x for x in lines if x.startswith("speedup of the batch path"))):-3]

@@ -26,8 +26,8 @@ def _by_role(workdir: Path) -> dict[str, list]:
     return out
 
 
-def test_a_sweep_ends_with_finals_and_says_its_decision_last(cli, workdir):
-    res = cli("-m", "strategy=full_batch,graph_replay", "q=1,4", "bench.max_time_s=0.5", test_strategies=False)
+def test_a_sweep_ends_with_finals_and_says_its_decision_last(cli_here, workdir):
+    res = cli_here("-m", "strategy=full_batch,graph_replay", "q=1,4", "bench.max_time_s=0.5", test_strategies=False)
     assert res.returncode == 0, res.stderr[-3000:]
     last = res.stdout.strip().splitlines()[-1]
     assert last.startswith("decision: ") and "report: " in last
@@ -66,15 +66,15 @@ def test_finals_plan_the_incumbent_and_what_ties_it():
     assert finals.plan(df, d, rules) == {4: ["full_batch", "graph_replay"], 32: ["full_batch", "graph_replay"]}
 
 
-def test_few_samples_never_make_a_go_and_data_axes_are_never_ranked(cli, workdir):
+def test_few_samples_never_make_a_go_and_data_axes_are_never_ranked(cli_here, workdir):
     # bench.max_time_s=0.001 with 99%: the rounds still reach what 99% needs (8), never 2 + 2
-    res = cli("-m", "q=4", "bench.iterations=1", "bench.max_time_s=0.001", "bench.confidence=0.99", "bench.finals=false",
+    res = cli_here("-m", "q=4", "bench.iterations=1", "bench.max_time_s=0.001", "bench.confidence=0.99", "bench.finals=false",
               test_strategies=False)
     assert res.returncode == 0, res.stderr[-3000:]
     (cell,) = _by_role(workdir)["cell"]
     assert cell.data.metrics["speedup_pairs"] >= 8 and cell.data.metrics["confidence"] == 0.99
     # a sweep over the seed and the database size compares data, not configurations: no decision, no guard
-    res = cli("-m", "seed=0,1", "dataset.num_pages=3,301", "q=4", "bench.max_time_s=0.2", "bench.finals=false",
+    res = cli_here("-m", "seed=0,1", "dataset.num_pages=3,301", "q=4", "bench.max_time_s=0.2", "bench.finals=false",
               test_strategies=False)
     assert res.returncode == 0, res.stderr[-3000:]
     last = res.stdout.strip().splitlines()[-1]

@@ -129,13 +129,13 @@ def test_the_probe_runs_once_per_device_on_a_gpu_only(monkeypatch, caplog) -> No
     assert floors.for_cell("auto", broken) is None  # a non-positive or infinite rate is no floor
 
 
-def test_bench_floors_is_checked_and_no_part_of_a_cells_identity(make_cfg, cli, workdir) -> None:
+def test_bench_floors_is_checked_and_no_part_of_a_cells_identity(make_cfg, cli_here, workdir) -> None:
     with pytest.raises(ConfigError, match="^bench.floors must be auto, true or false, got 'maybe'$"):
         app.validate(make_cfg("bench.floors=maybe"))
     off, auto = app.validate(make_cfg("bench.floors=false")), app.validate(make_cfg())
     assert (off.bench.floors, auto.bench.floors) == (False, "auto")
     assert off.config_id == auto.config_id and off.identity() == auto.identity()  # the card's, not the cell's
-    res = cli("-m", "q=1,2", "bench.floors=true")  # this machine's JAX has no GPU: refused before any cell
+    res = cli_here("-m", "q=1,2", "bench.floors=true")  # this machine's JAX has no GPU: refused before any cell
     assert res.returncode == 2, res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "bench.floors=true needs a GPU" in errors[0] and "bench.floors=auto" in errors[0]

@@ -117,8 +117,8 @@ def test_trace_false_takes_no_trace_and_the_report_says_so(make_cfg, workdir, se
         check_knobs("graph_replay", {"command_buffer": None, "trace": "maybe"}, 1)
 
 
-def test_report_says_graph_replay_ran_as_plain_launches(cli, workdir):
-    res = cli("-m", "strategy=graph_replay", "q=1,2")
+def test_report_says_graph_replay_ran_as_plain_launches(cli_here, workdir):
+    res = cli_here("-m", "strategy=graph_replay", "q=1,2")
     assert res.returncode == 0, res.stderr[-3000:]
     report = (_sweep_dir(workdir) / "report.md").read_text()
     notes = report[report.index("## Notes"):]

@@ -261,9 +261,9 @@ def test_bad_placement_settings_are_one_line(make_cfg, overrides, message):
         validate(make_cfg(*overrides))
 
 
-def test_one_device_cell_at_2_25_pages_does_not_fit(cli, workdir):
+def test_one_device_cell_at_2_25_pages_does_not_fit(cli_here, workdir):
     """2^25 pages on one 80 GB device: recorded "does not fit" before anything is built."""
-    res = cli("dataset.num_pages=33554432", "bench.memory_cap_gib=74.5", "placement=single", "bench.system_metrics_s=null")
+    res = cli_here("dataset.num_pages=33554432", "bench.memory_cap_gib=74.5", "placement=single", "bench.system_metrics_s=null")
     assert res.returncode == 1, res.stderr[-2000:]
     (run,) = mlflow_runs(workdir)
     assert run.data.tags["cell_status"] == "does_not_fit"

@@ -180,7 +180,7 @@ def test_a_guard_pins_the_device_count_its_sweep_measured(store: Path) -> None:
     assert _as_run({"_params": {**params, "placement.devices": "3"}, "_tags": {"devices_used": "3"}})["placement.devices"] == "3"
 
 
-def test_a_guard_is_data_on_the_real_cli(cli, workdir: Path) -> None:
+def test_a_guard_is_data_on_the_real_cli(cli_here, workdir: Path) -> None:
     """The issue's injection, odd but legal values and 16 overrides in one sweep: sourcing the .env sets exactly the
     values the config had and runs nothing; the yaml carries the same environment; the job folder name stays short;
     files are created with the umask."""
@@ -205,7 +205,7 @@ def test_a_guard_is_data_on_the_real_cli(cli, workdir: Path) -> None:
     assert len(args) >= 16 and len(",".join(args).encode()) > 255  # Hydra's own job folder name would not fit
     old = os.umask(0o022)
     try:
-        res = cli("-m", *args, test_strategies=False)
+        res = cli_here("-m", *args, test_strategies=False)
     finally:
         os.umask(old)
     assert res.returncode == 0, res.stderr[-3000:]

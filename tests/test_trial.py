@@ -135,9 +135,9 @@ def _covered(last: str) -> set[int]:
     return {int(q) for group in re.findall(r"at q=([\d,]+)", last) for q in group.split(",")}
 
 
-def test_a_trial_holds_the_guard_to_its_sweep_and_is_never_a_cell(cli, workdir):
+def test_a_trial_holds_the_guard_to_its_sweep_and_is_never_a_cell(cli_here, workdir):
     # min_speedup 0.5: something ships even when a loaded CPU blurs the batch path's lead over the loop
-    res = cli("-m", "strategy=full_batch,tiled", "q=1,4", "bench.max_time_s=0.5", "decision.min_speedup=0.5", test_strategies=False)
+    res = cli_here("-m", "strategy=full_batch,tiled", "q=1,4", "bench.max_time_s=0.5", "decision.min_speedup=0.5", test_strategies=False)
     assert res.returncode == 0, res.stderr[-3000:]
     meta = rollout.read_meta("selected")
     assert meta.q == (1, 4) and meta.device_kind == "cpu" and meta.dataset_fingerprint == "synthetic-v1:pages=300:seed=0"
@@ -149,7 +149,7 @@ def test_a_trial_holds_the_guard_to_its_sweep_and_is_never_a_cell(cli, workdir):
 
     # An unchanged machine: CPU timings move run to run, so the margin is raised on the command line (else the
     # sweep's decision.tie_within, 2%, holds the trial to it).
-    ok = cli("+rollout=selected", "decision.tie_within=0.9", test_strategies=False)
+    ok = cli_here("+rollout=selected", "decision.tie_within=0.9", test_strategies=False)
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
     lines = _ours(ok.stdout)
     assert lines[0].startswith(f"trial of guard {meta.guard}: {meta.selected} ({meta.config_id}) from sweep {sweep} "
@@ -179,14 +179,14 @@ def test_a_trial_holds_the_guard_to_its_sweep_and_is_never_a_cell(cli, workdir):
     guard_q1 = cells[(meta.config_id, 1)].info.run_id
     for key in ("batch_ms_per_batch", "batch_ms_per_batch_lo", "batch_ms_per_batch_hi"):
         client.log_metric(guard_q1, key, 0.001, step=1)
-    bad = cli("+rollout=selected", "q=1", "decision.tie_within=0.9", test_strategies=False)
+    bad = cli_here("+rollout=selected", "q=1", "decision.tie_within=0.9", test_strategies=False)
     assert bad.returncode == 1, bad.stdout[-3000:] + bad.stderr[-3000:]
     last = _ours(bad.stdout)[-1]
     assert last.startswith("trial: REGRESSED at q=1 (x") and _covered(last) == {1}, last
     assert "slower than the sweep's 0.001 [0.001, 0.001] ms: " in last
 
     # Another dataset: said before any number, and judged on the fallback alone.
-    other = cli("+rollout=selected", "dataset.num_pages=301", "q=4", "decision.tie_within=0.9", test_strategies=False)
+    other = cli_here("+rollout=selected", "dataset.num_pages=301", "q=4", "decision.tie_within=0.9", test_strategies=False)
     assert other.returncode == 0, other.stdout[-3000:] + other.stderr[-3000:]
     lines = _ours(other.stdout)
     assert lines[0].startswith("trial of guard ") and lines[1].startswith(
@@ -196,7 +196,8 @@ def test_a_trial_holds_the_guard_to_its_sweep_and_is_never_a_cell(cli, workdir):
         "trial: HOLDS at q=4 — against the fallback only: the sweep's numbers are not promises here")
 
     # Another strategy under the guard's name: one line, exit 2, nothing run.
-    refused = cli("+rollout=selected", "strategy=full_batch" if meta.strategy != "full_batch" else "strategy=tiled", test_strategies=False)
+    other_strategy = "strategy=full_batch" if meta.strategy != "full_batch" else "strategy=tiled"
+    refused = cli_here("+rollout=selected", other_strategy, test_strategies=False)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
     assert refused.stderr.startswith(f"error: +rollout=selected trials the guard's own configuration, strategy {meta.strategy}")
 
