@@ -10,26 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 
 from morphogen_exp import report, rollout, tracking
-from morphogen_exp.config import flatten
 from morphogen_exp.decision import DecisionRules, decide
 
+from .support.recorded import RULES, params
+
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_RULES = {"require_parity": True, "min_speedup": 1.0, "speedup_from_q": 4, "latency_budget_ms": None,
-                 "rank_by": "batch_qps", "tie_within": 0.02, "prefer": ["full_batch", "tiled"]}
-
-
-def _params(*overrides: str) -> dict[str, str]:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", list(overrides))
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(resolved, dict)
-    resolved.pop("hydra", None)
-    return {k: str(v) for k, v in flatten(resolved).items()}
 
 
 def _metrics(qps: float, half: float | None, speedup: float = 2.0) -> dict[str, float]:
@@ -49,12 +37,12 @@ class Sweeps:
         self.exp = self.client.create_experiment("morphogen_exp", artifact_location=(root / "art").as_uri())
 
     def sweep(self, sweep_dir: Path, cells: list[tuple[list[str], int, dict[str, float], dict[str, str]]],
-              rules: dict | None = DEFAULT_RULES, intervals_tags: bool = True) -> str:
+              rules: dict | None = RULES, intervals_tags: bool = True) -> str:
         parent = self.client.create_run(self.exp, tags={"morphogen.role": "sweep", "morphogen.sweep_dir": str(sweep_dir)}).info.run_id
         if rules is not None:
             self.client.log_text(parent, json.dumps(rules), "decision.json")
         for overrides, q, metrics, extra_tags in cells:
-            p = _params(*overrides, f"q={q}")
+            p = params(*overrides, f"q={q}")
             tags = {"mlflow.parentRunId": parent, "morphogen.role": "cell", "strategy": p["strategy.name"],
                     "original_strategy": p["strategy.original"], "q": str(q), "dataset": p["dataset.name"],
                     "engine": p["engine.name"], "device_kind": "cpu", "cell_status": "ok", **extra_tags}
@@ -203,7 +191,7 @@ def test_cli_finds_a_sweep_dir_with_a_quote_and_takes_rule_overrides(sweeps, til
 
 
 def test_a_sweep_whose_rules_were_bad_can_still_be_reported(sweeps, tmp_path, capsys) -> None:
-    bad = {**DEFAULT_RULES, "rank_by": "nope"}
+    bad = {**RULES, "rank_by": "nope"}
     (tmp_path / "bad").mkdir()
     sweeps.sweep(tmp_path / "bad", [(["strategy=full_batch"], 4, _metrics(100.0, 1.0), {})], rules=bad)
     code, err = _main(capsys, "--tracking-uri", sweeps.uri, "--sweep-dir", str(tmp_path / "bad"))
