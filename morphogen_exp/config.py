@@ -32,9 +32,22 @@ MAX_SEED = 2**32 - 1  # the synthetic pages and query keys take a 32-bit seed: a
 PAGE_BYTES = 4096     # a dataset.path file holds whole pages (pir.pages.PAGE_BYTES; config stays free of the engine)
 
 
+def file_pages(path: str | None, default: int) -> int:
+    """conf/dataset's `num_pages: ${file_pages:${.path},N}`: a file's own page count (whole 4096-byte pages, the last
+    rounded up), else N (synthetic pages, or a file that cannot be read: datasets.plan_pages says why)."""
+    if not path:
+        return int(default)
+    try:
+        return -(-os.stat(os.path.expanduser(path)).st_size // PAGE_BYTES)
+    except OSError:
+        return int(default)
+
+
 def _register_resolvers() -> None:
     if not OmegaConf.has_resolver("abspath"):
         OmegaConf.register_new_resolver("abspath", lambda p: str(Path(p).expanduser().resolve()))
+    if not OmegaConf.has_resolver("file_pages"):
+        OmegaConf.register_new_resolver("file_pages", file_pages)
 
 
 _register_resolvers()
@@ -318,7 +331,8 @@ def _check_finite(resolved: Mapping[str, Any]) -> None:
 
 def _check_dataset_file(d: DatasetConfig) -> None:
     """dataset.path with `~` expanded (as the loader does); a file that is not whole 4096-byte pages is refused
-    (it would be padded with zeros into pages it does not hold). A missing file is left to datasets.plan_pages."""
+    (it would be padded with zeros into pages it does not hold), and so is a dataset.num_pages other than the file's
+    (conf/dataset's default is the file's own count: `file_pages`). A missing file is left to datasets.plan_pages."""
     if not d.path:
         return
     d.path = os.path.expanduser(d.path)
@@ -329,6 +343,9 @@ def _check_dataset_file(d: DatasetConfig) -> None:
     if size is not None and size % PAGE_BYTES:
         raise ConfigError(f"dataset.path {d.path!r} is {size} bytes, not a whole number of {PAGE_BYTES}-byte pages "
                           f"({size // PAGE_BYTES} pages and {size % PAGE_BYTES} bytes): point it at a page-matrix file")
+    if size and d.num_pages != size // PAGE_BYTES:  # the file's count is what is scanned and logged
+        raise ConfigError(f"dataset.num_pages={d.num_pages} but dataset.path {d.path!r} holds {size // PAGE_BYTES} pages: "
+                          f"a file's page count comes from the file; drop dataset.num_pages (or set it to {size // PAGE_BYTES})")
 
 
 def _typed(cfg: DictConfig) -> Schema:

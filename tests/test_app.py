@@ -349,3 +349,18 @@ def test_a_resumed_cell_keeps_every_timed_sample_and_its_files(workdir):
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(0, 1.0), (1, 2.0), (2, 3.0)]
     assert tr.client.get_run(out.run_id).data.metrics["batch_qps"] == 5.0
     assert [a.path for a in tr.client.list_artifacts(out.run_id)] == ["timings.json"]
+
+
+@pytest.mark.parametrize("dataset", ["tiny", "small", "mainnet"])
+def test_a_files_page_count_comes_from_the_file_and_another_num_pages_is_one_line(make_cfg, workdir, dataset):
+    (workdir / "m.bin").write_bytes(b"\1" * (5 * 4096))
+    path = f"dataset.path={workdir / 'm.bin'}"
+    rc = app.validate(make_cfg(f"dataset={dataset}", path))  # the yaml's own count (300, 65536...) yields to the file's
+    assert rc.dataset.num_pages == 5 and rc.resolved["dataset"]["num_pages"] == 5  # what is logged is what is scanned
+    assert app.validate(make_cfg(f"dataset={dataset}", path, "dataset.num_pages=5")).dataset.num_pages == 5
+    with pytest.raises(ConfigError) as err:
+        app.validate(make_cfg(f"dataset={dataset}", path, "dataset.num_pages=7"))
+    assert str(err.value) == (f"dataset.num_pages=7 but dataset.path '{workdir / 'm.bin'}' holds 5 pages: a file's page "
+                              "count comes from the file; drop dataset.num_pages (or set it to 5)")
+    assert app.validate(make_cfg(f"dataset={dataset}")).dataset.num_pages == {"tiny": 300, "small": 65536,
+                                                                              "mainnet": 16817159}[dataset]
