@@ -199,14 +199,17 @@ def _quote(value: str) -> str:
 
 @functools.cache
 def code_version() -> str:
-    """The git commit of this code (+dirty.<digest> with uncommitted changes), else the package version.
-    MORPHOGEN_CODE_VERSION, when set, wins: a copy of the tree without current git metadata (a GPU
-    machine's) is told which commit it runs."""
+    """The git commit of this code (+dirty.<digest> with uncommitted changes); installed from a wheel, the commit
+    its build stamped (setup.py writes morphogen_exp/BUILD_COMMIT); else the package version. MORPHOGEN_CODE_VERSION,
+    when set, wins: a copy of the tree without current git metadata (a GPU machine's) is told which commit it runs."""
     if os.environ.get("MORPHOGEN_CODE_VERSION"):
         return os.environ["MORPHOGEN_CODE_VERSION"]
     root = paths.checkout()
     try:
         if root is None:  # installed from a wheel: a git repository around the venv is not this code's
+            stamp = paths.PACKAGE / "BUILD_COMMIT"
+            if stamp.is_file() and stamp.read_text().strip():
+                return stamp.read_text().strip()
             raise LookupError("no checkout")
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         diff = subprocess.run(["git", "-C", str(root), "diff", "HEAD", "--", "morphogen_exp", "conf"],

@@ -5,6 +5,7 @@ wheel, outputs in that folder). The GPU kernel build from the wheel: scripts/whe
 from __future__ import annotations
 
 import os
+import runpy
 import shutil
 import site
 import subprocess
@@ -39,9 +40,23 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("MORPHOGEN_")}
 
 
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          capture_output=True, text=True, check=True, timeout=120).stdout.strip()
+
+
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
+def src(tmp_path_factory) -> Path:
+    """A copy of the source tree, committed in a fresh git repository of its own (a clone as a builder has it)."""
     src = _source_copy(tmp_path_factory.mktemp("src") / "morphogen_exp")
+    _git(src, "init", "-q")
+    _git(src, "add", "-A")
+    _git(src, "commit", "-qm", "the tree")
+    return src
+
+
+@pytest.fixture(scope="module")
+def wheel(src: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", ".", "-w", str(out)], cwd=src,
                          capture_output=True, text=True, timeout=600)
@@ -99,3 +114,28 @@ def test_an_installed_wheel_runs_one_cell_from_any_folder(venv: Path, tmp_path: 
     for module_name in ("morphogen_exp.report", "morphogen_exp.compare"):  # the other entry points, from here too
         res = subprocess.run([py, "-m", module_name, "--help"], cwd=run, env=env, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0 and "usage:" in res.stdout, res.stderr[-3000:]
+
+
+def test_the_wheel_is_stamped_with_its_commit_and_reports_it_as_its_code_version(src: Path, wheel: Path, venv: Path,
+                                                                                 tmp_path: Path) -> None:
+    head = _git(src, "rev-parse", "HEAD")
+    assert zipfile.ZipFile(wheel).read("morphogen_exp/BUILD_COMMIT").decode().strip() == head
+    res = subprocess.run([str(venv / "bin" / "python"), "-c", "from morphogen_exp.tracking import code_version; print(code_version())"],
+                         cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == head, res.stderr[-3000:]  # not pkg-0.1.0
+
+
+def test_a_dirty_tree_is_stamped_dirty_and_no_checkout_is_not_stamped(tmp_path: Path) -> None:
+    setup = runpy.run_path(str(REPO / "setup.py"), run_name="setup")  # its commit_stamp, without running setup()
+    tree = tmp_path / "tree"
+    (tree / "morphogen_exp").mkdir(parents=True)
+    (tree / "morphogen_exp" / "a.py").write_text("x = 1\n")
+    assert setup["commit_stamp"](tree) is None  # no git checkout: nothing stamped (code_version falls back)
+    _git(tree, "init", "-q")
+    _git(tree, "add", "-A")
+    _git(tree, "commit", "-qm", "one")
+    head = _git(tree, "rev-parse", "HEAD")
+    assert setup["commit_stamp"](tree) == head
+    (tree / "morphogen_exp" / "a.py").write_text("x = 2\n")
+    stamp = setup["commit_stamp"](tree)
+    assert stamp.startswith(head + "+dirty.") and len(stamp) == len(head) + len("+dirty.") + 8
