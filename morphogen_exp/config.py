@@ -290,6 +290,28 @@ def check_env(env: Mapping[str, Any]) -> dict[str, str]:
     return {name: env_value(name, value) for name, value in env.items()}
 
 
+# The names a guard's .env derives itself, saying what ships (rollout.guard_env_lines writes exactly these): reserved,
+# so no strategy's guard_env sets one and no line of a .env can silently override another.
+RESERVED_ENV = ("MORPHOGEN_GPU_BATCHING", "MORPHOGEN_GPU_STRATEGY", "MORPHOGEN_GPU_ENGINE", "MORPHOGEN_GPU_PLACEMENT",
+                "MORPHOGEN_GPU_DEVICES", "MORPHOGEN_GPU_DRY_RUN")
+RESERVED_ENV_PREFIX = "MORPHOGEN_GPU_STRATEGY_"  # one per strategy knob: MORPHOGEN_GPU_STRATEGY_TILE
+
+
+def reserved_env(name: str) -> bool:
+    """`name` is one a guard's .env derives itself (RESERVED_ENV, or a knob's RESERVED_ENV_PREFIX name)."""
+    return name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIX)
+
+
+def check_guard_env(env: Mapping[str, Any]) -> dict[str, str]:
+    """A strategy's guard_env checked (`check_env`) and free of the reserved names; ConfigError (one line) naming
+    each reserved one it sets."""
+    taken = sorted(str(name) for name in env if isinstance(name, str) and reserved_env(name))
+    if taken:
+        raise ConfigError(f"strategy.guard_env sets {', '.join(taken)}: reserved for the lines a guard's .env derives "
+                          f"itself ({', '.join(RESERVED_ENV)}, {RESERVED_ENV_PREFIX}<KNOB>); rename it")
+    return check_env(env)
+
+
 def _strategy(st: dict[str, Any], known_strategies: tuple[str, ...]) -> StrategyConfig:
     name = st.pop("name", None)
     if known_strategies and name not in known_strategies:
@@ -299,7 +321,7 @@ def _strategy(st: dict[str, Any], known_strategies: tuple[str, ...]) -> Strategy
     env = st.pop("guard_env", None) or {}
     if not isinstance(env, Mapping):
         raise ConfigError(f"strategy.guard_env must be a mapping NAME: value, got {env!r}")
-    check_env(env)  # names and values a guard's .env can carry as data
+    check_guard_env(env)  # names and values a guard's .env can carry as data, none of the names it derives
     return StrategyConfig(name=name, original=str(st.pop("original", name)), guard_env=dict(env), knobs=st)
 
 

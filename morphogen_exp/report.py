@@ -602,7 +602,7 @@ def guard_texts(df: pd.DataFrame, decision: Decision, header: str) -> tuple[str,
         r = df.iloc[0]
         name = rollout.guard_name(str(r["dataset"]), str(r["device_kind"]), str(r["engine"]), _num_pages(r))
         text = rollout.to_yaml(rollout.no_go_mapping(), head + "\nNo configuration is GO: serve one query at a time.")
-        env = {**rollout.NO_GO_ENV, **rollout.guard_env_lines(None, engine=str(r["engine"]), dry_run=dry)}
+        env = rollout.merged_env(rollout.NO_GO_ENV, rollout.guard_env_lines(None, engine=str(r["engine"]), dry_run=dry))
         return name, text, rollout.env_text(env, head + "\nbatching off: serve one query at a time")
     for r in df[df["config"].isin([decision.selected, decision.fallback])].to_dict("records"):  # every cell it ships on
         rollout.check_params(r["_params"], r["_tags"], str(r["run_id"]))
@@ -610,8 +610,8 @@ def guard_texts(df: pd.DataFrame, decision: Decision, header: str) -> tuple[str,
     name = rollout.guard_name(str(row["dataset"]), str(row["device_kind"]), str(row["engine"]), _num_pages(row))
     mapping = rollout.guard_mapping(row["_params"], row["_tags"].get("devices_used"), with_env=True)  # as measured
     text = rollout.to_yaml(mapping, f"{head}\nships {decision.selected} ({row['config_id']})")
-    env = {**rollout.env_of(row["_params"]),
-           **rollout.guard_env_lines(row["_params"], row["_tags"].get("devices_used"), dry_run=dry)}
+    env = rollout.merged_env(rollout.env_of(row["_params"]),
+                             rollout.guard_env_lines(row["_params"], row["_tags"].get("devices_used"), dry_run=dry))
     env_text = rollout.env_text(env, f"{head}\nships {decision.selected} ({row['config_id']})")
     if decision.fallback:
         fb = df[df["config"] == decision.fallback].iloc[0]

@@ -12,7 +12,9 @@ yaml it belongs to, so a reader never pairs a guard with another publish's recor
 
 A guard is data, never code: `strategy.guard_env` names match `[A-Z_][A-Z0-9_]*`, values are scalars without line
 breaks or NUL (`env_value`, checked when a config is validated and again when a guard is rebuilt from MLflow params),
-and `selected.env` quotes each value (`shlex.quote`), so `set -a; . selected.env` only sets variables. The yaml
+and `selected.env` quotes each value (`shlex.quote`), so `set -a; . selected.env` only sets variables. The names
+the .env derives itself (what ships: config.RESERVED_ENV) are no strategy's: a guard_env setting one is refused when a
+config is validated and again at publish (`merged_env`), so no line overrides another. The yaml
 carries the same environment, and the device count its sweep measured (a guard never means "every device")."""
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from . import paths
-from .config import ConfigError, check_env, env_value
+from .config import RESERVED_ENV, RESERVED_ENV_PREFIX, ConfigError, check_env, check_guard_env, env_value
 
 ENV_VAR = "MORPHOGEN_ROLLOUT_DIR"
 GROUP = "rollout"
@@ -101,27 +103,50 @@ def check_params(params: Mapping[str, Any], tags: Mapping[str, Any], run: str) -
                           "were added afterwards; no guard is built from it (re-run that cell)")
 
 
+# The .env's own lines (config.RESERVED_ENV, the one list a strategy's guard_env may not set).
+_BATCHING, _STRATEGY, _ENGINE, _PLACEMENT, _DEVICES, _DRY_RUN = RESERVED_ENV
+
+
 def guard_env_lines(params: Mapping[str, Any] | None, devices_used: Any = None, *, engine: str = "xla",
                     dry_run: bool = False) -> dict[str, str]:
     """What a guard ships, spelled out for a deployment (the .env's own lines beside the strategy's guard_env):
     MORPHOGEN_GPU_BATCHING on/off (None params: the single-query loop, off), the strategy and each of its knobs
-    (MORPHOGEN_GPU_STRATEGY_<KNOB>), the engine, the placement and its device count, and MORPHOGEN_GPU_DRY_RUN on CPU."""
+    (MORPHOGEN_GPU_STRATEGY_<KNOB>), the engine, the placement and its device count, and MORPHOGEN_GPU_DRY_RUN on CPU.
+    Every name is reserved (config.reserved_env); ConfigError (one line) for two knobs spelled as one name."""
     out: dict[str, str] = {}
     if params is None:
-        out |= {"MORPHOGEN_GPU_BATCHING": "off", "MORPHOGEN_GPU_STRATEGY": "loop", "MORPHOGEN_GPU_ENGINE": engine,
-                "MORPHOGEN_GPU_PLACEMENT": "single", "MORPHOGEN_GPU_DEVICES": "1"}
+        out |= {_BATCHING: "off", _STRATEGY: "loop", _ENGINE: engine, _PLACEMENT: "single", _DEVICES: "1"}
     else:
         mapping = guard_mapping(params, devices_used)
-        out["MORPHOGEN_GPU_BATCHING"] = "on"
-        out["MORPHOGEN_GPU_STRATEGY"] = str(params["strategy.name"])
+        out[_BATCHING] = "on"
+        out[_STRATEGY] = str(params["strategy.name"])
+        knobs: dict[str, str] = {}
         for knob, value in sorted(_flat(mapping.get("strategy", {})).items()):
             text = ",".join(map(str, value)) if isinstance(value, list) else "null" if value is None else value
-            out[f"MORPHOGEN_GPU_STRATEGY_{re.sub(r'[^A-Z0-9]+', '_', knob.upper())}"] = env_value("MORPHOGEN_GPU_X", text)
-        out["MORPHOGEN_GPU_ENGINE"] = str(params.get("engine.name", engine))
-        out["MORPHOGEN_GPU_PLACEMENT"] = str(params.get("placement.name", "single"))
-        out["MORPHOGEN_GPU_DEVICES"] = str(mapping.get("placement", {}).get("devices", 1))
+            name = RESERVED_ENV_PREFIX + re.sub(r"[^A-Z0-9]+", "_", knob.upper())
+            if name in knobs:
+                raise ConfigError(f"strategy knobs {knobs[name]!r} and {knob!r} are both {name} in a guard's .env; "
+                                  "rename one")
+            knobs[name] = knob
+            out[name] = env_value("MORPHOGEN_GPU_X", text)
+        out[_ENGINE] = str(params.get("engine.name", engine))
+        out[_PLACEMENT] = str(params.get("placement.name", "single"))
+        out[_DEVICES] = str(mapping.get("placement", {}).get("devices", 1))
     if dry_run:
-        out["MORPHOGEN_GPU_DRY_RUN"] = "cpu"
+        out[_DRY_RUN] = "cpu"
+    return out
+
+
+def merged_env(*parts: Mapping[str, Any]) -> dict[str, Any]:
+    """One .env's lines from its parts (a strategy's guard_env, the lines the guard derives): ConfigError (one line)
+    for a name in two parts, so no line of a .env ever overrides another."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        twice = sorted(set(out) & set(part))
+        if twice:
+            raise ConfigError(f"a guard's .env would set {', '.join(twice)} twice (a strategy's guard_env and the "
+                              "lines the guard derives); nothing written: rename it in the strategy's guard_env")
+        out |= part
     return out
 
 
@@ -147,7 +172,7 @@ def typed(value: Any) -> Any:
 
 def env_of(params: Mapping[str, Any]) -> dict[str, str]:
     """The guard environment of one configuration from its flattened params (MLflow strings), checked."""
-    return check_env({k[len(ENV_PREFIX):]: v for k, v in params.items() if k.startswith(ENV_PREFIX)})
+    return check_guard_env({k[len(ENV_PREFIX):]: v for k, v in params.items() if k.startswith(ENV_PREFIX)})
 
 
 def env_text(env: Mapping[str, Any], header: str = "") -> str:

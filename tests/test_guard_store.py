@@ -164,6 +164,17 @@ def test_a_guard_takes_only_allowed_names_and_only_params_logged_at_the_cells_st
     assert hashes(store) == before
 
 
+def test_a_stored_cell_whose_guard_env_sets_a_derived_name_is_never_published(sweeps, store, tmp_path, capsys) -> None:
+    """A cell recorded (digest and all) with a guard_env that sets one of the .env's own names (an older tool let it):
+    the publish is one line naming it, nothing written, never a .env where one line overrides the other."""
+    d = tmp_path / "reserved"
+    clash = ["strategy=full_batch", "+strategy.guard_env.MORPHOGEN_GPU_ENGINE=pallas"]
+    sweeps.sweep(d, [(clash, q, metrics(50.0 * q, 1.0), {}) for q in (1, 4)], start_ms=2_450_000_000_000)
+    code, _, err = cli(capsys, "--sweep-dir", str(d), "--publish")
+    assert code == 2 and err.count("\n") == 1 and "strategy.guard_env sets MORPHOGEN_GPU_ENGINE: reserved" in err, err
+    assert hashes(store) == {} and not (d / "rollout").exists()
+
+
 def test_the_env_says_what_ships(published, sweeps, store, tmp_path, capsys) -> None:
     """Item 7: GO full_batch and 'keep the loop' differ (batching on/off), fused and xla differ, a CPU run is
     marked a dry run, and both files name the decision in their header."""

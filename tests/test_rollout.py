@@ -158,6 +158,29 @@ def test_guard_env_names_and_values_are_checked_and_quoted() -> None:
                               with_env=True)
 
 
+def test_the_names_a_guard_derives_are_reserved_and_never_set_twice() -> None:
+    """Every .env line the guard derives (what ships) is a reserved name; a guard_env setting one, or two knobs
+    spelled as one name, is one line, and merging never lets one part override another."""
+    from morphogen_exp.config import RESERVED_ENV, check_guard_env, reserved_env
+
+    params = {"strategy.name": "tiled", "strategy.tile": "4", "engine.name": "xla", "placement.name": "single"}
+    derived = {**rollout.guard_env_lines(params, dry_run=True), **rollout.guard_env_lines(None, dry_run=True)}
+    assert set(RESERVED_ENV) <= set(derived) and all(reserved_env(n) for n in derived), derived
+    assert derived["MORPHOGEN_GPU_STRATEGY_TILE"] == "4"
+    for name in ("MORPHOGEN_GPU_ENGINE", "MORPHOGEN_GPU_BATCHING", "MORPHOGEN_GPU_STRATEGY_TILE"):
+        with pytest.raises(ConfigError, match=rf"^strategy.guard_env sets {name}: reserved for the lines") as err:
+            check_guard_env({"MORPHOGEN_GPU_STREAMS": 1, name: "x"})
+        assert "\n" not in str(err.value)
+        with pytest.raises(ConfigError, match=rf"sets {name}: reserved"):  # a stored run's params, at publish
+            rollout.env_of({"strategy.name": "tiled", f"strategy.guard_env.{name}": "x"})
+    with pytest.raises(ConfigError, match=r"would set MORPHOGEN_GPU_ENGINE twice"):
+        rollout.merged_env({"MORPHOGEN_GPU_ENGINE": "pallas"}, rollout.guard_env_lines(params))
+    with pytest.raises(ConfigError, match=r"knobs 'a-b' and 'a_b' are both MORPHOGEN_GPU_STRATEGY_A_B"):
+        rollout.guard_env_lines({"strategy.name": "tiled", "strategy.a_b": "1", "strategy.a-b": "2"})
+    assert rollout.merged_env(rollout.NO_GO_ENV, rollout.guard_env_lines(None)) == {**rollout.NO_GO_ENV,
+                                                                                    **rollout.guard_env_lines(None)}
+
+
 def test_the_no_go_guard_sets_what_its_env_sets(store: Path) -> None:
     rollout.publish("nogo", rollout.to_yaml(rollout.no_go_mapping(), "no configuration is GO"))
     env = OmegaConf.to_container(_compose("+rollout=nogo").strategy.guard_env)

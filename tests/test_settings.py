@@ -44,11 +44,13 @@ def _nothing_ran(workdir: Path) -> None:
     (("-m", "q=1", "+strategy.guard_env.lower_case=1"), ("strategy.guard_env", "'lower_case'")),
     (("-m", "q=1", "strategy.guard_env.MORPHOGEN_GPU_BATCH_POLICY='latency\nx'"),
      ("strategy.guard_env.MORPHOGEN_GPU_BATCH_POLICY", "one line")),
+    (("-m", "q=1", "+strategy.guard_env.MORPHOGEN_GPU_ENGINE=pallas"),
+     ("strategy.guard_env", "MORPHOGEN_GPU_ENGINE", "reserved")),
     (("-m", "q=1", "decision.prefer=[full_batch,nonexistent]"), ("decision.prefer", "'nonexistent'", "tiled")),
     (("-m", "q=1", "bench.iterations=1000000000000"), ("bench.iterations", "1..1000000")),
     (("-m", "q=2,2"), ("more than once", "q=2")),
 ], ids=["nan", "nan-single-run", "decision-nan", "decision-inf", "knob-inf", "decision-typo", "seed-2**32", "interval",
-        "empty-glob", "env-name", "env-newline", "prefer-unknown", "iterations-10**12", "repeated-cell"])
+        "empty-glob", "env-name", "env-newline", "env-reserved", "prefer-unknown", "iterations-10**12", "repeated-cell"])
 def test_a_bad_setting_is_one_line_before_any_cell(cli_here, workdir, args, names) -> None:
     _refused(cli_here(*args), *names)
     _nothing_ran(workdir)
