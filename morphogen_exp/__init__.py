@@ -5,6 +5,6 @@ tracking (MLflow) -> report. The PIR engine itself lives in `morphogen_exp.pir`.
 
 __version__ = "0.1.0"
 
-from .rollout import register_resolver as _register_rollout_resolver  # noqa: E402  conf/config.yaml's hydra.searchpath
+from .decide.rollout import register_resolver as _register_rollout_resolver  # noqa: E402  conf/config.yaml's hydra.searchpath
 
 _register_rollout_resolver()

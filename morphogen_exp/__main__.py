@@ -27,11 +27,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from . import app, devlock, paths, progress, rollout, session, sweepdir, trial
-from .callbacks import SweepCallback, review_hint, sweep_ref
+from . import paths
 from .config import ConfigError, one_line
+from .decide import rollout
+from .measure import devlock
+from .record import sweepdir
+from .record.tracking import StoreLost, shielded
+from .run import cell as app
+from .run import progress, session, trial
+from .run.sweep import SweepCallback, review_hint, sweep_ref
 from .strategies.base import knob_error
-from .tracking import StoreLost, shielded
 
 log = logging.getLogger("morphogen_exp")
 

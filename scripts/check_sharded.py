@@ -13,8 +13,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from morphogen_exp import placement as placements
 from morphogen_exp.config import DatasetConfig
+from morphogen_exp.measure import placement as placements
 from morphogen_exp.pir import EngineSpec, KeyBatch, answer_numpy, generate_keys, get
 
 

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 import morphogen_exp.config  # noqa: F401  (registers the config schema in Hydra's ConfigStore)
-from morphogen_exp.session import Session
+from morphogen_exp.run.session import Session
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +65,7 @@ def store_from_template(request, monkeypatch, tmp_path_factory) -> None:
     into place as that does. A test marked `fresh_store` (one of store creation itself) gets the real migrations."""
     if request.node.get_closest_marker("fresh_store"):
         return
-    from morphogen_exp.tracking import Tracker
+    from morphogen_exp.record.tracking import Tracker
 
     real = Tracker._create_store
 
@@ -158,7 +158,8 @@ def cli_here(workdir, jax_cache, monkeypatch, capsys):
     from hydra.core.global_hydra import GlobalHydra
 
     from morphogen_exp import __main__ as entry
-    from morphogen_exp import session, tracking
+    from morphogen_exp.record import tracking
+    from morphogen_exp.run import session
 
     def _run(*args: str, extra_env: dict | None = None, test_strategies: bool = True) -> CliResult:
         argv = [str(Path(entry.__file__)), *cli_args(workdir, jax_cache, args, test_strategies)]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from morphogen_exp import app
 from morphogen_exp.config import ConfigError
-from morphogen_exp.session import Session
+from morphogen_exp.run import cell as app
+from morphogen_exp.run.session import Session
 
 from .conftest import mlflow_runs
 
@@ -68,8 +68,8 @@ def test_large_database_oracle_numpy_dpf_and_device_fold(make_cfg, workdir, sess
     assert run.data.metrics["parity_numpy_checked"] == 1 and run.data.metrics["parity_numpy_eq"] == 1
     assert run.data.tags["parity_numpy_note"].startswith("numpy DPF, pages folded on the device")
 
-    from morphogen_exp import parity
-    from morphogen_exp.queries import make_queries
+    from morphogen_exp.measure import parity
+    from morphogen_exp.measure.queries import make_queries
 
     cfg = app.parse(make_cfg(), known_strategies=(), known_engines=())
     ds = sess.database(cfg.dataset, cfg.seed)
@@ -218,7 +218,7 @@ def test_a_new_dataset_yaml_is_accepted(make_cfg, workdir):
 
 
 def test_mainnet_is_the_originals_shape_and_its_memory_estimate_is_right(make_cfg, workdir, sess):
-    from morphogen_exp import datasets
+    from morphogen_exp.measure import datasets
     from morphogen_exp.pir.engine import raw_database_bytes
 
     rc = app.validate(make_cfg("dataset=mainnet"))
@@ -253,7 +253,7 @@ def test_cell_identity_covers_dataset_contents_and_device(make_cfg, workdir, mon
 # --------------------------------------------------------------------------- runs never left RUNNING
 
 def test_failure_while_logging_config_ends_the_run(make_cfg, workdir, sess, monkeypatch):
-    from morphogen_exp.tracking import Tracker
+    from morphogen_exp.record.tracking import Tracker
 
     real = Tracker.log_text
 
@@ -274,7 +274,7 @@ def test_stale_runs_of_a_sweep_are_closed_only_when_their_process_is_gone(workdi
     import sys
 
     from morphogen_exp.config import MlflowConfig
-    from morphogen_exp.tracking import PARENT_TAG, PID_TAG, Tracker
+    from morphogen_exp.record.tracking import PARENT_TAG, PID_TAG, Tracker
 
     tr = Tracker(MlflowConfig(f"sqlite:///{workdir}/outputs/mlflow.db", "morphogen_exp"))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -294,7 +294,7 @@ def test_interrupted_store_creation_leaves_no_store(workdir, monkeypatch):
     import mlflow.store.db.utils as dbutils
 
     from morphogen_exp.config import MlflowConfig
-    from morphogen_exp.tracking import Tracker
+    from morphogen_exp.record.tracking import Tracker
 
     db = workdir / "outputs" / "fresh.db"
     cfg = MlflowConfig(f"sqlite:///{db}", "morphogen_exp")
@@ -317,7 +317,7 @@ def test_half_created_store_says_what_to_do(workdir):
     import sqlite3
 
     from morphogen_exp.config import MlflowConfig
-    from morphogen_exp.tracking import Tracker
+    from morphogen_exp.record.tracking import Tracker
 
     db = workdir / "outputs" / "broken.db"
     with sqlite3.connect(db) as con:  # what an interrupted in-place migration leaves behind
@@ -328,10 +328,10 @@ def test_half_created_store_says_what_to_do(workdir):
 
 
 def test_a_resumed_cell_keeps_every_timed_sample_and_its_files(workdir):
-    from morphogen_exp import app
     from morphogen_exp.config import MlflowConfig
-    from morphogen_exp.session import SweepRef
-    from morphogen_exp.tracking import PARENT_TAG, ROLE_TAG, Tracker
+    from morphogen_exp.record.tracking import PARENT_TAG, ROLE_TAG, Tracker
+    from morphogen_exp.run import cell as app
+    from morphogen_exp.run.session import SweepRef
 
     tr = Tracker(MlflowConfig(f"sqlite:///{workdir}/outputs/mlflow.db", "morphogen_exp"))
     sweep = str(workdir / "sweep")

@@ -14,13 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from morphogen_exp import app, datasets, memory, parity
 from morphogen_exp.bench.__main__ import main as bench_main
 from morphogen_exp.config import DatasetConfig, ParityConfig
+from morphogen_exp.measure import datasets, memory, parity
+from morphogen_exp.measure.queries import KEYS_PER_QUERY, make_queries
 from morphogen_exp.pir import EngineSpec, backend, bitsliced, bitsliced_ops, get, make_answer_fn, tile_size
 from morphogen_exp.pir.engine import mask_working_set_bytes, raw_database_bytes
-from morphogen_exp.queries import KEYS_PER_QUERY, make_queries
-from morphogen_exp.session import Session
+from morphogen_exp.run import cell as app
+from morphogen_exp.run.session import Session
 
 from .conftest import mlflow_runs
 
@@ -200,7 +201,7 @@ def test_raw_rows_of_a_raw_database_are_its_words(engine):
 
 def test_the_layout_engine_validates_on_every_placement(make_cfg):
     """bitsliced builds its layout per device (tests/test_placement.py runs it), so no placement is refused."""
-    from morphogen_exp import app
+    from morphogen_exp.run import cell as app
 
     for name in ("single", "replicated", "sharded"):
         assert app.validate(make_cfg("engine=bitsliced", f"placement={name}")).placement.name == name

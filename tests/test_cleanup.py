@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from morphogen_exp import report
-from morphogen_exp.tracking import ROLE_TAG
+from morphogen_exp.decide import report
+from morphogen_exp.record.tracking import ROLE_TAG
 
 from .conftest import mlflow_runs
 

@@ -66,7 +66,7 @@ def test_full_sweep_all_strategies_on_tiny(cli_here, workdir):
 
     # The report is rebuilt from MLflow alone, and the guard loads as it is in a rollout trial.
     (sweep / "report.md").unlink()
-    from morphogen_exp import report as report_mod
+    from morphogen_exp.decide import report as report_mod
 
     assert report_mod.main(["--tracking-uri", f"sqlite:///{workdir}/outputs/mlflow.db", "--publish"]) == 0
     assert (sweep / "report.md").read_text().count("| tiled |") >= 1
@@ -164,7 +164,7 @@ def test_sigterm_mid_sweep_kills_active_run_and_report_rebuilds(cli, workdir):
     assert runs["sweep"].info.status == "KILLED"
     sweep = _sweep_dir(workdir)
     assert not (sweep / "report.md").exists()
-    from morphogen_exp import report as report_mod
+    from morphogen_exp.decide import report as report_mod
 
     assert report_mod.main(["--tracking-uri", f"sqlite:///{workdir}/outputs/mlflow.db", "--sweep-dir", str(sweep), "--publish"]) == 0
     text = (sweep / "report.md").read_text()

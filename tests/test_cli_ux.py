@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from morphogen_exp.config import ConfigError
-from morphogen_exp.progress import Progress
+from morphogen_exp.run.progress import Progress
 from morphogen_exp.strategies.base import check_knobs, knob_error
 
 from .conftest import mlflow_runs

@@ -14,9 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from morphogen_exp import app, datasets, parity, report, tracking
 from morphogen_exp.config import DatasetConfig
-from morphogen_exp.session import Session
+from morphogen_exp.decide import report
+from morphogen_exp.measure import datasets, parity
+from morphogen_exp.record import tracking
+from morphogen_exp.run import cell as app
+from morphogen_exp.run.session import Session
 
 from .conftest import mlflow_runs
 

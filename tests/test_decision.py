@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from morphogen_exp.config import ConfigError, DecisionConfig
-from morphogen_exp.decision import GO, NO_GO, UNDECIDED, DecisionRules, Final, best_per_q, decide
+from morphogen_exp.decide.decision import GO, NO_GO, UNDECIDED, DecisionRules, Final, best_per_q, decide
 from morphogen_exp.identity import config_labels
 
 PREFER = ("full_batch", "tiled", "graph_replay")
@@ -267,7 +267,7 @@ def test_finals_overturn_only_beyond_the_tie_margin() -> None:
 def test_a_tied_inconclusive_configuration_joins_the_finals_and_is_judged_there() -> None:
     """Issue 30 item 8: full_batch INCONCLUSIVE on a wide speedup interval (a bursty neighbour), tied with tiled on
     the ranking: it meets tiled in the finals; tied there, decision.prefer ships it, as a quiet sweep would."""
-    from morphogen_exp import finals
+    from morphogen_exp.run import finals
 
     m = _matrix({"tiled": (146.0, 1.0), "full_batch": (145.5, 3.0)}, speedup_at_4={"full_batch": (1.05, 0.1)})
     rules = DecisionRules(prefer=PREFER)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from morphogen_exp import devlock
 from morphogen_exp.config import ConfigError
+from morphogen_exp.measure import devlock
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_a_held_lock_is_waited_for_with_the_time_said_and_then_given_up(locks: P
     fcntl.flock(fd, fcntl.LOCK_EX)  # a stopped process holding the device
     try:
         t0 = time.monotonic()
-        with caplog.at_level(logging.INFO, logger="morphogen_exp.devlock"), \
+        with caplog.at_level(logging.INFO, logger="morphogen_exp.measure.devlock"), \
                 pytest.raises(devlock.DeviceBusy, match=r"^cell: the device stayed locked for \d+ s \(pid 4242 on elsewhere"):
             with devlock.hold("cell", keys=["host-cpu"], timeout_s=0.6):
                 pytest.fail("the lock was taken while held")

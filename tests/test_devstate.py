@@ -15,7 +15,7 @@ import jax
 import mlflow
 import pytest
 
-from morphogen_exp import devstate
+from morphogen_exp.measure import devstate
 
 FAKE_SMI = """#!/usr/bin/env python3
 import json, os, sys

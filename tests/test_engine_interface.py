@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from morphogen_exp import app, memory, pir
+from morphogen_exp import pir
 from morphogen_exp.config import ConfigError
+from morphogen_exp.measure import memory
 from morphogen_exp.pir import EngineSpec, answer_jax, answer_numpy, generate_keys
+from morphogen_exp.run import cell as app
 
 from .conftest import mlflow_runs
 from .support import tiny_engine

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from morphogen_exp import finals
-from morphogen_exp.decision import DecisionRules, decide
-from morphogen_exp.stats import min_samples_for
+from morphogen_exp.decide.decision import DecisionRules, decide
+from morphogen_exp.measure.stats import min_samples_for
+from morphogen_exp.run import finals
 
 from .conftest import mlflow_runs
 

@@ -18,10 +18,13 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from morphogen_exp import app, floors, report, tracking
 from morphogen_exp.config import ConfigError
+from morphogen_exp.decide import report
+from morphogen_exp.measure import floors
+from morphogen_exp.measure.timing import TimingSummary
 from morphogen_exp.pir.cuda import CudaUnavailable, probe
-from morphogen_exp.timing import TimingSummary
+from morphogen_exp.record import tracking
+from morphogen_exp.run import cell as app
 
 from .conftest import mlflow_runs
 from .test_report import Sweeps, _metrics
@@ -116,7 +119,7 @@ def test_the_probe_runs_once_per_device_on_a_gpu_only(monkeypatch, caplog) -> No
         [False, True, True, False]
     with pytest.raises(CudaUnavailable, match="CUDA kernels"):
         floors.probe(cpu)
-    with caplog.at_level(logging.WARNING, logger="morphogen_exp.floors"):
+    with caplog.at_level(logging.WARNING, logger="morphogen_exp.measure.floors"):
         assert floors.for_cell(True, cpu) is None and floors.for_cell("auto", cpu) is None
     assert len([r for r in caplog.records if "not probed" in r.getMessage()]) == 1  # auto on a CPU: not even tried
 

@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from morphogen_exp import app, floors
+from morphogen_exp.measure import floors
 from morphogen_exp.pir.cuda.probe import stream_xor, stream_xor_reference
+from morphogen_exp.run import cell as app
 
 from .conftest import mlflow_runs
 

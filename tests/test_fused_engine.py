@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from morphogen_exp import memory
+from morphogen_exp.measure import memory
+from morphogen_exp.measure.queries import KEYS_PER_QUERY
 from morphogen_exp.pir import (
     EngineSpec,
     KeyBatch,
@@ -30,7 +31,6 @@ from morphogen_exp.pir.cuda import fused as fused_kernel
 from morphogen_exp.pir.engine import mask_working_set_bytes, raw_database_bytes
 from morphogen_exp.pir.scan import scan_range, tile_size
 from morphogen_exp.pir.xla_ops import expand_levels_xla, masked_xor_xla
-from morphogen_exp.queries import KEYS_PER_QUERY
 
 GPU = jax.default_backend() == "gpu"
 RNG = np.random.default_rng(11)

@@ -13,10 +13,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from morphogen_exp import app, report, tracking
 from morphogen_exp.config import ConfigError
+from morphogen_exp.decide import report
 from morphogen_exp.pir import cuda
 from morphogen_exp.pir.cuda import capture
+from morphogen_exp.record import tracking
+from morphogen_exp.run import cell as app
 from morphogen_exp.strategies import graph_replay, tracecount
 from morphogen_exp.strategies.base import check_knobs
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import jax
 import pytest
 
-from morphogen_exp import app
-from morphogen_exp.session import Session
+from morphogen_exp.run import cell as app
+from morphogen_exp.run.session import Session
 
 from .conftest import mlflow_runs
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from morphogen_exp import report, rollout, sweepdir
 from morphogen_exp.config import ConfigError
+from morphogen_exp.decide import report, rollout
+from morphogen_exp.record import sweepdir
 
 from .support.recorded import Sweeps, metrics
 

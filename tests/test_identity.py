@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from morphogen_exp import app, identity, sweepdir
+from morphogen_exp import identity
 from morphogen_exp.config import flatten
+from morphogen_exp.record import sweepdir
+from morphogen_exp.run import cell as app
 
 # A value for each setting that measures nothing, other than the config's own.
 UNMEASURED = {"bench.system_metrics_s": "0.5", "bench.compilation_cache_dir": "/tmp/elsewhere", "bench.cell_timeout_s": "99",

@@ -73,8 +73,8 @@ def _texts(url: str, run, dest: Path) -> list[str]:
 
 def _key_hex(cell) -> list[str]:
     """The DPF key material of the cell's first query, as hex (both parties' root seeds and the shared final CW)."""
-    from morphogen_exp.datasets import domain_bits_for
-    from morphogen_exp.queries import make_queries
+    from morphogen_exp.measure.datasets import domain_bits_for
+    from morphogen_exp.measure.queries import make_queries
 
     pages = int(cell.data.tags["dataset.num_pages"])
     qs = make_queries(domain_bits_for(pages), pages, int(cell.data.params["seed"]), 1)

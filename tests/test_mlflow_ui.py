@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from morphogen_exp import report, rollout, tracking, uiview
-from morphogen_exp.callbacks import review_hint
-from morphogen_exp.decision import DecisionRules, decide
+from morphogen_exp.decide import report, rollout
+from morphogen_exp.decide.decision import DecisionRules, decide
+from morphogen_exp.record import tracking, uiview
+from morphogen_exp.run.sweep import review_hint
 
 from .test_report import Sweeps, _metrics
 

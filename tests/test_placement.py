@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from morphogen_exp import memory
-from morphogen_exp import placement as placements
-from morphogen_exp.app import validate
 from morphogen_exp.config import ConfigError
+from morphogen_exp.measure import memory
+from morphogen_exp.measure import placement as placements
 from morphogen_exp.pir.scan import shard_bounds
+from morphogen_exp.run.cell import validate
 
 from .conftest import REPO, mlflow_runs
 
@@ -72,7 +72,7 @@ def check_multi_device(num_devices: int) -> None:
         padded[:N_PAGES] = words
         pw = jax.device_put(padded, placements.sharding(plc))
         from morphogen_exp.config import DatasetConfig
-        from morphogen_exp.datasets import Dataset
+        from morphogen_exp.measure.datasets import Dataset
 
         with tempfile.TemporaryDirectory() as tmp:  # the one page streamer: each device's rows from a file
             path = Path(tmp) / "pages.bin"
@@ -94,7 +94,7 @@ def check_multi_device(num_devices: int) -> None:
                 got = np.asarray(path.run(kb)).view(np.uint8).reshape(3, 3, 4096)
                 assert np.array_equal(got, want), f"{strategy} under {name}: differs from numpy"
         # The large-database oracle folds each device's own rows (no gather of the whole database).
-        from morphogen_exp.parity import _numpy_dpf_answer
+        from morphogen_exp.measure.parity import _numpy_dpf_answer
 
         folded = _numpy_dpf_answer(Dataset("t", N_PAGES, pw, 0), tuple(queries[1]), {})
         assert np.array_equal(folded, want[1]), f"{name} over {num_devices}: the oracle's device fold differs"
@@ -140,7 +140,7 @@ def check_two_processes(process_id: int) -> None:
     import jax
 
     from morphogen_exp.config import DatasetConfig, PlacementConfig
-    from morphogen_exp.datasets import synthetic_words_numpy
+    from morphogen_exp.measure.datasets import synthetic_words_numpy
     from morphogen_exp.pir import EngineSpec, KeyBatch
     from morphogen_exp.pir.reference import answer_numpy
 

@@ -8,7 +8,7 @@ import logging
 import pytest
 from rich.console import Console
 
-from morphogen_exp.progress import Progress, format_s
+from morphogen_exp.run.progress import Progress, format_s
 
 
 class Clock:
@@ -54,7 +54,7 @@ def test_unknown_total_has_no_eta_and_bad_phase_is_named() -> None:
 
 def test_not_a_terminal_is_quiet_on_stdout_and_logs_each_phase_at_debug(capsys: pytest.CaptureFixture[str],
                                                                        caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="morphogen_exp.progress")
+    caplog.set_level(logging.DEBUG, logger="morphogen_exp.run.progress")
     with Progress(2) as p, p.cell(1, "tiled q=8"):             # pytest's stdout is not a terminal
         for phase in ("building data", "compiling", "timing", "parity", "logging"):
             p.phase(phase)

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from morphogen_exp import report, rollout, tracking
-from morphogen_exp.decision import DecisionRules, decide
+from morphogen_exp.decide import report, rollout
+from morphogen_exp.decide.decision import DecisionRules, decide
+from morphogen_exp.record import tracking
 
 from .support.recorded import RULES, params
 

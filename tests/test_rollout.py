@@ -10,8 +10,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from morphogen_exp import paths, rollout
+from morphogen_exp import paths
 from morphogen_exp.config import ConfigError, env_value, flatten
+from morphogen_exp.decide import rollout
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -198,7 +199,7 @@ def test_a_guard_pins_the_device_count_its_sweep_measured(store: Path) -> None:
     assert _compose("+rollout=rep").placement.devices == 2
     assert rollout.guard_mapping({**params, "placement.devices": "3"}, devices_used="8")["placement"] == {"devices": 3}
 
-    from morphogen_exp.trial import _as_run  # a trial holds a cell of that guard to the count it ran on
+    from morphogen_exp.run.trial import _as_run  # a trial holds a cell of that guard to the count it ran on
     assert _as_run({"_params": params, "_tags": {"devices_used": "2"}})["placement.devices"] == "2"
     assert _as_run({"_params": {**params, "placement.devices": "3"}, "_tags": {"devices_used": "3"}})["placement.devices"] == "3"
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from morphogen_exp import paths, rollout
+from morphogen_exp import paths
 from morphogen_exp.config import MlflowConfig
+from morphogen_exp.decide import rollout
 
 PAGE = 4096
 
@@ -83,7 +84,7 @@ def test_a_dataset_file_of_partial_pages_is_refused_and_a_home_path_accepted(cli
 
 
 def test_a_corrupt_decision_record_is_one_line_for_a_trial(cli_here, workdir) -> None:
-    from morphogen_exp.tracking import PARENT_TAG, ROLE_TAG, Tracker
+    from morphogen_exp.record.tracking import PARENT_TAG, ROLE_TAG, Tracker
 
     uri = f"sqlite:///{workdir}/outputs/mlflow.db"
     tracker = Tracker(MlflowConfig(uri, "morphogen_exp"))

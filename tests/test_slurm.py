@@ -221,7 +221,7 @@ def test_the_device_lock_keys_a_jobs_gpus_by_their_index_on_the_host(monkeypatch
     keys them by SLURM's host indices, so neither waits for the other's GPU."""
     import jax
 
-    from morphogen_exp import devlock
+    from morphogen_exp.measure import devlock
 
     class Device:
         id = 0

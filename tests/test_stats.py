@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from morphogen_exp.stats import (
+from morphogen_exp.measure.stats import (
     blocked_median_ci,
     cell_metrics,
     coverage,
@@ -18,7 +18,7 @@ from morphogen_exp.stats import (
     ratio_ci,
     relative_noise,
 )
-from morphogen_exp.timing import TimingSummary
+from morphogen_exp.measure.timing import TimingSummary
 
 TRUE_MEDIAN = 5.0  # ms: lognormal(log 5, sigma) has median exactly 5
 

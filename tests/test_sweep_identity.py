@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from morphogen_exp import report, sweepdir, tracking
-from morphogen_exp.callbacks import review_hint
 from morphogen_exp.config import ConfigError, MlflowConfig
-from morphogen_exp.tracking import PARENT_TAG, ROLE_TAG, Tracker
+from morphogen_exp.decide import report
+from morphogen_exp.record import sweepdir, tracking
+from morphogen_exp.record.tracking import PARENT_TAG, ROLE_TAG, Tracker
+from morphogen_exp.run.sweep import review_hint
 
 from .conftest import mlflow_runs
 

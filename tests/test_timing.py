@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from morphogen_exp import stats, timing
-from morphogen_exp.stats import median_ci, min_samples_for, relative_noise
-from morphogen_exp.timing import SamplingPolicy, TimingSummary, measure
+from morphogen_exp.measure import stats, timing
+from morphogen_exp.measure.stats import median_ci, min_samples_for, relative_noise
+from morphogen_exp.measure.timing import SamplingPolicy, TimingSummary, measure
 
 
 class FakeClock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from morphogen_exp.config import MlflowConfig
-from morphogen_exp.tracking import Tracker
+from morphogen_exp.record.tracking import Tracker
 
 
 def _tracker(tmp_path) -> Tracker:
@@ -48,7 +48,7 @@ def test_a_corrupt_decision_json_is_one_line_naming_the_run(tmp_path) -> None:
     import pytest
 
     from morphogen_exp.config import ConfigError
-    from morphogen_exp.tracking import load_rules
+    from morphogen_exp.record.tracking import load_rules
 
     t = Tracker(MlflowConfig(f"sqlite:///{tmp_path}/mlflow.db", "e"))
     run = t.client.create_run(t.experiment_id)

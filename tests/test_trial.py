@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from morphogen_exp import report, rollout, sweepdir, tracking, trial
 from morphogen_exp.config import ConfigError
-from morphogen_exp.decision import Estimate
-from morphogen_exp.trial import BETTER, HOLDS, IMPROVED, INCONCLUSIVE, REGRESSED, TIED, UNDECIDED, WORSE
+from morphogen_exp.decide import report, rollout
+from morphogen_exp.decide.decision import Estimate
+from morphogen_exp.record import sweepdir, tracking
+from morphogen_exp.run import trial
+from morphogen_exp.run.trial import BETTER, HOLDS, IMPROVED, INCONCLUSIVE, REGRESSED, TIED, UNDECIDED, WORSE
 
 from .conftest import mlflow_runs
 
@@ -215,7 +217,7 @@ def test_a_trial_holds_the_guard_to_its_sweep_and_is_never_a_cell(cli_here, work
     assert {r.info.run_id for r in sweepdir._children(client, store.experiment_id, meta.parent_run_id)} == {
         c.info.run_id for c in cells.values()}
     from morphogen_exp.config import MlflowConfig
-    from morphogen_exp.tracking import Tracker
+    from morphogen_exp.record.tracking import Tracker
 
     tracker = Tracker(MlflowConfig(f"sqlite:///{workdir}/outputs/mlflow.db", "morphogen_exp"))
     found = tracker.finished_cell(cell4.data.tags["cell_key"], str(sweep))
@@ -226,7 +228,7 @@ def test_a_trial_holds_the_guard_to_its_sweep_and_is_never_a_cell(cli_here, work
 
 def test_an_interrupted_trial_says_its_run_ended_not_that_cells_are_kept(monkeypatch, capsys) -> None:
     from morphogen_exp import __main__ as entry
-    from morphogen_exp import session
+    from morphogen_exp.run import session
 
     monkeypatch.setattr(sys, "argv", ["morphogen_exp", "+rollout=selected", "q=8"])
     monkeypatch.setattr(session.current(), "sweep", None)

@@ -120,7 +120,8 @@ def test_the_wheel_is_stamped_with_its_commit_and_reports_it_as_its_code_version
                                                                                  tmp_path: Path) -> None:
     head = _git(src, "rev-parse", "HEAD")
     assert zipfile.ZipFile(wheel).read("morphogen_exp/BUILD_COMMIT").decode().strip() == head
-    res = subprocess.run([str(venv / "bin" / "python"), "-c", "from morphogen_exp.tracking import code_version; print(code_version())"],
+    code = "from morphogen_exp.record.tracking import code_version; print(code_version())"
+    res = subprocess.run([str(venv / "bin" / "python"), "-c", code],
                          cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == head, res.stderr[-3000:]  # not pkg-0.1.0
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import jax
 
-from ..datasets import domain_bits_for
-from ..memory import configure_process
+from ..measure.datasets import domain_bits_for
+from ..measure.memory import configure_process
 from ..pir import EngineSpec, full_eval_jax, get, make_answer_fn, scan_bytes_read, tile_size
 from ..pir.pallas_ggm import GGMBlock
 from ..pir.pallas_scan import ScanBlock

@@ -1,5 +1,5 @@
 """What every benchmark shares: synthetic data (the datasets' generator), key batches, the timing
-loop (morphogen_exp.timing.measure) over rotating inputs, the device ceilings, CSV output."""
+loop (morphogen_exp.measure.timing.measure) over rotating inputs, the device ceilings, CSV output."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..datasets import _fmix32, _synthetic_words_device, domain_bits_for, read_rows
+from ..measure.datasets import _fmix32, _synthetic_words_device, domain_bits_for, read_rows
+from ..measure.timing import measure
 from ..pir import KeyBatch, generate_keys, get
 from ..pir.pages import xor_reduce
-from ..timing import measure
 
 
 def pages(num_pages: int, seed: int = 7) -> jax.Array:

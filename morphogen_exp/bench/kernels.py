@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ..datasets import domain_bits_for
+from ..measure.datasets import domain_bits_for
 from ..pir import PAGE_WORDS, Engine, EngineSpec, backend, get, make_answer_fn, register, scan_bytes_read, scan_plan, unregister
 from ..pir.pages import xor_reduce
 from ..pir.pallas_ggm import GGMBlock, expand_levels_pallas

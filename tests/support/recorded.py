@@ -13,8 +13,8 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from morphogen_exp import rollout
 from morphogen_exp.config import flatten
+from morphogen_exp.decide import rollout
 from morphogen_exp.identity import config_id
 
 REPO = Path(__file__).resolve().parents[2]

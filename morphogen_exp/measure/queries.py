@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .pir import Key, KeyBatch, generate_keys
+from ..pir import Key, KeyBatch, generate_keys
 
 KEYS_PER_QUERY = 3
 

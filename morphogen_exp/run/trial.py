@@ -35,15 +35,17 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from . import app, devlock, devstate, rollout
-from . import placement as placements
-from .config import ConfigError, MlflowConfig, RunConfig, first_line, flatten
-from .decision import Estimate, estimate
-from .identity import measurement_setting
+from ..config import ConfigError, MlflowConfig, RunConfig, first_line, flatten
+from ..decide import rollout
+from ..decide.decision import Estimate, estimate
+from ..identity import measurement_setting
+from ..measure import devlock, devstate
+from ..measure import placement as placements
+from ..measure.stats import paired_ratio_ci
+from ..measure.timing import TimingSummary
+from ..record.tracking import NOTE_TAG, PARENT_TAG, ROLE_TAG, Tracker, cells_frame, load_rules, open_store, shielded, sqlite_path
+from . import cell as app
 from .session import Session
-from .stats import paired_ratio_ci
-from .timing import TimingSummary
-from .tracking import NOTE_TAG, PARENT_TAG, ROLE_TAG, Tracker, cells_frame, load_rules, open_store, shielded, sqlite_path
 
 log = logging.getLogger(__name__)
 ROLE = "trial"

@@ -38,9 +38,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from . import paths
-from .config import ConfigError, one_line
-from .identity import measures
+from .. import paths
+from ..config import ConfigError, one_line
+from ..identity import measures
 
 RESOLVER = "morphogen_new_dir"
 JOB_DIR_RESOLVER = "morphogen_job_dir"

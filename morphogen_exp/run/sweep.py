@@ -27,10 +27,12 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from . import app, session, sweepdir, uiview
-from .config import ConfigError, MlflowConfig, first_line, flatten, one_line
-from .sweepdir import job_overrides
-from .tracking import PARENT_TAG, REPORT_ARTIFACT, ROLE_TAG, StoreLost, Tracker, code_version, process_gone, redact_uri, shielded
+from ..config import ConfigError, MlflowConfig, first_line, flatten, one_line
+from ..record import sweepdir, uiview
+from ..record.sweepdir import job_overrides
+from ..record.tracking import PARENT_TAG, REPORT_ARTIFACT, ROLE_TAG, StoreLost, Tracker, code_version, process_gone, redact_uri, shielded
+from . import cell as app
+from . import session
 
 log = logging.getLogger(__name__)
 PARENT_FILE = sweepdir.PARENT_FILE
@@ -191,7 +193,7 @@ class SweepCallback(Callback):
         log.info("sweep run %s in %s: %d cells", parent, tracker.cfg.tracking_uri, n_cells)
 
     def _end(self) -> None:
-        from . import report
+        from ..decide import report
 
         sess = self.sess
         if sess.sweep is None:
@@ -235,7 +237,8 @@ class SweepCallback(Callback):
 def run_finals(tracker: Tracker, parent: str, sess: session.Session) -> None:
     """The finals (finals.py) on this process's device, holding it as a cell does; a failure leaves the decision
     to the cells and is said in one line."""
-    from . import devlock, finals
+    from ..measure import devlock
+    from . import finals
 
     try:
         with devlock.hold("the finals"):

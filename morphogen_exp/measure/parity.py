@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .config import ParityConfig
+from ..config import ParityConfig
+from ..pir.pages import PAGE_WORDS, xor_reduce
+from ..pir.reference import answer_numpy, eval_prefix
 from .datasets import Dataset, verify
-from .pir.pages import PAGE_WORDS, xor_reduce
-from .pir.reference import answer_numpy, eval_prefix
 from .queries import QuerySet
 
 

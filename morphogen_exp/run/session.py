@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from . import datasets, memory
-from .config import DatasetConfig, MlflowConfig
-from .pir.engine import LayoutFn
+from ..config import DatasetConfig, MlflowConfig
+from ..measure import datasets, memory
+from ..pir.engine import LayoutFn
+from ..record.tracking import Tracker
 from .progress import Progress
-from .tracking import Tracker
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Session:
             if placement is None:
                 loaded = datasets.load(cfg, seed, layout)
             else:
-                from . import placement as placements  # imports the strategies' base; only cells need it
+                from ..measure import placement as placements  # imports the strategies' base; only cells need it
 
                 loaded = placements.load(cfg, seed, placement, layout)
             if ident.stat is not None and datasets.stat_key(Path(ident.stat[0])) != ident.stat:

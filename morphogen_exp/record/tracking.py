@@ -41,10 +41,11 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from . import paths, rollout
-from .config import ConfigError, MlflowConfig, first_line
-from .decision import DecisionRules, Final, mapping_from_params, with_assignments
-from .identity import config_id, config_labels
+from .. import paths
+from ..config import ConfigError, MlflowConfig, first_line
+from ..decide import rollout
+from ..decide.decision import DecisionRules, Final, mapping_from_params, with_assignments
+from ..identity import config_id, config_labels
 
 # Fail fast on an unreachable server instead of MLflow's minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -27,10 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import paths
-from .config import ConfigError, DatasetConfig
-from .pir.engine import LayoutFn
-from .pir.pages import PAGE_BYTES, PAGE_WORDS, domain_bits_for, shard_rows
+from .. import paths
+from ..config import ConfigError, DatasetConfig
+from ..pir.engine import LayoutFn
+from ..pir.pages import PAGE_BYTES, PAGE_WORDS, domain_bits_for, shard_rows
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ def cache_file() -> Path:
     env = os.environ.get("MORPHOGEN_FINGERPRINT_CACHE")
     if env:
         return Path(env).expanduser()
-    from .rollout import root  # the outputs root (yaml, omegaconf: already loaded by any cell)
+    from ..decide.rollout import root  # the outputs root (yaml, omegaconf: already loaded by any cell)
 
     return root() / "cache" / "dataset-fingerprints.json"
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import jax
 
-from .pir.engine import Engine
+from ..pir.engine import Engine
 from .queries import KEYS_PER_QUERY
 
 GIB = 2**30

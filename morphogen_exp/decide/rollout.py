@@ -34,8 +34,8 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from . import paths
-from .config import RESERVED_ENV, RESERVED_ENV_PREFIX, ConfigError, check_env, check_guard_env, env_value
+from .. import paths
+from ..config import RESERVED_ENV, RESERVED_ENV_PREFIX, ConfigError, check_env, check_guard_env, env_value
 
 ENV_VAR = "MORPHOGEN_ROLLOUT_DIR"
 GROUP = "rollout"

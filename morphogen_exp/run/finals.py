@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import app
-from .config import first_line
-from .decision import GO, RANKABLE, UNDECIDED, Decision, DecisionRules, decide, estimate, tied
+from ..config import first_line
+from ..decide.decision import GO, RANKABLE, UNDECIDED, Decision, DecisionRules, decide, estimate, tied
+from ..measure.stats import blocked_median_ci
+from ..record.tracking import FINAL_ROLE, NOTE_TAG, PARENT_TAG, ROLE_TAG, Tracker, cells_frame, load_rules, shielded
+from . import cell as app
 from .session import Session
-from .stats import blocked_median_ci
-from .tracking import FINAL_ROLE, NOTE_TAG, PARENT_TAG, ROLE_TAG, Tracker, cells_frame, load_rules, shielded
 
 log = logging.getLogger(__name__)
 ROLE = FINAL_ROLE

@@ -25,13 +25,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ..config import ConfigError, DatasetConfig, PlacementConfig, first_line
+from ..pir import EngineSpec, KeyBatch, make_answer_fn, query_scan
+from ..pir.engine import Engine, LayoutFn, TileFn
+from ..pir.pages import shard_rows
+from ..pir.scan import replicated_query_scan, sharded_query_scan
+from ..strategies.base import BuildContext
 from . import datasets, memory
-from .config import ConfigError, DatasetConfig, PlacementConfig, first_line
-from .pir import EngineSpec, KeyBatch, make_answer_fn, query_scan
-from .pir.engine import Engine, LayoutFn, TileFn
-from .pir.pages import shard_rows
-from .pir.scan import replicated_query_scan, sharded_query_scan
-from .strategies.base import BuildContext
 
 AXIS = "dev"  # the mesh axis the pages (sharded) or the queries (replicated) are split along
 

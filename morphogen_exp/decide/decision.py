@@ -15,9 +15,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from .config import ConfigError, DecisionConfig
-from .identity import measurement_setting
-from .stats import min_samples_for
+from ..config import ConfigError, DecisionConfig
+from ..identity import measurement_setting
+from ..measure.stats import min_samples_for
 
 # Metrics a sweep may be ranked by, and whether larger is better.
 RANKABLE = {"batch_qps": True, "batch_vs_single_speedup": True, "batch_ms_per_batch": False,
