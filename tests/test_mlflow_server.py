@@ -86,6 +86,11 @@ def test_joblib_sweep_against_a_shared_server(cli, workdir, mlflow_server):
               test_strategies=False)
     assert res.returncode == 0, res.stderr[-3000:]
     assert not (workdir / "outputs" / "mlflow.db").exists()  # everything went to the server
+    out = res.stdout.splitlines()
+    view = [i for i, line in enumerate(out) if "View run" in line]  # MLflow's own lines, on an http store only
+    review = next(i for i, line in enumerate(out) if line.startswith("review: open http"))
+    assert view and max(view) < review, res.stdout[-3000:]  # the sweep run's end prints before the decision...
+    assert out[-1].startswith("decision: ") and out[review:-1] == [out[review]], res.stdout[-3000:]  # ...which ends it
 
     client = MlflowClient(tracking_uri=mlflow_server)
     exp = client.get_experiment_by_name("morphogen_exp")
