@@ -95,6 +95,38 @@ def test_cell_past_its_time_limit_fails_with_the_reason(make_cfg, workdir, sess)
     assert "bench.cell_timeout_s=3" in run.data.tags["error_message"]
 
 
+def test_the_wait_for_the_device_lock_counts_against_the_cells_timeout(make_cfg, workdir, sess, monkeypatch):
+    """A cell that waited 3 s for its device gets what is left of bench.cell_timeout_s=5, not 5 more; its error and
+    its tags say how long it waited and what was left."""
+    import fcntl
+    import threading
+    import time
+
+    from morphogen_exp import devlock
+
+    monkeypatch.setenv(devlock.ENV_VAR, str(workdir))
+    (key,) = devlock.device_keys()
+    fd = os.open(workdir / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another cell holds the device until this one has waited 3 s for it
+    lock_one, asked = devlock._lock_one, []
+
+    def waited_3_s(*args):
+        asked.append(time.monotonic())
+        threading.Timer(3.0, os.close, (fd,)).start()
+        return lock_one(*args)
+
+    monkeypatch.setattr(devlock, "_lock_one", waited_3_s)
+    out = app.run(make_cfg("strategy=sleepy", "strategy.seconds=30", "q=1", "bench.cell_timeout_s=5"), sess)
+    took = time.monotonic() - asked[0]
+    assert out.status == "failed" and "CellTimeout" in out.error
+    (run,) = mlflow_runs(workdir)
+    tags = run.data.tags
+    waited, left = float(tags["device_lock_wait_s"]), float(tags["cell_timeout_left_s"])
+    assert 2.5 <= waited < 4.5 and abs(waited + left - 5) < 0.2, tags  # the wait came out of the 5 s
+    assert f"bench.cell_timeout_s=5, {waited:.0f} s of it waiting for the device lock" in tags["error_message"], tags
+    assert took < 7, took  # 5 s from asking for the device, not 3 s + 5 s
+
+
 def test_cell_over_memory_cap_is_recorded_as_does_not_fit(make_cfg, workdir, sess):
     # tiny is 1.2 MB; 32 live queries' masks need ~4 MB more: 3 MB fits q=1 only.
     assert app.run(make_cfg("q=1", "bench.memory_cap_gib=0.003"), sess).status == "ok"

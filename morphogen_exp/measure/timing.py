@@ -233,15 +233,16 @@ class CellTimeout(TimeoutError):
 
 
 @contextmanager
-def time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise CellTimeout in the block after `seconds` (SIGALRM: main thread only). A device call
-    in flight finishes first; the exception surfaces as soon as Python runs again."""
+def time_limit(seconds: float | None, limit: str = "") -> Iterator[None]:
+    """Raise CellTimeout in the block after `seconds` (SIGALRM: main thread only); its message names `limit`
+    (default bench.cell_timeout_s=<seconds>). A device call in flight finishes first; the exception surfaces as
+    soon as Python runs again."""
     if not seconds or threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def _expire(signum, frame):
-        raise CellTimeout(f"cell ran past bench.cell_timeout_s={seconds:g}")
+        raise CellTimeout(f"cell ran past {limit or f'bench.cell_timeout_s={seconds:g}'}")
 
     previous = signal.signal(signal.SIGALRM, _expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)

@@ -373,11 +373,12 @@ def run(cfg: DictConfig, session: Session, sweep: SweepRef | None = None) -> Cel
                             {"num_pages": datasets.plan_pages(rc.dataset), "page_bytes": 4096})
         progress = session.progress(sweep)
         interval = rc.bench.system_metrics_s
-        with devlock.hold(name, timeout_s=rc.bench.cell_timeout_s) as held, \
-                progress.cell(sweep.index if sweep and sweep.index else 1, f"{name} on {rc.dataset.name}/{rc.engine.name}"), \
-                devstate.system_metrics(run_id, rc.mlflow.tracking_uri, sampling_interval_s=interval or 1.0, enabled=bool(interval)), \
-                time_limit(rc.bench.cell_timeout_s):
-            metrics = measure_cell(rc, session, tracker, run_id, progress)
+        with devlock.hold(name, timeout_s=rc.bench.cell_timeout_s) as held:
+            left, limit = _timeout_left(tracker, run_id, name, rc.bench.cell_timeout_s, held.waited_s)
+            with progress.cell(sweep.index if sweep and sweep.index else 1, f"{name} on {rc.dataset.name}/{rc.engine.name}"), \
+                    devstate.system_metrics(run_id, rc.mlflow.tracking_uri, sampling_interval_s=interval or 1.0, enabled=bool(interval)), \
+                    time_limit(left, limit):
+                metrics = measure_cell(rc, session, tracker, run_id, progress)
     except memory.DoesNotFit as err:
         tracker.log(run_id, tags={"cell_status": "does_not_fit", "error_message": str(err), **note("does_not_fit", error=str(err))},
                     metrics={"memory_estimate_gib": err.need / memory.GIB})
@@ -410,6 +411,23 @@ def run(cfg: DictConfig, session: Session, sweep: SweepRef | None = None) -> Cel
     tracker.end(run_id, "FINISHED")
     log.info("%s", cell_line(name, metrics))
     return CellOutcome("ok", name, run_id, metrics)
+
+
+def _timeout_left(tracker: Tracker, run_id: str, name: str, timeout_s: float | None,
+                  waited_s: float) -> tuple[float | None, str]:
+    """What is left of the cell's own timeout (bench.cell_timeout_s) after its wait for the device lock (the wait
+    counts against it), and the limit as a CellTimeout names it. A wait of a second or more is said in the log and
+    in the run's tags (device_lock_wait_s, cell_timeout_left_s), so a cell cut short by it says why."""
+    left = None if timeout_s is None else max(float(timeout_s) - waited_s, 0.001)
+    limit = "" if timeout_s is None else f"bench.cell_timeout_s={timeout_s:g}"
+    if waited_s >= 1 and timeout_s is not None:
+        limit += f", {waited_s:.0f} s of it waiting for the device lock"
+    if waited_s >= 1:
+        tags = {"device_lock_wait_s": f"{waited_s:.1f}", **({"cell_timeout_left_s": f"{left:.1f}"} if left is not None else {})}
+        tracker.log(run_id, tags=tags)
+        log.info("%s: waited %.0f s for the device lock%s", name, waited_s,
+                 "" if left is None else f"; {left:.0f} s of bench.cell_timeout_s={timeout_s:g} left")
+    return left, limit
 
 
 def cell_line(name: str, metrics: Mapping[str, Any]) -> str:
