@@ -102,7 +102,7 @@ def test_the_wait_for_the_device_lock_counts_against_the_cells_timeout(make_cfg,
     import threading
     import time
 
-    from morphogen_exp import devlock
+    from morphogen_exp.measure import devlock
 
     monkeypatch.setenv(devlock.ENV_VAR, str(workdir))
     (key,) = devlock.device_keys()
