@@ -25,7 +25,8 @@ import pandas as pd
 
 from .decide.decision import estimate
 from .errors import ConfigError, cli_errors
-from .record.tracking import PARENT_TAG, ROLE_TAG, cells_frame, open_store
+from .fields import PARENT_TAG, ROLE_TAG
+from .record.tracking import cells_frame, open_store
 
 THRESHOLD = 0.05  # the smallest relative step called one (asv's default regression threshold)
 METRICS = ("batch_vs_single_speedup", "batch_qps", "batch_ms_per_batch", "single_ms_per_batch", "single_qps")

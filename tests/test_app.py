@@ -306,7 +306,8 @@ def test_stale_runs_of_a_sweep_are_closed_only_when_their_process_is_gone(workdi
     import sys
 
     from morphogen_exp.config import MlflowConfig
-    from morphogen_exp.record.tracking import PARENT_TAG, PID_TAG, Tracker
+    from morphogen_exp.fields import PARENT_TAG, PID_TAG
+    from morphogen_exp.record.tracking import Tracker
 
     tr = Tracker(MlflowConfig(f"sqlite:///{workdir}/outputs/mlflow.db", "morphogen_exp"))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -361,7 +362,8 @@ def test_half_created_store_says_what_to_do(workdir):
 
 def test_a_resumed_cell_keeps_every_timed_sample_and_its_files(workdir):
     from morphogen_exp.config import MlflowConfig
-    from morphogen_exp.record.tracking import PARENT_TAG, ROLE_TAG, Tracker
+    from morphogen_exp.fields import PARENT_TAG, ROLE_TAG
+    from morphogen_exp.record.tracking import Tracker
     from morphogen_exp.run import cell as app
     from morphogen_exp.run.session import SweepRef
 

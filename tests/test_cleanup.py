@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from morphogen_exp.decide import report
-from morphogen_exp.record.tracking import ROLE_TAG
+from morphogen_exp.fields import ROLE_TAG
 
 from .conftest import mlflow_runs
 

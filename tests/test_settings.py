@@ -84,7 +84,8 @@ def test_a_dataset_file_of_partial_pages_is_refused_and_a_home_path_accepted(cli
 
 
 def test_a_corrupt_decision_record_is_one_line_for_a_trial(cli_here, workdir) -> None:
-    from morphogen_exp.record.tracking import PARENT_TAG, ROLE_TAG, Tracker
+    from morphogen_exp.fields import PARENT_TAG, ROLE_TAG
+    from morphogen_exp.record.tracking import Tracker
 
     uri = f"sqlite:///{workdir}/outputs/mlflow.db"
     tracker = Tracker(MlflowConfig(uri, "morphogen_exp"))

@@ -19,8 +19,9 @@ from omegaconf import OmegaConf
 
 from morphogen_exp.config import ConfigError, MlflowConfig
 from morphogen_exp.decide import report
+from morphogen_exp.fields import PARENT_TAG, ROLE_TAG
 from morphogen_exp.record import sweepdir, tracking
-from morphogen_exp.record.tracking import PARENT_TAG, ROLE_TAG, Tracker
+from morphogen_exp.record.tracking import Tracker
 from morphogen_exp.run.sweep import review_hint
 
 from .conftest import mlflow_runs

@@ -30,8 +30,9 @@ import pandas as pd
 
 from .. import paths
 from ..errors import ConfigError, cli_errors
+from ..fields import DERIVED, FLOORS, PATH_METRICS, READ_FLOOR_PROBES
 from ..record import tracking, uiview
-from ..record.tracking import DERIVED, FLOORS, PATH_METRICS, READ_FLOOR_PROBES, open_store
+from ..record.tracking import open_store
 from . import rollout
 from .decision import BestAtQ, Decision, DecisionRules, best_per_q, decide, estimate, with_assignments
 

@@ -32,13 +32,13 @@ import jax
 
 from ..bench.bmma import random_u32
 from ..config import first_line
+from ..fields import FLOORS, READ_FLOOR_PROBES
 from ..pir.cuda import CudaUnavailable
 from ..pir.cuda.bmma import call_expand_xor, call_masked_xor, scratch_words
 from ..pir.cuda.dpf import MAX_LEVELS
 from ..pir.cuda.probe import stream_xor
 from ..pir.engine import Subtrees, Window
 from ..pir.pages import PAGE_BYTES
-from ..record.tracking import FLOORS, READ_FLOOR_PROBES
 from .queries import KEYS_PER_QUERY
 from .timing import TimingSummary, measure
 

@@ -45,6 +45,7 @@ from .. import paths
 from ..config import ConfigError, MlflowConfig, first_line
 from ..decide import rollout
 from ..decide.decision import DecisionRules, Final, mapping_from_params, with_assignments
+from ..fields import DERIVED, FINAL_ROLE, FLOOR_MARK, HOST_TAG, NOT_APPLICABLE, PARENT_TAG, PATH_METRICS, PID_TAG, ROLE_TAG
 from ..identity import config_id, config_labels
 
 # Fail fast on an unreachable server instead of MLflow's minutes of retries.
@@ -61,10 +62,6 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-PARENT_TAG = "morphogen.sweep_dir"
-ROLE_TAG = "morphogen.role"  # "sweep" | "cell"
-PID_TAG, HOST_TAG = "morphogen.pid", "morphogen.host"  # the process that opened a run
-FINAL_ROLE = "final"  # a head-to-head final run under a sweep (finals.py): read with its sweep, never counted as a cell
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -432,9 +429,6 @@ class Tracker:
 # --------------------------------------------------------------------------- reading a sweep (what a report renders)
 
 # The metrics a cell row carries, beside the original's columns.
-DERIVED = ["single_ms_per_batch", "batch_ms_per_batch", "batch_vs_single_speedup", "single_qps", "batch_qps"]
-PATH_METRICS = [f"{p}_{m}" for p in ("single", "batch")
-                for m in ("ms_p50", "ms_p50_lo", "ms_p50_hi", "samples", "noise", "capped")]
 _OTHER_METRICS = ["parity_numpy_checked", "parity_xor_checked", "single_ms_p90", "batch_ms_p90", "batch_ms_min", "batch_ms_max",
                   "compile_s", "batch_effective_gbps", "memory_estimate_gib", "database_gib", "scan_keys"]
 
@@ -448,9 +442,6 @@ def _int_or(v: Any, default: int) -> int:
 
 def _flag(m: Mapping[str, float], key: str) -> int | None:
     return None if key not in m else int(m[key])
-
-
-NOT_APPLICABLE = "-"  # an original's knob column for a strategy without that knob (matrix.csv; not a metric)
 
 
 def _knob(params: Mapping[str, Any], key: str) -> int | str:
@@ -507,12 +498,6 @@ def cell_row(run: Any) -> dict[str, Any]:
     for col in [*DERIVED, *(f"{d}_{b}" for d in DERIVED for b in ("lo", "hi")), *PATH_METRICS, *_OTHER_METRICS]:
         row[col] = m.get(col)
     return row
-
-
-FLOOR_MARK = "_floor_"  # the card's floors and each cell's fraction of them (floors.py): matrix.csv's `*_floor_*` columns
-# floor -> (the card's rate, the batch path's fraction of it; the fraction also with _lo and _hi), as floors.py records them
-FLOORS = {"read": ("read_floor_gbps", "batch_read_floor_frac"), "expansion": ("expand_floor_blocks_per_s", "batch_expand_floor_frac")}
-READ_FLOOR_PROBES = ("read_floor_stream_gbps", "read_floor_scan_gbps")  # the read floor is the larger of the two
 
 
 def _with_floors(df: pd.DataFrame, runs: Sequence[Any]) -> pd.DataFrame:
@@ -580,10 +565,6 @@ def read_finals(client: Any, runs: Sequence[Any], df: pd.DataFrame) -> tuple[lis
         if not rec["challengers"]:
             finals.append(Final(q, inc, inc, 1.0, 1.0, 1.0, rec["rounds"]))  # re-measured alone: confirms nothing new
     return [f for f in finals if f.challenger != f.incumbent], records
-
-
-NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (cells, finals, trials, the sweep)
-REPORT_ARTIFACT = "report/report.md"  # the published report, an artifact of the sweep run (tracking.publish)
 
 
 def redact_uri(uri: str) -> str:

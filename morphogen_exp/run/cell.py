@@ -30,13 +30,14 @@ from .. import strategies
 from ..config import ConfigError, RunConfig, digest, first_line, flatten, parse
 from ..decide import rollout
 from ..decide.decision import DecisionRules, estimate
+from ..fields import PARENT_TAG, ROLE_TAG
 from ..measure import datasets, devlock, devstate, floors, memory, parity, stats
 from ..measure import placement as placements
 from ..measure.queries import KEYS_PER_QUERY, make_queries
 from ..measure.timing import Interleaved, SamplingPolicy, TimingSummary, measure_interleaved, time_limit
 from ..pir import Engine, EngineSpec, available_engines, get, scan_bytes_read, tile_size
 from ..pir.cuda import CudaUnavailable
-from ..record.tracking import PARENT_TAG, ROLE_TAG, Tracker, cell_description, cell_run_name, code_version, shielded
+from ..record.tracking import Tracker, cell_description, cell_run_name, code_version, shielded
 from ..strategies.base import check_knobs
 from .progress import Progress
 from .session import Session, SweepRef

@@ -25,8 +25,9 @@ import pandas as pd
 
 from ..config import first_line
 from ..decide.decision import GO, RANKABLE, UNDECIDED, Decision, DecisionRules, decide, estimate, tied
+from ..fields import FINAL_ROLE, NOTE_TAG, PARENT_TAG, ROLE_TAG
 from ..measure.stats import blocked_median_ci
-from ..record.tracking import FINAL_ROLE, NOTE_TAG, PARENT_TAG, ROLE_TAG, Tracker, cells_frame, load_rules, shielded
+from ..record.tracking import Tracker, cells_frame, load_rules, shielded
 from . import cell as app
 from .session import Session
 

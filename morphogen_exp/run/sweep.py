@@ -28,9 +28,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from ..config import ConfigError, MlflowConfig, first_line, flatten, one_line
+from ..fields import PARENT_TAG, REPORT_ARTIFACT, ROLE_TAG
 from ..record import sweepdir, uiview
 from ..record.sweepdir import job_overrides
-from ..record.tracking import PARENT_TAG, REPORT_ARTIFACT, ROLE_TAG, StoreLost, Tracker, code_version, process_gone, redact_uri, shielded
+from ..record.tracking import StoreLost, Tracker, code_version, process_gone, redact_uri, shielded
 from . import cell as app
 from . import session
 

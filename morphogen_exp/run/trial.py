@@ -38,12 +38,13 @@ from omegaconf import DictConfig, OmegaConf
 from ..config import ConfigError, MlflowConfig, RunConfig, first_line, flatten
 from ..decide import rollout
 from ..decide.decision import Estimate, estimate
+from ..fields import NOTE_TAG, PARENT_TAG, ROLE_TAG
 from ..identity import measurement_setting
 from ..measure import devlock, devstate
 from ..measure import placement as placements
 from ..measure.stats import paired_ratio_ci
 from ..measure.timing import TimingSummary
-from ..record.tracking import NOTE_TAG, PARENT_TAG, ROLE_TAG, Tracker, cells_frame, load_rules, open_store, shielded, sqlite_path
+from ..record.tracking import Tracker, cells_frame, load_rules, open_store, shielded, sqlite_path
 from . import cell as app
 from .session import Session
 
