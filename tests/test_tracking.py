@@ -58,3 +58,16 @@ def test_a_corrupt_decision_json_is_one_line_naming_the_run(tmp_path) -> None:
     with pytest.raises(ConfigError, match=f"sweep run {run.info.run_id}: its decision.json is not JSON") as err:
         load_rules(t.client, t.client.get_run(run.info.run_id))
     assert "\n" not in str(err.value)
+
+
+def test_a_code_difference_says_what_differs_and_the_same_code_says_nothing() -> None:
+    """The trial's code note is never spurious: equal versions say nothing; another commit, or the same commit with
+    other uncommitted edits (only morphogen_exp/ and conf/ count), is said as such."""
+    from morphogen_exp.record.tracking import code_difference
+
+    a, b = "a" * 40, "b" * 40
+    assert code_difference(a, a) is None and code_difference(f"{a}+dirty.1234abcd", f"{a}+dirty.1234abcd") is None
+    assert code_difference(b, a) == f"code: commit {b} here, {a} in the sweep"
+    assert code_difference(f"{a}+dirty.1234abcd", a) == (
+        "code: the same commit aaaaaaaaaaaa, other uncommitted edits to morphogen_exp/ or conf/ "
+        "(uncommitted edits 1234abcd here, no uncommitted edits in the sweep)")

@@ -226,6 +226,21 @@ def code_version() -> str:
             return "unknown"
 
 
+def code_difference(here: str, there: str) -> str | None:
+    """What differs between two code_version()s, said precisely (None: the same code): another commit, or the same
+    commit with other uncommitted edits to morphogen_exp/ or conf/ (untracked files and other folders never count)."""
+    if here == there:
+        return None
+    (head, _, dirty), (other, _, other_dirty) = here.partition("+"), there.partition("+")
+    if head != other:
+        return f"code: commit {here} here, {there} in the sweep"
+
+    def tree(d: str) -> str:
+        return f"uncommitted edits {d.removeprefix('dirty.')}" if d else "no uncommitted edits"
+    return (f"code: the same commit {head[:12]}, other uncommitted edits to morphogen_exp/ or conf/ "
+            f"({tree(dirty)} here, {tree(other_dirty)} in the sweep)")
+
+
 def _is_commit(version: str) -> bool:
     head = version.split("+")[0]
     return len(head) == 40 and all(c in "0123456789abcdef" for c in head)

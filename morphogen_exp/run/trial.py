@@ -44,7 +44,7 @@ from ..measure import devlock, devstate
 from ..measure import placement as placements
 from ..measure.stats import paired_ratio_ci
 from ..measure.timing import TimingSummary
-from ..record.tracking import Tracker, cells_frame, load_rules, open_store, shielded, sqlite_path
+from ..record.tracking import Tracker, cells_frame, code_difference, load_rules, open_store, shielded, sqlite_path
 from . import cell as app
 from .session import Session
 
@@ -309,7 +309,8 @@ def _measurement_notes(p: Plan, here: Mapping[str, str]) -> list[str]:
     flat = {k: str(v) for k, v in flatten(p.guard[p.qs[0]].resolved).items()}
     bench = [f"{k}={flat[k]} (sweep: {v})" for k, v in sorted(p.params.items())
              if k.startswith("bench.") and measurement_setting(k) and k in flat and flat[k] != v]
-    code = [] if here["code_version"] == p.meta.code_version else [f"code {here['code_version']} here, {p.meta.code_version} in the sweep"]
+    differs = code_difference(here["code_version"], p.meta.code_version)
+    code = [differs] if differs else []
     return code + ([f"measured with {', '.join(bench)}"] if bench else [])
 
 
