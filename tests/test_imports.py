@@ -115,3 +115,54 @@ def test_the_kernel_wrappers_import_nothing_above_their_folder(module: str) -> N
     """The CUDA wrappers sit beside their kernels and import only their own folder (the build, dpf's constants)."""
     above = {m for m in import_graph()[module] if not m.startswith("morphogen_exp.pir.cuda")}
     assert not above, f"{module} imports upward: {sorted(above)}"
+
+
+def _third_party(path: Path) -> set[str]:
+    """The top-level names of the absolute imports in one file (wherever they stand)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def package_breaches(root: Path = ROOT) -> list[str]:
+    """Each import that breaks a package's contract (its __init__ docstring), as `module -> what`."""
+    graph, out = import_graph(root), []
+    forbidden_libs = {"record": {"jax"}, "measure": {"hydra"}}
+    forbidden_pkgs = {"measure": {"record", "run"}, "record": {"measure", "run"}, "decide": {"run"},
+                      "strategies": {"measure", "record", "decide", "run"}, "pir": {"measure", "record", "decide", "run"}}
+    for name, path in _modules(root).items():
+        parts = name.split(".")
+        if len(parts) < 3 and path.name != "__init__.py":
+            continue
+        pkg = parts[1] if len(parts) > 1 else ""
+        out += [f"{name} -> {lib}" for lib in sorted(_third_party(path) & forbidden_libs.get(pkg, set()))]
+        out += [f"{name} -> {m}" for m in sorted(graph[name]) if len(m.split(".")) > 1 and m.split(".")[1] in forbidden_pkgs.get(pkg, ())]
+    return out
+
+
+def test_each_package_keeps_its_contract() -> None:
+    """record/ imports no JAX, measure/ no Hydra; measure/ and record/ never import each other; nothing below run/
+    imports it, decide/ imports no run/, strategies/ and pir/ none of the four."""
+    assert package_breaches() == []
+
+
+def test_a_planted_import_breaks_a_contract(tmp_path: Path) -> None:
+    """The checker itself: one bad import of each kind is found (a library, a package beside, a package above)."""
+    pkg = tmp_path / PACKAGE
+    for sub in ("measure", "record", "decide", "run"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "run" / "cell.py").write_text("")
+    (pkg / "record" / "store.py").write_text("import jax\n")
+    (pkg / "measure" / "timing.py").write_text("def f():\n    from ..record import store\n")
+    (pkg / "decide" / "report.py").write_text("from morphogen_exp.run import cell\n")
+    assert package_breaches(pkg) == [f"{PACKAGE}.decide.report -> {PACKAGE}.run.cell",
+                                     f"{PACKAGE}.measure.timing -> {PACKAGE}.record.store", f"{PACKAGE}.record.store -> jax"]
+    for f in ("record/store.py", "measure/timing.py", "decide/report.py"):
+        (pkg / f).write_text("")
+    assert package_breaches(pkg) == []
