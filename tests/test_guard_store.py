@@ -176,6 +176,22 @@ def test_a_stored_cell_whose_guard_env_sets_a_derived_name_is_never_published(sw
     assert hashes(store) == {} and not (d / "rollout").exists()
 
 
+def test_cells_recorded_without_a_params_digest_stop_a_publish_unless_trusted(sweeps, store, tmp_path, capsys) -> None:
+    """Legacy cells (no params digest) the guard would ship: one line naming each and the fix, nothing written;
+    --trust-legacy publishes them as their params read now."""
+    d = tmp_path / "legacy"
+    old = {rollout.PARAMS_DIGEST_TAG: None}
+    parent = sweeps.sweep(d, [(o, q, m, old) for o, q, m, _ in GO_CELLS], start_ms=2_460_000_000_000)
+    code, _, err = cli(capsys, "--sweep-dir", str(d), "--publish")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "4 cell(s) the guard ships were recorded without a params digest" in err and "full_batch q=4 (run " in err, err
+    assert "resume=true" in err and "--trust-legacy" in err, err
+    assert hashes(store) == {} and not (d / "rollout").exists()
+    code, _, err = cli(capsys, "--sweep-dir", str(d), "--publish", "--trust-legacy")
+    assert code == 0, err
+    assert rollout.read_meta("selected").parent_run_id == parent
+
+
 def test_the_env_says_what_ships(published, sweeps, store, tmp_path, capsys) -> None:
     """Item 7: GO full_batch and 'keep the loop' differ (batching on/off), fused and xla differ, a CPU run is
     marked a dry run, and both files name the decision in their header."""

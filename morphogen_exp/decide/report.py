@@ -595,10 +595,11 @@ def _num_pages(row: Mapping[str, Any]) -> Any:
     return tags.get("dataset.num_pages") or rollout.typed(params.get("dataset.num_pages"))
 
 
-def guard_texts(df: pd.DataFrame, decision: Decision, header: str) -> tuple[str, str, str]:
+def guard_texts(df: pd.DataFrame, decision: Decision, header: str, trust_legacy: bool = False) -> tuple[str, str, str]:
     """The guard's name, its YAML (what `+rollout=` loads) and the .env a deployment sources: the strategy's
     guard_env and the lines that say what ships (rollout.guard_env_lines). The params each is built from are the
-    ones the cell logged at its start (rollout.check_params)."""
+    ones the cell logged at its start (rollout.check_params); a cell recorded without its digest stops it unless
+    `trust_legacy` (rollout.check_not_legacy)."""
     dry = bool(decision.dry_run)
     head = f"{header}\ndecision: {decision.headline()}"
     if decision.selected is None:
@@ -607,8 +608,11 @@ def guard_texts(df: pd.DataFrame, decision: Decision, header: str) -> tuple[str,
         text = rollout.to_yaml(rollout.no_go_mapping(), head + "\nNo configuration is GO: serve one query at a time.")
         env = rollout.merged_env(rollout.NO_GO_ENV, rollout.guard_env_lines(None, engine=str(r["engine"]), dry_run=dry))
         return name, text, rollout.env_text(env, head + "\nbatching off: serve one query at a time")
-    for r in df[df["config"].isin([decision.selected, decision.fallback])].to_dict("records"):  # every cell it ships on
+    shipped = df[df["config"].isin([decision.selected, decision.fallback])].to_dict("records")  # every cell it ships on
+    for r in shipped:
         rollout.check_params(r["_params"], r["_tags"], str(r["run_id"]))
+    if not trust_legacy:
+        rollout.check_not_legacy([(str(r["config"]), r["q"], str(r["run_id"])) for r in shipped if rollout.legacy(r["_tags"])])
     row = df[df["config"] == decision.selected].iloc[0]
     name = rollout.guard_name(str(row["dataset"]), str(row["device_kind"]), str(row["engine"]), _num_pages(row))
     mapping = rollout.guard_mapping(row["_params"], row["_tags"].get("devices_used"), with_env=True)  # as measured
@@ -647,7 +651,7 @@ def _env(params: Mapping[str, Any]) -> str:
 
 
 def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, rules_override: Sequence[str] = (),
-          rollout_dir: Path | None = None, make_selected: bool = False) -> ReportFiles:
+          rollout_dir: Path | None = None, make_selected: bool = False, trust_legacy: bool = False) -> ReportFiles:
     """The report of one sweep as recorded in MLflow (`store` has .client and .experiment_id): files in out_dir.
     Only `publish` (a sweep's own end, or `report --publish` of a finished sweep) writes the record: the files
     logged to the parent run, the decision as its description and `decision.*` tags, the guard saved in the rollout
@@ -655,7 +659,7 @@ def build(store: Any, parent_id: str, out_dir: Path, *, publish: bool = False, r
     its files are named whatif.* and its report says so)."""
     record = tracking.read_sweep(store, parent_id, rules_override)
     files, matrix, guard = write(record, out_dir, save_guard=publish, rollout_dir=rollout_dir, whatif=not publish,
-                                 rules_override=rules_override, make_selected=make_selected)
+                                 rules_override=rules_override, make_selected=make_selected, trust_legacy=trust_legacy)
     if publish:
         decision = files.decision
         tags = {"mlflow.note.content": decision.summary(), "decision.selected": decision.selected or "none",
@@ -691,7 +695,7 @@ WHATIF = "whatif"  # a what-if's guard files: rollout/whatif.yaml and whatif.env
 
 def write(record: tracking.SweepRecord, out_dir: Path, *, save_guard: bool = False, rollout_dir: Path | None = None,
           whatif: bool = False, rules_override: Sequence[str] = (),
-          make_selected: bool = False) -> tuple[ReportFiles, pd.DataFrame, str]:
+          make_selected: bool = False, trust_legacy: bool = False) -> tuple[ReportFiles, pd.DataFrame, str]:
     """Decide and render a sweep into out_dir (report.md, matrix.csv, plots, rollout/ guard); with `save_guard`
     the guard also goes to the guard store (or `rollout_dir`/rollout), each of its names moving only forward
     (rollout.publish). `whatif`: the guard files are rollout/whatif.*, without a record, and report.md opens with
@@ -707,7 +711,7 @@ def write(record: tracking.SweepRecord, out_dir: Path, *, save_guard: bool = Fal
     kind = "What-if (not published) of sweep" if whatif else "Rollout guard from sweep"
     header = f"{kind} {sweep_dir} (run {parent_id}), {first_tags.get('device_kind')}, {date}"
     guarded = not decision.devices_mixed
-    name, guard_yaml, guard_env = guard_texts(df, decision, header) if guarded else ("none", "", "")
+    name, guard_yaml, guard_env = guard_texts(df, decision, header, trust_legacy) if guarded else ("none", "", "")
     meta = {
         "finals": record.final_records, "whatif": whatif, "experiment_id": str(parent.info.experiment_id),
         "sweep_dir": sweep_dir, "parent_run": parent_id, "tracking_uri": record.tracking_uri,
@@ -801,6 +805,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--make-selected", action="store_true",
                     help="with --publish: move the store's guards (its name and `selected`) to this sweep even when they "
                          "are of a newer sweep (by default a guard only moves forward)")
+    ap.add_argument("--trust-legacy", action="store_true",
+                    help="build the guard from cells recorded without a params digest (before it existed) as their "
+                         "params read now; by default such cells stop it (re-measure them with resume=true)")
     args = ap.parse_args(argv)
     hold: Any = None
     with cli_errors() as cli:
@@ -850,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
                                       "alive); its own end publishes it, or wait for it")
             try:
                 files = build(store, parent, out, publish=args.publish, rules_override=args.rule,
-                              make_selected=args.make_selected)
+                              make_selected=args.make_selected, trust_legacy=args.trust_legacy)
             except BaseException:
                 if not args.publish and args.out is None:
                     with contextlib.suppress(OSError):

@@ -96,11 +96,28 @@ PARAMS_DIGEST_TAG = "params_digest"
 
 def check_params(params: Mapping[str, Any], tags: Mapping[str, Any], run: str) -> None:
     """The params a guard is rebuilt from are the ones the cell logged at its start (its PARAMS_DIGEST_TAG);
-    ConfigError (one line) when they differ (params added or changed afterwards). A run without the tag predates it."""
+    ConfigError (one line) when they differ (params added or changed afterwards). A run without the tag predates it
+    (`legacy`: refused by a publish unless trusted, re-measured by a resume)."""
     want = tags.get(PARAMS_DIGEST_TAG)
     if want and params_digest(params) != want:
         raise ConfigError(f"cell run {run}: its params differ from what it logged at its start (params_digest): params "
                           "were added afterwards; no guard is built from it (re-run that cell)")
+
+
+def legacy(tags: Mapping[str, Any]) -> bool:
+    """A cell recorded before cells logged their params digest: nothing shows its params are the ones it ran with."""
+    return not tags.get(PARAMS_DIGEST_TAG)
+
+
+def check_not_legacy(cells: list[tuple[str, Any, str]]) -> None:
+    """ConfigError (one line) naming the (label, q, run) cells a guard would ship that have no params digest, and the
+    fix: re-measure them, or --trust-legacy."""
+    if cells:
+        named = ", ".join(f"{label} q={q} (run {run})" for label, q, run in cells)
+        raise ConfigError(f"{len(cells)} cell(s) the guard ships were recorded without a params digest (before it "
+                          f"existed), so their params may have been edited since: {named}; re-measure them "
+                          "(the sweep's command again with resume=true re-measures such cells) or publish "
+                          "with --trust-legacy")
 
 
 # The .env's own lines (config.RESERVED_ENV, the one list a strategy's guard_env may not set).

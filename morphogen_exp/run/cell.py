@@ -315,6 +315,10 @@ def _resume(rc: RunConfig, tracker: Tracker, ident: dict[str, str], sweep: Sweep
     prev = tracker.finished_cell(ident["cell_key"], sweep.sweep_dir, exclude_parent=sweep.parent_id)
     if prev is None:
         return None
+    if rollout.legacy(prev.data.tags):  # its params cannot be shown to be the ones it ran with: a guard needs new ones
+        log.info("resume: %s finished as run %s without a params digest (recorded before it existed): measured again",
+                 name, prev.info.run_id)
+        return None
     tags = {k: v for k, v in prev.data.tags.items() if not k.startswith(("mlflow.", "morphogen."))}
     tags.update(resumed_from=prev.info.run_id, **{ROLE_TAG: "cell", PARENT_TAG: sweep.sweep_dir})
     tags["mlflow.note.content"] = (prev.data.tags.get("mlflow.note.content", "") + f" (resumed from run {prev.info.run_id})").strip()

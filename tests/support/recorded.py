@@ -68,6 +68,7 @@ class Sweeps:
                                     "cell_status": "ok" if m else "failed", rollout.PARAMS_DIGEST_TAG: rollout.params_digest(p),
                                     "config_id": config_id(p),
                                     **extra}
+            tags = {k: v for k, v in tags.items() if v is not None}  # an extra None: a tag the cell lacks (legacy)
             run = self.client.create_run(self.exp, start_time=start_ms, tags=tags).info.run_id
             items = list(p.items())
             for i in range(0, len(items), 100):
