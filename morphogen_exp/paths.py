@@ -32,6 +32,16 @@ def outputs_root() -> Path:
     return root / "outputs" if root is not None else Path.cwd().resolve() / "outputs"
 
 
+ROOT_ENV = "MORPHOGEN_ROLLOUT_DIR"  # overrides the root below (tests, a shared guard store)
+
+
+def root() -> Path:
+    """The root that holds the guard store (`rollout/`) and the shared caches (`cache/`): $MORPHOGEN_ROLLOUT_DIR,
+    else outputs_root()."""
+    env = os.environ.get(ROOT_ENV)
+    return Path(env).expanduser().resolve() if env else outputs_root()
+
+
 def _umask() -> int:
     """The process umask, read without changing it where Linux says it (/proc), else set and restored."""
     try:

@@ -37,7 +37,7 @@ from omegaconf import OmegaConf
 from .. import paths
 from ..config import RESERVED_ENV, RESERVED_ENV_PREFIX, ConfigError, check_env, check_guard_env, env_value
 
-ENV_VAR = "MORPHOGEN_ROLLOUT_DIR"
+ENV_VAR = paths.ROOT_ENV
 GROUP = "rollout"
 LATEST = "selected"
 META_SUFFIX = ".meta.json"
@@ -49,10 +49,7 @@ ENV_PREFIX = "strategy.guard_env."
 NO_GO_ENV = {"MORPHOGEN_GPU_BATCH_POLICY": "latency", "MORPHOGEN_GPU_STREAMS": 1, "MORPHOGEN_GPU_CUDA_GRAPH": False}
 
 
-def root() -> Path:
-    """The search-path root that holds `rollout/`: $MORPHOGEN_ROLLOUT_DIR, else paths.outputs_root()."""
-    env = os.environ.get(ENV_VAR)
-    return Path(env).expanduser().resolve() if env else paths.outputs_root()
+root = paths.root  # the search-path root that holds `rollout/`: $MORPHOGEN_ROLLOUT_DIR, else paths.outputs_root()
 
 
 def store() -> Path:

@@ -1,6 +1,6 @@
 """The device side of a cell: datasets, queries, placement, memory, timing, stats, parity, floors, the device
 lock and state.
 
-Contract (tests/test_imports.py): imports no Hydra, nothing from record/ or run/; below it only strategies/, pir/,
+Contract (tests/test_imports.py): imports no Hydra, nothing from record/, decide/ or run/; below it only strategies/, pir/,
 bench/ and the top-level config, paths, fields, identity. Still to go (issue 32): devstate imports MLflow's system
-metrics monitor; datasets.cache_file reads the outputs root from decide/rollout."""
+metrics monitor."""

@@ -264,9 +264,7 @@ def cache_file() -> Path:
     env = os.environ.get("MORPHOGEN_FINGERPRINT_CACHE")
     if env:
         return Path(env).expanduser()
-    from ..decide.rollout import root  # the outputs root (yaml, omegaconf: already loaded by any cell)
-
-    return root() / "cache" / "dataset-fingerprints.json"
+    return paths.root() / "cache" / "dataset-fingerprints.json"
 
 
 _memo: dict[StatKey, str] = {}  # this process's hashes, by stat key
