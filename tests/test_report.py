@@ -46,7 +46,8 @@ class Sweeps:
             p = params(*overrides, f"q={q}")
             tags = {"mlflow.parentRunId": parent, "morphogen.role": "cell", "strategy": p["strategy.name"],
                     "original_strategy": p["strategy.original"], "q": str(q), "dataset": p["dataset.name"],
-                    "engine": p["engine.name"], "device_kind": "cpu", "cell_status": "ok", **extra_tags}
+                    "engine": p["engine.name"], "device_kind": "cpu", "cell_status": "ok",
+                    rollout.PARAMS_DIGEST_TAG: rollout.params_digest(p), **extra_tags}
             run = self.client.create_run(self.exp, tags=tags).info.run_id
             for i in range(0, len(p), 100):
                 from mlflow.entities import Param
