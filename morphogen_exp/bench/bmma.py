@@ -25,26 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..measure.synthetic import random_u32
 from ..pir.bitsliced import bitslice_pages, masked_xor_bitsliced
 from ..pir.cuda import build
 from ..pir.cuda.bmma import call_expand_xor, call_masked_xor, expand_xor_bmma, masked_xor_bmma
 from ..pir.engine import Subtrees, Window
 from ..pir.pages import xor_reduce
-from .common import mix
 
 BMMA_OP = "bitsliced-bmma-op"  # the masked-XOR kernel as an engine of its own (the scan check)
-
-
-@functools.partial(jax.jit, static_argnames=("shape", "seed"))
-def random_u32(shape: tuple[int, ...], seed: int) -> jax.Array:
-    """Random-looking uint32 of any shape from a hash of the index (jax.random's threefry counters do not
-    reach 2^32 elements)."""
-    idx = jnp.zeros(shape, jnp.uint32)
-    stride = 1
-    for ax in reversed(range(len(shape))):
-        idx = idx + jax.lax.broadcasted_iota(jnp.uint32, shape, ax) * jnp.uint32(stride & 0xFFFFFFFF)
-        stride *= shape[ax]
-    return mix(mix(idx ^ jnp.uint32(seed * 0x9E3779B9 & 0xFFFFFFFF)) + jnp.uint32(seed))
 
 
 def time_ms(fn: Callable[[], Any], reps: int, warmup: int = 2) -> dict[str, float]:

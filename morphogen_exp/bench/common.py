@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..measure.datasets import _fmix32, _synthetic_words_device, domain_bits_for, read_rows
+from ..measure.datasets import _synthetic_words_device, domain_bits_for, read_rows
+from ..measure.synthetic import fmix32
 from ..measure.timing import measure
 from ..pir import KeyBatch, generate_keys, get
 from ..pir.pages import xor_reduce
@@ -38,7 +39,7 @@ def database(num_pages: int, engine: str, seed: int = 7) -> tuple[jax.Array, flo
 
 def mix(x: jax.Array) -> jax.Array:
     """The same generator's hash, for derived synthetic arrays (masks) of any shape."""
-    return _fmix32(x, jnp)
+    return fmix32(x, jnp)
 
 
 def keybatches(num_pages: int, k: int, sets: int) -> list[KeyBatch]:

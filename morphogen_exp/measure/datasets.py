@@ -31,6 +31,7 @@ from .. import paths
 from ..config import ConfigError, DatasetConfig
 from ..pir.engine import LayoutFn
 from ..pir.pages import PAGE_BYTES, PAGE_WORDS, domain_bits_for, shard_rows
+from .synthetic import fmix32
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +43,12 @@ StatKey = tuple[str, int, int, int, int, int]  # a file's (resolved path, size, 
 
 # --- the synthetic generator: murmur3's finalizer over (seed, page, word), in numpy and in jnp ---
 
-def _fmix32(h, xp):
-    """murmur3's 32-bit finalizer; xp is numpy (the host twin) or jax.numpy (the device)."""
-    h = h ^ (h >> xp.uint32(16))
-    h = h * xp.uint32(0x85EBCA6B)
-    h = h ^ (h >> xp.uint32(13))
-    h = h * xp.uint32(0xC2B2AE35)
-    return h ^ (h >> xp.uint32(16))
-
-
 def synthetic_words_numpy(seed: int, pages: np.ndarray) -> np.ndarray:
     """Words of the given synthetic pages, (len(pages), 1024) u32, computed on the host."""
     i = np.asarray(pages, dtype=np.uint32)[:, None]
     w = np.arange(PAGE_WORDS, dtype=np.uint32)[None, :]
     with np.errstate(over="ignore"):
-        return _fmix32(_fmix32(i ^ np.uint32(seed & 0xFFFFFFFF), np) ^ (w * np.uint32(0x9E3779B1)), np)
+        return fmix32(fmix32(i ^ np.uint32(seed & 0xFFFFFFFF), np) ^ (w * np.uint32(0x9E3779B1)), np)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -64,7 +56,7 @@ def _synthetic_words_device(num_pages: int, seed: int) -> jax.Array:
     # iota + elementwise hash fuse into one kernel writing the output only: no temporaries, no host.
     i = jax.lax.broadcasted_iota(jnp.uint32, (num_pages, PAGE_WORDS), 0)
     w = jax.lax.broadcasted_iota(jnp.uint32, (num_pages, PAGE_WORDS), 1)
-    return _fmix32(_fmix32(i ^ jnp.uint32(seed & 0xFFFFFFFF), jnp) ^ (w * jnp.uint32(0x9E3779B1)), jnp)
+    return fmix32(fmix32(i ^ jnp.uint32(seed & 0xFFFFFFFF), jnp) ^ (w * jnp.uint32(0x9E3779B1)), jnp)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -72,7 +64,7 @@ def _synthetic_rows_device(start: jax.Array, size: int, seed: int) -> jax.Array:
     """Rows [start, start + size) of _synthetic_words_device, generated alone (a streamed build)."""
     i = jax.lax.broadcasted_iota(jnp.uint32, (size, PAGE_WORDS), 0) + start.astype(jnp.uint32)
     w = jax.lax.broadcasted_iota(jnp.uint32, (size, PAGE_WORDS), 1)
-    return _fmix32(_fmix32(i ^ jnp.uint32(seed & 0xFFFFFFFF), jnp) ^ (w * jnp.uint32(0x9E3779B1)), jnp)
+    return fmix32(fmix32(i ^ jnp.uint32(seed & 0xFFFFFFFF), jnp) ^ (w * jnp.uint32(0x9E3779B1)), jnp)
 
 
 RAW = "raw"

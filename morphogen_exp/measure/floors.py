@@ -30,7 +30,6 @@ from typing import Any
 
 import jax
 
-from ..bench.bmma import random_u32
 from ..config import first_line
 from ..fields import FLOORS, READ_FLOOR_PROBES
 from ..pir.cuda import CudaUnavailable
@@ -40,6 +39,7 @@ from ..pir.cuda.probe import stream_xor
 from ..pir.engine import Subtrees, Window
 from ..pir.pages import PAGE_BYTES
 from .queries import KEYS_PER_QUERY
+from .synthetic import random_u32
 from .timing import TimingSummary, measure
 
 log = logging.getLogger(__name__)
