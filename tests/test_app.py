@@ -370,21 +370,24 @@ def test_a_resumed_cell_keeps_every_timed_sample_and_its_files(workdir):
     tr = Tracker(MlflowConfig(f"sqlite:///{workdir}/outputs/mlflow.db", "morphogen_exp"))
     sweep = str(workdir / "sweep")
     old = tr.start_run("sweep", {ROLE_TAG: "sweep", PARENT_TAG: sweep})
-    prev = tr.start_run("tiled-q1", {ROLE_TAG: "cell", PARENT_TAG: sweep, "cell_key": "k1", "cell_status": "ok",
+    prev = tr.start_run("tiled-q4", {ROLE_TAG: "cell", PARENT_TAG: sweep, "cell_key": "k1", "cell_status": "ok", "q": "4",
                                      "params_digest": "d1"}, old)
     legacy = tr.start_run("tiled-q2", {ROLE_TAG: "cell", PARENT_TAG: sweep, "cell_key": "k2", "cell_status": "ok"}, old)
     tr.end(legacy, "FINISHED")  # recorded before cells logged their params digest
-    tr.log(prev, metrics={"batch_qps": 5.0})
+    tr.log(prev, metrics={"batch_qps": 5.0, "parity_ok": 1.0})  # an older cell: every metric at step 0
     tr.log_series(prev, "batch_ms_iter", [1.0, 2.0, 3.0])
     tr.log_text(prev, '{"batch": [1, 2, 3]}', "timings.json")
     tr.end(prev, "FINISHED")
     tr.end(old, "KILLED")
     new = tr.start_run("sweep", {ROLE_TAG: "sweep", PARENT_TAG: sweep})
-    out = app._resume(None, tr, {"cell_key": "k1"}, SweepRef(sweep, new), "tiled-q1")
+    out = app._resume(None, tr, {"cell_key": "k1"}, SweepRef(sweep, new), "tiled-q4")
     assert out is not None and out.status == "resumed"
     history = tr.client.get_metric_history(out.run_id, "batch_ms_iter")
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(0, 1.0), (1, 2.0), (2, 3.0)]
     assert tr.client.get_run(out.run_id).data.metrics["batch_qps"] == 5.0
+    # the copy draws in the chart view as a measured cell does: its charted metrics at step = q
+    assert [m.step for m in tr.client.get_metric_history(out.run_id, "batch_qps")] == [4]
+    assert [m.step for m in tr.client.get_metric_history(out.run_id, "parity_ok")] == [0]
     assert [a.path for a in tr.client.list_artifacts(out.run_id)] == ["timings.json"]
     assert app._resume(None, tr, {"cell_key": "k2"}, SweepRef(sweep, new), "tiled-q2") is None  # legacy: measured again
 

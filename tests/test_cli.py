@@ -9,6 +9,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from .conftest import mlflow_runs
@@ -39,6 +40,12 @@ def test_full_sweep_all_strategies_on_tiny(cli_here, workdir):
         (s, q) for s in STRATEGIES for q in (1, 2, 4, 8, 16, 32)}
     assert all(r.info.status == "FINISHED" and r.data.metrics["parity_ok"] == 1 for r in cells)
     assert parent.info.status == "FINISHED"
+    # the chart view's x axis: a cell's charted metrics are one point each, at step = its q (the rest at step 0)
+    client = mlflow.MlflowClient(f"sqlite:///{workdir}/outputs/mlflow.db")
+    for r in cells[:6]:
+        q = int(r.data.tags["q"])
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "batch_vs_single_speedup")] == [q]
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "parity_ok")] == [0]
     # where to review it: the runs table of this experiment (MLflow 3's bare experiment URL may open GenAI)
     assert f"#/experiments/{parent.info.experiment_id}/runs" in res.stdout
 

@@ -232,14 +232,15 @@ def test_the_saved_view_opens_on_every_cell_with_the_matrix_columns_and_charts(s
     rows = exp.client.search_runs([exp.exp], state["searchFilter"], order_by=[f"{state['orderByKey']} DESC"])
     assert state["orderByAsc"] is False and parent not in {r.info.run_id for r in rows}
     assert len(rows) == len(_cells()) and rows[0].data.metrics["batch_qps"] == 146.0
-    assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": tracking.PARENT_TAG}]
-    charts = {(c["type"], c.get("metricKey") or c["yaxis"]["key"]) for c in state["compareRunCharts"]}
-    assert charts == {("SCATTER", "batch_qps"), ("BAR", "batch_qps"), ("BAR", "batch_vs_single_speedup"),
-                      ("BAR", "batch_ms_per_batch")}
-    scatter = next(c for c in state["compareRunCharts"] if c["type"] == "SCATTER")
-    assert scatter["xaxis"] == {"key": "q", "type": "METRIC"}  # q/s vs q, no parallel-coordinates plot
-    assert {c["metricSectionId"] for c in state["compareRunCharts"]} == {state["compareRunSections"][0]["uuid"]}
-    assert state["runsHiddenMode"] == "SHOW_ALL" and state["useGroupedValuesInCharts"] is False
+    # one group per strategy and sweep, its colour in the charts: each chart a line per strategy over q (the step)
+    assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "strategy"},
+                                               {"mode": "tag", "groupByData": tracking.PARENT_TAG}]
+    assert state["useGroupedValuesInCharts"] is True and state["runsHiddenMode"] == "SHOW_ALL"
+    charts = state["compareRunCharts"]
+    assert [(c["type"], c["metricKey"], c["xAxisKey"]) for c in charts] == [
+        ("LINE", m, "step") for m in ("batch_vs_single_speedup", "batch_qps", "batch_ms_per_batch")]
+    assert all(c["selectedMetricKeys"] == [c["metricKey"]] and c["xAxisScaleType"] == "log" for c in charts)
+    assert {c["metricSectionId"] for c in charts} == {state["compareRunSections"][0]["uuid"]}
 
 
 def test_sharing_the_view_twice_changes_nothing_and_a_stale_view_is_replaced(sweeps) -> None:

@@ -352,10 +352,12 @@ class Tracker:
             raise
         return run.info.run_id
 
-    def log(self, run_id: str, *, params: Mapping[str, Any] = {}, metrics: Mapping[str, float] = {}, tags: Mapping[str, Any] = {}) -> None:
+    def log(self, run_id: str, *, params: Mapping[str, Any] = {}, metrics: Mapping[str, float] = {}, tags: Mapping[str, Any] = {},
+            step: int = 0) -> None:
+        """Params, tags and metrics (each metric at ``step``) in as few batches as MLflow's limits allow."""
         now = int(time.time() * 1000)
         p = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        m = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
+        m = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
         t = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
         for i in range(0, max(len(p), len(m), len(t), 1), 100):  # MLflow's batch limits
             mi, pi, ti = m[i : i + 100], p[i : i + 100], t[i : i + 100]

@@ -38,6 +38,7 @@ from ..measure.timing import Interleaved, SamplingPolicy, TimingSummary, measure
 from ..pir import Engine, EngineSpec, available_engines, get, scan_bytes_read, tile_size
 from ..pir.cuda import CudaUnavailable
 from ..record.tracking import Tracker, cell_description, cell_run_name, code_version, shielded
+from ..record.uiview import log_cell_metrics
 from ..strategies.base import check_knobs
 from .progress import Progress
 from .session import Session, SweepRef
@@ -225,7 +226,7 @@ def measure_cell(rc: RunConfig, session: Session, tracker: Tracker, run_id: str,
     metrics |= {**state_metrics, **{f"device.{k}": v for k, v in watched.changes.items()}, **host.metrics()}
     if host.moved():
         tags["host.load_moved"] = host.moved()
-    tracker.log(run_id, metrics=metrics, tags=tags)
+    log_cell_metrics(tracker, run_id, metrics, rc.q, tags=tags)
     tracker.log_series(run_id, "single_ms_iter", list(single_t.times_ms))
     tracker.log_series(run_id, "batch_ms_iter", list(batch_t.times_ms))
     tracker.log_text(run_id, json.dumps({"single": single_t.as_dict(), "batch": batch_t.as_dict(),
@@ -325,7 +326,8 @@ def _resume(rc: RunConfig, tracker: Tracker, ident: dict[str, str], sweep: Sweep
     run_id = tracker.start_run(prev.info.run_name or name, tags, sweep.parent_id)
     try:
         scalars = {k: v for k, v in prev.data.metrics.items() if k not in SAMPLE_SERIES}
-        tracker.log(run_id, params=prev.data.params, metrics=scalars)
+        tracker.log(run_id, params=prev.data.params)
+        log_cell_metrics(tracker, run_id, scalars, int(prev.data.tags.get("q", 0)))
         _copy_samples(tracker, prev.info.run_id, run_id)
     finally:
         tracker.end(run_id, "FINISHED")
