@@ -362,6 +362,8 @@ def _check_dataset_file(d: DatasetConfig) -> None:
         size = os.stat(d.path).st_size if os.path.isfile(d.path) else None
     except OSError:
         size = None
+    if size == 0:
+        raise ConfigError(f"dataset.path {d.path!r} is empty: a page matrix holds at least one {PAGE_BYTES}-byte page")
     if size is not None and size % PAGE_BYTES:
         raise ConfigError(f"dataset.path {d.path!r} is {size} bytes, not a whole number of {PAGE_BYTES}-byte pages "
                           f"({size // PAGE_BYTES} pages and {size % PAGE_BYTES} bytes): point it at a page-matrix file")
@@ -420,8 +422,8 @@ def parse(cfg: DictConfig, known_strategies: tuple[str, ...] = (), known_engines
     _check_bench(s.bench)
     if not s.dataset.name:
         raise ConfigError("dataset.name must be set (the conf/dataset/<name>.yaml that chose it)")
+    _check_dataset_file(s.dataset)  # first: an empty file's count (0) is said as the file's fault, not num_pages'
     _int(s.dataset.num_pages, "dataset.num_pages", 1, 1 << 32)
-    _check_dataset_file(s.dataset)
     _check_engine(s.engine, known_engines)
     _check_placement(s.placement)
     _int(s.parity.numpy_reference_queries, "parity.numpy_reference_queries", 0)
