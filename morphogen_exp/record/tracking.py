@@ -206,8 +206,9 @@ def code_version() -> str:
     try:
         if root is None:  # installed from a wheel: a git repository around the venv is not this code's
             stamp = paths.PACKAGE / "BUILD_COMMIT"
-            if stamp.is_file() and stamp.read_text().strip():
-                return stamp.read_text().strip()
+            built = stamp.read_text().strip() if stamp.is_file() else ""
+            if built:
+                return built
             raise LookupError("no checkout")
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         diff = subprocess.run(["git", "-C", str(root), "diff", "HEAD", "--", "morphogen_exp", "conf"],
